@@ -1,0 +1,305 @@
+"""The job spec: one pydantic schema shared by the CLI, the REST API and the workers.
+
+Load with :func:`load_job_spec` (YAML or JSON file, or a mapping). Relative paths resolve against
+``base_dir`` (the spec file's folder by default). Every problem becomes a :class:`SpecError`
+naming the field (``source.scenes.0.labels``) and what is wrong with it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import SpecError
+
+JobType = Literal["adapt", "train", "predict", "evaluate"]
+Method = Literal["st-dasegnet", "feature-regression", "source-only"]
+
+_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+#: train ids are stored as uint8 with this value as "ignore"; class ids may be anything else
+IGNORE_INDEX = 255
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
+
+
+def _resolve(path: str | Path, info: ValidationInfo) -> Path:
+    """Resolve a client path against the spec's base folder and check it exists when asked to."""
+    ctx = info.context or {}
+    p = Path(path).expanduser()
+    if not p.is_absolute() and ctx.get("base_dir") is not None:
+        p = Path(ctx["base_dir"]) / p
+    resolver = ctx.get("path_resolver")  # the service confines paths to allowed roots
+    if resolver is not None:
+        p = resolver(p)
+    if ctx.get("check_files", True) and not p.exists():
+        raise ValueError(f"file not found: {path}")
+    return p
+
+
+class ClassSpec(_Strict):
+    """One class: its id as stored in label rasters, a name, and a display colour."""
+
+    id: int = Field(ge=0, le=65535, description="value of this class in the label rasters")
+    name: str = Field(min_length=1, max_length=64)
+    color: str = Field(description="#rrggbb")
+
+    @field_validator("color")
+    @classmethod
+    def _color(cls, v: str) -> str:
+        if not _HEX_COLOR.match(v):
+            raise ValueError(f"colour must look like #rrggbb, got {v!r}")
+        return v.lower()
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+class SceneSpec(_Strict):
+    """One scene: a multi-band image, or single-band files stacked in order; optional labels."""
+
+    image: Path | None = None
+    bands: list[Path] | None = Field(default=None, min_length=1)
+    labels: Path | None = Field(default=None, description="label raster, or GeoJSON/GeoPackage polygons")
+    label_property: str | None = Field(
+        default=None, description="vector labels: the attribute holding the class id"
+    )
+    label_class: int | None = Field(
+        default=None, description="vector labels: one class id for every polygon"
+    )
+
+    @field_validator("image", "labels", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _band_paths(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise ValueError("bands must be a list of single-band files")
+        return [_resolve(p, info) for p in v]
+
+    @model_validator(mode="after")
+    def _image_or_bands(self) -> "SceneSpec":
+        if (self.image is None) == (self.bands is None):
+            raise ValueError("give exactly one of 'image' (one multi-band file) or 'bands' (a list of files)")
+        if self.label_property and self.label_class is not None:
+            raise ValueError("give at most one of 'label_property' and 'label_class'")
+        return self
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.image] if self.image is not None else list(self.bands or [])
+
+
+class RegionSpec(_Strict):
+    """Part of each scene of a domain: fractions of columns/rows, or a GeoJSON AOI."""
+
+    columns: tuple[float, float] | None = None
+    rows: tuple[float, float] | None = None
+    aoi: dict | Path | None = Field(default=None, description="GeoJSON geometry/feature(collection) or a file")
+
+    @field_validator("columns", "rows")
+    @classmethod
+    def _fraction_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is None:
+            return v
+        lo, hi = v
+        if not (0.0 <= lo < hi <= 1.0):
+            raise ValueError(f"must be two fractions 0 <= start < end <= 1, got {list(v)}")
+        return v
+
+    @field_validator("aoi", mode="before")
+    @classmethod
+    def _aoi(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or isinstance(v, dict):
+            if isinstance(v, dict) and "type" not in v:
+                raise ValueError("an inline AOI must be a GeoJSON object with a 'type'")
+            return v
+        return _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _not_both(self) -> "RegionSpec":
+        if self.aoi is not None and (self.columns or self.rows):
+            raise ValueError("give either fractions (columns/rows) or an aoi, not both")
+        return self
+
+
+class DomainSpec(_Strict):
+    scenes: list[SceneSpec] = Field(min_length=1)
+    region: RegionSpec | None = None
+
+
+class ModelSpec(_Strict):
+    """A config name (see ``geoadapt configs``) or file, with optional field overrides."""
+
+    config: str = Field(min_length=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(default=None, description="mmseg-format pretrained weights")
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _ckpt(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else _resolve(v, info)
+
+
+class Params(_Strict):
+    """Run parameters common to every method; method specifics go in the model overrides."""
+
+    iterations: int = Field(default=2000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    crop: int = Field(default=128, ge=16, le=4096)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    val_interval: int | None = Field(default=None, ge=1, description="validate every N iterations")
+    checkpoint_interval: int | None = Field(default=None, ge=1)
+    match_gsd: bool | None = Field(
+        default=None, description="resample the target onto the source GSD; default: when they differ >20%"
+    )
+    rare_class_sampling: bool = Field(default=False, description="favour windows with rare classes")
+    predict_targets: bool = Field(default=True, description="adapt jobs also predict their target scenes")
+    normalization: Literal["per-domain", "source"] = Field(
+        default="per-domain", description="statistics each domain is normalised with"
+    )
+
+
+class JobSpec(_Strict):
+    type: JobType
+    method: Method = "source-only"
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(config="segformer-tiny"))
+    classes: list[ClassSpec] = Field(min_length=1, max_length=254)
+    source: DomainSpec | None = None
+    target: DomainSpec | None = None
+    validation: DomainSpec | None = None
+    bundle: Path | None = Field(
+        default=None, description="an existing model bundle (predict/evaluate; feature-regression teacher)"
+    )
+    params: Params = Field(default_factory=Params)
+    output: Path
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, v: Any) -> Any:
+        return {"config": v} if isinstance(v, str) else v
+
+    @field_validator("bundle", mode="before")
+    @classmethod
+    def _bundle(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, v: Any, info: ValidationInfo) -> Any:
+        ctx = info.context or {}
+        p = Path(v).expanduser()
+        if not p.is_absolute() and ctx.get("base_dir") is not None:
+            p = Path(ctx["base_dir"]) / p
+        resolver = ctx.get("path_resolver")
+        return resolver(p) if resolver is not None else p
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[ClassSpec]) -> list[ClassSpec]:
+        ids = [c.id for c in v]
+        names = [c.name for c in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"class ids must be unique, got {ids}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _domains_for_type(self) -> "JobSpec":
+        need_labels = self.type in ("adapt", "train") or (
+            self.type == "evaluate" and self.bundle is None
+        )
+        if self.type in ("adapt", "train"):
+            if self.source is None:
+                raise ValueError(f"a {self.type} job needs 'source' scenes with labels")
+            missing = [i for i, s in enumerate(self.source.scenes) if s.labels is None]
+            if need_labels and missing:
+                raise ValueError(f"source.scenes.{missing[0]}.labels is required for a {self.type} job")
+        if self.type == "adapt":
+            if self.target is None:
+                raise ValueError("an adapt job needs 'target' scenes")
+            if self.method == "source-only":
+                raise ValueError("an adapt job needs an adaptation method: st-dasegnet or feature-regression")
+        if self.type in ("predict", "evaluate"):
+            if self.bundle is None:
+                raise ValueError(f"a {self.type} job needs 'bundle' (a model bundle path)")
+            if self.target is None and self.source is None and self.validation is None:
+                raise ValueError(f"a {self.type} job needs scenes to run on ('target' or 'source')")
+        if self.validation is not None:
+            for i, s in enumerate(self.validation.scenes):
+                if s.labels is None:
+                    raise ValueError(f"validation.scenes.{i}.labels is required (validation scenes are labelled)")
+        return self
+
+    # convenience -----------------------------------------------------------------------------
+    @property
+    def class_ids(self) -> list[int]:
+        return [c.id for c in self.classes]
+
+    def to_jsonable(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+
+def _field_name(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(spec)"
+
+
+def load_job_spec(
+    source: str | Path | dict,
+    *,
+    base_dir: str | Path | None = None,
+    check_files: bool = True,
+    path_resolver=None,
+) -> JobSpec:
+    """Parse and validate a job spec from a YAML/JSON file path, text, or mapping.
+
+    Raises :class:`SpecError` whose ``problems`` list names each offending field.
+    """
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise SpecError(f"cannot read job spec {source}: {e.strerror}", field="(file)") from None
+        base_dir = base_dir if base_dir is not None else path.parent
+        try:
+            data = yaml.safe_load(text)  # JSON is YAML too
+        except yaml.YAMLError as e:
+            raise SpecError(f"not valid YAML/JSON: {e}", field="(file)") from None
+    if not isinstance(data, dict):
+        raise SpecError("a job spec must be a mapping of fields", field="(spec)")
+    ctx = {"base_dir": base_dir, "check_files": check_files, "path_resolver": path_resolver}
+    try:
+        return JobSpec.model_validate(data, context=ctx)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append({"field": _field_name(err["loc"]), "message": msg})
+        first = problems[0]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+        raise SpecError(summary, field=first["field"], problems=problems) from None
