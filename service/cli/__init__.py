@@ -1,0 +1,36 @@
+"""The `geoadapt` command: one Typer app, each command group in its own module.
+
+Command modules import heavy parts (torch, models, workers) inside the command body only, so
+`geoadapt --help` and the service commands stay fast.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from core.errors import GeoadaptError
+from service.cli import bench_cmd, data_cmd, local_cmd, predict_cmd
+
+app = typer.Typer(
+    name="geoadapt",
+    help="Cross-domain semantic segmentation of remote-sensing imagery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(bench_cmd.app, name="bench")
+local_cmd.register(app)
+predict_cmd.register(app)
+
+#: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures
+EXIT_BAD_INPUT = 2
+
+
+def main() -> None:
+    try:
+        app()
+    except GeoadaptError as e:
+        typer.secho(f"error ({e.code}): {e}", err=True, fg="red")
+        sys.exit(EXIT_BAD_INPUT)
