@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install geoadapt and everything it needs into ./.venv (idempotent; safe to run again).
+#
+# mmcv 2.1.0 with compiled ops comes from a wheelhouse when one is given (GEOADAPT_WHEELHOUSE, or
+# ../shared/wheels when present); otherwise it is built from source (~20 minutes on 2 cores).
+# GPU users: install the CUDA build of torch 2.13.0 into .venv first (see README), then run this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade "pip<26" wheel
+
+# torch first and exactly pinned: an unpinned requirement would pull a multi-GB CUDA build.
+"${PIP[@]}" install -q -c constraints.txt "torch==2.13.0"
+
+if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
+    wheelhouse=${GEOADAPT_WHEELHOUSE:-}
+    if [ -z "$wheelhouse" ] && [ -d ../shared/wheels ]; then wheelhouse=../shared/wheels; fi
+    if [ -n "$wheelhouse" ] && ls "$wheelhouse"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+        echo "mmcv: installing the prebuilt wheel from $wheelhouse"
+        "${PIP[@]}" install -q -c constraints.txt --find-links "$wheelhouse" "mmcv==2.1.0"
+    else
+        echo "mmcv: no wheelhouse with mmcv 2.1.0; building it from source (about 20 minutes on 2 cores)"
+        "${PIP[@]}" install -q -c constraints.txt "setuptools<70" ninja
+        MMCV_WITH_OPS=1 "${PIP[@]}" install -q -c constraints.txt --no-build-isolation "mmcv==2.1.0"
+    fi
+fi
+
+"${PIP[@]}" install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -c "import mmcv.ops, mmseg, rasterio, torch; print(f'geoadapt installed: torch {torch.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, rasterio {rasterio.__version__}')"

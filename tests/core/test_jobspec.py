@@ -1,0 +1,145 @@
+"""The job spec: the example from the design loads; every kind of bad input names its field."""
+import json
+
+import pytest
+
+from core.errors import SpecError
+from core.jobspec import JobSpec, load_job_spec
+
+EXAMPLE = """
+type: adapt
+method: st-dasegnet
+model: segformer-tiny
+classes:
+  - {id: 1, name: developed, color: "#E31A1C"}
+  - {id: 2, name: water, color: "#1f78b4"}
+source:
+  scenes:
+    - image: a/multiband.tif
+      labels: a/labels.tif
+  region: {columns: [0.0, 0.6]}
+target:
+  scenes: [{bands: [b/b1.tif, b/b2.tif]}]
+validation:
+  scenes: [{image: b/scene.tif, labels: b/labels.tif}]
+  region: {columns: [0.6, 1.0]}
+params: {iterations: 20, batch_size: 2, crop: 64, seed: 3}
+output: out/dir
+"""
+
+FILES = ["a/multiband.tif", "a/labels.tif", "b/b1.tif", "b/b2.tif", "b/scene.tif", "b/labels.tif"]
+
+
+@pytest.fixture
+def spec_dir(tmp_path):
+    for f in FILES:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    (tmp_path / "job.yaml").write_text(EXAMPLE)
+    return tmp_path
+
+
+def _problems(excinfo):
+    return {p["field"]: p["message"] for p in excinfo.value.problems}
+
+
+def test_example_loads_with_paths_resolved_against_the_spec_file(spec_dir):
+    spec = load_job_spec(spec_dir / "job.yaml")
+    assert spec.type == "adapt" and spec.method == "st-dasegnet"
+    assert spec.model.config == "segformer-tiny" and spec.model.overrides == {}
+    assert spec.source.scenes[0].image == spec_dir / "a/multiband.tif"
+    assert spec.target.scenes[0].paths == [spec_dir / "b/b1.tif", spec_dir / "b/b2.tif"]
+    assert spec.classes[0].color == "#e31a1c" and spec.classes[0].rgb == (227, 26, 28)
+    assert spec.source.region.columns == (0.0, 0.6)
+    assert spec.params.iterations == 20 and spec.params.seed == 3
+    assert spec.output == spec_dir / "out/dir"
+
+
+def test_json_round_trip_is_the_same_spec(spec_dir):
+    spec = load_job_spec(spec_dir / "job.yaml")
+    again = load_job_spec(spec.to_jsonable(), base_dir=spec_dir)
+    assert again == spec
+    (spec_dir / "job.json").write_text(json.dumps(spec.to_jsonable()))
+    assert load_job_spec(spec_dir / "job.json") == spec
+
+
+@pytest.mark.parametrize(
+    "edit, field, words",
+    [
+        (lambda d: d.update(colour="red"), "colour", "unknown key"),
+        (lambda d: d["params"].update(iters=5), "params.iters", "unknown key"),
+        (lambda d: d["params"].update(iterations=0), "params.iterations", "greater than or equal to 1"),
+        (lambda d: d["params"].update(crop="big"), "params.crop", "integer"),
+        (lambda d: d.update(method="magic"), "method", "st-dasegnet"),
+        (lambda d: d.update(type="paint"), "type", "adapt"),
+        (lambda d: d["classes"][0].update(color="red"), "classes.0.color", "#rrggbb"),
+        (lambda d: d["classes"][1].update(id=1), "classes", "unique"),
+        (lambda d: d["source"]["scenes"][0].update(labels="a/missing.tif"), "source.scenes.0.labels", "file not found"),
+        (lambda d: d["source"].update(region={"columns": [0.7, 0.2]}), "source.region.columns", "fractions"),
+        (lambda d: d["target"]["scenes"][0].update(image="b/scene.tif"), "target.scenes.0", "exactly one of"),
+        (lambda d: d.pop("target"), "(spec)", "needs 'target'"),
+        (lambda d: d.update(method="source-only"), "(spec)", "adaptation method"),
+        (lambda d: d["source"]["scenes"][0].pop("labels"), "(spec)", "labels is required"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_problem(spec_dir, edit, field, words):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE)
+    edit(data)
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir)
+    problems = _problems(excinfo)
+    assert field in problems, problems
+    assert words in problems[field], problems[field]
+    assert field in str(excinfo.value)
+
+
+def test_missing_file_can_be_left_unchecked_for_specs_built_elsewhere(spec_dir):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE)
+    data["source"]["scenes"][0]["labels"] = "a/not-yet.tif"
+    spec = load_job_spec(data, base_dir=spec_dir, check_files=False)
+    assert spec.source.scenes[0].labels == spec_dir / "a/not-yet.tif"
+
+
+def test_path_resolver_sees_every_client_path(spec_dir):
+    import yaml
+
+    seen = []
+
+    def resolver(p):
+        seen.append(p)
+        if "etc" in p.parts:
+            raise ValueError("outside the allowed roots")
+        return p
+
+    data = yaml.safe_load(EXAMPLE)
+    load_job_spec(data, base_dir=spec_dir, path_resolver=resolver)
+    assert spec_dir / "out/dir" in seen and spec_dir / "b/b2.tif" in seen
+    data["output"] = "/etc"
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir, path_resolver=resolver)
+    assert "outside the allowed roots" in _problems(excinfo)["output"]
+
+
+def test_unreadable_and_non_mapping_files_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load_job_spec(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_job_spec(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("type: [unclosed\n")
+    with pytest.raises(SpecError, match="YAML"):
+        load_job_spec(tmp_path / "bad.yaml")
+
+
+def test_model_accepts_a_name_or_a_config_with_overrides(spec_dir):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE)
+    data["model"] = {"config": "segformer-mit-b0", "overrides": {"model.decode_head.channels": 128}}
+    spec = load_job_spec(data, base_dir=spec_dir)
+    assert spec.model.overrides == {"model.decode_head.channels": 128}
+    assert JobSpec.model_json_schema()["properties"]["type"]["enum"] == ["adapt", "train", "predict", "evaluate"]
