@@ -3,7 +3,8 @@
 #
 # mmcv 2.1.0 with compiled ops comes from a wheelhouse when one is given (GEOADAPT_WHEELHOUSE, or
 # ../shared/wheels when present); otherwise it is built from source (~20 minutes on 2 cores).
-# GPU users: install the CUDA build of torch 2.13.0 into .venv first (see README), then run this.
+# GPU users: install the CUDA build of torch 2.13.0 into .venv first, then run this with
+# GEOADAPT_BUILD_MMCV=1 FORCE_CUDA=1 (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -18,6 +19,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
     wheelhouse=${GEOADAPT_WHEELHOUSE:-}
     if [ -z "$wheelhouse" ] && [ -d ../shared/wheels ]; then wheelhouse=../shared/wheels; fi
+    # GEOADAPT_BUILD_MMCV=1 forces the source build (e.g. CUDA ops against a CUDA torch)
+    if [ "${GEOADAPT_BUILD_MMCV:-0}" = 1 ]; then wheelhouse=""; fi
     if [ -n "$wheelhouse" ] && ls "$wheelhouse"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
         echo "mmcv: installing the prebuilt wheel from $wheelhouse"
         "${PIP[@]}" install -q -c constraints.txt --find-links "$wheelhouse" "mmcv==2.1.0"
