@@ -1,0 +1,164 @@
+"""Service settings: one object per process, read from GEOADAPT_* env vars by the entry point.
+
+Created by the app factory (`create_app`), the worker entry point and the CLI commands; never at
+import. The defaults are the embedded mode (SQLite job store, Celery over SQLAlchemy/SQLite, state
+under one data folder); production points `database_url` at PostgreSQL and `broker_url` at Redis.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """~/.local/share/geoadapt (XDG), or ./.geoadapt when there is no usable home folder."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    try:
+        probe = base
+        while not probe.exists() and probe != probe.parent:  # first existing ancestor
+            probe = probe.parent
+        if os.access(probe, os.W_OK):
+            return base / "geoadapt"
+    except (RuntimeError, OSError):  # no home directory at all (some containers)
+        pass
+    return Path.cwd() / ".geoadapt"
+
+
+class Settings(BaseSettings):
+    """Every knob of the API, the job store and the workers."""
+
+    model_config = SettingsConfigDict(env_prefix="GEOADAPT_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="jobs, uploads, SQLite files")
+    #: folders clients may name input paths under (env: colon-separated); empty = uploads only
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: job store; default sqlite:///<data_dir>/geoadapt.db
+    database_url: str | None = None
+    #: Celery broker; default the SQLAlchemy transport on sqlite:///<data_dir>/broker.db
+    broker_url: str | None = None
+    #: Celery result backend: the job store is the source of truth, so none by default
+    result_backend: Literal["none", "db"] = "none"
+
+    # limits -----------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_json_bytes: int = Field(default=1024**2, ge=1024, description="largest JSON request body")
+    rate_limit_per_minute: int = Field(
+        default=60, ge=0, description="writes (submit, upload, register) per token per minute; 0 = off"
+    )
+    max_page_size: int = Field(default=200, ge=1)
+
+    # workers ----------------------------------------------------------------------------------
+    job_soft_time_limit_s: int = Field(default=24 * 3600, ge=10)
+    job_hard_time_limit_s: int = Field(default=24 * 3600 + 600, ge=20)
+    #: Redis redelivers an unacknowledged job after this; longer than any job, so never while it runs
+    visibility_timeout_s: int | None = None
+    #: a running job whose worker has not written a heartbeat for this long is started again
+    orphan_after_s: int = Field(default=300, ge=10)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1)
+
+    # HTTP -------------------------------------------------------------------------------------
+    #: base URL used in links (behind a proxy); default: the URL the request came in on
+    public_url: str | None = None
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 503")
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v):
+        if isinstance(v, str):
+            v = [p for p in v.split(os.pathsep) if p.strip()]
+        return v
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _safe_roots(cls, v: list[Path]) -> list[Path]:
+        out = []
+        for p in v:
+            p = p.expanduser()
+            if not p.is_absolute():
+                raise ValueError(f"allowed root must be an absolute path, got {str(p)!r}")
+            r = p.resolve()
+            # fail fast: a root of "/" would let clients read every file the service can
+            if r == Path(r.anchor):
+                raise ValueError("the filesystem root cannot be an allowed root")
+            out.append(r)
+        return out
+
+    @field_validator("data_dir")
+    @classmethod
+    def _abs_data_dir(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _derived(self) -> "Settings":
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'geoadapt.db'}"
+        if self.broker_url is None:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.visibility_timeout_s is None:
+            self.visibility_timeout_s = self.job_hard_time_limit_s + 3600
+        if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
+            raise ValueError("job_hard_time_limit_s must be longer than job_soft_time_limit_s")
+        if self.visibility_timeout_s <= self.job_hard_time_limit_s:
+            raise ValueError("visibility_timeout_s must be longer than the hard time limit of a job")
+        return self
+
+    # derived paths ----------------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    def job_dir(self, job_id) -> Path:
+        return self.jobs_dir / str(job_id)
+
+    def dataset_dir(self, dataset_id) -> Path:
+        return self.datasets_dir / str(dataset_id)
+
+    @property
+    def result_backend_url(self) -> str | None:
+        if self.result_backend == "none":
+            return None
+        return "db+" + sqlalchemy_url(self.database_url or "")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return (self.broker_url or "").startswith("sqla+")
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.jobs_dir, self.datasets_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def redacted(self) -> dict:
+        """For logs and /health: no passwords in URLs."""
+        d = self.model_dump(mode="json")
+        for k in ("database_url", "broker_url"):
+            d[k] = redact_url(d[k])
+        return d
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Plain postgresql:// URLs mean psycopg 3 (the driver we install), not psycopg2."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def redact_url(url: str | None) -> str | None:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}"
