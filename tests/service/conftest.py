@@ -1,0 +1,82 @@
+"""Fixtures for the service tests: a real job store on SQLite and on PostgreSQL (skipped if absent)."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from service.settings import Settings
+from service.store.db import init_db, make_engine, session_factory
+
+PG_URL = os.environ.get("GEOADAPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GEOADAPT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def postgres_or_skip() -> None:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+    except psycopg.Error as e:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {str(e).strip().splitlines()[0]}")
+
+
+def redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as e:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
+
+
+@pytest.fixture
+def pg_schema_url():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    postgres_or_skip()
+    import psycopg
+
+    schema = f"ga_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def roots(tmp_path):
+    """An allowed root with a file in it, and a folder outside every root."""
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    return root, outside
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, roots):
+    return Settings(
+        data_dir=tmp_path / "state",
+        allowed_roots=[roots[0]],
+        database_url=database_url,
+        broker_url="memory://",
+        rate_limit_per_minute=0,
+    )
+
+
+@pytest.fixture
+def session_maker(settings):
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    yield session_factory(engine)
+    engine.dispose()
