@@ -1,0 +1,103 @@
+"""Reprojection between grids: the source window that covers a grid, and in-memory array warping."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from core.errors import MissingCRSError
+from core.raster.grid import Grid, window_intersection
+
+# A stand-in projected CRS so GDAL can resample pixel grids that carry no georeferencing.
+_PIXEL_CRS = CRS.from_epsg(3857)
+
+
+def resampling_of(name: str | Resampling) -> Resampling:
+    return name if isinstance(name, Resampling) else Resampling[name]
+
+
+def require_crs(grid: Grid, what: str) -> None:
+    if grid.crs is None:
+        raise MissingCRSError(f"{what} has no CRS, but one is needed to place it on another grid")
+
+
+def bounds_in(grid: Grid, crs) -> tuple[float, float, float, float]:
+    """The grid's footprint as (left, bottom, right, top) in another CRS (densified edges)."""
+    if grid.crs is None or crs is None or grid.crs == crs:
+        return grid.bounds
+    return transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
+
+
+def covering_window(src: Grid, dst: Grid, pad: int = 2) -> Window | None:
+    """The window of ``src`` (clipped to it) that covers ``dst``'s footprint, padded for resampling kernels.
+
+    None when they share no ground.
+    """
+    left, bottom, right, top = bounds_in(dst, src.crs)
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        return None
+    w = from_bounds(left, bottom, right, top, transform=src.transform)
+    c0 = math.floor(min(w.col_off, w.col_off + w.width)) - pad
+    r0 = math.floor(min(w.row_off, w.row_off + w.height)) - pad
+    c1 = math.ceil(max(w.col_off, w.col_off + w.width)) + pad
+    r1 = math.ceil(max(w.row_off, w.row_off + w.height)) + pad
+    return window_intersection(Window(c0, r0, c1 - c0, r1 - r0), src.full_window())
+
+
+def reproject_array(
+    data: np.ndarray,
+    src: Grid,
+    dst: Grid,
+    *,
+    resampling: str | Resampling = "nearest",
+    src_nodata: float | None = None,
+    dst_nodata: float | None = None,
+    dtype=None,
+) -> np.ndarray:
+    """Warp ``data`` ((h, w) or (b, h, w), on ``src``) onto ``dst``; cells with no source get ``dst_nodata``.
+
+    For float data use NaN as nodata: GDAL leaves nodata inputs out of the resampling kernels.
+    """
+    require_crs(src, "the source raster")
+    require_crs(dst, "the target grid")
+    squeeze = data.ndim == 2
+    arr = data[None] if squeeze else data
+    dtype = dtype or arr.dtype
+    fill = dst_nodata if dst_nodata is not None else 0
+    out = np.full((arr.shape[0], dst.height, dst.width), fill, dtype=dtype)
+    reproject(
+        source=arr,
+        destination=out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        src_nodata=src_nodata,
+        dst_nodata=dst_nodata,
+        resampling=resampling_of(resampling),
+        num_threads=1,
+    )
+    return out[0] if squeeze else out
+
+
+def pixel_grids(*grids: Grid) -> tuple[Grid, ...]:
+    """When every grid lacks a CRS (tiles without georeferencing), give them one stand-in CRS so they
+    can be resampled onto each other by their (pixel) transforms; otherwise return them unchanged."""
+    if all(g.crs is None for g in grids):
+        return tuple(Grid(_PIXEL_CRS, g.transform, g.width, g.height) for g in grids)
+    return grids
+
+
+def resample_to_grid(
+    data: np.ndarray, src: Grid, dst: Grid, *, resampling: str | Resampling = "nearest", nodata: float | None = None
+) -> np.ndarray:
+    """Put an in-memory array from one grid onto another (e.g. a class map from the GSD-matched grid back
+    onto the target's own grid). Non-georeferenced grids of the same shape pass through unchanged."""
+    if src.same_as(dst):
+        return data
+    src, dst = pixel_grids(src, dst)
+    return reproject_array(data, src, dst, resampling=resampling, src_nodata=nodata, dst_nodata=nodata)

@@ -1,0 +1,121 @@
+"""Scene: stacked band files, per-band nodata, windows, reads onto other grids, bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from core.raster.scene import Scene
+
+
+def test_stacked_read_equals_per_file_reads(nc_bands):
+    with Scene.open(nc_bands) as scene:
+        assert scene.count == 6
+        assert scene.dtypes == ["float32"] * 5 + ["int16"]
+        rw = scene.read()
+    for b, path in enumerate(nc_bands):
+        with rasterio.open(path) as ds:
+            a = ds.read(1, masked=True)
+        # every pixel valid in the stack is valid in this band and holds the file's value
+        assert not a.mask[rw.valid].any()
+        np.testing.assert_array_equal(rw.data[b][rw.valid], a.data[rw.valid].astype(np.float32))
+
+
+def test_nodata_border_is_masked_across_bands_of_different_dtypes(nc_bands):
+    masks = []
+    for path in nc_bands:
+        with rasterio.open(path) as ds:
+            masks.append(ds.read_masks(1) > 0)
+    expected = np.logical_and.reduce(masks)
+    with Scene.open(nc_bands) as scene:
+        rw = scene.read()
+    np.testing.assert_array_equal(rw.valid, expected)
+    # band 7 (int16, nodata -32768) has a wider border than the float bands (nodata -99999)
+    assert masks[5].sum() < masks[0].sum()
+    assert 0.55 < rw.valid.mean() < 0.7
+    assert not rw.valid[0].any() and not rw.valid[:, 0].any()  # the outer frame is nodata
+    assert (rw.data[:, ~rw.valid] == 0).all()  # no -99999 / -32768 sentinels leak out
+    assert rw.data[:, rw.valid].min() >= 0 and rw.data.max() <= 255
+
+
+def test_window_partly_outside_reads_invalid_there(nc_bands):
+    with Scene.open(nc_bands) as scene:
+        inside = scene.read(Window(200, 150, 40, 40))
+        edge = scene.read(Window(scene.grid.width - 20, 150, 40, 40))
+    assert inside.data.shape == (6, 40, 40) and inside.valid.all()
+    assert edge.data.shape == (6, 40, 40) and not edge.valid[:, 20:].any()
+    assert inside.grid.transform == scene.grid.window(Window(200, 150, 40, 40)).transform
+
+
+def test_read_onto_own_window_grid_is_a_plain_read(nc_bands):
+    with Scene.open(nc_bands) as scene:
+        w = Window(100, 120, 64, 48)
+        a = scene.read(w)
+        b = scene.read(onto=scene.grid.window(w))
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(a.valid, b.valid)
+
+
+def test_read_onto_coarser_grid_averages_the_ground(nc_bands):
+    with Scene.open(nc_bands) as scene:
+        coarse = scene.grid.with_resolution(57.0)  # 2x the pixel size
+        assert (coarse.width, coarse.height) == (244, 222) or abs(coarse.width - 244.5) <= 1
+        lo = scene.read(onto=coarse, resampling="average")
+        hi = scene.read()
+    # a 2x2 block mean of the full-resolution read at an interior point
+    r, c = 100, 120
+    block = hi.data[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].reshape(6, -1).mean(axis=1)
+    assert lo.valid[r, c]
+    np.testing.assert_allclose(lo.data[:, r, c], block, rtol=1e-5)
+
+
+def test_open_dataset_is_accepted_and_left_open(nc_bands):
+    with rasterio.open(nc_bands[0]) as ds:
+        scene = Scene.open(ds)
+        assert scene.count == 1
+        scene.close()
+        assert not ds.closed
+
+
+def test_alpha_band_is_a_mask_not_a_band(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    data = np.arange(3 * 20 * 30, dtype=np.uint8).reshape(3, 20, 30)
+    alpha = np.full((20, 30), 255, np.uint8)
+    alpha[:, :10] = 0
+    p = tmp_path / "rgba.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=30, height=20, count=4, dtype="uint8", photometric="RGB") as ds:
+        ds.write(data, [1, 2, 3])
+        ds.write(alpha, 4)
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with Scene.open(p) as scene:
+        assert scene.count == 3
+        rw = scene.read()
+    assert not rw.valid[:, :10].any() and rw.valid[:, 10:].all()
+    np.testing.assert_array_equal(rw.data[:, :, 10:], data[:, :, 10:])
+
+
+def test_internal_mask_is_honoured(tmp_path):
+    data = np.full((1, 16, 16), 7, np.uint8)
+    p = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(p, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8") as ds:
+            ds.write(data)
+            m = np.full((16, 16), 255, np.uint8)
+            m[4:8, 4:8] = 0
+            ds.write_mask(m)
+    with Scene.open(p) as scene:
+        rw = scene.read()
+    assert rw.valid.sum() == 256 - 16 and not rw.valid[4:8, 4:8].any()
+
+
+def test_nan_pixels_are_invalid(tmp_path):
+    data = np.ones((2, 8, 8), np.float32)
+    data[1, 2, 3] = np.nan
+    p = tmp_path / "nan.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=8, height=8, count=2, dtype="float32") as ds:
+        ds.write(data)
+    with Scene.open(p) as scene:
+        rw = scene.read()
+    assert rw.valid.sum() == 63 and not rw.valid[2, 3] and rw.data[1, 2, 3] == 0
