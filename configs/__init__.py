@@ -1,0 +1,1 @@
+"""Model configs (mmengine style): ``_base_/{models,adaptation,schedules}`` and short leaves; see models.config."""

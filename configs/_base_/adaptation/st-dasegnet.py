@@ -1,0 +1,15 @@
+# ST-DASegNet (Zhao et al., JAG 2024): DDM, two PatchGAN discriminators, EMA decoder teachers.
+adaptation = dict(
+    type='st-dasegnet',
+    ddm=dict(type='DomainDisentangledModule'),
+    # n = 2 for SegFormer; DeepLab configs set num_layers=3
+    discriminator=dict(type='PatchGANDiscriminator', num_layers=2, base_channels=64, max_channels=512),
+    adv_weight=0.005,             # generator and discriminator terms
+    self_training_weight=0.25,
+    pseudo_threshold=0.975,       # q = fraction of pixels at or above this confidence
+    pseudo_rare_threshold=0.8,    # w = q * cw[label] at or above this, else 0.5 * q
+    pseudo_class_weight=None,     # cw; None = 1 for every class
+    target_class_weight=None,     # CE class weights of D_T; None = the model's (decode_head.loss_decode)
+    ema_max_alpha=0.999,
+    teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
+)

@@ -1,0 +1,2 @@
+# SegFormer MiT-B5 with the paper's AdamW/poly schedule; any method (source-only, st-dasegnet, ...).
+_base_ = ['./_base_/models/segformer_mit-b5.py', './_base_/schedules/adamw_poly_40k.py']

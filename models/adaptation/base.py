@@ -1,0 +1,144 @@
+"""Base class and registry of adaptation methods: wrappers that train plain segmentors.
+
+A method owns its networks (``self.net``, a ModuleDict), its optimisers and lr schedules, and
+knows how to do one training iteration. Inference is always delegated to a plain segmentor
+(``inference_segmentor()``), rebuilt from ``inference_config()`` when a bundle is loaded.
+
+Batch contract for ``train_step`` (tensors from the data layer's samplers, already normalised):
+``{"source": {"img": (B,C,h,w) float, "label": (B,h,w) int64 (255 ignore), "valid": (B,h,w) bool},
+   "target": {"img": ..., "valid": ...}}`` -- "target" only for methods with ``needs_target``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Mapping
+
+import torch
+from mmengine.config import Config, ConfigDict
+from torch import nn
+
+from core.errors import ConfigError
+from models.segmentor import build_segmentor
+from models.training.schedules import PolySchedule, build_optimizer, build_schedule
+
+#: method name (as in the job spec) -> class
+METHODS: dict[str, type["AdaptationMethod"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method buildable by its job-spec name."""
+
+    def wrap(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_method(cfg: Config | Mapping, *, total_iters: int, method: str | None = None) -> "AdaptationMethod":
+    """Build the method named by ``method`` (or ``cfg.adaptation.type``) from a resolved config."""
+    name = method or (cfg.get("adaptation") or {}).get("type", "source-only")
+    if name not in METHODS:
+        raise ConfigError(f"unknown adaptation method {name!r}; known: {sorted(METHODS)}", field="method")
+    return METHODS[name](cfg, total_iters=total_iters)
+
+
+def to_plain(obj: Any) -> Any:
+    """ConfigDict/Config -> plain dicts and lists, so configs can be stored and deep-copied freely."""
+    if isinstance(obj, (Config, ConfigDict, Mapping)):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    return obj
+
+
+class AdaptationMethod:
+    """One way of training a segmentor. Subclasses set ``needs_target`` and implement the hooks."""
+
+    name: ClassVar[str] = "base"
+    #: whether train_step needs unlabelled target images in the batch
+    needs_target: ClassVar[bool] = False
+
+    def __init__(self, cfg: Config | Mapping, *, total_iters: int):
+        self.cfg = to_plain(cfg)
+        self.total_iters = int(total_iters)
+        self.net = nn.ModuleDict()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedules: dict[str, PolySchedule] = {}
+
+    # -- construction helpers ---------------------------------------------------------------
+    def add_optimizer(self, name: str, modules: Mapping[str, nn.Module], optim_cfg: Mapping,
+                      schedule_cfg: Mapping | None) -> None:
+        opt = build_optimizer(modules, optim_cfg)
+        self.optimizers[name] = opt
+        self.schedules[name] = build_schedule(opt, self.total_iters, schedule_cfg)
+
+    def set_lr(self, iteration: int) -> None:
+        for sched in self.schedules.values():
+            sched.step(iteration)
+
+    # -- the contract -------------------------------------------------------------------------
+    def train_step(self, batch: Mapping[str, Mapping[str, torch.Tensor]], iteration: int) -> dict[str, float]:
+        """One optimisation iteration; returns the loss terms as floats (``loss``: the total)."""
+        raise NotImplementedError
+
+    def inference_config(self) -> dict:
+        """dict(type=<registered segmentor>, ...) that rebuilds :meth:`inference_segmentor`."""
+        raise NotImplementedError
+
+    def inference_segmentor(self) -> nn.Module:
+        """The module that predicts (``predict_logits``), sharing weights with the students."""
+        raise NotImplementedError
+
+    # -- state ----------------------------------------------------------------------------------
+    def lr(self) -> dict[str, float]:
+        """Current base lr (first group) of each optimiser, for progress reports."""
+        return {k: float(o.param_groups[0]["lr"]) for k, o in self.optimizers.items()}
+
+    def train(self, mode: bool = True) -> "AdaptationMethod":
+        self.net.train(mode)
+        return self
+
+    def eval(self) -> "AdaptationMethod":
+        return self.train(False)
+
+    def to(self, device: torch.device | str) -> "AdaptationMethod":
+        self.net.to(device)
+        for opt in self.optimizers.values():  # optimiser state follows its parameters
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and k != "step":
+                        st[k] = v.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue training exactly: networks (incl. teachers and
+        discriminators), optimisers and schedules."""
+        return {
+            "method": self.name,
+            "net": self.net.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("method") != self.name:
+            raise ConfigError(f"checkpoint is for method {state.get('method')!r}, not {self.name!r}")
+        self.net.load_state_dict(state["net"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedules.items():
+            s.load_state_dict(state["schedules"][k])
+
+    def build_inference_copy(self) -> nn.Module:
+        """A detached copy of the inference segmentor, built from config as a bundle would be."""
+        seg = build_segmentor(copy.deepcopy(self.inference_config()))
+        seg.load_state_dict(self.inference_segmentor().state_dict())
+        return seg.eval()

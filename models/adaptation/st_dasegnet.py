@@ -1,0 +1,297 @@
+"""ST-DASegNet: dual students + DDM + two discriminators + EMA cross-domain separated self-training.
+
+One training iteration (``train_step``), as in ``st-dasegnet.md``::
+
+    t > 0: teachers <- EMA(student decoders, alpha_t = min(1 - 1/(t+1), 0.999))
+    F_ss = B_S(x_s)   F_ts = B_S(x_t)   F_st = B_T(x_s)   F_tt = B_T(x_t)      (4 backbone passes)
+    (G_ss, G_st) = DDM(F_ss, F_st)      (G_ts, G_tt) = DDM(F_ts, F_tt)
+    P_ss = D_S(G_ss)  P_ts = D_S(G_ts)  P_st = D_T(G_st)  P_tt = D_T(G_tt)
+    teacher: softmax(up((D_S_ema(G_ts) + D_T_ema(G_tt)) / 2)) -> p, yhat_t; weights w(p, q)
+    L = CE(P_ss, y_s) + CE(P_st, y_s) + 0.25 [CE_w(P_ts, yhat_t) + CE_w(P_tt, yhat_t)]
+        + 0.005 [BCE(D_src(ssm(F_ts[-1])), 1) + BCE(D_tgt(ssm(F_st[-1])), 1)]   (discriminators frozen)
+    student optimiser step
+    L_D = 0.005 [BCE(D_src(F_ss), 1) + BCE(D_src(F_ts), 0) + BCE(D_tgt(F_tt), 1) + BCE(D_tgt(F_st), 0)]
+          on detached, spatially-softmaxed last-level features; discriminator optimiser step
+
+Inference (``DualSegmentor``): both backbones -> DDM -> mean of both decoders' logits.
+
+Documented deviations: teachers start as copies of the student decoders (the reference starts
+them from random weights); teachers run with batch-statistics normalisation and no dropout
+(their running BN buffers are never EMA-updated, since the EMA covers parameters only).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Sequence
+
+import torch
+from mmengine.config import Config
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+import models.ddm  # noqa: F401  (registers DomainDisentangledModule)
+import models.discriminator  # noqa: F401  (registers PatchGANDiscriminator)
+from core.jobspec import IGNORE_INDEX
+from models.adaptation.base import AdaptationMethod, register_method
+from models.adaptation.source_only import class_weight_of, optim_modules_cfg
+from models.ddm import reduced_channels
+from models.discriminator import spatial_softmax
+from models.losses import cross_entropy, gan_loss
+from models.segmentor import build_module, decode, probe_channels, register_segmentor, upsample
+
+
+# -- pieces with their own formula tests ------------------------------------------------------------
+def ema_alpha(t: int, max_alpha: float = 0.999) -> float:
+    """alpha_t = min(1 - 1/(t+1), max_alpha)."""
+    return min(1.0 - 1.0 / (t + 1), max_alpha)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
+    """teacher <- alpha * teacher + (1 - alpha) * student, parameters only."""
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        pt.mul_(alpha).add_(ps.detach(), alpha=1.0 - alpha)
+
+
+def pseudo_labels(teacher_logits: Tensor, size: Sequence[int], valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Upsample, softmax -> (confidence p (B,H,W), label (B,H,W) int64; 255 where not valid)."""
+    prob = upsample(teacher_logits.detach(), tuple(size)).softmax(dim=1)
+    conf, label = prob.max(dim=1)
+    if valid is not None:
+        label = label.masked_fill(~valid, IGNORE_INDEX)
+    return conf, label
+
+
+def pseudo_weights(
+    conf: Tensor,
+    label: Tensor,
+    class_weight: Sequence[float] | Tensor,
+    *,
+    threshold: float = 0.975,
+    rare_threshold: float = 0.8,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, float]:
+    """Per-pixel pseudo-label weights and the batch quality q.
+
+    q = fraction of (valid) pixels in the batch with p >= ``threshold``;
+    w = q * cw[label] where p >= ``rare_threshold``, else 0.5 * q; 0 on invalid pixels.
+    """
+    if valid is None:
+        valid = torch.ones_like(conf, dtype=torch.bool)
+    n = valid.sum()
+    q = ((conf >= threshold) & valid).sum().float() / n.clamp(min=1)
+    cw = torch.as_tensor(class_weight, dtype=conf.dtype, device=conf.device)
+    safe = label.clamp(max=len(cw) - 1)  # ignored pixels index anything; their weight is zeroed
+    w = torch.where(conf >= rare_threshold, q * cw[safe], 0.5 * q)
+    w = w * valid.to(w.dtype)
+    return w, float(q)
+
+
+def widen_head_for_ddm(head_cfg: Mapping, level_channels: Sequence[int]) -> dict:
+    """Set a decode head's in_channels from the backbone levels, the deepest widened by d."""
+    head = copy.deepcopy(dict(head_cfg))
+    last = len(level_channels) - 1
+    out = list(level_channels)
+    out[last] += reduced_channels(level_channels[last])
+    idx = head.get("in_index", last)
+    if isinstance(idx, (list, tuple)):
+        head["in_channels"] = [out[i] for i in idx]
+    else:
+        head["in_channels"] = out[idx]
+    return head
+
+
+def set_teacher_mode(module: nn.Module) -> None:
+    """Train-mode normalisation (batch statistics), dropout and drop-path off."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
+            m.eval()
+
+
+# -- inference segmentor ----------------------------------------------------------------------------
+@register_segmentor
+class DualSegmentor(nn.Module):
+    """Both student backbones -> DDM -> mean of both decoders' logits (the inference ensemble)."""
+
+    def __init__(self, backbone: dict, ddm: dict, decode_head: dict, decode_head_t: dict | None = None):
+        super().__init__()
+        self.backbone_s = build_module(backbone, "backbone")
+        self.backbone_t = build_module(backbone, "backbone")
+        self.ddm = MODELS.build(copy.deepcopy(ddm))
+        self.decoder_s = build_module(decode_head, "decode_head")
+        self.decoder_t = build_module(decode_head_t or decode_head, "decode_head")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.decoder_s.num_classes)
+
+    def styles(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """(F_s, F_t, G_s, G_t) of one batch of images: both backbones, then the DDM."""
+        f_s, f_t = list(self.backbone_s(x)), list(self.backbone_t(x))
+        g_s, g_t = self.ddm(f_s, f_t)
+        return f_s, f_t, g_s, g_t
+
+    def predict_logits(self, x: Tensor) -> Tensor:
+        _, _, g_s, g_t = self.styles(x)
+        logits = (decode(self.decoder_s, g_s) + decode(self.decoder_t, g_t)) / 2
+        return upsample(logits, x.shape[-2:])
+
+    forward = predict_logits
+
+
+# -- the method ----------------------------------------------------------------------------------------
+@register_method("st-dasegnet")
+class STDASegNet(AdaptationMethod):
+    needs_target = True
+
+    def __init__(self, cfg: Config | Mapping, *, total_iters: int):
+        super().__init__(cfg, total_iters=total_iters)
+        m, a = self.cfg["model"], self.cfg["adaptation"]
+        self.a = a
+        levels = self.cfg.get("level_channels")
+        if not levels:  # resolve_config records them; probe for configs built by hand
+            levels = probe_channels(build_module(m["backbone"], "backbone"), int(m["backbone"].get("in_channels", 3)))
+        head = widen_head_for_ddm(m["decode_head"], levels)
+        head_t = copy.deepcopy(head)
+        if a.get("target_class_weight") is not None:  # the reference weighs D_T's CE differently
+            head_t.setdefault("loss_decode", {})["class_weight"] = list(a["target_class_weight"])
+        ddm = dict(a.get("ddm") or {"type": "DomainDisentangledModule"})
+        ddm["in_channels"] = levels
+        self._inference_cfg = {"type": "DualSegmentor", "backbone": m["backbone"], "ddm": ddm,
+                               "decode_head": head, "decode_head_t": head_t}
+
+        students = DualSegmentor(m["backbone"], ddm, head, head_t)
+        # same initialisation for both backbones (spec); decoders start independently
+        students.backbone_t.load_state_dict(students.backbone_s.state_dict())
+        self.net["students"] = students
+        if a.get("teacher_init", "copy") == "copy":
+            self.net["teacher_s"] = copy.deepcopy(students.decoder_s)
+            self.net["teacher_t"] = copy.deepcopy(students.decoder_t)
+        else:  # the reference code's random start
+            self.net["teacher_s"] = build_module(head, "decode_head")
+            self.net["teacher_t"] = build_module(head_t, "decode_head")
+        for t in ("teacher_s", "teacher_t"):
+            self.net[t].requires_grad_(False)
+        disc = dict(a.get("discriminator") or {"type": "PatchGANDiscriminator"})
+        disc["in_channels"] = levels[-1]
+        self.net["disc_src"] = MODELS.build(copy.deepcopy(disc))
+        self.net["disc_tgt"] = MODELS.build(copy.deepcopy(disc))
+
+        self.class_weight_s = class_weight_of({"decode_head": head})
+        self.class_weight_t = class_weight_of({"decode_head": head_t})
+        k = int(head["num_classes"])
+        self.pseudo_class_weight = list(a.get("pseudo_class_weight") or [1.0] * k)
+        self.add_optimizer(
+            "student",
+            {"backbone_s": students.backbone_s, "backbone_t": students.backbone_t, "ddm": students.ddm,
+             "decoder_s": students.decoder_s, "decoder_t": students.decoder_t},
+            optim_modules_cfg(self.cfg["optim"], ["decoder_s", "decoder_t"]),
+            self.cfg.get("lr_schedule"),
+        )
+        self.add_optimizer("discriminator", {"disc_src": self.net["disc_src"], "disc_tgt": self.net["disc_tgt"]},
+                           self.cfg.get("disc_optim") or {"type": "Adam", "lr": 1e-5, "betas": (0.9, 0.99)},
+                           self.cfg.get("lr_schedule"))
+        self.train()
+
+    # -- modes --
+    def train(self, mode: bool = True) -> "STDASegNet":
+        super().train(mode)
+        if mode:
+            set_teacher_mode(self.net["teacher_s"])
+            set_teacher_mode(self.net["teacher_t"])
+        return self
+
+    # -- the objective --
+    def update_teachers(self, iteration: int) -> float:
+        alpha = ema_alpha(iteration, float(self.a.get("ema_max_alpha", 0.999)))
+        ema_update(self.net["teacher_s"], self.net["students"].decoder_s, alpha)
+        ema_update(self.net["teacher_t"], self.net["students"].decoder_t, alpha)
+        return alpha
+
+    def student_losses(self, batch: Mapping) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every term of the student objective, the weighted total under ``loss``, and the
+        detached last-level features the discriminator step needs."""
+        a, st = self.a, self.net["students"]
+        xs, ys = batch["source"]["img"], batch["source"]["label"]
+        xt = batch["target"]["img"]
+        vt = batch["target"].get("valid")
+        size = xs.shape[-2:]
+
+        f_ss, f_st = list(st.backbone_s(xs)), list(st.backbone_t(xs))
+        f_ts, f_tt = list(st.backbone_s(xt)), list(st.backbone_t(xt))
+        g_ss, g_st = st.ddm(f_ss, f_st)
+        g_ts, g_tt = st.ddm(f_ts, f_tt)
+        p_ss, p_ts = decode(st.decoder_s, g_ss), decode(st.decoder_s, g_ts)
+        p_st, p_tt = decode(st.decoder_t, g_st), decode(st.decoder_t, g_tt)
+
+        with torch.no_grad():
+            t_logits = (decode(self.net["teacher_s"], [g.detach() for g in g_ts])
+                        + decode(self.net["teacher_t"], [g.detach() for g in g_tt])) / 2
+            conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt)
+            w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight,
+                                  threshold=float(a.get("pseudo_threshold", 0.975)),
+                                  rare_threshold=float(a.get("pseudo_rare_threshold", 0.8)), valid=vt)
+
+        terms = {
+            "ce_src_s": cross_entropy(p_ss, ys, class_weight=self.class_weight_s),
+            "ce_src_t": cross_entropy(p_st, ys, class_weight=self.class_weight_t),
+            "ce_pseudo_s": cross_entropy(p_ts, yhat, class_weight=self.class_weight_s, pixel_weight=w),
+            "ce_pseudo_t": cross_entropy(p_tt, yhat, class_weight=self.class_weight_t, pixel_weight=w),
+            "adv_s": gan_loss(self.net["disc_src"](spatial_softmax(f_ts[-1])), True, size),
+            "adv_t": gan_loss(self.net["disc_tgt"](spatial_softmax(f_st[-1])), True, size),
+        }
+        terms["loss"] = self.combine(terms)
+        terms["pseudo_q"] = torch.tensor(q)
+        feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
+        return terms, feats
+
+    def combine(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """L = CE_ss + CE_st + lambda_st [CE_w_ts + CE_w_tt] + lambda_adv [adv_s + adv_t]."""
+        lam_st = float(self.a.get("self_training_weight", 0.25))
+        lam_adv = float(self.a.get("adv_weight", 0.005))
+        return (terms["ce_src_s"] + terms["ce_src_t"]
+                + lam_st * (terms["ce_pseudo_s"] + terms["ce_pseudo_t"])
+                + lam_adv * (terms["adv_s"] + terms["adv_t"]))
+
+    def discriminator_loss(self, feats: Mapping[str, Tensor], size) -> Tensor:
+        """D_src: real B_S(x_s), fake B_S(x_t); D_tgt: real B_T(x_t), fake B_T(x_s); same weight."""
+        lam_adv = float(self.a.get("adv_weight", 0.005))
+        d_src, d_tgt = self.net["disc_src"], self.net["disc_tgt"]
+        return lam_adv * (
+            gan_loss(d_src(spatial_softmax(feats["ss"])), True, size)
+            + gan_loss(d_src(spatial_softmax(feats["ts"])), False, size)
+            + gan_loss(d_tgt(spatial_softmax(feats["tt"])), True, size)
+            + gan_loss(d_tgt(spatial_softmax(feats["st"])), False, size)
+        )
+
+    def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
+        if iteration > 0:
+            self.update_teachers(iteration)
+        self.set_lr(iteration)
+        discs = (self.net["disc_src"], self.net["disc_tgt"])
+        opt_s, opt_d = self.optimizers["student"], self.optimizers["discriminator"]
+
+        for d in discs:  # frozen for the student's backward
+            d.requires_grad_(False)
+        opt_s.zero_grad(set_to_none=True)
+        terms, feats = self.student_losses(batch)
+        terms["loss"].backward()
+        opt_s.step()
+
+        for d in discs:
+            d.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = self.discriminator_loss(feats, batch["source"]["img"].shape[-2:])
+        loss_d.backward()
+        opt_d.step()
+
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["loss_disc"] = float(loss_d.detach())
+        return out
+
+    def inference_config(self) -> dict:
+        return copy.deepcopy(self._inference_cfg)
+
+    def inference_segmentor(self) -> nn.Module:
+        return self.net["students"]

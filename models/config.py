@@ -1,0 +1,192 @@
+"""Model configs by name: list the leaves of configs/, load one (mmengine Config), apply overrides, fit to a job.
+
+A leaf (``configs/<name>.py``) composes ``_base_/models``, ``_base_/schedules`` and optionally
+``_base_/adaptation``. The adaptation block actually used is chosen by the job's method: the
+method's base block (``_base_/adaptation/<method>.py``) with the leaf's block merged on top when
+the leaf's block is for the same method (or names no method).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from mmengine.config import Config, ConfigDict
+
+from core.errors import ConfigError
+
+#: keys a resolved config always has
+REQUIRED_KEYS = ("model", "optim", "lr_schedule")
+
+
+def config_dir() -> Path:
+    """The configs/ folder shipped with the package."""
+    import configs
+
+    # __path__ rather than __file__: an editable install may expose configs as a namespace package
+    return Path(next(iter(configs.__path__))).resolve()
+
+
+def list_configs() -> list[str]:
+    """Names of the leaf configs (what a job's ``model.config`` may name)."""
+    return sorted(p.stem for p in config_dir().glob("*.py") if not p.name.startswith("_"))
+
+
+def describe_config(name: str) -> str:
+    """First comment line of a leaf: a one-line description for ``geoadapt configs``."""
+    path = config_dir() / f"{name}.py"
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".py" and p.exists():
+        return p
+    leaf = config_dir() / f"{name_or_path}.py"
+    if re.fullmatch(r"[A-Za-z0-9_.\-]+", str(name_or_path)) and leaf.exists():
+        return leaf
+    raise ConfigError(f"unknown model config {str(name_or_path)!r}; known: {', '.join(list_configs())}",
+                      field="model.config")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, (Config, ConfigDict, Mapping)):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    return obj
+
+
+def load_config(name_or_path: str | Path) -> dict:
+    """A leaf config as a plain dict (``_base_`` resolved), plus ``name``."""
+    path = config_path(name_or_path)
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as e:  # mmengine raises many types for a broken file
+        raise ConfigError(f"cannot read config {path.name}: {e}", field="model.config") from None
+    out = _plain(cfg.to_dict())
+    out["name"] = path.stem
+    return out
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
+    """Apply ``{"a.b.c": value}`` or nested ``{"a": {"b": ...}}`` overrides.
+
+    The parent of every overridden key must exist and be a mapping (so a typo fails loudly); the
+    key itself may be new (e.g. an mmseg kwarg the base config leaves at its default).
+    """
+    out = copy.deepcopy(cfg)
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {key!r}: {where!r} is not a section of config {cfg.get('name')!r}",
+                                  field=f"model.overrides.{key}")
+            node = node[part]
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return out
+
+
+def select_adaptation(cfg: dict, method: str) -> dict:
+    """Put the adaptation block for ``method`` in place (see module docstring)."""
+    out = copy.deepcopy(cfg)
+    base_file = config_dir() / "_base_" / "adaptation" / f"{method}.py"
+    block: dict = {"type": method}
+    if base_file.exists():
+        block = _plain(Config.fromfile(str(base_file)).to_dict()).get("adaptation", block)
+    leaf_block = cfg.get("adaptation") or {}
+    if leaf_block.get("type", method) == method:
+        block = _merge(block, {k: v for k, v in leaf_block.items() if k != "type"})
+    block["type"] = method
+    out["adaptation"] = block
+    return out
+
+
+def resolve_config(
+    name_or_path: str | Path | Mapping,
+    *,
+    method: str = "source-only",
+    overrides: Mapping[str, Any] | None = None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+) -> dict:
+    """Load (or copy) a config, choose the method's adaptation block, apply overrides, fit the
+    bands and classes of a job, and check the result. Returns a plain dict."""
+    cfg = copy.deepcopy(dict(name_or_path)) if isinstance(name_or_path, Mapping) else load_config(name_or_path)
+    cfg = select_adaptation(cfg, method)
+    cfg = apply_overrides(cfg, overrides)
+    for key in REQUIRED_KEYS:
+        if key not in cfg:
+            raise ConfigError(f"config {cfg.get('name')!r} has no {key!r} section", field="model.config")
+    model = cfg["model"]
+    if in_channels is not None:
+        model["backbone"]["in_channels"] = int(in_channels)
+    if num_classes is not None:
+        model["decode_head"]["num_classes"] = int(num_classes)
+    k = int(model["decode_head"]["num_classes"])
+    _check_class_weights(cfg, k)
+    if checkpoint is not None:
+        cfg["checkpoint"] = str(checkpoint)
+    fit_head_to_backbone(cfg)
+    return cfg
+
+
+def _check_class_weights(cfg: dict, k: int) -> None:
+    from models.adaptation.source_only import class_weight_of
+
+    checks = [("model.decode_head.loss_decode.class_weight", class_weight_of(cfg["model"]))]
+    a = cfg.get("adaptation") or {}
+    checks += [(f"adaptation.{n}", a.get(n)) for n in ("target_class_weight", "pseudo_class_weight")]
+    for field, cw in checks:
+        if cw is not None and len(cw) != k:
+            raise ConfigError(
+                f"{field} has {len(cw)} weights but the job has {k} classes; override it "
+                f"(model.overrides: {{'{field}': [...]}}) or set it to null", field=f"model.overrides.{field}")
+
+
+def fit_head_to_backbone(cfg: dict) -> None:
+    """Set the decode head's in_channels from the backbone's real level widths (found by probing),
+    so overriding a backbone width never leaves a mismatched head."""
+    from models.segmentor import build_module, probe_channels
+
+    model = cfg["model"]
+    if model.get("neck"):
+        return  # a neck decides the head's inputs; trust the config
+    backbone = build_module(model["backbone"], "backbone")
+    levels = probe_channels(backbone, int(model["backbone"].get("in_channels", 3)))
+    head = model["decode_head"]
+    idx = head.get("in_index", len(levels) - 1)
+    head["in_channels"] = [levels[i] for i in idx] if isinstance(idx, (list, tuple)) else levels[idx]
+    cfg["level_channels"] = levels
+
+
+def train_settings(cfg: Mapping, explicit: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    """iterations / batch_size / crop: a job's explicitly set params, else the config's ``train``
+    block, else the job schema defaults."""
+    out = dict(defaults)
+    out.update({k: v for k, v in (cfg.get("train") or {}).items() if k in defaults})
+    out.update({k: v for k, v in explicit.items() if k in defaults})
+    return out

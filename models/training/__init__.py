@@ -1,0 +1,1 @@
+"""Training: the iteration loop, lr schedules, checkpoints and the callback interface."""
