@@ -31,5 +31,5 @@ if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
     fi
 fi
 
-"${PIP[@]}" install -q -c constraints.txt -e ".[test]"
+"${PIP[@]}" install -q -c constraints.txt -e ".[ml,test]"
 .venv/bin/python -c "import mmcv.ops, mmseg, rasterio, torch; print(f'geoadapt installed: torch {torch.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, rasterio {rasterio.__version__}')"
