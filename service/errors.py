@@ -38,3 +38,9 @@ class ServiceUnavailableError(GeoadaptError):
     """The job store or the broker is unreachable; the request can be retried as is."""
 
     code = "service_unavailable"
+
+
+class UnauthorizedError(GeoadaptError):
+    """No token, an unknown one, or a revoked one."""
+
+    code = "unauthorized"

@@ -80,3 +80,40 @@ def session_maker(settings):
     init_db(engine)
     yield session_factory(engine)
     engine.dispose()
+
+
+def write_tiny_scene(folder, *, bands: int = 3, size: int = 32, classes=(1, 2), crs: str | None = "EPSG:32617"):
+    """A small georeferenced image and its label raster, written with real GDAL."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    tr = from_origin(600000.0, 4000000.0, 30.0, 30.0)
+    img = folder / "image.tif"
+    lab = folder / "labels.tif"
+    prof = dict(driver="GTiff", width=size, height=size, transform=tr, crs=crs)
+    with rasterio.open(img, "w", count=bands, dtype="float32", **prof) as ds:
+        ds.write(rng.random((bands, size, size), dtype=np.float32) * 100)
+    with rasterio.open(lab, "w", count=1, dtype="uint8", **prof) as ds:
+        ds.write(rng.choice(np.array(classes, dtype=np.uint8), size=(1, size, size)))
+    return img, lab
+
+
+@pytest.fixture
+def tiny_scene(roots):
+    return write_tiny_scene(roots[0] / "scene")
+
+
+def train_spec(img, lab, **extra) -> dict:
+    spec = {
+        "type": "train",
+        "method": "source-only",
+        "model": "segformer-tiny",
+        "classes": [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 2, "name": "b", "color": "#00ff00"}],
+        "source": {"scenes": [{"image": str(img), "labels": str(lab)}]},
+        "params": {"iterations": 2, "batch_size": 1, "crop": 16, "seed": 0},
+    }
+    spec.update(extra)
+    return spec

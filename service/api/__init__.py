@@ -1,0 +1,1 @@
+"""The REST API: routes per resource, typed dependencies, one error table."""

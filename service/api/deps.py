@@ -1,0 +1,84 @@
+"""Typed dependencies of the routes: settings, a store session, the caller's token, path policy."""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.errors import RateLimitedError, UnauthorizedError
+from service.paths import PathPolicy
+from service.settings import Settings
+from service.store import tokens
+from service.store.models import Dataset, Job, Token
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API token from `geoadapt token create`")
+
+
+def current_token(
+    session: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Token:
+    if creds is None or not creds.credentials:
+        raise UnauthorizedError("missing bearer token (Authorization: Bearer <token>)", field="Authorization")
+    rec = tokens.authenticate(session, creds.credentials)
+    if rec is None:
+        raise UnauthorizedError("invalid or revoked token", field="Authorization")
+    return rec
+
+
+CurrentToken = Annotated[Token, Depends(current_token)]
+
+
+def rate_limit(request: Request, token: CurrentToken) -> None:
+    wait = request.app.state.rate_limiter.check(token.id)
+    if wait is not None:
+        raise RateLimitedError(f"too many requests; retry in {wait} s", retry_after=wait)
+
+
+RateLimited = Depends(rate_limit)
+
+
+def get_path_policy(settings: SettingsDep, session: SessionDep, token: CurrentToken) -> PathPolicy:
+    def owns(kind: str, ident: uuid.UUID) -> bool:
+        row = session.get(Job if kind == "jobs" else Dataset, ident)
+        return row is not None and (token.admin or row.owner_id == token.id)
+
+    return PathPolicy(settings.allowed_roots, data_dir=settings.data_dir, owns=owns)
+
+
+PathPolicyDep = Annotated[PathPolicy, Depends(get_path_policy)]
+
+
+def get_producer(request: Request):
+    return request.app.state.producer
+
+
+Producer = Annotated[object, Depends(get_producer)]
+
+
+def get_base_url(request: Request, settings: SettingsDep) -> str:
+    """Links are absolute; behind a proxy `public_url` says what clients see."""
+    return (settings.public_url or str(request.base_url)).rstrip("/")
+
+
+BaseUrl = Annotated[str, Depends(get_base_url)]

@@ -1,0 +1,101 @@
+"""The one table from domain errors to HTTP status codes, and the handlers that apply it."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from core.errors import (
+    BundleError,
+    ConfigError,
+    DataFetchError,
+    GeoadaptError,
+    RasterError,
+    SpecError,
+)
+from service.errors import (
+    ConflictError,
+    NotFoundError,
+    PathNotAllowedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+)
+from service.store.db import StoreUnavailable
+
+log = logging.getLogger("geoadapt.api")
+
+#: most specific class first is not needed: the lookup walks each error's MRO
+STATUS: dict[type[GeoadaptError], int] = {
+    SpecError: 422,
+    RasterError: 422,  # every raster problem found at submit: unreadable, CRS, bands, labels, overlap
+    BundleError: 422,
+    ConfigError: 422,
+    PathNotAllowedError: 422,
+    NotFoundError: 404,
+    ConflictError: 409,
+    UnauthorizedError: 401,
+    PayloadTooLargeError: 413,
+    RateLimitedError: 429,
+    DataFetchError: 502,
+    ServiceUnavailableError: 503,
+    GeoadaptError: 400,
+}
+
+
+def status_for(exc: GeoadaptError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def error_body(code: str, problems: list[dict]) -> dict:
+    return {"type": code, "detail": [{"field": p.get("field") or "", "message": p["message"]} for p in problems]}
+
+
+def _domain_error(request: Request, exc: GeoadaptError) -> JSONResponse:
+    status = status_for(exc)
+    problems = getattr(exc, "problems", None) or [{"field": exc.field or "", "message": exc.message}]
+    headers = {}
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if status == 503:
+        headers["Retry-After"] = str(request.app.state.settings.retry_after_s)
+    return JSONResponse(error_body(exc.code, problems), status_code=status, headers=headers)
+
+
+def _store_down(request: Request, exc: Exception) -> JSONResponse:
+    # the driver's message may carry a host or user name: log it, do not send it
+    log.warning("job store unreachable: %s", type(exc).__name__)
+    return JSONResponse(
+        error_body("service_unavailable", [{"field": "", "message": "the job store is unreachable; retry later"}]),
+        status_code=503,
+        headers={"Retry-After": str(request.app.state.settings.retry_after_s)},
+    )
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] or parts
+    return ".".join(parts)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in exc.errors()]
+    return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(GeoadaptError, _domain_error)
+    app.add_exception_handler(StoreUnavailable, _store_down)
+    app.add_exception_handler(OperationalError, _store_down)
+    app.add_exception_handler(InterfaceError, _store_down)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,54 @@
+"""Every URL the API hands out is built here, so routes (and the later tile routes) agree."""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from service.api.schemas import Link
+
+#: the tile matrix set used in tile links (TiTiler-compatible paths)
+DEFAULT_TMS = "WebMercatorQuad"
+
+
+def job(base: str, job_id) -> str:
+    return f"{base}/v1/jobs/{job_id}"
+
+
+def job_links(base: str, j) -> list[Link]:
+    links = [Link(href=job(base, j.id), rel="self", type="application/json", title="job status")]
+    if j.status == "successful":
+        links.append(Link(href=f"{job(base, j.id)}/results", rel="results", type="application/json"))
+    return links
+
+
+def job_file(base: str, job_id, relpath: str) -> str:
+    return f"{job(base, job_id)}/files/{quote(relpath)}"
+
+
+def result_links(base: str, job_id, relpath: str, name: str) -> dict[str, str]:
+    """download / info / tilejson / tiles for one predicted COG (`name`: its id within the job)."""
+    r = f"{base}/v1/results/{job_id}/{quote(name)}"
+    return {
+        "download": job_file(base, job_id, relpath),
+        "info": f"{r}/info",
+        "statistics": f"{r}/statistics",
+        "tilejson": f"{r}/{DEFAULT_TMS}/tilejson.json",
+        "tiles": f"{r}/tiles/{DEFAULT_TMS}/{{z}}/{{x}}/{{y}}.png",
+    }
+
+
+def jobs_page(base: str, offset: int, limit: int, total: int, **filters) -> list[Link]:
+    q = "".join(f"&{k}={quote(str(v))}" for k, v in filters.items() if v is not None)
+    links = [Link(href=f"{base}/v1/jobs?limit={limit}&offset={offset}{q}", rel="self")]
+    if offset + limit < total:
+        links.append(Link(href=f"{base}/v1/jobs?limit={limit}&offset={offset + limit}{q}", rel="next"))
+    if offset > 0:
+        links.append(Link(href=f"{base}/v1/jobs?limit={limit}&offset={max(0, offset - limit)}{q}", rel="prev"))
+    return links
+
+
+def dataset(base: str, ds_id) -> str:
+    return f"{base}/v1/datasets/{ds_id}"
+
+
+def model(base: str, model_id) -> str:
+    return f"{base}/v1/models/{model_id}"

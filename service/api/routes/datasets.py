@@ -1,0 +1,165 @@
+"""Datasets: register imagery by path (under an allowed root) or by upload; checked on arrival.
+
+A registered dataset's paths are what job specs then name; uploads live in the dataset's own
+folder `<data_dir>/datasets/<id>/`, which only its owner's specs may reference.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+
+from core.errors import GeoadaptError, SpecError
+from service.api import links
+from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, RateLimited, SessionDep, SettingsDep
+from service.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorPublic, Link
+from service.errors import PayloadTooLargeError
+from service.inputs import describe_dataset
+from service.store import datasets as store
+from service.store.files import atomic_writer
+from service.store.models import Dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+_ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
+_CHUNK = 1024 * 1024
+
+
+def to_public(ds: Dataset, base: str) -> DatasetPublic:
+    out = DatasetPublic.model_validate(ds)
+    out.links = [Link(href=links.dataset(base, ds.id), rel="self", type="application/json")]
+    return out
+
+
+def _confine(paths: dict, policy) -> dict:
+    """Each client path through the path policy; problems named by field, all at once."""
+    out, problems = {}, []
+    for key, value in paths.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        resolved = []
+        for i, v in enumerate(items):
+            field = f"{key}.{i}" if isinstance(value, list) else key
+            try:
+                resolved.append(str(policy(v)))
+            except ValueError as e:
+                problems.append({"field": field, "message": str(e)})
+        out[key] = resolved if isinstance(value, list) else (resolved[0] if resolved else None)
+    if problems:
+        raise SpecError("; ".join(f"{p['field']}: {p['message']}" for p in problems), field=problems[0]["field"],
+                        problems=problems)
+    return out
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, dependencies=[RateLimited],
+             responses={422: {"model": ErrorPublic}, **_ERRORS})
+def register_dataset(body: DatasetCreate, response: Response, session: SessionDep, token: CurrentToken,
+                     policy: PathPolicyDep, base: BaseUrl) -> DatasetPublic:
+    """Register files already on the server; 422 naming the field if a path or a file is bad."""
+    if (body.image is None) == (body.bands is None):
+        raise SpecError("give exactly one of 'image' or 'bands'", field="image")
+    paths = _confine({"image": body.image, "bands": body.bands, "labels": body.labels}, policy)
+    report = describe_dataset(paths)
+    ds = store.create_dataset(session, dataset_id=uuid.uuid4(), owner_id=token.id, name=body.name, kind="path",
+                              paths={k: v for k, v in paths.items() if v is not None}, report=report)
+    response.headers["Location"] = links.dataset(base, ds.id)
+    return to_public(ds, base)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_name(name: str | None, default: str) -> str:
+    base = _SAFE.sub("_", (name or "").replace("\\", "/").rsplit("/", 1)[-1]).strip("._")
+    return base[:100] or default
+
+
+def _save(upload: UploadFile, dest, budget: list[int]) -> None:
+    """Stream an upload to disk, counting bytes against the request's upload budget."""
+    with atomic_writer(dest) as fh:
+        while chunk := upload.file.read(_CHUNK):
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise PayloadTooLargeError("upload larger than the limit", field=dest.stem)
+            fh.write(chunk)
+
+
+@router.post("/upload", status_code=201, response_model=DatasetPublic, dependencies=[RateLimited],
+             responses={413: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, **_ERRORS})
+def upload_dataset(
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    base: BaseUrl,
+    image: Annotated[UploadFile | None, File(description="one multi-band GeoTIFF")] = None,
+    bands: Annotated[list[UploadFile] | None, File(description="single-band files, in order")] = None,
+    labels: Annotated[UploadFile | None, File(description="label raster or vector file")] = None,
+) -> DatasetPublic:
+    """Upload imagery (multipart); stored in the dataset's folder, checked, then registered."""
+    if (image is None) == (not bands):
+        raise SpecError("upload exactly one of 'image' or 'bands'", field="image")
+    ds_id = uuid.uuid4()
+    folder = settings.dataset_dir(ds_id)
+    budget = [settings.max_upload_bytes]
+    paths: dict = {}
+    used: set[str] = set()
+
+    def dest(upload: UploadFile, default: str):
+        n = _safe_name(upload.filename, default)
+        while n in used:
+            n = "_" + n
+        used.add(n)
+        return folder / n
+
+    try:
+        if image is not None:
+            p = dest(image, "image.tif")
+            _save(image, p, budget)
+            paths["image"] = str(p)
+        else:
+            paths["bands"] = []
+            for i, b in enumerate(bands or []):
+                p = dest(b, f"band{i + 1}.tif")
+                _save(b, p, budget)
+                paths["bands"].append(str(p))
+        if labels is not None:
+            p = dest(labels, "labels.tif")
+            _save(labels, p, budget)
+            paths["labels"] = str(p)
+        report = describe_dataset(paths)
+        ds = store.create_dataset(session, dataset_id=ds_id, owner_id=token.id, name=name, kind="upload",
+                                  paths=paths, report=report)
+    except (GeoadaptError, OSError, ValueError):
+        shutil.rmtree(folder, ignore_errors=True)  # nothing half-registered stays behind
+        raise
+    response.headers["Location"] = links.dataset(base, ds.id)
+    return to_public(ds, base)
+
+
+@router.get("", response_model=DatasetList, responses=_ERRORS)
+def list_datasets(session: SessionDep, settings: SettingsDep, token: CurrentToken, base: BaseUrl,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                  offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> DatasetList:
+    limit = min(limit, settings.max_page_size)
+    rows, total = store.list_datasets(session, token, limit=limit, offset=offset)
+    return DatasetList(datasets=[to_public(d, base) for d in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=_ERRORS)
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> DatasetPublic:
+    return to_public(store.get_dataset(session, dataset_id, token), base)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)
+def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken) -> None:
+    """Forget a dataset; an uploaded one's files are removed too (files named by path are not)."""
+    ds = store.get_dataset(session, dataset_id, token)
+    kind, ident = ds.kind, ds.id
+    store.delete_dataset(session, ds)
+    if kind == "upload":
+        shutil.rmtree(settings.dataset_dir(ident), ignore_errors=True)

@@ -1,0 +1,202 @@
+"""Jobs: submit (idempotent), status, list, cancel, results, result files.
+
+Where a job writes is the server's choice: the spec's `output` is replaced by the job's own
+folder, `<data_dir>/jobs/<id>/output`, whatever the client sent, so no client can make a worker
+write elsewhere. Results are then served from there (GET .../results, .../files/...).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import FileResponse
+
+from core.jobspec import JobSpec, load_job_spec
+from service import results as job_results
+from service.api import links
+from service.api.deps import (
+    BaseUrl,
+    CurrentToken,
+    PathPolicyDep,
+    Producer,
+    RateLimited,
+    SessionDep,
+    SettingsDep,
+)
+from service.api.schemas import (
+    ErrorPublic,
+    FileEntry,
+    JobList,
+    JobPublic,
+    JobStatus,
+    JobType,
+    Link,
+    PredictionEntry,
+    ResultsPublic,
+)
+from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from service.inputs import check_job_inputs
+from service.queue import QUEUE_FOR_TYPE, enqueue
+from service.store import jobs as store
+from service.store.files import write_json
+from service.store.models import Job
+
+log = logging.getLogger("geoadapt.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
+
+
+def _spec_body_schema() -> dict:
+    """OpenAPI body = the JobSpec schema, with `output` optional (the server sets it)."""
+    schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    schema["required"] = [r for r in schema.get("required", []) if r != "output"]
+    schema["properties"]["output"] = {"type": "string", "description": "ignored: jobs write to their own folder"}
+    return schema
+
+
+def job_body_components() -> dict:
+    return JobSpec.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+
+
+def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
+    out = JobPublic.model_validate(j)
+    out.error = {"type": j.error_type, "message": j.error_message or ""} if j.error_type else None
+    out.spec = j.spec if with_spec else None
+    out.links = links.job_links(base, j)
+    return out
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "the job an earlier request with this Idempotency-Key created"},
+               409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _spec_body_schema()}}}},
+    dependencies=[RateLimited],
+)
+def submit_job(
+    body: Annotated[dict[str, Any], Body()],
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    policy: PathPolicyDep,
+    producer: Producer,
+    base: BaseUrl,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JobPublic:
+    """Validate the spec (paths confined to allowed roots, inputs checked), store it, enqueue it."""
+    digest = store.body_hash(body)
+    if idempotency_key:
+        earlier = store.find_by_idempotency_key(session, token.id, idempotency_key)
+        if earlier is not None:
+            store.check_idempotent(earlier, digest)
+            response.status_code = 200
+            response.headers["Location"] = links.job(base, earlier.id)
+            return to_public(earlier, base)
+
+    job_id = uuid.uuid4()
+    job_dir = settings.job_dir(job_id)
+    data = dict(body)
+    data["output"] = str(job_results.output_dir(job_dir))
+    policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
+    spec = load_job_spec(data, check_files=True, path_resolver=policy)
+    report = check_job_inputs(spec)
+    spec_json = spec.to_jsonable()
+
+    job, created = store.create_job(
+        session, job_id=job_id, owner_id=token.id, spec=spec_json, queue=QUEUE_FOR_TYPE[spec.type],
+        idempotency_key=idempotency_key, digest=digest,
+    )
+    if created:
+        write_json(job_dir / "spec.json", spec_json)
+        if report is not None:
+            write_json(job_dir / "inputs-report.json", report)
+        try:
+            enqueue(producer, job.id, job.queue)
+        except Exception as e:  # broker down: undo, so that a retry with the same key submits again
+            log.warning("enqueue failed for job %s: %s", job.id, type(e).__name__)
+            session.delete(job)
+            session.commit()
+            raise ServiceUnavailableError("the job queue (broker) is unreachable; retry later") from None
+    else:
+        response.status_code = 200
+    response.headers["Location"] = links.job(base, job.id)
+    return to_public(job, base)
+
+
+@router.get("", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    base: BaseUrl,
+    status: JobStatus | None = None,
+    type: JobType | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobList:
+    """The caller's jobs (an admin token sees all), newest first."""
+    limit = min(limit, settings.max_page_size)
+    rows, total = store.list_jobs(session, token, status=status, type=type, limit=limit, offset=offset)
+    return JobList(
+        jobs=[to_public(j, base, with_spec=False) for j in rows], total=total, limit=limit, offset=offset,
+        links=links.jobs_page(base, offset, limit, total, status=status, type=type),
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+def get_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
+    return to_public(store.get_job(session, job_id, token), base)
+
+
+@router.delete("/{job_id}", response_model=JobPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
+def cancel_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
+    """Dismiss a queued job; ask a running one to stop (it checkpoints, then becomes dismissed)."""
+    job = store.get_job(session, job_id, token)
+    return to_public(store.request_cancel(session, job), base)
+
+
+@router.get("/{job_id}/results", response_model=ResultsPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
+def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+                base: BaseUrl) -> ResultsPublic:
+    """Bundle, metrics, report and one entry per predicted COG with download and tile links."""
+    job = store.get_job(session, job_id, token)
+    if job.status != "successful":
+        raise ConflictError(f"job {job.id} is {job.status}: results exist once it is successful")
+    desc = job_results.describe(settings.job_dir(job.id))
+    jid = job.id
+    if desc["bundle"]:
+        desc["bundle"]["links"] = {"model": links.model(base, jid)}
+    if desc["report"]:
+        desc["report"]["links"] = {"download": links.job_file(base, jid, desc["report"]["path"])}
+    return ResultsPublic(
+        job_id=jid,
+        status=job.status,
+        bundle=desc["bundle"],
+        metrics=desc["metrics"],
+        report=desc["report"],
+        predictions=[
+            PredictionEntry(**p, links=links.result_links(base, jid, p["path"], p["name"])) for p in desc["predictions"]
+        ],
+        files=[FileEntry(name=f["path"], size=f["size"], links={"download": links.job_file(base, jid, f["path"])})
+               for f in desc["files"]],
+        links=[Link(href=f"{links.job(base, jid)}/results", rel="self", type="application/json"),
+               Link(href=links.job(base, jid), rel="up", type="application/json")],
+    )
+
+
+@router.get("/{job_id}/files/{path:path}", response_class=FileResponse, responses=_ERRORS)
+def get_file(job_id: uuid.UUID, path: str, session: SessionDep, settings: SettingsDep, token: CurrentToken):
+    """One file of the job's output (COG, bundle file, report); supports HTTP range requests."""
+    job = store.get_job(session, job_id, token)
+    p = job_results.safe_file(settings.job_dir(job.id), path)
+    if p is None:
+        raise NotFoundError(f"no file {path!r} in the results of job {job.id}", field="path")
+    media = "image/tiff" if p.suffix.lower() in (".tif", ".tiff") else None
+    return FileResponse(p, media_type=media, filename=p.name)

@@ -1,0 +1,61 @@
+"""Models: the bundles of finished train/adapt jobs (a model's id is its job's id)."""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from service import results as job_results
+from service.api import links
+from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
+from service.api.schemas import ErrorPublic, Link, ModelList, ModelPublic
+from service.errors import NotFoundError
+from service.store import jobs as job_store
+from service.store.models import SUCCESSFUL, Job
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+_ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
+_TRAINING = ("train", "adapt")
+
+
+def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
+    desc = job_results.describe(settings.job_dir(job.id)) if full else None
+    bundle_dir = job_results.output_dir(settings.job_dir(job.id)) / "bundle"
+    if not bundle_dir.is_dir():
+        return None
+    spec = job.spec or {}
+    return ModelPublic(
+        id=job.id, job_id=job.id, type=job.type, method=job.method,
+        config=(spec.get("model") or {}).get("config"),
+        classes=spec.get("classes") or [],
+        created_at=job.finished_at or job.created_at,
+        metrics=desc["metrics"] if desc else None,
+        metadata=(desc["bundle"] or {}).get("metadata") if desc else None,
+        links=[Link(href=links.model(base, job.id), rel="self", type="application/json"),
+               Link(href=links.job(base, job.id), rel="job", type="application/json")],
+    )
+
+
+@router.get("", response_model=ModelList, responses=_ERRORS)
+def list_models(session: SessionDep, settings: SettingsDep, token: CurrentToken, base: BaseUrl,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> ModelList:
+    q = select(Job).where(Job.status == SUCCESSFUL, Job.type.in_(_TRAINING))
+    if not token.admin:
+        q = q.where(Job.owner_id == token.id)
+    rows = session.scalars(q.order_by(Job.created_at.desc(), Job.id))
+    models = [m for j in rows if (m := _public(j, settings, base, full=False)) is not None]
+    limit = min(limit, settings.max_page_size)
+    return ModelList(models=models[offset: offset + limit], total=len(models))
+
+
+@router.get("/{model_id}", response_model=ModelPublic, responses=_ERRORS)
+def get_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+              base: BaseUrl) -> ModelPublic:
+    job = job_store.get_job(session, model_id, token)
+    m = _public(job, settings, base, full=True) if job.status == SUCCESSFUL and job.type in _TRAINING else None
+    if m is None:
+        raise NotFoundError(f"no model {model_id}")
+    return m

@@ -1,0 +1,89 @@
+"""The API's composition root: `create_app(settings)` wires settings, store, queue and routes.
+
+    client -> BodySizeLimit -> routes (deps: token, session, path policy) -> job store
+                                                                          -> broker (send_task by name)
+
+Nothing here imports torch, models or workers: the API starts fast on a CPU-only box.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.api import errors
+from service.api.middleware import BodySizeLimit
+from service.api.ratelimit import RateLimiter
+from service.api.routes import datasets, health, jobs, models
+from service.queue import make_producer
+from service.settings import Settings
+from service.store.db import StoreUnavailable, init_db, make_engine, session_factory
+
+log = logging.getLogger("geoadapt.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    engine = make_engine(settings.database_url)
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="geoadapt",
+        summary="Cross-domain semantic segmentation of remote-sensing imagery: jobs, models, results.",
+        version=health._version(),
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = session_factory(engine)
+    app.state.producer = make_producer(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+
+    # the store may be down when the API starts: create tables on the first request that works
+    lock, ready = threading.Lock(), [False]
+
+    def ensure_db() -> None:
+        if ready[0]:
+            return
+        with lock:
+            if not ready[0]:
+                init_db(engine)
+                ready[0] = True
+
+    app.state.ensure_db = ensure_db
+    try:
+        ensure_db()
+    except StoreUnavailable as e:
+        log.warning("%s; requests answer 503 until it is back", e)
+    sessions = app.state.sessions
+
+    def _sessions():
+        ensure_db()
+        return sessions()
+
+    app.state.sessions = _sessions
+
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
+                       upload_paths=("/v1/datasets/upload",))
+    for r in (jobs.router, datasets.router, models.router, health.router):
+        app.include_router(r)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            # the job body's schema is JobSpec's; its sub-schemas go where its $refs point
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(jobs.job_body_components())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    return app

@@ -1,0 +1,53 @@
+"""Enqueueing by task name: the API's only contact with Celery; it never imports worker code."""
+from __future__ import annotations
+
+import uuid
+
+from kombu import Exchange, Queue
+
+#: task names shared by the API (sender) and workers/tasks.py (implementation)
+RUN_JOB = "geoadapt.run_job"
+
+#: jobs that run a network go to "gpu"; light work (checks, stats) to "cpu"
+QUEUES = ("gpu", "cpu")
+QUEUE_FOR_TYPE = {"adapt": "gpu", "train": "gpu", "predict": "gpu", "evaluate": "gpu"}
+
+
+def task_queues() -> list[Queue]:
+    return [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
+
+
+def broker_transport_options(settings) -> dict:
+    # Redis: an unacknowledged job is redelivered after the visibility timeout, so it must outlast
+    # the longest job or a running job would start twice
+    return {"visibility_timeout": settings.visibility_timeout_s}
+
+
+def make_producer(settings):
+    """A Celery app configured only to send (no tasks, no worker settings)."""
+    from celery import Celery
+
+    app = Celery("geoadapt-api", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=task_queues(),
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_timeout=4,
+        broker_connection_retry_on_startup=False,
+        task_ignore_result=True,
+        result_backend=None,
+    )
+    return app
+
+
+def enqueue(producer, job_id, queue: str) -> None:
+    """Send the run_job message; broker errors propagate (the API answers 503)."""
+    producer.send_task(
+        RUN_JOB,
+        args=[str(job_id)],
+        queue=queue,
+        routing_key=queue,
+        task_id=f"{job_id}-{uuid.uuid4().hex[:6]}",
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        ignore_result=True,
+    )

@@ -1,0 +1,107 @@
+"""What a finished job left in its folder: bundle, metrics, report, predicted COGs, other files.
+
+The job folder is `<data_dir>/jobs/<id>/`: `spec.json` (the spec as run) and `output/` (the
+spec's `output`, where the pipeline writes). Read from disk, so results written by any worker
+on a shared artefact store are seen the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: folders of intermediate state, not results
+_SKIP_DIRS = {"checkpoints", "checkpoint", "ckpt", "work_dirs", "tmp", ".cache"}
+_COG_SUFFIXES = (".tif", ".tiff")
+_MAX_JSON = 4 * 1024 * 1024
+_MAX_FILES = 1000
+
+
+def output_dir(job_dir: Path) -> Path:
+    return job_dir / "output"
+
+
+def _read_json(p: Path) -> dict | None:
+    try:
+        if p.is_file() and p.stat().st_size <= _MAX_JSON:
+            data = json.loads(p.read_text())
+            return data if isinstance(data, dict) else {"value": data}
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _files(out: Path) -> list[Path]:
+    found = []
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out)
+        if any(part in _SKIP_DIRS or part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file():
+            found.append(p)
+            if len(found) >= _MAX_FILES:
+                break
+    return found
+
+
+def prediction_name(rel: Path) -> str:
+    """A URL-safe id of a COG within its job: its path under output/, '/' as '--', no suffix."""
+    return "--".join(rel.with_suffix("").parts)
+
+
+def prediction_files(job_dir: Path) -> dict[str, Path]:
+    """name -> COG path, for every predicted raster outside the bundle (also used by tile routes)."""
+    out = output_dir(job_dir)
+    if not out.is_dir():
+        return {}
+    preds = {}
+    for p in _files(out):
+        rel = p.relative_to(out)
+        if rel.parts[0] == "bundle" or p.suffix.lower() not in _COG_SUFFIXES:
+            continue
+        preds[prediction_name(rel)] = p
+    return preds
+
+
+def describe(job_dir: Path) -> dict:
+    """Plain description (relative paths, no URLs); the API adds links."""
+    out = output_dir(job_dir)
+    res: dict = {"bundle": None, "metrics": None, "report": None, "predictions": [], "files": []}
+    if not out.is_dir():
+        return res
+    bundle = out / "bundle"
+    if bundle.is_dir():
+        res["bundle"] = {"path": "bundle", "metadata": _bundle_metadata(bundle)}
+    res["metrics"] = _read_json(out / "metrics.json")
+    for name in ("report.json", "report.html", "report.md"):
+        if (out / name).is_file():
+            res["report"] = {"path": name, "content": _read_json(out / name) if name.endswith(".json") else None}
+            break
+    for name, p in prediction_files(job_dir).items():
+        rel = p.relative_to(out).as_posix()
+        kind = "probabilities" if "prob" in p.name.lower() else "classes"
+        res["predictions"].append({"name": name, "path": rel, "kind": kind})
+    res["files"] = [{"path": p.relative_to(out).as_posix(), "size": p.stat().st_size} for p in _files(out)]
+    return res
+
+
+def _bundle_metadata(bundle: Path) -> dict | None:
+    for name in ("metadata.json", "bundle.json", "meta.json"):
+        data = _read_json(bundle / name)
+        if data is not None:
+            return data
+    return None
+
+
+def safe_file(job_dir: Path, relpath: str) -> Path | None:
+    """A file under the job's output folder, or None (no escape through '..' or symlinks)."""
+    out = output_dir(job_dir).resolve()
+    try:
+        p = (out / relpath).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not p.is_relative_to(out) or not p.is_file():
+        return None
+    rel = p.relative_to(out)
+    if any(part in _SKIP_DIRS or part.startswith(".") for part in rel.parts):
+        return None
+    return p

@@ -1,0 +1,209 @@
+"""The jobs API through FastAPI's TestClient on a real store (SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.store import jobs as job_store
+from service.store import tokens
+from service.store.db import session_scope
+
+from .conftest import train_spec
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def _token(app, admin=False) -> dict:
+    with session_scope(app.state.sessions) as s:
+        _, plain = tokens.create_token(s, admin=admin)
+    return {"Authorization": f"Bearer {plain}"}
+
+
+@pytest.fixture
+def auth(app):
+    return _token(app)
+
+
+def test_health_and_openapi_need_no_token_everything_else_does(client, auth):
+    h = client.get("/health")
+    assert h.status_code == 200
+    assert h.json()["job_store"]["ok"] and h.json()["broker"]["ok"]
+    assert client.get("/openapi.json").status_code == 200
+    for path in ("/v1/jobs", "/v1/datasets", "/v1/models", f"/v1/jobs/{uuid.uuid4()}"):
+        r = client.get(path)
+        assert r.status_code == 401, path
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer ga_0000_nope"}).status_code == 401
+    assert client.get("/v1/jobs", headers=auth).status_code == 200
+
+
+def test_submit_status_and_output_confined_to_job_folder(client, auth, settings, tiny_scene):
+    img, lab = tiny_scene
+    r = client.post("/v1/jobs", json=train_spec(img, lab, output="/etc"), headers=auth)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert r.headers["location"].endswith(f"/v1/jobs/{job['id']}")
+    assert job["status"] == "accepted" and job["progress"] == 0
+    # the client's output is replaced by the job's own folder
+    assert job["spec"]["output"] == str(settings.job_dir(job["id"]) / "output")
+    assert (settings.job_dir(job["id"]) / "spec.json").is_file()
+    got = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert got["id"] == job["id"] and got["links"][0]["rel"] == "self"
+    assert {"stage", "done", "total", "eta_s", "created_at", "error"} <= set(got)
+
+
+def test_other_tokens_get_404_and_do_not_list_it_admin_sees_all(app, client, auth, tiny_scene):
+    other, admin = _token(app), _token(app, admin=True)
+    jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
+    for method, path in (("GET", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/results"),
+                         ("DELETE", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/files/spec.json")):
+        r = client.request(method, path, headers=other)
+        assert r.status_code == 404, (method, path, r.status_code)
+    assert jid not in client.get("/v1/jobs", headers=other).text
+    assert client.get(f"/v1/jobs/{jid}", headers=admin).status_code == 200
+    assert jid in client.get("/v1/jobs", headers=admin).text
+
+
+def test_idempotency_key(client, auth, tiny_scene):
+    spec = train_spec(*tiny_scene)
+    h = {**auth, "Idempotency-Key": "k-1"}
+    first = client.post("/v1/jobs", json=spec, headers=h)
+    again = client.post("/v1/jobs", json=spec, headers=h)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post("/v1/jobs", json={**spec, "params": {"iterations": 3}}, headers=h)
+    assert other.status_code == 409
+    assert other.json()["detail"][0]["field"] == "Idempotency-Key"
+    assert client.get("/v1/jobs", headers=auth).json()["total"] == 1
+
+
+def test_validation_errors_are_422_naming_fields(client, auth, tiny_scene):
+    img, lab = tiny_scene
+    bad = train_spec(img, lab)
+    bad["classes"][0]["color"] = "red"
+    bad["params"]["iterations"] = 0
+    bad["surprise"] = 1
+    r = client.post("/v1/jobs", json=bad, headers=auth)
+    assert r.status_code == 422
+    fields = {d["field"] for d in r.json()["detail"]}
+    assert {"classes.0.color", "params.iterations", "surprise"} <= fields, fields
+    r = client.post("/v1/jobs", json=train_spec(img, str(lab) + ".missing"), headers=auth)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "source.scenes.0.labels"
+    # not JSON / not an object
+    assert client.post("/v1/jobs", content=b"{nope", headers={**auth, "Content-Type": "application/json"}).status_code == 422
+    assert client.post("/v1/jobs", json=[1, 2], headers=auth).status_code == 422
+
+
+def test_path_escape_refused(client, auth, tiny_scene, roots, tmp_path):
+    img, lab = tiny_scene
+    root, outside = roots
+    (outside / "secret.tif").write_bytes(img.read_bytes())
+    os.symlink(outside / "secret.tif", root / "link.tif")
+    for bad in ("../../../../etc/passwd", f"{root}/../outside/secret.tif", str(outside / "secret.tif"),
+                "/etc/passwd", str(root / "link.tif")):
+        r = client.post("/v1/jobs", json=train_spec(bad, lab), headers=auth)
+        assert r.status_code == 422, (bad, r.status_code)
+        assert r.json()["detail"][0]["field"] == "source.scenes.0.image", r.json()
+
+
+def test_pagination_and_filters(client, auth, tiny_scene):
+    ids = [client.post("/v1/jobs", json=train_spec(*tiny_scene, params={"seed": i}), headers=auth).json()["id"]
+           for i in range(5)]
+    p1 = client.get("/v1/jobs?limit=2", headers=auth).json()
+    assert p1["total"] == 5 and len(p1["jobs"]) == 2
+    nxt = next(lk["href"] for lk in p1["links"] if lk["rel"] == "next")
+    p2 = client.get(nxt, headers=auth).json()
+    p3 = client.get("/v1/jobs?limit=2&offset=4", headers=auth).json()
+    assert not any(lk["rel"] == "next" for lk in p3["links"])
+    assert {j["id"] for j in p1["jobs"] + p2["jobs"] + p3["jobs"]} == set(ids)
+    assert client.get("/v1/jobs?status=running", headers=auth).json()["total"] == 0
+    assert client.get("/v1/jobs?type=train&status=accepted", headers=auth).json()["total"] == 5
+    assert client.get("/v1/jobs?status=bogus", headers=auth).status_code == 422
+    assert client.get("/v1/jobs?limit=0", headers=auth).status_code == 422
+
+
+def test_cancel_queued_then_conflict(client, auth, tiny_scene):
+    jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 200 and r.json()["status"] == "dismissed"
+    assert client.delete(f"/v1/jobs/{jid}", headers=auth).status_code == 409
+    assert client.get(f"/v1/jobs/{jid}/results", headers=auth).status_code == 409
+
+
+def test_results_links_and_files(app, client, auth, settings, tiny_scene):
+    jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
+    out = settings.job_dir(jid) / "output"
+    (out / "bundle").mkdir(parents=True)
+    (out / "bundle" / "metadata.json").write_text('{"classes": 2}')
+    (out / "metrics.json").write_text('{"miou": 0.5}')
+    (out / "predictions").mkdir()
+    (out / "predictions" / "scene0_classes.tif").write_bytes(b"II*\x00" + b"\x00" * 100)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "iter_2.pth").write_bytes(b"x")
+    # finish it the way a worker does: claim, then finish
+    with session_scope(app.state.sessions) as s:
+        job_store.claim(s, jid, "w", previous_run_dead=lambda j: False)
+        job_store.finish(s, uuid.UUID(jid), "w", {"iterations": 2})
+    res = client.get(f"/v1/jobs/{jid}/results", headers=auth)
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["metrics"] == {"miou": 0.5} and body["bundle"]["metadata"] == {"classes": 2}
+    (pred,) = body["predictions"]
+    assert pred["name"] == "predictions--scene0_classes" and pred["kind"] == "classes"
+    assert set(pred["links"]) >= {"download", "info", "tilejson", "tiles"}
+    assert all(f["name"].split("/")[0] != "checkpoints" for f in body["files"])
+    dl = client.get(pred["links"]["download"], headers={**auth, "Range": "bytes=0-3"})
+    assert dl.status_code == 206 and dl.content == b"II*\x00"
+    assert client.get(f"/v1/jobs/{jid}/files/checkpoints/iter_2.pth", headers=auth).status_code == 404
+    assert client.get(f"/v1/jobs/{jid}/files/..%2F..%2Fgeoadapt.db", headers=auth).status_code == 404
+    models = client.get("/v1/models", headers=auth).json()
+    assert [m["id"] for m in models["models"]] == [jid]
+    assert client.get(f"/v1/models/{jid}", headers=auth).json()["metrics"] == {"miou": 0.5}
+
+
+def test_rate_limit_and_body_limit(tmp_path, settings, tiny_scene):
+    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 2, "max_json_bytes": 4096}))
+    with TestClient(app) as c:
+        auth = _token(app)
+        spec = train_spec(*tiny_scene)
+        codes = [c.post("/v1/jobs", json=spec, headers=auth).status_code for _ in range(3)]
+        assert codes == [201, 201, 429]
+        r = c.post("/v1/jobs", json=spec, headers=auth)
+        assert int(r.headers["retry-after"]) >= 1
+        big = c.post("/v1/jobs", json={**spec, "pad": "x" * 5000}, headers=_token(app))
+        assert big.status_code == 413
+
+
+def test_store_unreachable_is_503_with_retry_after(tmp_path):
+    from service.settings import Settings
+
+    s = Settings(data_dir=tmp_path, database_url="postgresql://postgres@127.0.0.1:1/none", broker_url="memory://")
+    with TestClient(create_app(s)) as c:
+        r = c.get("/v1/jobs", headers={"Authorization": "Bearer ga_1234abcd_x"})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        r = c.post("/v1/jobs", json={"type": "train"}, headers={"Authorization": "Bearer ga_1234abcd_x"})
+        assert r.status_code == 503
+        assert "127.0.0.1" not in r.text  # no connection details leak
+        assert c.get("/health").status_code == 503
+
+
+def test_broker_unreachable_at_submit_is_503_and_leaves_no_job(tiny_scene, settings):
+    app = create_app(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(app) as c:
+        auth = _token(app)
+        r = c.post("/v1/jobs", json=train_spec(*tiny_scene), headers={**auth, "Idempotency-Key": "z"})
+        assert r.status_code == 503 and "retry-after" in r.headers
+        assert c.get("/v1/jobs", headers=auth).json()["total"] == 0
