@@ -1,0 +1,224 @@
+"""The iteration-based training loop: batches -> method.train_step -> progress, validation, checkpoints.
+
+Call flow of ``TrainLoop.run``::
+
+    resume?  load last.pth -> method, batch source, RNG states, loop state (best, validations)
+    for it in [start, total):
+        batch = batches.next(it)              # source crops (+ target images), on the device
+        losses = method.train_step(batch, it) # one optimisation step (per-method call flow)
+        callbacks.on_progress(...)
+        every val_interval: validate(inference segmentor) -> on_validation; best.pth if improved
+        every checkpoint_interval: last.pth -> on_checkpoint
+        callbacks.should_stop()? -> last.pth, return (stopped)
+    final validation (if any), last.pth, on_end
+
+The loop never reads rasters: a batch source (``SamplerBatches`` over the data layer's samplers)
+hands it tensors; validation is a function of the inference segmentor supplied by the caller.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from models.adaptation.base import AdaptationMethod
+from models.training import checkpoint as ckpt
+from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
+
+
+class BatchSource(Protocol):
+    def next(self, iteration: int) -> dict: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class SamplerBatches:
+    """Batches from the data layer's samplers: ``batch_size`` labelled source crops and, when the
+    method needs them, as many target crops; optional random flips of the source crops (the
+    spec's geometric augmentation; photometric distortion is left out on purpose)."""
+
+    def __init__(self, source: Any, target: Any | None, batch_size: int, *, flip: bool = False, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        self.source, self.target = source, target
+        self.batch_size = int(batch_size)
+        self.flip = flip
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(int(seed) + 7919)  # own stream: resume-exact
+
+    def _flip(self, s: dict) -> dict:
+        b = s["img"].shape[0]
+        h = torch.rand(b, generator=self.generator) < 0.5
+        v = torch.rand(b, generator=self.generator) < 0.5
+        out = dict(s)
+        for key in ("img", "label", "valid"):
+            if key not in s:
+                continue
+            x = s[key].clone()
+            x[h] = x[h].flip(-1)
+            x[v] = x[v].flip(-2)
+            out[key] = x
+        return out
+
+    def next(self, iteration: int) -> dict:
+        src = self.source.sample(self.batch_size)
+        if self.flip:
+            src = self._flip(src)
+        batch = {"source": {k: v.to(self.device) for k, v in src.items()}}
+        if self.target is not None:
+            tgt = self.target.sample(self.batch_size)
+            batch["target"] = {k: v.to(self.device) for k, v in tgt.items() if k in ("img", "valid")}
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"source": self.source.state_dict(),
+                "target": self.target.state_dict() if self.target is not None else None,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["source"])
+        if self.target is not None and state.get("target") is not None:
+            self.target.load_state_dict(state["target"])
+        self.generator.set_state(state["generator"])
+
+
+Validator = Callable[[nn.Module], dict]
+
+
+class TrainLoop:
+    def __init__(
+        self,
+        method: AdaptationMethod,
+        batches: BatchSource,
+        *,
+        total_iters: int,
+        workdir: Path | None = None,
+        checkpoint_interval: int | None = None,
+        validate: Validator | None = None,
+        val_interval: int | None = None,
+        callbacks: list[Callback] | None = None,
+        best_metric: str = "miou",
+    ):
+        self.method = method
+        self.batches = batches
+        self.total = int(total_iters)
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.checkpoint_interval = checkpoint_interval
+        self.validate = validate
+        self.val_interval = val_interval
+        self.callbacks = CallbackList(callbacks)
+        self.best_metric = best_metric
+        self.best: dict | None = None
+        self.validations: list[dict] = []
+
+    # -- state --
+    def _loop_state(self) -> dict:
+        return {"best": self.best, "validations": self.validations}
+
+    def save(self, iteration: int) -> Path | None:
+        if self.workdir is None:
+            return None
+        path = ckpt.save_checkpoint(self.workdir / ckpt.LAST, iteration=iteration,
+                                    method_state=self.method.state_dict(),
+                                    batches_state=self.batches.state_dict(), loop_state=self._loop_state())
+        self.callbacks.on_checkpoint(iteration, path, "last")
+        return path
+
+    def resume(self) -> int:
+        path = ckpt.find_resume(self.workdir)
+        if path is None:
+            return 0
+        state = ckpt.load_checkpoint(path)
+        self.method.load_state_dict(state["method"])
+        if state.get("batches") is not None:
+            self.batches.load_state_dict(state["batches"])
+        loop = state.get("loop") or {}
+        self.best = loop.get("best")
+        self.validations = list(loop.get("validations") or [])
+        ckpt.restore_rng(state["rng"])  # last, so nothing above consumes random numbers after it
+        return int(state["iteration"])
+
+    # -- validation --
+    def _validate(self, iteration: int) -> None:
+        if self.validate is None:
+            return
+        seg = self.method.inference_segmentor()
+        self.method.eval()
+        # validation must not perturb training: keep the global RNG as it was
+        rng = ckpt.capture_rng()
+        try:
+            with torch.no_grad():
+                metrics = self.validate(seg)
+        finally:
+            ckpt.restore_rng(rng)
+            self.method.train()
+        value = metrics.get(self.best_metric)
+        is_best = value is not None and (self.best is None or value > self.best["value"])
+        self.validations.append({"iteration": iteration, "metrics": metrics})
+        if is_best:
+            self.best = {"iteration": iteration, "metric": self.best_metric, "value": float(value), "path": None}
+            if self.workdir is not None:
+                path = ckpt.atomic_save(
+                    {"iteration": iteration, "metrics": metrics, "inference_config": self.method.inference_config(),
+                     "state_dict": seg.state_dict()},
+                    self.workdir / ckpt.BEST)
+                self.best["path"] = str(path)
+                self.callbacks.on_checkpoint(iteration, path, "best")
+        self.callbacks.on_validation(iteration, metrics, is_best)
+
+    # -- the loop --
+    def run(self, *, resume: bool = True) -> LoopResult:
+        start = self.resume() if resume else 0
+        self.method.train()
+        self.callbacks.on_start(start, self.total)
+        t0 = time.perf_counter()
+        times: list[float] = []
+        losses: dict[str, float] = {}
+        it = start
+        stopped = False
+        last_path: Path | None = None
+        while it < self.total:
+            t = time.perf_counter()
+            batch = self.batches.next(it)
+            losses = self.method.train_step(batch, it)
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
+            it += 1
+            times.append(time.perf_counter() - t)
+            recent = times[-50:]
+            spi = sum(recent) / len(recent)
+            self.callbacks.on_progress(Progress(
+                iteration=it, total=self.total, losses=losses, lr=self.method.lr(),
+                elapsed_s=time.perf_counter() - t0, eta_s=spi * (self.total - it) if len(times) >= 3 else None,
+                sec_per_iter=spi))
+            if self.val_interval and it % self.val_interval == 0 and it < self.total:
+                self._validate(it)
+            if self.checkpoint_interval and it % self.checkpoint_interval == 0 and it < self.total:
+                last_path = self.save(it)
+            if it < self.total and self.callbacks.should_stop():
+                stopped = True
+                break
+        if not stopped and self.validate is not None and (not self.validations or self.validations[-1]["iteration"] != it):
+            self._validate(it)
+        last_path = self.save(it) or last_path
+        result = LoopResult(iterations_done=it, total=self.total, stopped=stopped, last_checkpoint=last_path,
+                            best=self.best, validations=self.validations, final_losses=losses,
+                            elapsed_s=time.perf_counter() - t0)
+        self.callbacks.on_end(result)
+        return result
+
+
+def load_best_weights(method: AdaptationMethod, workdir: Path) -> dict | None:
+    """Put the best validated weights into the method's inference segmentor; returns their record."""
+    path = Path(workdir) / ckpt.BEST
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    method.inference_segmentor().load_state_dict(state["state_dict"])
+    return {"iteration": state["iteration"], "metrics": state["metrics"]}
+

@@ -1,0 +1,80 @@
+"""The loop: N iterations straight equal N/2 + resume + N/2; cooperative stop; best-checkpoint tracking."""
+from __future__ import annotations
+
+import torch
+
+from models.adaptation import build_method
+from models.training.callbacks import Callback, History, StopAfter
+from models.training.checkpoint import BEST, LAST, load_checkpoint
+from models.training.loop import TrainLoop, load_best_weights
+
+
+def _run(tiny, batch_source, workdir, total, *, stop_after=None, resume=True, method="st-dasegnet"):
+    torch.manual_seed(123)  # fixed seed: identical initial weights for both runs
+    m = build_method(tiny(method, **{"model.decode_head.dropout_ratio": 0.1}), total_iters=total)
+    hist = History()
+    cbs = [hist] + ([StopAfter(stop_after)] if stop_after else [])
+    loop = TrainLoop(m, batch_source(seed=5, crop=32, b=2), total_iters=total, workdir=workdir, callbacks=cbs)
+    return m, loop.run(resume=resume), hist
+
+
+def _full_state(m):
+    sd = m.state_dict()
+    return {k: v for k, v in sd["net"].items()}, sd["optimizers"]
+
+
+def test_resume_equals_straight_run(tiny, batch_source, tmp_path):
+    n = 6
+    straight, res_a, hist_a = _run(tiny, batch_source, tmp_path / "a", n)
+    assert res_a.finished and not res_a.stopped
+
+    _, res_b1, _ = _run(tiny, batch_source, tmp_path / "b", n, stop_after=n // 2)
+    assert res_b1.stopped and res_b1.iterations_done == n // 2 and (tmp_path / "b" / LAST).exists()
+    # a fresh process would rebuild everything with other random weights: the checkpoint must win
+    torch.manual_seed(999)
+    resumed, res_b2, hist_b = _run(tiny, batch_source, tmp_path / "b", n)
+    assert res_b2.finished and hist_b.progress[0].iteration == n // 2 + 1
+
+    net_a, opt_a = _full_state(straight)
+    net_b, opt_b = _full_state(resumed)
+    assert net_a.keys() == net_b.keys()
+    for k in net_a:  # students, DDM, teachers, discriminators, BN buffers: bit-identical
+        assert torch.equal(net_a[k], net_b[k]), k
+    for name in opt_a:
+        for pid, st in opt_a[name]["state"].items():
+            for key, v in st.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b[name]["state"][pid][key])), (name, key)
+    assert hist_a.progress[-1].losses == hist_b.progress[-1].losses
+    assert load_checkpoint(tmp_path / "b" / LAST)["iteration"] == n
+
+
+class _StopAt(Callback):
+    def __init__(self, when):
+        self.when, self.seen, self.checkpoints = when, 0, []
+
+    def on_progress(self, p):
+        self.seen = p.iteration
+
+    def on_checkpoint(self, iteration, path, kind):
+        self.checkpoints.append((iteration, kind))
+
+    def should_stop(self):
+        return self.seen >= self.when
+
+
+def test_cooperative_stop_checkpoints_and_best_tracking(tiny, batch_source, tmp_path):
+    torch.manual_seed(0)
+    m = build_method(tiny("source-only"), total_iters=8)
+    scores = iter([0.2, 0.5, 0.4])
+    stop = _StopAt(6)
+    progress = History()
+    loop = TrainLoop(m, batch_source(seed=1, crop=32, target=False), total_iters=8, workdir=tmp_path,
+                     validate=lambda seg: {"miou": next(scores)}, val_interval=2, callbacks=[progress, stop])
+    res = loop.run()
+    assert res.stopped and res.iterations_done == 6
+    assert (6, "last") in stop.checkpoints and (4, "best") in stop.checkpoints
+    assert res.best["iteration"] == 4 and res.best["value"] == 0.5
+    p = progress.progress[-1]
+    assert p.total == 8 and p.eta_s is not None and set(p.lr) == {"student"} and "loss" in p.losses
+    rec = load_best_weights(m, tmp_path)
+    assert rec["iteration"] == 4 and (tmp_path / BEST).exists()

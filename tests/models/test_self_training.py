@@ -1,0 +1,73 @@
+"""EMA schedule and pseudo-label weighting of ST-DASegNet, checked against the rule on constructed maps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.adaptation.st_dasegnet import ema_alpha, ema_update, pseudo_labels, pseudo_weights
+
+
+def test_alpha_follows_the_schedule():
+    assert ema_alpha(1) == pytest.approx(0.5)
+    assert ema_alpha(3) == pytest.approx(0.75)
+    assert ema_alpha(9) == pytest.approx(0.9)
+    assert ema_alpha(998) == pytest.approx(1 - 1 / 999) and ema_alpha(998) < 0.999
+    assert ema_alpha(999) == 0.999 and ema_alpha(40000) == 0.999
+    for t in range(1, 2000, 37):
+        assert ema_alpha(t) == pytest.approx(min(1 - 1 / (t + 1), 0.999))
+
+
+def test_ema_update_is_parameters_only():
+    teacher = torch.nn.BatchNorm1d(3)
+    student = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0)
+        student.weight.fill_(3.0)
+        student.running_mean.fill_(5.0)
+    ema_update(teacher, student, 0.75)
+    assert torch.allclose(teacher.weight, torch.full((3,), 0.75 * 1 + 0.25 * 3))
+    assert torch.allclose(teacher.running_mean, torch.zeros(3))  # buffers untouched
+
+
+def test_q_and_pixel_weights_on_a_constructed_confidence_map():
+    # 2 images x 2 x 5 = 20 pixels; 5 at >= 0.975, others spread across the 0.8 boundary
+    conf = torch.tensor([
+        [[0.99, 0.98, 0.975, 0.97, 0.85], [0.80, 0.79, 0.50, 0.99, 0.30]],
+        [[0.976, 0.60, 0.81, 0.95, 0.20], [0.10, 0.7999, 0.9, 0.4, 0.88]],
+    ])
+    label = torch.tensor([
+        [[0, 1, 2, 2, 1], [2, 0, 1, 1, 0]],
+        [[2, 1, 0, 2, 1], [0, 2, 1, 2, 0]],
+    ])
+    cw = [1.0, 1.5, 2.0]
+    w, q = pseudo_weights(conf, label, cw, threshold=0.975, rare_threshold=0.8)
+    assert q == pytest.approx(5 / 20)
+    expected = torch.empty_like(conf)
+    for idx in torch.cartesian_prod(*(torch.arange(n) for n in conf.shape)):
+        i, j, k = idx.tolist()
+        p, y = conf[i, j, k].item(), label[i, j, k].item()
+        expected[i, j, k] = q * cw[y] if p >= 0.8 else 0.5 * q
+    assert torch.allclose(w, expected)
+    assert w[0, 1, 0] == pytest.approx(0.25 * 2.0)   # p = 0.80 exactly: confident, class weight
+    assert w[1, 1, 1] == pytest.approx(0.125)        # p just below 0.8: half of q
+
+
+def test_invalid_pixels_do_not_count_and_get_no_weight():
+    conf = torch.tensor([[[0.99, 0.99, 0.5, 0.5]]])
+    label = torch.zeros(1, 1, 4, dtype=torch.long)
+    valid = torch.tensor([[[True, False, True, False]]])
+    w, q = pseudo_weights(conf, label, [2.0], valid=valid)
+    assert q == pytest.approx(0.5)  # 1 of the 2 valid pixels is confident
+    assert w.tolist() == [[[1.0, 0.0, 0.25, 0.0]]]
+
+
+def test_pseudo_labels_upsample_softmax_argmax():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 0] = 5.0
+    logits[0, 1, 1, 1] = 1.0
+    valid = torch.ones(1, 4, 4, dtype=torch.bool)
+    valid[0, 3, 3] = False
+    conf, lab = pseudo_labels(logits, (4, 4), valid)
+    assert lab[0, 0, 0] == 2 and lab[0, 3, 3] == 255
+    assert conf[0, 0, 0] == pytest.approx(torch.softmax(torch.tensor([0.0, 0.0, 5.0]), 0)[2].item())
+    assert ((conf > 0) & (conf <= 1)).all()
