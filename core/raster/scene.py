@@ -57,11 +57,21 @@ def open_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, what:
         msg = str(e)
         if "not recognized as" in msg or "not recognised as" in msg:
             raise UnreadableRasterError(f"{what} is not an image GDAL can read: {path.name}") from None
-        raise UnreadableRasterError(f"cannot open {what} {path.name}: {msg}") from None
+        raise UnreadableRasterError(f"cannot open {what} {path.name} (truncated or corrupt file?): {msg}") from None
     except (RasterioError, OSError) as e:
         raise UnreadableRasterError(f"cannot open {what} {path.name}: {e}") from None
     check_size(ds, path, max_pixels)
     return ds
+
+
+def gdal_message(e: BaseException) -> str:
+    """The most specific message of a rasterio error: GDAL's own, chained under 'Read failed'."""
+    msgs = []
+    while e is not None and len(msgs) < 4:
+        msgs.append(str(e))
+        e = e.__cause__ or e.__context__
+    useful = [m for m in msgs if m and "see previous exception" not in m.lower()]
+    return (useful[-1] if useful else msgs[0]).strip()
 
 
 def check_size(ds, path: Path | str, max_pixels: int) -> None:
@@ -190,6 +200,15 @@ class Scene:
         data[:, ~valid] = 0.0
         return RasterWindow(data, valid, onto)
 
+    def read_per_band(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(data, valid), both (bands, h, w): each band's own validity, for tools that keep nodata per band."""
+        onto = self.grid if window is None else self.grid.window(window)
+        parts = [self._read_file(k, onto, "nearest") for k in range(len(self._ds))]
+        data = np.concatenate([d for d, _ in parts], axis=0)
+        valid = np.concatenate([v for _, v in parts], axis=0)
+        data[~valid] = 0.0
+        return data, valid
+
     def read_valid(self, window: Window | None = None, *, onto: Grid | None = None) -> np.ndarray:
         """Only the valid mask of a window (same rules as :meth:`read`)."""
         return self.read(window, onto=onto, resampling="nearest").valid
@@ -236,7 +255,7 @@ class Scene:
                     m = ds.read_masks(idx, window=inner) > 0
         except (RasterioError, OSError) as e:
             raise UnreadableRasterError(
-                f"cannot read pixels of {Path(self.paths[k]).name} (truncated or corrupt file?): {e}"
+                f"cannot read pixels of {Path(self.paths[k]).name} (truncated or corrupt file?): {gdal_message(e)}"
             ) from None
         m &= np.isfinite(d)
         data[:, r0 : r0 + ih, c0 : c0 + iw] = d
