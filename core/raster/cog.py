@@ -1,0 +1,226 @@
+"""COG writing: stream windows into a tiled temporary GeoTIFF, then GDAL's COG driver, then an atomic rename.
+
+GDAL marks a file ``LAYOUT=COG`` only when its COG driver wrote it, and that driver needs a whole
+source dataset, so a streamed prediction goes through a tiled temporary GeoTIFF next to the output
+(same filesystem, so the final ``os.replace`` is atomic and a reader never sees half a file).
+Callers that stream large rasters cap GDAL's block cache (:func:`gdal_cache_limit`) so that memory
+does not grow with the raster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+#: GDAL block cache while streaming (MB); bounded so that peak memory does not follow raster size
+DEFAULT_CACHE_MB = 64
+#: probabilities are stored as round(p * PROB_SCALE); PROB_NODATA marks pixels with no prediction
+PROB_SCALE = 254
+PROB_NODATA = 255
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    """What a class map's metadata says about one class: the stored value, a name, a colour."""
+
+    id: int
+    name: str
+    color: str  # "#rrggbb"
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+    @classmethod
+    def of(cls, c: Any) -> "ClassStyle":
+        """From a ClassSpec, a mapping, or a ClassStyle."""
+        if isinstance(c, ClassStyle):
+            return c
+        if isinstance(c, dict):
+            return cls(int(c["id"]), str(c["name"]), str(c.get("color", "#808080")).lower())
+        return cls(int(c.id), str(c.name), str(getattr(c, "color", "#808080")).lower())
+
+
+def class_encoding(class_ids: Sequence[int]) -> tuple[str, int]:
+    """The smallest dtype that holds the class ids plus a nodata value that is not one of them."""
+    top = max(class_ids) if class_ids else 0
+    if top < 255:
+        return "uint8", 255
+    if top < 65535:
+        return "uint16", 65535
+    raise ValueError(f"class ids must be below 65535, got {top}")
+
+
+def class_tags(classes: Sequence[ClassStyle]) -> dict[str, str]:
+    """Dataset tags naming the classes; readers without the colour table still get names and colours."""
+    return {
+        "CLASSES": json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes]),
+        "CLASS_NAMES": ",".join(c.name for c in classes),
+    }
+
+
+def read_class_tags(tags: dict[str, str]) -> list[ClassStyle]:
+    """The classes recorded by :func:`class_tags` (empty when the file has none)."""
+    raw = tags.get("CLASSES")
+    return [ClassStyle.of(d) for d in json.loads(raw)] if raw else []
+
+
+def _temp_name(path: Path, what: str) -> Path:
+    # hidden, unique, and in the output's folder so that os.replace stays on one filesystem
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}.tif")
+
+
+class CogWriter:
+    """Write a raster window by window; :meth:`close` turns it into a COG at ``path``.
+
+    Use as a context manager: on an exception nothing is left at ``path`` (an older file there stays
+    untouched) and the temporary files are removed.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        grid: Any,
+        *,
+        count: int = 1,
+        dtype: str = "uint8",
+        nodata: float | None = None,
+        blocksize: int = 512,
+        compress: str = "DEFLATE",
+        overview_resampling: str = "mode",
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        tags: dict[str, str] | None = None,
+        band_descriptions: Sequence[str] | None = None,
+        scales: Sequence[float] | None = None,
+    ):
+        self.path = Path(path)
+        self.grid = grid
+        self.count = count
+        self.dtype = dtype
+        self.nodata = nodata
+        self.blocksize = blocksize
+        self.compress = compress
+        self.overview_resampling = overview_resampling
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _temp_name(self.path, "part")
+        # the temporary file is uncompressed: written once, read once by the COG driver, then deleted
+        tile = _tile_size(blocksize, grid.width, grid.height)
+        profile = dict(
+            driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
+            crs=grid.crs, transform=grid.transform, nodata=nodata, interleave="band",
+            tiled=True, blockxsize=tile, blockysize=tile, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
+        )
+        try:
+            self._ds = rasterio.open(self._tmp, "w", **profile)
+            if colormap:
+                self._ds.write_colormap(1, colormap)
+            if tags:
+                self._ds.update_tags(**tags)
+            if band_descriptions:
+                for i, d in enumerate(band_descriptions, start=1):
+                    self._ds.set_band_description(i, d)
+            if scales:
+                self._ds.scales = tuple(scales)
+                self._ds.offsets = tuple(0.0 for _ in scales)
+        except Exception:
+            _unlink(self._tmp)
+            raise
+        self._closed = False
+
+    def write(self, data: np.ndarray, window: Window) -> None:
+        """Write (count, h, w) or (h, w) values at ``window`` (pixel offsets in the output grid)."""
+        if data.ndim == 2:
+            data = data[None]
+        self._ds.write(data.astype(self.dtype, copy=False), window=window)
+
+    def close(self) -> Path:
+        """Finish: translate the temporary file to a COG with overviews and move it into place."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        out_tmp = _temp_name(self.path, "cog")
+        try:
+            self._ds.close()
+            resampling = self.overview_resampling.upper()
+            rasterio.shutil.copy(
+                self._tmp, out_tmp, driver="COG",
+                BLOCKSIZE=self.blocksize, COMPRESS=self.compress, PREDICTOR="NO",
+                RESAMPLING=resampling, OVERVIEW_RESAMPLING=resampling,
+                OVERVIEWS="AUTO", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+            )
+            os.replace(out_tmp, self.path)
+        finally:
+            _unlink(self._tmp)
+            _unlink(out_tmp)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; ``path`` is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._ds.close()
+        finally:
+            _unlink(self._tmp)
+
+    def __enter__(self) -> "CogWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def class_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: Any) -> CogWriter:
+    """A writer for a class map: class ids as stored values, a colour table, class names in the tags."""
+    styles = [ClassStyle.of(c) for c in classes]
+    dtype, nodata = class_encoding([c.id for c in styles])
+    colormap = {c.id: (*c.rgb, 255) for c in styles}
+    colormap[nodata] = (0, 0, 0, 0)
+    return CogWriter(
+        path, grid, count=1, dtype=dtype, nodata=nodata, overview_resampling="mode",
+        colormap=colormap, tags=class_tags(styles), band_descriptions=["class"], **kw,
+    )
+
+
+def probability_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: Any) -> CogWriter:
+    """A writer for per-class probabilities as uint8 (p * 254; 255 = no prediction), one band per class."""
+    styles = [ClassStyle.of(c) for c in classes]
+    tags = class_tags(styles) | {"PROBABILITY_SCALE": f"1/{PROB_SCALE}"}
+    return CogWriter(
+        path, grid, count=len(styles), dtype="uint8", nodata=PROB_NODATA, overview_resampling="average",
+        tags=tags, band_descriptions=[c.name for c in styles], scales=[1.0 / PROB_SCALE] * len(styles), **kw,
+    )
+
+
+def gdal_cache_limit(mb: int = DEFAULT_CACHE_MB) -> rasterio.Env:
+    """A context in which GDAL's (process-wide) block cache holds at most ``mb`` megabytes.
+
+    GDAL's default is 5% of RAM, which a streamed read of a large raster fills: peak memory would
+    then follow the raster's size up to that cap instead of staying flat.
+    """
+    return rasterio.Env(GDAL_CACHEMAX=int(mb))
+
+
+def _tile_size(blocksize: int, width: int, height: int) -> int:
+    # GeoTIFF tiles must be multiples of 16; small rasters still get one whole tile
+    return max(16, min(blocksize, 16 * -(-max(width, height) // 16)))
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass

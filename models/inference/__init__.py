@@ -1,0 +1,4 @@
+"""Inference: large-raster tiled prediction to COGs (used by workers, the service's tasks and the CLI)."""
+from models.inference.tiled import PredictionCancelled, PredictionResult, WindowModel, predict_raster
+
+__all__ = ["PredictionCancelled", "PredictionResult", "WindowModel", "predict_raster"]
