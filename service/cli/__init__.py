@@ -10,7 +10,7 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from service.cli import bench_cmd, data_cmd, local_cmd, predict_cmd
+from service.cli import bench_cmd, data_cmd, demo_cmd, local_cmd, predict_cmd, service_cmd
 
 app = typer.Typer(
     name="geoadapt",
@@ -23,6 +23,8 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(bench_cmd.app, name="bench")
 local_cmd.register(app)
 predict_cmd.register(app)
+demo_cmd.register(app)
+service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/results/jobs
 
 #: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures
 EXIT_BAD_INPUT = 2
