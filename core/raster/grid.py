@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 
 #: GSDs that differ by more than this fraction are matched by default (JobSpec params.match_gsd)
 GSD_MATCH_THRESHOLD = 0.2
@@ -64,7 +63,9 @@ class Grid:
 
     def window(self, win: Window) -> "Grid":
         """The grid of a window of this grid (may extend beyond it)."""
-        return Grid(self.crs, window_transform(win, self.transform), int(win.width), int(win.height))
+        # composed here rather than with rasterio.windows.transform, which uses affine's deprecated `*`
+        t = self.transform @ Affine.translation(win.col_off, win.row_off)
+        return Grid(self.crs, t, int(win.width), int(win.height))
 
     def full_window(self) -> Window:
         return Window(0, 0, self.width, self.height)

@@ -1,0 +1,1 @@
+"""Training data for models: window samplers over the raster data layer's domains."""
