@@ -18,6 +18,9 @@ def task_queues() -> list[Queue]:
 
 
 def broker_transport_options(settings) -> dict:
+    if settings.embedded_broker:
+        # the SQL transport hands these to create_engine: wait on SQLite's lock, do not fail
+        return {"connect_args": {"timeout": 30}}
     # Redis: an unacknowledged job is redelivered after the visibility timeout, so it must outlast
     # the longest job or a running job would start twice
     return {"visibility_timeout": settings.visibility_timeout_s}

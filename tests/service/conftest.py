@@ -113,7 +113,7 @@ def train_spec(img, lab, **extra) -> dict:
         "model": "segformer-tiny",
         "classes": [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 2, "name": "b", "color": "#00ff00"}],
         "source": {"scenes": [{"image": str(img), "labels": str(lab)}]},
-        "params": {"iterations": 2, "batch_size": 1, "crop": 16, "seed": 0},
+        "params": {"iterations": 2, "batch_size": 2, "crop": 16, "seed": 0},
     }
     spec.update(extra)
     return spec

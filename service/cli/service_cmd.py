@@ -1,0 +1,274 @@
+"""Service commands: `serve` (API + worker, embedded), `worker`, and the REST client commands
+`submit`, `status`, `wait`, `cancel`, `results`, `jobs`; `token ...` is registered from here too.
+
+    geoadapt serve   -> worker subprocess (`python -m service.cli worker`, restarted if it dies)
+                     -> uvicorn(create_app(Settings()))
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from service.cli import token_cmd
+
+Url = Annotated[str, typer.Option("--url", envvar="GEOADAPT_URL", help="API base URL")]
+Token = Annotated[Optional[str], typer.Option("--token", envvar="GEOADAPT_TOKEN", help="API token",
+                                              show_default=False)]
+DEFAULT_URL = "http://127.0.0.1:8000"
+_FINAL = ("successful", "failed", "dismissed")
+
+
+# ---- serve / worker --------------------------------------------------------------------------
+
+def _settings(data_dir: Path | None):
+    from service.settings import Settings
+
+    if data_dir is not None:
+        # the worker subprocess reads the same settings from the environment
+        os.environ["GEOADAPT_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM if `serve` dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class WorkerProcess:
+    """The embedded worker: started, restarted after a crash, stopped with the API."""
+
+    def __init__(self, args: list[str]):
+        self.cmd = [sys.executable, "-m", "service.cli", "worker", *args]
+        self.proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent)
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            rc = self.proc.wait()
+            if self._stopping.is_set():
+                return
+            typer.secho(f"worker exited ({rc}); starting it again in {backoff:.0f} s", err=True, fg="yellow")
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            self._spawn()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self._stopping.set()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # warm shutdown would wait for a running job to end; give it a moment, then kill: the job
+        # is picked up again from its checkpoint when the service next starts
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service, worker, token and client commands to the top-level app."""
+    token_cmd.register(app)
+
+    @app.command()
+    def serve(
+        host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
+        worker: Annotated[bool, typer.Option(help="also run a worker (embedded mode)")] = True,
+        pool: Annotated[str, typer.Option(help="worker pool: prefork (1 process) or solo")] = "prefork",
+        log_level: Annotated[str, typer.Option(help="uvicorn/celery log level")] = "info",
+    ) -> None:
+        """Run the API and one worker: no servers to install (SQLite store and queue by default)."""
+        import uvicorn
+
+        from service.app import create_app
+        from service.settings import redact_url
+
+        settings = _settings(data_dir)
+        typer.echo(f"geoadapt: data {settings.data_dir}; store {redact_url(settings.database_url)}; "
+                   f"broker {redact_url(settings.broker_url)}; allowed roots "
+                   f"{':'.join(map(str, settings.allowed_roots)) or '(none: uploads only)'}")
+        api = create_app(settings)  # creates the tables before the worker needs them
+        wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
+        if wp:
+            wp.start()
+        try:
+            uvicorn.run(api, host=host, port=port, log_level=log_level)
+        finally:
+            if wp:
+                wp.stop()
+
+    @app.command("worker")
+    def worker_cmd(
+        queues: Annotated[str, typer.Option(help="comma-separated queues to consume")] = "gpu,cpu",
+        concurrency: Annotated[Optional[int], typer.Option(help="processes (default GEOADAPT_WORKER_CONCURRENCY)")] = None,
+        pool: Annotated[str, typer.Option(help="prefork | solo | threads")] = "prefork",
+        loglevel: Annotated[str, typer.Option(help="Celery log level")] = "info",
+        hostname: Annotated[Optional[str], typer.Option(help="node name (default celery@<host>)")] = None,
+        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
+    ) -> None:
+        """Run a Celery worker for geoadapt jobs (one job at a time per process)."""
+        from service.store.for_workers import WorkerJobStore
+        from workers.celery_app import app as celery, configure
+
+        settings = _settings(data_dir)
+        configure(celery, settings, WorkerJobStore(settings))
+        argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}",
+                f"--concurrency={concurrency or settings.worker_concurrency}"]
+        if hostname:
+            argv.append(f"--hostname={hostname}")
+        if settings.embedded_broker:
+            # the SQL transport has no broadcast: no gossip/mingle/remote control there
+            argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        celery.worker_main(argv)
+
+    # ---- REST client commands ----------------------------------------------------------------
+
+    def client(url: str, token: str | None):
+        from service.client import Client
+
+        return Client(url, token)
+
+    def run_client(fn):
+        from service.client import ServerError
+
+        try:
+            return fn()
+        except ServerError as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(1)
+
+    @app.command()
+    def submit(
+        spec_file: Annotated[Path, typer.Argument(help="job spec (YAML or JSON)", exists=True, dir_okay=False)],
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", help="resubmits return the same job")] = None,
+    ) -> None:
+        """Submit a job to the service; prints the job id as the last word."""
+        import yaml
+
+        from core.errors import SpecError
+        from core.jobspec import load_job_spec
+
+        try:
+            data = yaml.safe_load(spec_file.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError(f"not valid YAML/JSON: {e}", field="(file)") from None
+        if not isinstance(data, dict):
+            raise SpecError("a job spec must be a mapping of fields", field="(spec)")
+        # the server decides where a job writes; relative paths are made absolute here, where they
+        # mean something (the server checks them against its allowed roots)
+        data = {**data, "output": data.get("output") or "."}
+        spec = load_job_spec(data, base_dir=spec_file.resolve().parent, check_files=False)
+        body = spec.to_jsonable()
+        body.pop("output", None)
+        job = run_client(lambda: client(url, token).submit(body, idempotency_key))
+        typer.echo(f"submitted {job['type']} job ({job['status']}): {job['id']}")
+
+    def _line(j: dict) -> str:
+        step = f" {j['done']}/{j['total']}" if j.get("total") else ""
+        eta = f", eta {j['eta_s']:.0f} s" if j.get("eta_s") is not None else ""
+        return f"{j['id']}  {j['status']:<10} {j['progress']:5.1f}%  {j.get('stage') or '-'}{step}{eta}"
+
+    @app.command()
+    def status(job_id: str, url: Url = DEFAULT_URL, token: Token = None,
+               as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False) -> None:
+        """Show a job's state, progress, stage and error."""
+        j = run_client(lambda: client(url, token).job(job_id))
+        if as_json:
+            typer.echo(json.dumps(j, indent=1))
+            return
+        typer.echo(_line(j))
+        if j.get("message"):
+            typer.echo(f"  {j['message']}")
+        if j.get("error"):
+            typer.echo(f"  error ({j['error']['type']}): {j['error']['message']}")
+
+    @app.command()
+    def wait(
+        job_id: str,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        timeout: Annotated[float, typer.Option(help="give up after this many seconds (0: never)")] = 0,
+        interval: Annotated[float, typer.Option(help="seconds between polls")] = 2.0,
+    ) -> None:
+        """Follow a job to its end with a progress bar; exit 0 only if it succeeded."""
+        from tqdm import tqdm
+
+        c = client(url, token)
+        t0 = time.monotonic()
+        with tqdm(total=100.0, desc=job_id[:8], unit="%", dynamic_ncols=True,
+                  bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}") as bar:
+            while True:
+                j = run_client(lambda: c.job(job_id))
+                bar.n = float(j.get("progress") or 0)
+                step = f" {j['done']}/{j['total']}" if j.get("total") else ""
+                eta = f" eta {j['eta_s']:.0f}s" if j.get("eta_s") is not None else ""
+                bar.set_postfix_str(f"{j['status']} {j.get('stage') or ''}{step}{eta}")
+                if j["status"] in _FINAL:
+                    break
+                if timeout and time.monotonic() - t0 > timeout:
+                    bar.close()
+                    typer.secho(f"still {j['status']} after {timeout:.0f} s", err=True, fg="yellow")
+                    raise typer.Exit(3)
+                time.sleep(interval)
+        typer.echo(_line(j))
+        if j["status"] != "successful":
+            if j.get("error"):
+                typer.secho(f"error ({j['error']['type']}): {j['error']['message']}", err=True, fg="red")
+            raise typer.Exit(1)
+
+    @app.command()
+    def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+        """Cancel a job: a queued one is dismissed, a running one stops at its next step."""
+        j = run_client(lambda: client(url, token).cancel(job_id))
+        what = "dismissed" if j["status"] == "dismissed" else "cancel requested (stops at the next step)"
+        typer.echo(f"{job_id}: {what}")
+
+    @app.command()
+    def results(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+        """Print a finished job's results (bundle, metrics, predictions with links) as JSON."""
+        typer.echo(json.dumps(run_client(lambda: client(url, token).results(job_id)), indent=1))
+
+    @app.command()
+    def jobs(
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        status: Annotated[Optional[str], typer.Option(help="accepted|running|successful|failed|dismissed")] = None,
+        type: Annotated[Optional[str], typer.Option("--type", help="adapt|train|predict|evaluate")] = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> None:
+        """List your jobs, newest first."""
+        page = run_client(lambda: client(url, token).jobs(status=status, type=type, limit=limit, offset=offset))
+        for j in page["jobs"]:
+            typer.echo(_line(j))
+        typer.echo(f"{len(page['jobs'])} of {page['total']} job(s)")

@@ -1,0 +1,80 @@
+"""The job store as workers see it: a small object the worker entry point hands to the Celery app.
+
+Workers never import the service (layering); `geoadapt worker` builds this adapter from the
+settings and injects it, so tasks talk to the store only through these methods.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Callable
+
+from service.store import jobs, workers
+from service.store.db import init_db, make_engine, session_factory, session_scope
+from service.store.models import Job
+
+
+class WorkerJobStore:
+    def __init__(self, settings):
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        init_db(self.engine)
+        self.sessions = session_factory(self.engine)
+
+    def after_fork(self) -> None:
+        """A forked pool process must not share the parent's database connections."""
+        self.engine.dispose(close=False)
+
+    # jobs --------------------------------------------------------------------------------------
+    def claim(self, job_id: str, worker: str, is_dead: Callable[[str | None, float | None], bool]) -> dict | None:
+        """The job's spec if this process should run it now (see jobs.claim), else None."""
+
+        def previous_run_dead(job: Job) -> bool:
+            age = None
+            if job.heartbeat_at is not None:
+                age = (jobs.utcnow() - job.heartbeat_at).total_seconds()
+            return is_dead(job.worker, age)
+
+        with session_scope(self.sessions) as s:
+            job = jobs.claim(s, job_id, worker, previous_run_dead=previous_run_dead)
+            if job is None:
+                return None
+            return {"spec": job.spec, "attempts": job.attempts, "checkpoint": job.checkpoint_path,
+                    "job_dir": str(self.settings.job_dir(job.id)), "queue": job.queue}
+
+    def report(self, job_id: str, worker: str, **fields) -> bool:
+        """Write progress fields (and the heartbeat); return whether a cancel was requested."""
+        allowed = {"progress", "stage", "done", "total", "eta_s", "message"}
+        values = {k: v for k, v in fields.items() if k in allowed}
+        with session_scope(self.sessions) as s:
+            return jobs.heartbeat(s, uuid.UUID(job_id), worker, **values)
+
+    def checkpoint(self, job_id: str, path: str) -> None:
+        with session_scope(self.sessions) as s:
+            jobs.set_checkpoint(s, uuid.UUID(job_id), path)
+
+    def succeed(self, job_id: str, worker: str, results: dict) -> bool:
+        with session_scope(self.sessions) as s:
+            return jobs.finish(s, uuid.UUID(job_id), worker, results)
+
+    def fail(self, job_id: str, worker: str, error_type: str, message: str) -> bool:
+        with session_scope(self.sessions) as s:
+            return jobs.fail(s, uuid.UUID(job_id), worker, error_type, message)
+
+    def dismiss(self, job_id: str, worker: str, message: str) -> bool:
+        with session_scope(self.sessions) as s:
+            return jobs.dismiss(s, uuid.UUID(job_id), worker, message)
+
+    def orphans(self, is_dead: Callable[[str | None, float | None], bool]) -> list[tuple[str, str]]:
+        """(job id, queue) of running jobs whose worker is gone: to be sent again."""
+        out = []
+        with session_scope(self.sessions) as s:
+            for job in jobs.running_jobs(s):
+                age = (jobs.utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
+                if is_dead(job.worker, age):
+                    out.append((str(job.id), job.queue))
+        return out
+
+    # workers -----------------------------------------------------------------------------------
+    def worker_beat(self, name: str, *, queues: str, pid: int, stopped: bool = False) -> None:
+        with session_scope(self.sessions) as s:
+            workers.beat(s, name, queues=queues, pid=pid, stopped=stopped)

@@ -1,0 +1,305 @@
+"""Celery tasks: thin, like views. Take a job id, claim it in the job store, call one pipeline
+function with a callback that reports progress/checkpoints and relays cancel, record the outcome.
+
+    run_job(job_id)
+      store.claim(job_id, me)        -> spec, or None (finished, dismissed, or alive elsewhere)
+      Heartbeat thread               -> store.report(...) every few seconds; reads cancel flag
+      PIPELINES[spec.type](spec, callbacks=[StoreReporter])
+      store.succeed | store.dismiss (cancelled, checkpoint kept) | store.fail(error type, message)
+
+A killed worker's job comes back (acks_late + reject_on_worker_lost, or the orphan sweep when a
+worker starts) and the pipeline resumes from the checkpoint in the job's folder.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from core.errors import GeoadaptError
+from core.jobspec import load_job_spec
+from workers.celery_app import RUN_JOB, app
+
+log = logging.getLogger("geoadapt.worker")
+
+#: job type -> "module:function", imported when a job of that type runs (torch loads only then)
+PIPELINES = {
+    "train": "workers.pipelines.train:run_job",
+    "adapt": "workers.pipelines.train:run_job",
+    "evaluate": "workers.pipelines.train:run_job",
+    "predict": "workers.pipelines.predict:run_job",
+}
+
+
+# ---- which process runs a job, and is it still alive? -------------------------------------------
+
+def _start_ticks(pid: int) -> str:
+    """Process start time (Linux /proc); with the pid it names one process, not a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_ident(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_is_dead(orphan_after_s: float):
+    """Decide whether the process recorded as running a job is gone.
+
+    On this host: ask the OS (pid and start time). On another host: only a heartbeat older than
+    `orphan_after_s` says so.
+    """
+    host = socket.gethostname()
+
+    def is_dead(ident: str | None, heartbeat_age_s: float | None) -> bool:
+        if not ident:
+            return True
+        try:
+            h, pid_s, start = ident.rsplit(":", 2)
+            pid = int(pid_s)
+        except ValueError:
+            return True
+        if h == host:
+            if not _pid_alive(pid):
+                return True
+            return bool(start) and _start_ticks(pid) != start
+        return heartbeat_age_s is None or heartbeat_age_s > orphan_after_s
+
+    return is_dead
+
+
+# ---- progress reporting ------------------------------------------------------------------------
+
+class StoreReporter:
+    """Training-loop callback (models.training.callbacks.Callback protocol) writing the job store.
+
+    Writes at most once per `min_interval_s` (the loop may run many iterations a second); asks
+    the store for a cancel request at the same pace.
+    """
+
+    def __init__(self, store, job_id: str, worker: str, *, span: tuple[float, float] = (0.0, 99.0),
+                 min_interval_s: float = 1.0):
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.span = span
+        self.min_interval_s = min_interval_s
+        self.cancel = False
+        self.progress = 0.0
+        self.result = None
+        self.resumed_from: int | None = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def _write(self, force: bool = False, **fields) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval_s:
+            return
+        with self._lock:
+            self._last = now
+            try:
+                self.cancel = self.store.report(self.job_id, self.worker, **fields) or self.cancel
+            except Exception as e:  # a store hiccup must not kill a long job; the next write retries
+                log.warning("progress write failed for job %s: %s", self.job_id, type(e).__name__)
+
+    def _scaled(self, done: int, total: int) -> float:
+        lo, hi = self.span
+        frac = min(1.0, done / total) if total else 0.0
+        self.progress = max(self.progress, lo + (hi - lo) * frac)  # never goes backwards
+        return round(self.progress, 2)
+
+    # Callback hooks ------------------------------------------------------------------------------
+    def on_start(self, iteration: int, total: int) -> None:
+        self.resumed_from = iteration or None
+        msg = f"resumed from iteration {iteration}" if iteration else None
+        self._write(force=True, stage="training", done=iteration, total=total,
+                    progress=self._scaled(iteration, total), message=msg)
+
+    def on_progress(self, progress) -> None:
+        self._write(stage="training", done=progress.iteration, total=progress.total,
+                    progress=self._scaled(progress.iteration, progress.total), eta_s=progress.eta_s)
+
+    def on_validation(self, iteration: int, metrics: dict, is_best: bool) -> None:
+        miou = metrics.get("miou")
+        if miou is not None:
+            self._write(force=True, message=f"validation at iteration {iteration}: mIoU {miou:.4f}")
+
+    def on_checkpoint(self, iteration: int, path, kind: str) -> None:
+        if kind == "last":
+            try:
+                self.store.checkpoint(self.job_id, str(path))
+            except Exception as e:
+                log.warning("checkpoint record failed for job %s: %s", self.job_id, type(e).__name__)
+
+    def on_stage(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        """Stages after training (e.g. predicting windows) fill the rest of the bar, up to 99%."""
+        fields: dict[str, Any] = {"stage": stage, "done": done, "total": total}
+        if done is not None and total:
+            lo = self.span[1]
+            self.progress = max(self.progress, lo + (99.0 - lo) * min(1.0, done / total))
+            fields["progress"] = round(self.progress, 2)
+        self._write(force=not done or done == total, **fields)
+
+    def on_log(self, message: str) -> None:
+        """The pipeline's step messages ("computing band statistics", ...) as the job's message."""
+        fields: dict[str, Any] = {"message": str(message)[:500]}
+        if self.progress == 0.0 and not self.resumed_from:
+            fields["stage"] = "preparing"
+        self._write(force=True, **fields)
+
+    def should_stop(self) -> bool:
+        if not self.cancel:
+            self._write()  # polls the cancel flag at most once per interval
+        return self.cancel
+
+    def on_end(self, result) -> None:
+        self.result = result
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the job's heartbeat fresh while the pipeline is busy outside the loop (data, stats)."""
+
+    def __init__(self, reporter: StoreReporter, interval_s: float):
+        super().__init__(name=f"heartbeat-{reporter.job_id}", daemon=True)
+        self.reporter, self.interval_s = reporter, interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.reporter._write(force=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def _pipeline(job_type: str):
+    mod, _, fn = PIPELINES[job_type].partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _stopped(result: Any, reporter: StoreReporter) -> bool:
+    """The pipeline returned early on our request (its result says so, or the loop's did)."""
+    if isinstance(result, dict) and "status" in result:
+        return result["status"] == "stopped"
+    return bool(getattr(reporter.result, "stopped", False))
+
+
+# ---- the task ----------------------------------------------------------------------------------
+
+@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(self, job_id: str) -> str:
+    """Run one job from the store to its end; returns the final state (for logs only)."""
+    store, settings = self.app.job_store, self.app.settings
+    if store is None:
+        raise RuntimeError("the worker was started without a job store: use `geoadapt worker`")
+    me = process_ident()
+    claimed = store.claim(job_id, me, make_is_dead(settings.orphan_after_s))
+    if claimed is None:
+        log.info("job %s: not run here (finished, dismissed, or running elsewhere)", job_id)
+        return "skipped"
+    spec_json = claimed["spec"]
+    predict_after = spec_json.get("type") == "adapt" and (spec_json.get("params") or {}).get("predict_targets", True)
+    reporter = StoreReporter(store, job_id, me, span=(0.0, 90.0 if predict_after else 99.0))
+    beat = Heartbeat(reporter, settings.heartbeat_interval_s)
+    beat.start()
+    log.info("job %s: attempt %s on %s", job_id, claimed["attempts"], me)
+    try:
+        spec = load_job_spec(spec_json, check_files=True)
+        result = _pipeline(spec.type)(spec, callbacks=[reporter], log=reporter.on_log)
+    except SoftTimeLimitExceeded:
+        store.fail(job_id, me, "time_limit_exceeded", f"the job ran past {settings.job_soft_time_limit_s} s")
+        return "failed"
+    except GeoadaptError as e:
+        store.fail(job_id, me, e.code, str(e))
+        return "failed"
+    except Exception as e:  # a bug or an environment problem: the job fails, the worker lives on
+        log.exception("job %s failed", job_id)
+        store.fail(job_id, me, "internal_error", f"{type(e).__name__}: {e}")
+        return "failed"
+    finally:
+        beat.stop()
+    if reporter.cancel and _stopped(result, reporter):
+        store.dismiss(job_id, me, "cancelled; the last checkpoint is kept")
+        return "dismissed"
+    store.succeed(job_id, me, _jsonable(result if isinstance(result, dict) else {"result": result}))
+    return "successful"
+
+
+# ---- worker lifecycle: store connections per process, liveness beat, orphan sweep ---------------
+
+_beat_stop = threading.Event()
+_name: list[str] = []
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_):
+    if app.job_store is not None:
+        app.job_store.after_fork()
+
+
+def _worker_name(sender) -> str:
+    return getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_):
+    store, settings = app.job_store, app.settings
+    if store is None:
+        return
+    name = _worker_name(sender)
+    _name[:] = [name]
+    queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values())) if app.amqp.queues else ""
+
+    def beat_loop():
+        while True:
+            try:
+                store.worker_beat(name, queues=queues, pid=os.getpid())
+            except Exception as e:
+                log.warning("worker heartbeat failed: %s", type(e).__name__)
+            if _beat_stop.wait(settings.heartbeat_interval_s):
+                return
+
+    threading.Thread(target=beat_loop, name="worker-beat", daemon=True).start()
+    # jobs whose worker died (SIGKILL, OOM, power) and whose message will not come back soon
+    # (Redis: only after the visibility timeout; the SQL transport: never) are sent again
+    try:
+        for job_id, queue in store.orphans(make_is_dead(settings.orphan_after_s)):
+            log.warning("job %s lost its worker; sending it again to resume", job_id)
+            app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
+    except Exception as e:
+        log.warning("orphan sweep failed: %s", type(e).__name__)
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(sender=None, **_):
+    _beat_stop.set()
+    if app.job_store is not None:
+        try:
+            app.job_store.worker_beat(_name[0] if _name else _worker_name(sender), queues="", pid=os.getpid(), stopped=True)
+        except Exception:
+            pass
