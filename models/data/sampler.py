@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from core.errors import EmptyRegionError
 from core.jobspec import IGNORE_INDEX
-from core.raster.domain import Domain, DomainScene
+from core.raster.domain import Domain, DomainScene, accumulate_cells, cell_areas
 from core.raster.grid import iter_blocks
 from core.raster.stats import BandStats, normalize
 from core.raster.warp import bounds_in
@@ -42,7 +42,7 @@ class _CellIndex:
         ii = np.arange(0, self.max_dr // cell + 1)
         jj = np.arange(0, self.max_dc // cell + 1)
         # valid fraction of the k x k cells under each candidate (integral image over valid counts)
-        area = _cell_areas(self.h, self.w, cell)
+        area = cell_areas(self.h, self.w, cell)
         counts = np.pad(valid_cells * area, ((0, k), (0, k)))
         integ = np.pad(counts.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         i1, j1 = np.minimum(ii + k, ny + k), np.minimum(jj + k, nx + k)
@@ -66,12 +66,6 @@ class _CellIndex:
         if not self.ok[min(dr // self.cell, self.ok.shape[0] - 1), min(dc // self.cell, self.ok.shape[1] - 1)]:
             return None
         return Window(self.c0 + dc, self.r0 + dr, self.crop, self.crop)
-
-
-def _cell_areas(h: int, w: int, cell: int) -> np.ndarray:
-    rows = np.minimum(cell, h - np.arange(0, h, cell))
-    cols = np.minimum(cell, w - np.arange(0, w, cell))
-    return rows[:, None].astype(np.float64) * cols[None, :]
 
 
 def _default_cell(crop: int) -> int:
@@ -237,13 +231,8 @@ class PairedSampler(_Base):
             v = it.read(b, resampling="nearest").valid
             if v.any():
                 v &= self._target_valid(it.grid.window(b), partners, "nearest")[1]
-            r0, c0 = int(b.row_off - reg.row_off), int(b.col_off - reg.col_off)
-            ph, pw = math.ceil(v.shape[0] / cell) * cell, math.ceil(v.shape[1] / cell) * cell
-            m = np.zeros((ph, pw))
-            m[: v.shape[0], : v.shape[1]] = v
-            sums = m.reshape(ph // cell, cell, pw // cell, cell).sum(axis=(1, 3))
-            out[r0 // cell : r0 // cell + sums.shape[0], c0 // cell : c0 // cell + sums.shape[1]] += sums
-        return out / _cell_areas(h, w, cell)
+            accumulate_cells(out, v, b, reg, cell)
+        return out / cell_areas(h, w, cell)
 
     def _target_valid(self, grid, partners, resampling):
         """The target read onto ``grid`` from the partner scene that covers most of it."""

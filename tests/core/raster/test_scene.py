@@ -119,3 +119,27 @@ def test_nan_pixels_are_invalid(tmp_path):
     with Scene.open(p) as scene:
         rw = scene.read()
     assert rw.valid.sum() == 63 and not rw.valid[2, 3] and rw.data[1, 2, 3] == 0
+
+
+def test_stacked_band_on_another_grid_is_resampled_onto_the_first(tmp_path, nc_bands):
+    """Like a 20 m Sentinel-2 band stacked with 10 m ones: here band 2 at twice NC's pixel size."""
+    from rasterio.enums import Resampling
+
+    with rasterio.open(nc_bands[1]) as src:
+        t = src.transform
+        half = src.read(1, out_shape=(src.height // 2, src.width // 2), resampling=Resampling.nearest)
+        prof = src.profile | {"width": src.width // 2, "height": src.height // 2,
+                              "transform": rasterio.Affine(t.a * 2, 0, t.c, 0, t.e * 2, t.f)}
+    coarse = tmp_path / "b20_57m.tif"
+    with rasterio.open(coarse, "w", **prof) as dst:
+        dst.write(half, 1)
+    with Scene.open([nc_bands[0], coarse]) as scene:
+        assert scene.count == 2 and scene.grid.res == (28.5, 28.5)
+        rw = scene.read(resampling="nearest")
+    # nearest from the 57 m band: each fine pixel holds the value of the coarse pixel it lies in
+    r, c = 201, 151
+    assert rw.valid[r, c] and rw.data[1, r, c] == half[r // 2, c // 2]
+    inner = rw.valid[: 2 * half.shape[0], : 2 * half.shape[1]]
+    up = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1).astype(np.float32)
+    np.testing.assert_array_equal(rw.data[1][: up.shape[0], : up.shape[1]][inner], up[inner])
+    assert abs(rw.valid.mean() - 0.846) < 0.02
