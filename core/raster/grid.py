@@ -55,7 +55,8 @@ class Grid:
             return r
         if self.crs.is_geographic:
             lat = (self.bounds[1] + self.bounds[3]) / 2.0
-            return r * _M_PER_DEGREE * math.sqrt(abs(math.cos(math.radians(lat))))  # geometric mean of x/y scale
+            # geometric mean of the pixel's east-west and north-south sizes
+            return _M_PER_DEGREE * math.sqrt(rx * abs(math.cos(math.radians(lat))) * ry)
         try:
             return r * float(self.crs.linear_units_factor[1])
         except Exception:  # unusual units: assume metres rather than fail a GSD comparison

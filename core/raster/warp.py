@@ -7,7 +7,7 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from core.errors import MissingCRSError
 from core.raster.grid import Grid, window_intersection
@@ -40,11 +40,11 @@ def covering_window(src: Grid, dst: Grid, pad: int = 2) -> Window | None:
     left, bottom, right, top = bounds_in(dst, src.crs)
     if not all(math.isfinite(v) for v in (left, bottom, right, top)):
         return None
-    w = from_bounds(left, bottom, right, top, transform=src.transform)
-    c0 = math.floor(min(w.col_off, w.col_off + w.width)) - pad
-    r0 = math.floor(min(w.row_off, w.row_off + w.height)) - pad
-    c1 = math.ceil(max(w.col_off, w.col_off + w.width)) + pad
-    r1 = math.ceil(max(w.row_off, w.row_off + w.height)) + pad
+    # corners through the inverse transform (works for south-up pixel grids too, unlike from_bounds)
+    inv = ~src.transform
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)))
+    c0, c1 = math.floor(min(cols)) - pad, math.ceil(max(cols)) + pad
+    r0, r1 = math.floor(min(rows)) - pad, math.ceil(max(rows)) + pad
     return window_intersection(Window(c0, r0, c1 - c0, r1 - r0), src.full_window())
 
 

@@ -143,3 +143,23 @@ def test_stacked_band_on_another_grid_is_resampled_onto_the_first(tmp_path, nc_b
     up = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1).astype(np.float32)
     np.testing.assert_array_equal(rw.data[1][: up.shape[0], : up.shape[1]][inner], up[inner])
     assert abs(rw.valid.mean() - 0.846) < 0.02
+
+
+def test_tiles_without_georeferencing_resample_by_pixel_size(tmp_path):
+    """Non-georeferenced tiles (ISPRS/LoveDA style) can still be read at another pixel size."""
+    from PIL import Image
+
+    from core.raster.warp import resample_to_grid
+
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[:, 30:] = 200
+    a[:20, :, 1] = 100
+    Image.fromarray(a).save(tmp_path / "tile.png")
+    with Scene.open(tmp_path / "tile.png") as scene:
+        assert scene.grid.crs is None
+        half = scene.grid.with_resolution(2.0)
+        rw = scene.read(onto=half, resampling="nearest")
+    assert rw.data.shape == (3, 20, 30) and rw.valid.all()
+    assert rw.data[0, 5, 10] == 0 and rw.data[0, 5, 20] == 200 and rw.data[1, 5, 5] == 100 and rw.data[1, 15, 5] == 0
+    back = resample_to_grid(rw.data[0], half, scene.grid, resampling="nearest")
+    np.testing.assert_array_equal(back, a[:, :, 0])
