@@ -93,6 +93,17 @@ class AdaptationMethod:
         """The module that predicts (``predict_logits``), sharing weights with the students."""
         raise NotImplementedError
 
+    def backbones(self) -> list[nn.Module]:
+        """Every student backbone (pretrained weights go into each)."""
+        raise NotImplementedError
+
+    def decoders(self) -> list[nn.Module]:
+        """Every student decoder (a full mmseg segmentor checkpoint may carry decode_head weights)."""
+        raise NotImplementedError
+
+    def after_pretrained(self) -> None:
+        """Hook run after pretrained weights were loaded (e.g. re-copy teachers)."""
+
     # -- state ----------------------------------------------------------------------------------
     def lr(self) -> dict[str, float]:
         """Current base lr (first group) of each optimiser, for progress reports."""

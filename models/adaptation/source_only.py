@@ -63,6 +63,12 @@ class SourceOnly(AdaptationMethod):
         opt.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
+    def backbones(self) -> list[nn.Module]:
+        return [self.net["segmentor"].backbone]
+
+    def decoders(self) -> list[nn.Module]:
+        return [self.net["segmentor"].decode_head]
+
     def inference_config(self) -> dict:
         m = self.cfg["model"]
         return {"type": "Segmentor", "backbone": m["backbone"], "decode_head": m["decode_head"],

@@ -290,6 +290,18 @@ class STDASegNet(AdaptationMethod):
         out["loss_disc"] = float(loss_d.detach())
         return out
 
+    def backbones(self) -> list[nn.Module]:
+        return [self.net["students"].backbone_s, self.net["students"].backbone_t]
+
+    def decoders(self) -> list[nn.Module]:
+        return [self.net["students"].decoder_s, self.net["students"].decoder_t]
+
+    def after_pretrained(self) -> None:
+        # teachers start as copies of the (now pretrained) student decoders
+        if self.a.get("teacher_init", "copy") == "copy":
+            self.net["teacher_s"].load_state_dict(self.net["students"].decoder_s.state_dict())
+            self.net["teacher_t"].load_state_dict(self.net["students"].decoder_t.state_dict())
+
     def inference_config(self) -> dict:
         return copy.deepcopy(self._inference_cfg)
 

@@ -1,0 +1,100 @@
+"""run_job on the real NC scene: train, adapt, stop and resume, evaluate; loss falls with the tiny config."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.demo import benchmark_a_domains, ensure_shifted_target, shifted_target_path
+from core.data.nc import NC_CLASSES
+from core.jobspec import load_job_spec
+from models.bundle import load_bundle
+from models.training.callbacks import History, StopAfter
+from workers.pipelines.train import run_job
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bench_domains(nc_data):
+    shifted = ensure_shifted_target(nc_data, shifted_target_path(None, 0), 0)
+    return benchmark_a_domains(nc_data, shifted)
+
+
+def _spec(d, out, *, type="train", method="source-only", params=None, validation=True, **extra):
+    body = {"type": type, "method": method, "classes": NC_CLASSES, "source": d["source"],
+            "params": {"iterations": 4, "batch_size": 2, "crop": 32, **(params or {})}, "output": str(out)}
+    if type == "adapt":
+        body["target"] = d["target"]
+    if validation:
+        body["validation"] = d["target_test"]
+    body.update(extra)
+    return load_job_spec(body)
+
+
+def test_tiny_config_loss_falls_on_real_data(bench_domains, tmp_path):
+    hist = History()
+    spec = _spec(bench_domains, tmp_path, params={"iterations": 40, "batch_size": 4, "crop": 64, "seed": 1},
+                 validation=False)
+    res = run_job(spec, [hist])
+    losses = hist.losses()
+    assert len(losses) == 40
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < first - 0.05, (first, last)
+    assert res["status"] == "finished" and res["metrics"]["validation"] is None
+
+
+def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", params={"val_interval": 2})
+    progress = History()
+    res = run_job(spec, [progress])
+    assert res["status"] == "finished"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    val = metrics["validation"]
+    assert val["mean_over"] == "classes present in the ground truth"
+    assert set(val["per_class"]) == {c["name"] for c in NC_CLASSES}
+    assert metrics["validation_stats"] == "target" and metrics["best"]["iteration"] in (2, 4)
+    assert len(progress.validations) == 2 and progress.progress[-1].losses["adv_s"] > 0
+
+    b = load_bundle(tmp_path)  # the job output folder works as well as <output>/bundle
+    assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.stats) == {"source", "target"}
+    assert b.default_stats == "target" and b.band_map[0]["file"].startswith("lsat7_2000_10")
+    assert b.provenance["method"] == "st-dasegnet" and b.provenance["iterations"] == 4
+    raw = np.full((6, 48, 48), 80.0, np.float32)
+    ids, probs = b.predict(raw)
+    assert set(np.unique(ids)) <= {c["id"] for c in NC_CLASSES} and probs.shape == (7, 48, 48)
+
+
+def test_stop_then_resume_finishes_the_same_job(bench_domains, tmp_path):
+    spec = _spec(bench_domains, tmp_path, validation=False, params={"iterations": 6})
+    first = run_job(spec, [StopAfter(3)])
+    assert first["status"] == "stopped" and first["iteration"] == 3
+    assert not (tmp_path / "bundle").exists()
+    hist = History()
+    second = run_job(spec, [hist])
+    assert second["status"] == "finished" and hist.progress[0].iteration == 4 and second["iterations"] == 6
+
+    straight_dir = tmp_path / "straight"
+    straight = run_job(_spec(bench_domains, straight_dir, validation=False, params={"iterations": 6}))
+    a = load_bundle(tmp_path).segmentor.state_dict()
+    b = load_bundle(straight_dir).segmentor.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["metrics"]["training"]["final_losses"] == second["metrics"]["training"]["final_losses"]
+
+
+def test_evaluate_job_scores_a_bundle(bench_domains, tmp_path):
+    run_job(_spec(bench_domains, tmp_path / "train", validation=False, params={"iterations": 2}))
+    spec = load_job_spec({"type": "evaluate", "classes": NC_CLASSES, "bundle": str(tmp_path / "train"),
+                          "target": bench_domains["target_test"], "output": str(tmp_path / "eval")})
+    res = run_job(spec)
+    m = res["metrics"]["target"]
+    assert m["stats"] == "own" and 0 <= m["oa"] <= 1 and m["pixels"] > 40000
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["evaluation"]["target"]["miou"] == m["miou"]

@@ -1,0 +1,1 @@
+"""Pipelines the workers (and the local CLI) call: one function per job type, reporting through callbacks."""

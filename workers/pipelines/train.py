@@ -1,0 +1,278 @@
+"""Train / adapt / evaluate pipeline: a JobSpec in, a model bundle and metrics.json out.
+
+Call flow of ``run_job`` (train and adapt jobs)::
+
+    resolve config (name + overrides, fitted to the job's bands and classes)
+    open domains: source (labelled), target (adapt; its labels are never read), validation
+    statistics per domain -> samplers (source crops, target crops) -> SamplerBatches
+    seed -> build the method (+ pretrained weights) -> TrainLoop(checkpoints in <output>/checkpoints)
+        -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
+    stopped? -> return (a later run_job with the same output resumes)
+    best validated weights (if validated) -> <output>/bundle, <output>/metrics.json
+
+Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.errors import BandCountMismatchError, SpecError
+from core.jobspec import DomainSpec, JobSpec, SceneSpec
+from core.raster.domain import Domain
+from core.raster.stats import BandStats
+from models.adaptation import METHODS, build_method
+from models.bundle import load_bundle, save_bundle
+from models.config import resolve_config, train_settings
+from models.data.sampler import WindowSampler
+from models.evaluate import evaluate_domain, segmentor_predict_fn
+from models.metrics import format_metrics
+from models.pretrained import load_pretrained
+from models.training.callbacks import Callback
+from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
+
+#: Params fields that a config's ``train`` block may supply when the job leaves them unset
+TRAIN_KEYS = ("iterations", "batch_size", "crop")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Atomic JSON write (temp + rename): readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
+    """Which input band feeds which model channel, as the first source scene defines it."""
+    if scene.bands:
+        return [{"index": i, "name": Path(p).stem, "file": Path(p).name} for i, p in enumerate(scene.bands)]
+    name = Path(scene.image).name if scene.image else "image"
+    return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
+
+
+def _domain_record(spec: DomainSpec | None) -> dict | None:
+    if spec is None:
+        return None
+    return json.loads(spec.model_dump_json())
+
+
+def method_for(spec: JobSpec) -> str:
+    if spec.type == "adapt":
+        return spec.method
+    if spec.type == "train":
+        if spec.method not in ("source-only",):
+            raise SpecError(f"a train job trains a plain segmentor; use type 'adapt' for {spec.method}",
+                            field="method")
+        return "source-only"
+    raise SpecError(f"run_job trains or evaluates; a {spec.type} job goes to the predict pipeline", field="type")
+
+
+def _val_stats(spec: JobSpec, stats: dict[str, BandStats]) -> BandStats:
+    """Validation scenes are target-like (labelled target scenes): target statistics when the job
+    normalises per domain and has a target, else the source statistics."""
+    if spec.params.normalization == "per-domain" and "target" in stats:
+        return stats["target"]
+    return stats["source"]
+
+
+def run_job(
+    spec: JobSpec,
+    callbacks: Sequence[Callback] | None = None,
+    *,
+    resume: bool = True,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Run a train, adapt or evaluate job; returns a summary (status, paths, metrics)."""
+    say = log or (lambda msg: None)
+    if spec.type == "evaluate":
+        return evaluate_job(spec, log=say)
+    method_name = method_for(spec)
+    if method_name not in METHODS:
+        raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
+                        field="method")
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    classes = spec.classes
+    names = [c.name for c in classes]
+    stats_store = out / "stats"
+
+    say("opening the source domain")
+    domains: list[Domain] = []
+    try:
+        source = Domain.open(spec.source, classes, field="source")
+        domains.append(source)
+        target = validation = None
+        needs_target = METHODS[method_name].needs_target
+        if spec.target is not None and (needs_target or spec.type == "adapt"):
+            say("opening the target domain")
+            # the target's labels are never read for training: open it unlabelled
+            target = Domain.open(spec.target, classes, match_grid_of=source, match_gsd=spec.params.match_gsd,
+                                 labels=False, field="target")
+            domains.append(target)
+            if target.band_count != source.band_count:
+                raise BandCountMismatchError(
+                    f"the target has {target.band_count} bands, the source {source.band_count}", field="target")
+        if spec.validation is not None:
+            validation = Domain.open(spec.validation, classes, match_grid_of=source,
+                                     match_gsd=spec.params.match_gsd, field="validation")
+            domains.append(validation)
+            if validation.band_count != source.band_count:
+                raise BandCountMismatchError(
+                    f"validation scenes have {validation.band_count} bands, the source {source.band_count}",
+                    field="validation")
+
+        bands = source.band_count
+        cfg = resolve_config(spec.model.config, method=method_name, overrides=spec.model.overrides,
+                             in_channels=bands, num_classes=len(classes), checkpoint=spec.model.checkpoint)
+        explicit = {k: getattr(spec.params, k) for k in TRAIN_KEYS if k in spec.params.model_fields_set}
+        defaults = {k: getattr(spec.params, k) for k in TRAIN_KEYS}
+        run = train_settings(cfg, explicit, defaults)
+        seed = spec.params.seed
+
+        say("computing band statistics")
+        stats = {"source": source.stats(store=stats_store)}
+        if target is not None:
+            stats["target"] = target.stats(store=stats_store)
+        target_stats = stats.get("target") if spec.params.normalization == "per-domain" else stats["source"]
+
+        say("indexing training windows")
+        src_sampler = WindowSampler(source, run["crop"], stats["source"], seed=seed, labelled=True,
+                                    rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0)
+        tgt_sampler = None
+        if needs_target:
+            if target is None:
+                raise SpecError(f"method {method_name} needs target scenes", field="target")
+            tgt_sampler = WindowSampler(target, run["crop"], target_stats, seed=seed + 1, labelled=False)
+        batches = SamplerBatches(src_sampler, tgt_sampler, run["batch_size"],
+                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=seed, device=dev)
+
+        seed_everything(seed)
+        method = build_method(cfg, total_iters=run["iterations"], method=method_name)
+        pretrained = load_pretrained(method, cfg["checkpoint"]) if cfg.get("checkpoint") else None
+        method.to(dev)
+
+        validate = None
+        if validation is not None:
+            v_stats = _val_stats(spec, stats)
+
+            def validate(seg):
+                return evaluate_domain(segmentor_predict_fn(seg, v_stats), validation, names)
+
+        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
+                         checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
+                         val_interval=spec.params.val_interval, callbacks=list(callbacks or []))
+        say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
+            f"crop {run['crop']}) on {dev}")
+        result = loop.run(resume=resume)
+        if result.stopped:
+            return {"status": "stopped", "iteration": result.iterations_done, "total": result.total,
+                    "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
+
+        best = load_best_weights(method, out / "checkpoints") if validation is not None else None
+        val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
+        finished = datetime.now(timezone.utc)
+        provenance = {
+            "job_type": spec.type,
+            "method": method_name,
+            "config": cfg["name"],
+            "overrides": spec.model.overrides,
+            "pretrained": pretrained,
+            "seed": seed,
+            **run,
+            "normalization": spec.params.normalization,
+            "datasets": {"source": _domain_record(spec.source), "target": _domain_record(spec.target),
+                         "validation": _domain_record(spec.validation)},
+            "matched_gsd": target.matched_gsd if target is not None else None,
+            "weights": f"best validated (iteration {best['iteration']})" if best else "last iteration",
+            "started": started.isoformat(),
+            "finished": finished.isoformat(),
+            "elapsed_s": round(time.perf_counter() - t0, 1),
+            "device": str(dev),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+        metrics = {
+            "validation": val_metrics,
+            "validation_stats": ("target" if validation is not None and "target" in stats
+                                 and spec.params.normalization == "per-domain" else "source")
+            if validation is not None else None,
+            "best": result.best,
+            "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
+                         "elapsed_s": round(result.elapsed_s, 1)},
+        }
+        cfg["inference"] = method.inference_config()
+        seg = method.inference_segmentor().cpu().eval()
+        default_stats = "target" if ("target" in stats and spec.params.normalization == "per-domain") else "source"
+        bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
+                                 val_metrics or {}, inference=cfg["inference"], method=method_name,
+                                 band_map=band_map_of(spec.source.scenes[0], bands), default_stats=default_stats)
+        metrics_path = write_json(out / "metrics.json", metrics)
+        say(f"bundle written to {bundle_dir}")
+        if val_metrics:
+            say(format_metrics(val_metrics))
+        return {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
+                "metrics": metrics, "iterations": result.iterations_done, "provenance": provenance}
+    finally:
+        for d in domains:
+            d.close()
+
+
+def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> dict:
+    """Score ``spec.bundle`` on every labelled domain of the job (target, source, validation)."""
+    say = log or (lambda msg: None)
+    bundle = load_bundle(spec.bundle)
+    classes = bundle.classes
+    out = Path(spec.output)
+    results: dict[str, Any] = {}
+    for name in ("target", "validation", "source"):
+        dspec = getattr(spec, name)
+        if dspec is None:
+            continue
+        with Domain.open(dspec, classes, field=name) as dom:
+            if not dom.labelled:
+                raise SpecError(f"{name} scenes need labels to be evaluated", field=name)
+            if dom.band_count != bundle.band_count:
+                raise BandCountMismatchError(
+                    f"{name} scenes have {dom.band_count} bands, the model takes {bundle.band_count}", field=name)
+            stats, which = evaluation_stats(bundle, dom, name, spec.params.normalization, out / "stats")
+            say(f"evaluating on the {name} scenes ({which} statistics)")
+            m = evaluate_domain(segmentor_predict_fn(bundle.segmentor, stats), dom, [c.name for c in classes])
+            m["stats"] = which
+            results[name] = m
+            say(f"{name}:\n{format_metrics(m)}")
+    metrics_path = write_json(out / "metrics.json", {"evaluation": results, "bundle": str(bundle.path)})
+    return {"status": "finished", "metrics_path": str(metrics_path), "metrics": results}
+
+
+def evaluation_stats(bundle, domain: Domain, role: str, normalization: str, store: Path | None = None
+                     ) -> tuple[BandStats, str]:
+    """Source scenes: the bundle's source statistics. Target-like scenes: the bundle's target
+    statistics when it has them, else the scenes' own (per-domain normalisation); with
+    ``normalization='source'`` always the source statistics."""
+    if role == "source" or normalization == "source":
+        return bundle.stats["source"], "source"
+    if "target" in bundle.stats:
+        return bundle.stats["target"], "target"
+    return domain.stats(store=store), "own"
