@@ -1,0 +1,80 @@
+"""Configs by name, overrides, fitting to a job; the paper configs' head widths; pretrained loading."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import ConfigError
+from models.adaptation import build_method
+from models.config import apply_overrides, list_configs, resolve_config
+from models.pretrained import load_pretrained
+
+
+def test_names_and_overrides():
+    names = list_configs()
+    assert {"segformer-tiny", "segformer_mit-b0", "segformer_mit-b5", "deeplabv3plus_r50-d8",
+            "st-dasegnet_mit-b5_potsdam2vaihingen"} <= set(names)
+    cfg = resolve_config("segformer-tiny", method="st-dasegnet", in_channels=9, num_classes=2,
+                         overrides={"adaptation.pseudo_threshold": 0.9, "optim": {"lr": 1e-3}})
+    assert cfg["model"]["backbone"]["in_channels"] == 9 and cfg["model"]["decode_head"]["num_classes"] == 2
+    assert cfg["adaptation"]["pseudo_threshold"] == 0.9 and cfg["adaptation"]["adv_weight"] == 0.005
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["type"] == "AdamW"
+    assert resolve_config("segformer-tiny")["adaptation"] == {"type": "source-only"}
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides(cfg, {"modle.backbone.depth": 3})
+    with pytest.raises(ConfigError, match="unknown model config"):
+        resolve_config("segformer-huge")
+    with pytest.raises(ConfigError, match="cannot build"):
+        resolve_config("segformer-tiny", overrides={"model.backbone.no_such_kwarg": 1})
+
+
+def test_paper_class_weights_must_fit_the_job_classes():
+    with pytest.raises(ConfigError, match="6 weights but the job has 7 classes"):
+        resolve_config("st-dasegnet_mit-b5_potsdam2vaihingen", method="st-dasegnet", num_classes=7)
+
+
+def test_mit_b5_head_takes_the_ddm_widened_deepest_level():
+    cfg = resolve_config("st-dasegnet_mit-b5_potsdam2vaihingen", method="st-dasegnet", in_channels=3, num_classes=6)
+    from models.adaptation.st_dasegnet import widen_head_for_ddm
+
+    assert cfg["level_channels"] == [64, 128, 320, 512]
+    assert widen_head_for_ddm(cfg["model"]["decode_head"], cfg["level_channels"])["in_channels"] == [64, 128, 320, 576]
+    assert cfg["adaptation"]["pseudo_class_weight"] == [1.01, 1.01, 1.51, 1.51, 2.01, 2.01]
+    assert cfg["adaptation"]["discriminator"]["num_layers"] == 2 and cfg["disc_optim"]["lr"] == 1e-5
+
+
+def test_deeplab_head_and_discriminator_depth():
+    cfg = resolve_config("deeplabv3plus_r50-d8", method="st-dasegnet", in_channels=3, num_classes=6)
+    from models.adaptation.st_dasegnet import widen_head_for_ddm
+
+    head = widen_head_for_ddm(cfg["model"]["decode_head"], cfg["level_channels"])
+    assert head["in_channels"] == 2048 + 256 and head["c1_in_channels"] == 256
+    assert cfg["adaptation"]["discriminator"]["num_layers"] == 3
+    assert cfg["optim"]["type"] == "SGD" and cfg["optim"]["decoder_lr_mult"] == 2.0
+
+
+def test_pretrained_mmseg_checkpoint_fills_every_backbone_and_adapts_bands(tiny, tmp_path):
+    torch.manual_seed(0)
+    donor = build_method(tiny("source-only", bands=3, classes=3), total_iters=1).net["segmentor"]
+    state = {f"backbone.{k}": v for k, v in donor.backbone.state_dict().items()}
+    state.update({f"decode_head.{k}": v for k, v in donor.decode_head.state_dict().items()})
+    path = tmp_path / "seg.pth"
+    torch.save({"state_dict": state, "meta": {}}, path)
+
+    torch.manual_seed(1)
+    m = build_method(tiny("st-dasegnet", bands=6, classes=3), total_iters=1)
+    rep = load_pretrained(m, path)
+    st = m.net["students"]
+    first = "layers.0.0.projection.weight"
+    assert first in rep["adapted"]
+    w3 = donor.backbone.state_dict()[first]
+    w6 = st.backbone_s.state_dict()[first]
+    assert w6.shape[1] == 6 and torch.allclose(w6.sum(1), w3.sum(1), atol=1e-6)  # same response to flat input
+    key = "layers.1.1.0.attn.attn.in_proj_weight"
+    assert torch.equal(st.backbone_s.state_dict()[key], donor.backbone.state_dict()[key])
+    assert torch.equal(st.backbone_t.state_dict()[key], donor.backbone.state_dict()[key])
+    # decoders: everything but the widened deepest-level input fits; teachers follow the students
+    assert torch.equal(st.decoder_s.conv_seg.weight, donor.decode_head.conv_seg.weight)
+    assert torch.equal(m.net["teacher_s"].conv_seg.weight, donor.decode_head.conv_seg.weight)
+    with pytest.raises(ConfigError):
+        load_pretrained(m, tmp_path / "missing.pth")
