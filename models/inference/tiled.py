@@ -108,7 +108,8 @@ class WindowModel:
         h, w = t.shape[-2:]
         ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
         if ph or pw:  # only windows of a raster smaller than the window size get here
-            t = F.pad(t, (0, pw, 0, ph), mode="replicate")
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            t = F.pad(t, (0, pw, 0, ph), mode=mode)
         probs = self._probs(t)
         if self.tta:
             for dims in ((3,), (2,), (2, 3)):
@@ -415,8 +416,9 @@ def _choose_stats(bundle: Any, choice: Any, scene: Scene, region: Window) -> tup
     if choice == "input":  # a streaming pass over the input's valid pixels in the region
         return compute_stats([scene], [region]), "input"
     have = dict(getattr(bundle, "stats", None) or {})
-    if choice == "auto":
-        choice = "target" if "target" in have else "source"
+    if choice == "auto":  # the bundle's own default, else target statistics when it has them
+        default = getattr(bundle, "default_stats", None)
+        choice = default if default in have else ("target" if "target" in have else "source")
     if choice not in have:
         raise ConfigError(
             f"the model bundle has no {choice} statistics (it has: {', '.join(have) or 'none'}); "
