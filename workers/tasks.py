@@ -174,6 +174,9 @@ class StoreReporter:
 
     def on_end(self, result) -> None:
         self.result = result
+        done, total = getattr(result, "iterations_done", None), getattr(result, "total", None)
+        if done is not None and total:  # the last iterations may have fallen inside the throttle
+            self._write(force=True, done=done, total=total, progress=self._scaled(done, total))
 
 
 class Heartbeat(threading.Thread):
@@ -246,7 +249,9 @@ def run_job(self, job_id: str) -> str:
     if reporter.cancel and _stopped(result, reporter):
         store.dismiss(job_id, me, "cancelled; the last checkpoint is kept")
         return "dismissed"
-    store.succeed(job_id, me, _jsonable(result if isinstance(result, dict) else {"result": result}))
+    summary = dict(result) if isinstance(result, dict) else {"result": result}
+    summary["run"] = {"attempt": claimed["attempts"], "resumed_from_iteration": reporter.resumed_from}
+    store.succeed(job_id, me, _jsonable(summary))
     return "successful"
 
 

@@ -1,0 +1,94 @@
+"""Task plumbing without a broker: the reporter on a real SQLite store, liveness, Celery config."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from service import queue as service_queue
+from service.settings import Settings
+from service.store import jobs, tokens
+from service.store.db import session_scope
+from service.store.for_workers import WorkerJobStore
+from workers import celery_app, tasks
+
+
+@pytest.fixture
+def store(tmp_path):
+    settings = Settings(data_dir=tmp_path, broker_url="memory://")
+    settings.ensure_dirs()
+    return WorkerJobStore(settings)
+
+
+def _job(store) -> str:
+    with session_scope(store.sessions) as s:
+        tok, _ = tokens.create_token(s)
+        job, _ = jobs.create_job(s, job_id=uuid.uuid4(), owner_id=tok.id, spec={"type": "train"}, queue="gpu")
+        return str(job.id)
+
+
+def _row(store, job_id):
+    with store.sessions() as s:
+        return s.get(jobs.Job, uuid.UUID(job_id))
+
+
+class _P:  # the fields of models.training.callbacks.Progress that the reporter reads
+    def __init__(self, iteration, total, eta_s=None):
+        self.iteration, self.total, self.eta_s = iteration, total, eta_s
+
+
+def test_reporter_writes_progress_throttled_and_relays_cancel(store):
+    job_id = _job(store)
+    assert store.claim(job_id, "me", lambda ident, age: False)["attempts"] == 1
+    rep = tasks.StoreReporter(store, job_id, "me", span=(0.0, 90.0), min_interval_s=3600)
+    rep.on_log("computing band statistics")
+    assert _row(store, job_id).stage == "preparing"
+    rep.on_start(0, 100)
+    rep.on_progress(_P(50, 100, eta_s=5.0))  # within the interval: not written
+    row = _row(store, job_id)
+    assert (row.stage, row.done, row.total, row.progress) == ("training", 0, 100, 0.0)
+    rep.min_interval_s = 0
+    rep.on_progress(_P(50, 100, eta_s=5.0))
+    row = _row(store, job_id)
+    assert (row.done, row.progress, row.eta_s) == (50, 45.0, 5.0) and row.heartbeat_at is not None
+    rep.on_stage("predicting", 1, 2)
+    assert _row(store, job_id).progress == pytest.approx(94.5)
+    rep.on_progress(_P(60, 100))  # progress never goes backwards
+    assert _row(store, job_id).progress == pytest.approx(94.5)
+    rep.on_checkpoint(60, "/x/last.pth", "last")
+    assert _row(store, job_id).checkpoint_path == "/x/last.pth"
+    assert rep.should_stop() is False
+    with session_scope(store.sessions) as s:
+        jobs.request_cancel(s, s.get(jobs.Job, uuid.UUID(job_id)))
+    assert rep.should_stop() is True
+
+
+def test_liveness_of_the_process_recorded_on_a_job():
+    is_dead = tasks.make_is_dead(orphan_after_s=60)
+    assert not is_dead(tasks.process_ident(), 0.0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert is_dead(f"{socket.gethostname()}:{gone.pid}:1", 0.0)
+    host, pid, start = tasks.process_ident().rsplit(":", 2)
+    assert is_dead(f"{host}:{pid}:{int(start or 0) + 1}", 0.0)  # same pid, another process start
+    assert not is_dead("elsewhere:1:1", 10.0)  # another host: only a stale heartbeat says dead
+    assert is_dead("elsewhere:1:1", 61.0)
+    assert is_dead(None, None)
+
+
+def test_api_and_workers_agree_on_names_and_reliability_settings(tmp_path):
+    assert celery_app.RUN_JOB == service_queue.RUN_JOB == tasks.run_job.name
+    assert celery_app.QUEUES == service_queue.QUEUES
+    s = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", job_soft_time_limit_s=100,
+                 job_hard_time_limit_s=200)
+    conf = celery_app.celery_config(s)
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf["task_soft_time_limit"]
+    assert {q.name for q in conf["task_queues"]} == {"gpu", "cpu"}
+    assert tasks.run_job.acks_late and tasks.run_job.reject_on_worker_lost
+    embedded = celery_app.celery_config(Settings(data_dir=tmp_path))
+    assert "visibility_timeout" not in embedded["broker_transport_options"]  # the SQL transport takes engine args

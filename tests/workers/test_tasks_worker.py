@@ -1,0 +1,269 @@
+"""Real Celery worker processes running real (tiny) training jobs on the NC scene, end to end:
+embedded (SQLite store + SQLAlchemy/SQLite broker) and production-like (PostgreSQL + Redis).
+Cancel of a running job; SIGKILL of a worker (or of its pool process) mid-job, then resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from service.store import tokens
+from service.store.db import session_scope
+from service.store.models import WorkerRecord
+
+pytestmark = pytest.mark.integration
+
+PG_URL = os.environ.get("GEOADAPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GEOADAPT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+#: one Redis database per Backend: a worker of another test's store must not take its messages
+_REDIS_DBS = iter(range(10, 16))
+
+
+def _pg_schema() -> tuple[str, str]:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+    except psycopg.Error as e:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {str(e).strip().splitlines()[0]}")
+    schema = f"ga_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema, f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _redis_or_skip() -> str:
+    import redis
+
+    url = f"{REDIS_URL.rstrip('/')}/{next(_REDIS_DBS)}"
+    try:
+        r = redis.Redis.from_url(url, socket_connect_timeout=2)
+        r.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
+    r.flushdb()  # a test database of its own: no messages left from earlier runs
+    return url
+
+
+class Backend:
+    """Settings for the API in this process + a matching environment for worker processes."""
+
+    def __init__(self, kind: str, root: Path, nc_dir: Path):
+        self.kind, self.root = kind, root
+        self.schema = None
+        extra = {}
+        if kind == "redis":
+            broker = _redis_or_skip()
+            self.schema, db = _pg_schema()
+            extra = {"database_url": db, "broker_url": broker}
+        self.settings = Settings(data_dir=root / "state", allowed_roots=[nc_dir], heartbeat_interval_s=1.0,
+                                 rate_limit_per_minute=0, **extra)
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                    "GEOADAPT_DATA_DIR": str(self.settings.data_dir),
+                    "GEOADAPT_DATABASE_URL": self.settings.database_url,
+                    "GEOADAPT_BROKER_URL": self.settings.broker_url,
+                    "GEOADAPT_ALLOWED_ROOTS": str(nc_dir), "GEOADAPT_HEARTBEAT_INTERVAL_S": "1"}
+        self.app = create_app(self.settings)
+        self.client = TestClient(self.app)
+        with session_scope(self.app.state.sessions) as s:
+            _, plain = tokens.create_token(s, name="test")
+        self.auth = {"Authorization": f"Bearer {plain}"}
+        self.workers: list[subprocess.Popen] = []
+
+    def start_worker(self, pool: str = "prefork") -> subprocess.Popen:
+        name = f"w{uuid.uuid4().hex[:6]}@%h"
+        log = open(self.root / f"worker-{len(self.workers)}.log", "wb")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--pool", pool, "--concurrency", "1",
+             "--loglevel", "info", "--hostname", name],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        p.node = name.split("@")[0]
+        self.workers.append(p)
+        wait_for(lambda: self._ready(p), 60, "worker ready", self)
+        return p
+
+    def _ready(self, p) -> bool:
+        if p.poll() is not None:
+            raise AssertionError(f"worker exited with {p.returncode}\n{self.logs()}")
+        with self.app.state.sessions() as s:
+            return any(w.name.startswith(p.node + "@") and w.pid == p.pid and not w.stopped
+                       for w in s.query(WorkerRecord))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n" + f.read_text(errors="replace")[-3000:]
+                         for f in sorted(self.root.glob("worker-*.log")))
+
+    def submit(self, spec: dict, key: str | None = None) -> str:
+        h = {**self.auth, **({"Idempotency-Key": key} if key else {})}
+        r = self.client.post("/v1/jobs", json=spec, headers=h)
+        assert r.status_code in (200, 201), r.text
+        return r.json()["id"]
+
+    def job(self, jid: str) -> dict:
+        return self.client.get(f"/v1/jobs/{jid}", headers=self.auth).json()
+
+    def close(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        self.client.close()
+        self.app.state.engine.dispose()
+        if self.schema:
+            _drop_schema(self.schema)
+
+
+def wait_for(pred, timeout: float, what: str, backend: Backend | None = None, every: float = 0.3):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            if os.environ.get("GA_DEBUG"):
+                print(f"[{time.monotonic() - t0:6.2f}s] {what}", flush=True)
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}\n{backend.logs() if backend else ''}")
+
+
+def nc_spec(nc_bands, nc_data, nc_classes, **params) -> dict:
+    return {
+        "type": "train",
+        "method": "source-only",
+        "model": "segformer-tiny",
+        "classes": [json.loads(c.model_dump_json()) for c in nc_classes],
+        "source": {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
+                   "region": {"columns": [0.0, 0.5]}},
+        "params": {"batch_size": 2, "crop": 32, "seed": 0, **params},
+    }
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def backend(request, tmp_path_factory, nc_data):
+    b = Backend(request.param, tmp_path_factory.mktemp(request.param), Path(nc_data["strata"]).parent)
+    b.start_worker()
+    yield b
+    b.close()
+
+
+def _final(b: Backend, jid: str, timeout: float = 90) -> dict:
+    seen = set()
+
+    def done():
+        j = b.job(jid)
+        seen.add(j["progress"])
+        return j if j["status"] in ("successful", "failed", "dismissed") else None
+
+    j = wait_for(done, timeout, f"job {jid} to finish", b, every=0.2)
+    j["_progress_seen"] = seen
+    return j
+
+
+def test_train_job_end_to_end(backend, nc_bands, nc_data, nc_classes):
+    spec = nc_spec(nc_bands, nc_data, nc_classes, iterations=30)
+    jid = backend.submit(spec, key="e2e")
+    assert backend.submit(spec, key="e2e") == jid  # idempotent while it runs
+    j = _final(backend, jid)
+    assert j["status"] == "successful", (j, backend.logs())
+    assert j["progress"] == 100 and j["done"] == j["total"] == 30 and j["attempts"] == 1
+    assert len(j["_progress_seen"]) >= 2
+    res = backend.client.get(f"/v1/jobs/{jid}/results", headers=backend.auth).json()
+    assert res["bundle"]["metadata"]["band_count"] == 6
+    assert res["metrics"]["training"]["iterations"] == 30
+    models = backend.client.get("/v1/models", headers=backend.auth).json()
+    assert jid in [m["id"] for m in models["models"]]
+    assert backend.client.get("/health").json()["workers"]["ok"]
+
+
+def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_data, nc_classes):
+    jid = backend.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=20000))
+    wait_for(lambda: (backend.job(jid).get("done") or 0) >= 5, 60, "training to start", backend)
+    r = backend.client.delete(f"/v1/jobs/{jid}", headers=backend.auth)
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    j = _final(backend, jid, timeout=30)
+    assert j["status"] == "dismissed" and j["done"] < 20000
+    ckpt = Path(backend.settings.job_dir(jid)) / "output" / "checkpoints"
+    assert any(ckpt.glob("*.pth")), "a cancelled job keeps a checkpoint to resume from"
+
+
+def _kill_mid_job(b: Backend, jid: str, min_iteration: int) -> int:
+    """Wait until a checkpoint past `min_iteration` exists; return the job's iteration then."""
+    def ready():
+        j = b.job(jid)
+        return j if j["status"] == "running" and (j.get("done") or 0) >= min_iteration and _ckpt(b, jid) else None
+
+    return wait_for(ready, 60, "a checkpoint", b, every=0.1)["done"]
+
+
+def _ckpt(b: Backend, jid: str) -> bool:
+    with b.app.state.sessions() as s:
+        from service.store.models import Job
+
+        return s.get(Job, uuid.UUID(jid)).checkpoint_path is not None
+
+
+def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_bands, nc_data, nc_classes):
+    b = Backend("redis", tmp_path, Path(nc_data["strata"]).parent)
+    try:
+        w = b.start_worker()
+        jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=150, checkpoint_interval=10))
+        _kill_mid_job(b, jid, 20)
+        os.killpg(w.pid, signal.SIGKILL)  # the worker and its pool process, no goodbye
+        w.wait(10)
+        assert b.job(jid)["status"] == "running"
+        b.start_worker()  # finds the orphan (its process is gone) and sends it again
+        j = _final(b, jid)
+        assert j["status"] == "successful", (j, b.logs())
+        assert j["attempts"] == 2
+        run = b.client.get(f"/v1/jobs/{jid}/results", headers=b.auth).json()
+        summary = _results_row(b, jid)["run"]
+        assert summary["attempt"] == 2 and summary["resumed_from_iteration"] >= 10, summary
+        assert run["metrics"]["training"]["iterations"] == 150
+    finally:
+        b.close()
+
+
+def _results_row(b: Backend, jid: str) -> dict:
+    with b.app.state.sessions() as s:
+        from service.store.models import Job
+
+        return s.get(Job, uuid.UUID(jid)).results
+
+
+def test_sigkill_of_the_pool_process_requeues_and_resumes(tmp_path, nc_bands, nc_data, nc_classes):
+    """Embedded transport: the pool child dies (e.g. the OOM killer); reject_on_worker_lost requeues."""
+    b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
+    try:
+        w = b.start_worker()
+        jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=150, checkpoint_interval=10))
+        _kill_mid_job(b, jid, 20)
+        with b.app.state.sessions() as s:
+            from service.store.models import Job
+
+            child_pid = int(s.get(Job, uuid.UUID(jid)).worker.rsplit(":", 2)[1])
+        assert child_pid != w.pid
+        os.kill(child_pid, signal.SIGKILL)
+        j = _final(b, jid)
+        assert j["status"] == "successful", (j, b.logs())
+        summary = _results_row(b, jid)["run"]
+        assert summary["attempt"] == 2 and summary["resumed_from_iteration"] >= 10, summary
+        assert w.poll() is None  # the same worker carried on
+    finally:
+        b.close()
