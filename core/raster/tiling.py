@@ -37,6 +37,8 @@ class PredictOptions:
     region: Any = None  # Window, (col_off, row_off, width, height), a GeoJSON AOI (WGS84) or a RegionSpec
     probabilities: bool = False  # also write a uint8 probability COG next to the class COG
     device: str | None = None  # cpu, cuda, cuda:1 ...; default: cuda when available
+    streams: int | None = None  # batches in the model at once; default: CPU min(cores, 4), GPU 1
+    threads: int | None = None  # torch threads per stream on CPU; default: cores // streams
     blocksize: int = 512  # COG tile size
     compress: str = "DEFLATE"
     prefetch: int = 3  # batches read ahead of the model (bounded queue)
@@ -63,6 +65,10 @@ class PredictOptions:
             bad("blocksize", f"blocksize must be a multiple of 16 in 64..4096, got {self.blocksize}")
         if self.prefetch < 1:
             bad("prefetch", "prefetch must be at least 1")
+        if self.streams is not None and not 1 <= int(self.streams) <= 64:
+            bad("streams", f"streams must be 1..64, got {self.streams}")
+        if self.threads is not None and not 1 <= int(self.threads) <= 1024:
+            bad("threads", f"threads must be 1..1024, got {self.threads}")
         return self
 
     def as_dict(self) -> dict:

@@ -1,18 +1,20 @@
 """Large-raster prediction: windowed read -> normalise -> batch -> forward -> blend -> COG, in bounded memory.
 
-Call flow (three threads joined by bounded queues, so reading and writing overlap the model; torch,
-numpy and GDAL release the GIL in their heavy parts):
+Call flow (threads joined by bounded queues, so reading and writing overlap the model; torch, numpy
+and GDAL release the GIL in their heavy parts):
 
-    reader thread                       main thread                        writer thread
-    WindowPlan, row-major               WindowModel(batch):                StreamingBlender.add(window)
-    Scene.read(window) -> data, valid   forward (+ flips), softmax         -> finished pieces:
-    all nodata? skip (counted)          -> probs (B, K, h, w)              argmax -> class ids,
-    normalise, stack a batch  --q_in--> progress, cancel       --q_out-->  nodata where invalid,
-                                                                           CogWriter.write (tiled temp)
+    reader thread                       model threads (streams)            writer thread
+    WindowPlan, row-major               WindowModel(batch):                batches back in plan order,
+    Scene.read(window) -> data, valid   forward (+ flips), softmax         StreamingBlender.add(window)
+    all nodata? skip (counted)          -> probs (B, K, h, w)              -> finished pieces: argmax ->
+    normalise, stack a batch  --q_in-->                        --q_out-->  class ids, nodata where
+                                                                           invalid -> CogWriter.write
+    calling thread: progress(done, total), should_stop()                   (a tiled temporary GeoTIFF)
     after the last window: CogWriter.close() -> GDAL COG driver (overviews, mode) -> atomic rename
 
-Peak memory is the model plus ``prefetch`` batches on each queue plus the blender's overlap strip
-(K x overlap x width floats); GDAL's block cache is capped while predicting. The model only ever
+Peak memory is the model's activations for ``streams`` batches, plus the batches queued between the
+threads, plus the blender's overlap strip (K x overlap x width floats); GDAL's block cache is capped
+while predicting. None of it depends on the raster's size. The model only ever
 sees windows with at least one valid pixel; the predictor never knows how the model was trained
 (it calls ``segmentor.predict_logits``, which for ST-DASegNet is the two-branch ensemble).
 """
@@ -128,6 +130,7 @@ class WindowModel:
 
 @dataclass
 class _Batch:
+    seq: int  # order of this batch in the plan
     indices: list[int]  # plan indices this item accounts for, in order (predicted and skipped)
     run: list[int]  # the indices among them that have data, in order
     x: np.ndarray | None  # (len(run), C, h, w) normalised
@@ -135,19 +138,27 @@ class _Batch:
 
 
 class _Pipeline:
-    """Shared state of one prediction's threads: stop flag, first failure, busy time per stage."""
+    """Shared state of one prediction's threads: stop flag, first failure, counters, busy time per stage."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.failure: BaseException | None = None
+        self.lock = threading.Lock()
         self.busy: dict[str, float] = {"read": 0.0, "forward": 0.0, "write": 0.0, "wait_input": 0.0}
         self.skipped = 0
+        self.predicted = 0
+        self.done = 0  # windows blended and written
         self.valid_pixels = 0
 
     def fail(self, e: BaseException) -> None:
-        if self.failure is None:
-            self.failure = e
+        with self.lock:
+            if self.failure is None:
+                self.failure = e
         self.stop.set()
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.busy[key] += seconds
 
     def put(self, q: queue.Queue, item: Any) -> bool:
         while not self.stop.is_set():
@@ -174,6 +185,21 @@ class _Stopped(Exception):
 _DONE = object()
 
 
+def default_streams(device: torch.device, streams: int | None, threads: int | None) -> tuple[int, int]:
+    """(batches in the model at once, torch threads each).
+
+    On a CPU, small segmentation networks scale poorly across the threads of one forward pass
+    (each op is short, and the threads wait at every op's barrier, worse still when reading and
+    writing threads share the cores), while independent forward passes on one core each scale
+    almost linearly; so several streams of one thread each. On a GPU one stream keeps it busy.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type != "cpu":
+        return int(streams or 1), int(threads or torch.get_num_threads())
+    n = int(streams or min(cores, 4))
+    return n, int(threads or max(1, cores // n))
+
+
 def predict_raster(
     bundle: Any,
     input: Any,
@@ -190,8 +216,9 @@ def predict_raster(
     object with ``segmentor`` (``predict_logits``), ``classes`` (ClassSpec-like: id, name, color) and
     ``stats`` ({"source": BandStats, "target": ...}). ``input``: a raster path, a list of single-band
     files stacked in order, a SceneSpec or a Scene. Options: :class:`PredictOptions` fields, given as
-    ``options`` and/or keyword overrides. ``progress(done, total)`` is called from this thread after
-    each batch; ``should_stop()`` returning True stops the run with :class:`PredictionCancelled`.
+    ``options`` and/or keyword overrides. ``progress(done, total)`` (windows) is called from the
+    calling thread; ``should_stop()`` returning True stops the run with :class:`PredictionCancelled`
+    and leaves nothing at the output paths.
     """
     t0 = time.perf_counter()
     opts = replace(options or PredictOptions(), **overrides).validate()
@@ -216,36 +243,45 @@ def predict_raster(
             bundle.segmentor, device=opts.device, precision=opts.precision, tta=opts.tta,
             pad_multiple=opts.pad_multiple,
         )
-        lut = np.array([c.id for c in classes], dtype=class_encoding([c.id for c in classes])[0])
-        nodata = class_encoding([c.id for c in classes])[1]
+        n_streams, n_threads = default_streams(model.device, opts.streams, opts.threads)
+        dtype, nodata = class_encoding([c.id for c in classes])
+        lut = np.array([c.id for c in classes], dtype=dtype)
         writer = class_cog_writer(output, out_grid, classes, blocksize=opts.blocksize, compress=opts.compress)
         pwriter = None
+        pipe = _Pipeline()
+        threads_before = torch.get_num_threads()
         try:
             if probs_path is not None:
                 pwriter = probability_cog_writer(
                     probs_path, out_grid, classes, blocksize=opts.blocksize, compress=opts.compress
                 )
-            pipe = _Pipeline()
-            q_in: queue.Queue = queue.Queue(maxsize=opts.prefetch)
-            q_out: queue.Queue = queue.Queue(maxsize=opts.prefetch)
-            reader = threading.Thread(
-                target=_read_windows, name="predict-reader", daemon=True,
-                args=(pipe, q_in, open_scene, plan, region, geoms, stats, opts.batch_size),
-            )
+            torch.set_num_threads(n_threads)
+            q_in: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
+            q_out: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
+            workers = [
+                threading.Thread(
+                    target=_read_windows, name="predict-reader", daemon=True,
+                    args=(pipe, q_in, open_scene, plan, region, geoms, stats, opts.batch_size),
+                ),
+                *(
+                    threading.Thread(target=_forward, name=f"predict-model-{i}", daemon=True,
+                                     args=(pipe, q_in, q_out, model))
+                    for i in range(n_streams)
+                ),
+            ]
             sink = threading.Thread(
                 target=_write_windows, name="predict-writer", daemon=True,
                 args=(pipe, q_out, plan, len(classes), lut, nodata, writer, pwriter),
             )
-            reader.start()
-            sink.start()
-            predicted = 0
+            for t in (*workers, sink):
+                t.start()
             try:
-                predicted = _run_model(pipe, q_in, q_out, model, len(plan), progress, should_stop)
-            finally:
-                if pipe.failure is not None or pipe.stop.is_set():
-                    pipe.stop.set()
-                reader.join()
-                sink.join()
+                _watch(pipe, sink, len(plan), progress, should_stop)
+            except BaseException as e:  # Ctrl-C in the calling thread: stop the others, clean up
+                pipe.fail(e)
+            pipe.stop.set()  # the writer is done (or failed): release anything still waiting
+            for t in (*workers, sink):
+                t.join()
             if pipe.failure is not None:
                 raise pipe.failure
             t_cog = time.perf_counter()
@@ -258,51 +294,35 @@ def predict_raster(
             if pwriter is not None:
                 pwriter.abort()
             raise
+        finally:
+            torch.set_num_threads(threads_before)
 
     seconds = time.perf_counter() - t0
     return PredictionResult(
-        output=output, probabilities=probs_path, windows=len(plan), predicted=predicted,
+        output=output, probabilities=probs_path, windows=len(plan), predicted=pipe.predicted,
         skipped=pipe.skipped, pixels=int(region.width) * int(region.height), valid_pixels=pipe.valid_pixels,
         stats=stats_name, seconds=seconds, timings={k: round(v, 3) for k, v in pipe.busy.items()},
-        options=opts.as_dict(),
+        options={**opts.as_dict(), "streams": n_streams, "threads": n_threads, "device": str(model.device)},
     )
 
 
-def _run_model(pipe: _Pipeline, q_in, q_out, model: WindowModel, total: int, progress, should_stop) -> int:
-    """Main thread: batches from the reader through the model to the writer; progress and cancel."""
-    done = predicted = 0
-    try:
-        while True:
-            t = time.perf_counter()
-            item = pipe.get(q_in)
-            pipe.busy["wait_input"] += time.perf_counter() - t
-            if item is _DONE:
-                break
-            probs = None
-            if item.x is not None:
-                t = time.perf_counter()
-                probs = model(item.x)
-                pipe.busy["forward"] += time.perf_counter() - t
-                predicted += len(item.run)
-            if not pipe.put(q_out, (item, probs)):
-                break
-            done += len(item.indices)
-            if progress is not None:
-                progress(done, total)
-            if should_stop is not None and should_stop():
-                raise PredictionCancelled(f"stopped after {done} of {total} windows")
-        pipe.put(q_out, _DONE)
-    except _Stopped:
-        pass
-    except BaseException as e:
-        pipe.fail(e)
-    return predicted
+def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should_stop) -> None:
+    """Calling thread: report progress and honour cancel until the writer has finished."""
+    last = -1
+    while sink.is_alive():
+        sink.join(timeout=0.2)
+        if progress is not None and pipe.done != last:
+            last = pipe.done
+            progress(last, total)
+        if should_stop is not None and not pipe.stop.is_set() and should_stop():
+            pipe.fail(PredictionCancelled(f"stopped after {pipe.done} of {total} windows"))
 
 
 def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms, stats, batch: int):
     """Reader thread: read, mask, skip all-nodata windows, normalise and stack batches."""
     try:
         with open_scene() as scene:
+            seq = 0
             indices: list[int] = []
             run: list[int] = []
             xs: list[np.ndarray] = []
@@ -324,40 +344,72 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
                     xs.append(normalize(rw.data, stats, valid))
                     valids.append(valid)
                     run.append(pw.index)
-                pipe.busy["read"] += time.perf_counter() - t
-                if len(run) == batch:
-                    if not pipe.put(q_in, _Batch(indices, run, np.stack(xs), valids)):
+                full = len(run) == batch
+                x = np.stack(xs) if full else None
+                pipe.add("read", time.perf_counter() - t)
+                if full:
+                    if not pipe.put(q_in, _Batch(seq, indices, run, x, valids)):
                         return
+                    seq += 1
                     indices, run, xs, valids = [], [], [], []
-            if indices and not pipe.put(q_in, _Batch(indices, run, np.stack(xs) if xs else None, valids)):
-                return
+            if indices:
+                if not pipe.put(q_in, _Batch(seq, indices, run, np.stack(xs) if xs else None, valids)):
+                    return
             pipe.put(q_in, _DONE)
     except BaseException as e:
         pipe.fail(e)
 
 
+def _forward(pipe: _Pipeline, q_in, q_out, model: WindowModel) -> None:
+    """Model thread (one per stream): normalised batches in, class probabilities out."""
+    try:
+        while True:
+            t = time.perf_counter()
+            item = pipe.get(q_in)
+            pipe.add("wait_input", time.perf_counter() - t)
+            if item is _DONE:
+                pipe.put(q_in, _DONE)  # for the other streams
+                return
+            probs = None
+            if item.x is not None:
+                t = time.perf_counter()
+                probs = model(item.x)
+                pipe.add("forward", time.perf_counter() - t)
+                with pipe.lock:
+                    pipe.predicted += len(item.run)
+            if not pipe.put(q_out, (item, probs)):
+                return
+    except _Stopped:
+        pass
+    except BaseException as e:
+        pipe.fail(e)
+
+
 def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata, writer, pwriter):
-    """Writer thread: blend windows into finished pieces; class ids (nodata where invalid) to the COG."""
+    """Writer thread: put batches back in plan order, blend windows into finished pieces, write class ids
+    (nodata where invalid) to the temporary file."""
     try:
         blender = StreamingBlender(plan, k)
-        while True:
-            got = pipe.get(q_out)
-            if got is _DONE:
-                break
-            item, probs = got
-            t = time.perf_counter()
-            pos = 0
-            for idx in item.indices:
-                if pos < len(item.run) and item.run[pos] == idx:
-                    p, v = probs[pos], item.valid[pos]
-                    pos += 1
-                else:
-                    p = v = None
-                for piece in blender.add(idx, p, v):
-                    _write_piece(pipe, piece, lut, nodata, writer, pwriter)
-            pipe.busy["write"] += time.perf_counter() - t
-        if not blender.done:
-            raise RuntimeError(f"the writer saw {blender._next} of {len(plan)} windows")
+        pending: dict[int, tuple] = {}  # batches that overtook an earlier one in another stream
+        next_seq = 0
+        while not blender.done:
+            item, probs = pipe.get(q_out)
+            pending[item.seq] = (item, probs)
+            while next_seq in pending:
+                item, probs = pending.pop(next_seq)
+                next_seq += 1
+                t = time.perf_counter()
+                pos = 0
+                for idx in item.indices:
+                    if pos < len(item.run) and item.run[pos] == idx:
+                        p, v = probs[pos], item.valid[pos]
+                        pos += 1
+                    else:
+                        p = v = None
+                    for piece in blender.add(idx, p, v):
+                        _write_piece(pipe, piece, lut, nodata, writer, pwriter)
+                pipe.done += len(item.indices)
+                pipe.add("write", time.perf_counter() - t)
     except _Stopped:
         pass
     except BaseException as e:

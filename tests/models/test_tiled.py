@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -220,14 +221,21 @@ def test_region_aoi_stats_choice_and_bf16(nc_bands, nc_classes, nc_stats, tmp_pa
     assert (_read(r.output)[0] == a).mean() > 0.9  # bf16 rounding flips only near-ties
 
 
+class SlowPerPixel(CountingPerPixel):
+    def predict_logits(self, x):
+        time.sleep(0.05)  # long enough a run for the canceller to act mid-way
+        return super().predict_logits(x)
+
+
 def test_cancel_leaves_nothing_and_band_mismatch_is_refused(nc_bands, nc_classes, nc_stats, tmp_path):
-    b = _bundle(CountingPerPixel(), nc_classes, nc_stats)
+    model = SlowPerPixel()
+    b = _bundle(model, nc_classes, nc_stats)
     seen = []
     with pytest.raises(PredictionCancelled):
-        predict_raster(b, nc_bands, tmp_path / "p.tif", window=64, overlap=16, batch_size=2,
-                       progress=lambda d, t: seen.append((d, t)), should_stop=lambda: len(seen) >= 3)
-    assert list(tmp_path.iterdir()) == []
-    assert seen[0][1] == seen[-1][1] and seen[-1][0] < seen[-1][1]
+        predict_raster(b, nc_bands, tmp_path / "p.tif", window=64, overlap=16, batch_size=2, probabilities=True,
+                       progress=lambda d, t: seen.append((d, t)), should_stop=lambda: len(seen) >= 2)
+    assert list(tmp_path.iterdir()) == []  # no output, no temporaries
+    assert 0 < seen[-1][0] < seen[-1][1] and model.windows < seen[-1][1]
     with pytest.raises(BandCountMismatchError):
         predict_raster(b, nc_bands[:5], tmp_path / "p.tif")
 
@@ -265,10 +273,11 @@ _CAPPED = textwrap.dedent(
 
 
 def test_a_raster_larger_than_a_whole_array_approach_can_hold_runs_under_a_memory_cap(nc_bands, tmp_path):
-    # a 3423 x 3101 x 6 mosaic of the real scene: 255 MB as float32 in one array, 64 MB on disk
+    # a 4401 x 3987 x 6 mosaic of the real scene: 421 MB as float32 in one array, 105 MB on disk; the cap
+    # leaves the tiled predictor 320 MB above what the interpreter, torch and GDAL hold after a warm-up
     with Scene.open(nc_bands) as s:
         tile = np.clip(s.read().data, 0, 255).astype(np.uint8)
-    reps = 7
+    reps = 9
     _, th, tw = tile.shape
     prof = dict(driver="GTiff", width=tw * reps, height=th * reps, count=6, dtype="uint8", nodata=0,
                 crs="EPSG:32119", transform=Affine(28.5, 0, 0, 0, -28.5, 0), tiled=True, blockxsize=256,
@@ -278,7 +287,7 @@ def test_a_raster_larger_than_a_whole_array_approach_can_hold_runs_under_a_memor
         row = np.concatenate([tile] * reps, axis=2)
         for i in range(reps):
             ds.write(row, window=Window(0, i * th, tw * reps, th))
-    proc = subprocess.run([sys.executable, "-c", _CAPPED, str(path), str(tmp_path / "out.tif"), "150"],
+    proc = subprocess.run([sys.executable, "-c", _CAPPED, str(path), str(tmp_path / "out.tif"), "320"],
                           capture_output=True, text=True, timeout=300)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-2000:]
