@@ -6,3 +6,34 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(help="Benchmarks that print and write their figures.", no_args_is_help=True)
+
+
+@app.command("predict")
+def predict_benchmark(
+    size: int = typer.Option(8192, "--size", min=256, help="side of the large raster in pixels"),
+    out: Path = typer.Option(Path("bench-predict"), "--out", help="folder for report.json, report.md, data/"),
+    small: int = typer.Option(None, "--small", min=256, help="side of the second raster for peak RSS (size/2)"),
+    window: int = typer.Option(128, "--window", help="window side in pixels"),
+    overlap: int = typer.Option(16, "--overlap", help="pixels shared by neighbouring windows"),
+    batch_size: int = typer.Option(8, "--batch-size", help="windows per forward pass"),
+    blend: str = typer.Option("hann", "--blend", help="none | average | hann"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16"),
+    streams: int = typer.Option(None, "--streams", min=1, help="batches in the model at once (default: per device)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads per stream"),
+    model_seconds: float = typer.Option(20.0, "--model-seconds", help="duration of each model-only measurement"),
+    bundle: Path = typer.Option(None, "--bundle", help="a model bundle (default: segformer-tiny, random weights)"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda (default: cuda if present)"),
+) -> None:
+    """Benchmark B: model-only forward throughput, our end-to-end predict and a naive whole-array baseline
+    on a large raster tiled from the real NC scene, plus predict's peak RSS at two raster sizes."""
+    from workers.benchmarks.predict import BenchSettings, run_predict_benchmark
+
+    s = BenchSettings(size=size, small=small, window=window, overlap=overlap, batch_size=batch_size, blend=blend,
+                      precision=precision, streams=streams, threads=threads, model_seconds=model_seconds,
+                      bundle=str(bundle) if bundle else None, device=device)
+    r = run_predict_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"model alone {r['model_mpx_s']:.3f} Mpx/s | predict {r['e2e_mpx_s']:.3f} Mpx/s | "
+               f"naive {r['naive_mpx_s']:.3f} Mpx/s")
+    typer.echo(f"e2e/model {r['e2e_over_model']:.3f} (goal >= 0.85) | e2e/naive {r['e2e_over_naive']:.3f} "
+               f"(goal >= 1.5) | peak RSS MB {r['peak_rss_mb']} (goal: within 10%)")
+    typer.echo(f"report: {out / 'report.json'}")
