@@ -24,7 +24,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from core.errors import GeoadaptError
+from core.errors import ConfigError, GeoadaptError
 from core.jobspec import load_job_spec
 from workers.celery_app import RUN_JOB, app
 
@@ -198,7 +198,13 @@ class Heartbeat(threading.Thread):
 
 def _pipeline(job_type: str):
     mod, _, fn = PIPELINES[job_type].partition(":")
-    return getattr(importlib.import_module(mod), fn)
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod:  # a dependency of the pipeline is missing: a real environment error
+            raise
+        raise ConfigError(f"{job_type} jobs are not available in this build", field="type") from None
+    return getattr(module, fn)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -41,11 +41,11 @@ def _settings(data_dir: Path | None):
 
 
 def _die_with_parent() -> None:
-    """In the worker child: get SIGTERM if `serve` dies, even by SIGKILL (Linux)."""
+    """In the worker child: a cold shutdown (SIGQUIT) if `serve` dies, even by SIGKILL (Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGQUIT)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -82,9 +82,9 @@ class WorkerProcess:
         self._stopping.set()
         if self.proc is None or self.proc.poll() is not None:
             return
-        # warm shutdown would wait for a running job to end; give it a moment, then kill: the job
-        # is picked up again from its checkpoint when the service next starts
-        self.proc.terminate()
+        # a warm shutdown would wait for a running job to end: cold shutdown (SIGQUIT) instead;
+        # the job is picked up again from its checkpoint when the service next starts
+        self.proc.send_signal(signal.SIGQUIT)
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
@@ -119,6 +119,9 @@ def register(app: typer.Typer) -> None:
         wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
         if wp:
             wp.start()
+        # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
+        # `finally` below stop the worker instead of killing this process on the spot
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             uvicorn.run(api, host=host, port=port, log_level=log_level)
         finally:
@@ -187,7 +190,8 @@ def register(app: typer.Typer) -> None:
         # the server decides where a job writes; relative paths are made absolute here, where they
         # mean something (the server checks them against its allowed roots)
         data = {**data, "output": data.get("output") or "."}
-        spec = load_job_spec(data, base_dir=spec_file.resolve().parent, check_files=False)
+        spec = load_job_spec(data, base_dir=spec_file.resolve().parent, check_files=False,
+                             path_resolver=lambda p: p.resolve())  # "../x" -> the real absolute path
         body = spec.to_jsonable()
         body.pop("output", None)
         job = run_client(lambda: client(url, token).submit(body, idempotency_key))
