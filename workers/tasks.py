@@ -287,23 +287,36 @@ def _on_ready(sender=None, **_):
     queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values())) if app.amqp.queues else ""
 
     def beat_loop():
+        last_sweep = 0.0
         while True:
             try:
                 store.worker_beat(name, queues=queues, pid=os.getpid())
             except Exception as e:
                 log.warning("worker heartbeat failed: %s", type(e).__name__)
+            # at start, then now and again: a worker on another machine may have died meanwhile
+            if time.monotonic() - last_sweep >= settings.orphan_after_s / 2 or last_sweep == 0.0:
+                last_sweep = time.monotonic()
+                sweep_orphans(store, settings)
             if _beat_stop.wait(settings.heartbeat_interval_s):
                 return
 
     threading.Thread(target=beat_loop, name="worker-beat", daemon=True).start()
-    # jobs whose worker died (SIGKILL, OOM, power) and whose message will not come back soon
-    # (Redis: only after the visibility timeout; the SQL transport: never) are sent again
+
+
+def sweep_orphans(store, settings) -> list[str]:
+    """Send again the jobs whose worker died (SIGKILL, OOM, power loss) and whose message will
+    not come back soon (Redis: only after the visibility timeout; the SQL transport: never)."""
+    sent = []
     try:
-        for job_id, queue in store.orphans(make_is_dead(settings.orphan_after_s)):
+        for job_id, queue, worker in store.orphans(make_is_dead(settings.orphan_after_s)):
             log.warning("job %s lost its worker; sending it again to resume", job_id)
             app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
+            # accepted again: later sweeps do not send it twice while it waits in the queue
+            store.requeued(job_id, worker)
+            sent.append(job_id)
     except Exception as e:
         log.warning("orphan sweep failed: %s", type(e).__name__)
+    return sent
 
 
 @signals.worker_shutdown.connect

@@ -64,15 +64,20 @@ class WorkerJobStore:
         with session_scope(self.sessions) as s:
             return jobs.dismiss(s, uuid.UUID(job_id), worker, message)
 
-    def orphans(self, is_dead: Callable[[str | None, float | None], bool]) -> list[tuple[str, str]]:
-        """(job id, queue) of running jobs whose worker is gone: to be sent again."""
+    def orphans(self, is_dead: Callable[[str | None, float | None], bool]) -> list[tuple[str, str, str | None]]:
+        """(job id, queue, worker) of running jobs whose worker is gone: to be sent again."""
         out = []
         with session_scope(self.sessions) as s:
             for job in jobs.running_jobs(s):
                 age = (jobs.utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
                 if is_dead(job.worker, age):
-                    out.append((str(job.id), job.queue))
+                    out.append((str(job.id), job.queue, job.worker))
         return out
+
+    def requeued(self, job_id: str, worker: str | None) -> None:
+        """After sending an orphan again: back to accepted, unless a worker already claimed it."""
+        with session_scope(self.sessions) as s:
+            jobs.mark_requeued(s, uuid.UUID(job_id), worker)
 
     # workers -----------------------------------------------------------------------------------
     def worker_beat(self, name: str, *, queues: str, pid: int, stopped: bool = False) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from sqlalchemy import func, select, update
@@ -160,15 +159,20 @@ def claim(
     alive elsewhere, or of a finished/dismissed one, returns None.
     """
     job = session.get(Job, _as_uuid(job_id))
-    if job is None:
-        return None
-    if job.status == ACCEPTED and job.cancel_requested:
+    if job is None or job.status not in (ACCEPTED, RUNNING):
         return None
     if job.status == RUNNING and not previous_run_dead(job):
         return None
-    if job.status not in (ACCEPTED, RUNNING):
-        return None
     now = utcnow()
+    if job.cancel_requested:  # cancelled while queued, or while its dead worker ran it: do not run
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == job.status)
+            .values(status=DISMISSED, finished_at=now, updated_at=now, eta_s=None,
+                    message="cancelled; the last checkpoint is kept")
+        )
+        session.commit()
+        return None
     # optimistic: attempts must be what we read, so two workers cannot both claim it
     res = session.execute(
         update(Job)
@@ -184,10 +188,16 @@ def claim(
 
 
 def heartbeat(session: Session, job_id: uuid.UUID, worker: str, **progress) -> bool:
-    """Record liveness (and progress fields when given); return whether cancel was requested."""
+    """Record liveness (and progress fields when given); return whether the run should stop:
+    a cancel was requested, or this worker no longer owns the job (another took it over after
+    its heartbeat went stale), so two runs never write the same job folder for long."""
     values = {"heartbeat_at": utcnow(), **progress}
-    session.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(**values))
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == RUNNING).values(**values)
+    )
     session.commit()
+    if res.rowcount != 1:
+        return True
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
@@ -220,13 +230,17 @@ def dismiss(session: Session, job_id: uuid.UUID, worker: str, message: str = "ca
     return _finish(session, job_id, worker, status=DISMISSED, message=message)
 
 
+def mark_requeued(session: Session, job_id: uuid.UUID, worker: str | None) -> bool:
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING, Job.worker == worker)
+        .values(status=ACCEPTED, worker=None, updated_at=now, eta_s=None,
+                message="its worker was lost; queued again to resume from the last checkpoint")
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
 def running_jobs(session: Session) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.status == RUNNING)))
-
-
-def stale_accepted(session: Session, older_than: datetime) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.status == ACCEPTED, Job.updated_at < older_than)))
-
-
-def heartbeat_stale(job: Job, after_s: float) -> bool:
-    return job.heartbeat_at is None or utcnow() - job.heartbeat_at > timedelta(seconds=after_s)

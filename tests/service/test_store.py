@@ -113,3 +113,27 @@ def test_atomic_json_write_leaves_no_temp(tmp_path):
     p = write_json(tmp_path / "d" / "results.json", {"a": 1})
     assert p.read_text().strip().startswith("{")
     assert [x.name for x in p.parent.iterdir()] == ["results.json"]
+
+
+def test_takeover_cancelled_orphans_and_requeue(session_maker):
+    with session_maker() as s:
+        a, _ = tokens.create_token(s)
+        s.commit()
+        job, _ = _submit(s, a)
+        jobs.claim(s, job.id, "w1", previous_run_dead=lambda j: False)
+        assert jobs.heartbeat(s, job.id, "w1", progress=5.0) is False
+        # w1 went silent; w2 takes over: w1's next heartbeat tells it to stop
+        jobs.claim(s, job.id, "w2", previous_run_dead=lambda j: True)
+        assert jobs.heartbeat(s, job.id, "w1") is True
+        assert jobs.heartbeat(s, job.id, "w2") is False
+        # the sweep sent it again: accepted until some worker claims it
+        assert jobs.mark_requeued(s, job.id, "w2") is True
+        s.expire_all()
+        assert jobs.get_job(s, job.id, a).status == ACCEPTED and jobs.running_jobs(s) == []
+        assert jobs.mark_requeued(s, job.id, "w2") is False
+        # cancelled while its worker was dead: dismissed, never run again
+        again = jobs.claim(s, job.id, "w3", previous_run_dead=lambda j: False)
+        jobs.request_cancel(s, again)
+        assert jobs.claim(s, job.id, "w4", previous_run_dead=lambda j: True) is None
+        s.expire_all()
+        assert jobs.get_job(s, job.id, a).status == DISMISSED
