@@ -7,6 +7,7 @@ from kombu import Exchange, Queue
 
 #: task names shared by the API (sender) and workers/tasks.py (implementation)
 RUN_JOB = "geoadapt.run_job"
+DATASET_STATS = "geoadapt.dataset_stats"
 
 #: jobs that run a network go to "gpu"; light work (checks, stats) to "cpu"
 QUEUES = ("gpu", "cpu")
@@ -42,10 +43,10 @@ def make_producer(settings):
     return app
 
 
-def enqueue(producer, job_id, queue: str) -> None:
-    """Send the run_job message; broker errors propagate (the API answers 503)."""
+def enqueue(producer, job_id, queue: str, task: str = RUN_JOB) -> None:
+    """Send a task message naming a job (or dataset) id; broker errors propagate (503)."""
     producer.send_task(
-        RUN_JOB,
+        task,
         args=[str(job_id)],
         queue=queue,
         routing_key=queue,

@@ -15,8 +15,9 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-#: must equal service.queue.RUN_JOB / QUEUES (the API sends by these names; a test checks they agree)
+#: must equal service.queue's names (the API sends by these names; a test checks they agree)
 RUN_JOB = "geoadapt.run_job"
+DATASET_STATS = "geoadapt.dataset_stats"
 QUEUES = ("gpu", "cpu")
 
 

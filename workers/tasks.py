@@ -26,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import load_job_spec
-from workers.celery_app import RUN_JOB, app
+from workers.celery_app import DATASET_STATS, RUN_JOB, app
 
 log = logging.getLogger("geoadapt.worker")
 
@@ -259,6 +259,30 @@ def run_job(self, job_id: str) -> str:
     summary["run"] = {"attempt": claimed["attempts"], "resumed_from_iteration": reporter.resumed_from}
     store.succeed(job_id, me, _jsonable(summary))
     return "successful"
+
+
+@app.task(name=DATASET_STATS, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def dataset_stats(self, dataset_id: str) -> str:
+    """Per-band statistics of a registered dataset (one streaming pass), stored on its record."""
+    store = self.app.job_store
+    paths = store.dataset_paths(dataset_id)
+    if paths is None:
+        return "skipped"
+    try:
+        stats = _band_stats(paths)
+    except GeoadaptError as e:
+        store.set_dataset_stats(dataset_id, {"status": "failed", "error": {"type": e.code, "message": str(e)}})
+        return "failed"
+    store.set_dataset_stats(dataset_id, {"status": "ok", **stats.to_dict()})
+    return "ok"
+
+
+def _band_stats(paths: dict):
+    from core.raster.scene import Scene
+    from core.raster.stats import compute_stats
+
+    with Scene.open(paths.get("bands") or [paths["image"]]) as scene:
+        return compute_stats([scene])
 
 
 # ---- worker lifecycle: store connections per process, liveness beat, orphan sweep ---------------

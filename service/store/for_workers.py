@@ -10,7 +10,7 @@ from typing import Callable
 
 from service.store import jobs, workers
 from service.store.db import init_db, make_engine, session_factory, session_scope
-from service.store.models import Job
+from service.store.models import Dataset, Job
 
 
 class WorkerJobStore:
@@ -78,6 +78,18 @@ class WorkerJobStore:
         """After sending an orphan again: back to accepted, unless a worker already claimed it."""
         with session_scope(self.sessions) as s:
             jobs.mark_requeued(s, uuid.UUID(job_id), worker)
+
+    # datasets ----------------------------------------------------------------------------------
+    def dataset_paths(self, dataset_id: str) -> dict | None:
+        with self.sessions() as s:
+            ds = s.get(Dataset, uuid.UUID(dataset_id))
+            return dict(ds.paths) if ds is not None else None
+
+    def set_dataset_stats(self, dataset_id: str, stats: dict) -> None:
+        with session_scope(self.sessions) as s:
+            ds = s.get(Dataset, uuid.UUID(dataset_id))
+            if ds is not None:
+                ds.stats = stats
 
     # workers -----------------------------------------------------------------------------------
     def worker_beat(self, name: str, *, queues: str, pid: int, stopped: bool = False) -> None:

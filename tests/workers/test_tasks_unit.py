@@ -81,6 +81,7 @@ def test_liveness_of_the_process_recorded_on_a_job():
 
 def test_api_and_workers_agree_on_names_and_reliability_settings(tmp_path):
     assert celery_app.RUN_JOB == service_queue.RUN_JOB == tasks.run_job.name
+    assert celery_app.DATASET_STATS == service_queue.DATASET_STATS == tasks.dataset_stats.name
     assert celery_app.QUEUES == service_queue.QUEUES
     s = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", job_soft_time_limit_s=100,
                  job_hard_time_limit_s=200)

@@ -203,6 +203,22 @@ def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_dat
     assert any(ckpt.glob("*.pth")), "a cancelled job keeps a checkpoint to resume from"
 
 
+def test_dataset_statistics_computed_on_the_cpu_queue(backend, nc_bands, nc_data):
+    r = backend.client.post("/v1/datasets", headers=backend.auth, json={
+        "name": "nc", "bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["stats"]["status"] == "pending" and ds["report"]["bands"] == 6
+
+    def stats():
+        st = backend.client.get(f"/v1/datasets/{ds['id']}", headers=backend.auth).json()["stats"]
+        return st if st["status"] != "pending" else None
+
+    st = wait_for(stats, 60, "dataset statistics", backend)
+    assert st["status"] == "ok" and len(st["mean"]) == 6 and st["count"] > 0
+    assert all(s > 0 for s in st["std"])
+
+
 def _kill_mid_job(b: Backend, jid: str, min_iteration: int) -> int:
     """Wait until a checkpoint past `min_iteration` exists; return the job's iteration then."""
     def ready():

@@ -5,6 +5,7 @@ folder `<data_dir>/datasets/<id>/`, which only its owner's specs may reference.
 """
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import uuid
@@ -14,17 +15,30 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from core.errors import GeoadaptError, SpecError
 from service.api import links
-from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, RateLimited, SessionDep, SettingsDep
+from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, Producer, RateLimited, SessionDep, SettingsDep
 from service.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorPublic, Link
 from service.errors import PayloadTooLargeError
 from service.inputs import describe_dataset
+from service.queue import DATASET_STATS, enqueue
 from service.store import datasets as store
 from service.store.files import atomic_writer
 from service.store.models import Dataset
 
+log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 _ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
 _CHUNK = 1024 * 1024
+
+
+def _queue_stats(session, producer, ds: Dataset) -> None:
+    """Band statistics are a streaming pass over the data: a job for the cpu queue."""
+    try:
+        enqueue(producer, ds.id, "cpu", task=DATASET_STATS)
+        ds.stats = {"status": "pending"}
+    except Exception as e:  # the dataset is registered all the same; only its statistics wait
+        log.warning("could not queue statistics of dataset %s: %s", ds.id, type(e).__name__)
+        ds.stats = {"status": "failed", "error": {"type": "service_unavailable", "message": "queue unreachable"}}
+    session.commit()
 
 
 def to_public(ds: Dataset, base: str) -> DatasetPublic:
@@ -57,7 +71,7 @@ def _confine(paths: dict, policy) -> dict:
 @router.post("", status_code=201, response_model=DatasetPublic, dependencies=[RateLimited],
              responses={422: {"model": ErrorPublic}, **_ERRORS})
 def register_dataset(body: DatasetCreate, response: Response, session: SessionDep, token: CurrentToken,
-                     policy: PathPolicyDep, base: BaseUrl) -> DatasetPublic:
+                     policy: PathPolicyDep, producer: Producer, base: BaseUrl) -> DatasetPublic:
     """Register files already on the server; 422 naming the field if a path or a file is bad."""
     if (body.image is None) == (body.bands is None):
         raise SpecError("give exactly one of 'image' or 'bands'", field="image")
@@ -65,6 +79,7 @@ def register_dataset(body: DatasetCreate, response: Response, session: SessionDe
     report = describe_dataset(paths)
     ds = store.create_dataset(session, dataset_id=uuid.uuid4(), owner_id=token.id, name=body.name, kind="path",
                               paths={k: v for k, v in paths.items() if v is not None}, report=report)
+    _queue_stats(session, producer, ds)
     response.headers["Location"] = links.dataset(base, ds.id)
     return to_public(ds, base)
 
@@ -95,6 +110,7 @@ def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
     token: CurrentToken,
+    producer: Producer,
     base: BaseUrl,
     image: Annotated[UploadFile | None, File(description="one multi-band GeoTIFF")] = None,
     bands: Annotated[list[UploadFile] | None, File(description="single-band files, in order")] = None,
@@ -137,6 +153,7 @@ def upload_dataset(
     except (GeoadaptError, OSError, ValueError):
         shutil.rmtree(folder, ignore_errors=True)  # nothing half-registered stays behind
         raise
+    _queue_stats(session, producer, ds)
     response.headers["Location"] = links.dataset(base, ds.id)
     return to_public(ds, base)
 
