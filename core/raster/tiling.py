@@ -26,8 +26,10 @@ STATS_CHOICES = ("auto", "target", "source", "input")
 class PredictOptions:
     """How a raster is predicted; every field has a default that suits a CPU or one GPU."""
 
-    window: int = 512  # window side in pixels fed to the model
-    overlap: int = 64  # pixels shared by neighbouring windows (at least; spread evenly)
+    # 256: twice the default training crop; memory per stream grows with window x batch (attention
+    # layers quadratically), so large GPUs and large models ask for more
+    window: int = 256  # window side in pixels fed to the model
+    overlap: int = 32  # pixels shared by neighbouring windows (at least; spread evenly)
     blend: str = "hann"  # none: each pixel from the nearest window centre; average; hann: tapered
     batch_size: int = 4
     tta: bool = False  # average over identity, horizontal, vertical and both flips

@@ -309,11 +309,14 @@ def predict_raster(
 def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should_stop) -> None:
     """Calling thread: report progress and honour cancel until the writer has finished."""
     last = -1
-    while sink.is_alive():
+    while True:
         sink.join(timeout=0.2)
+        running = sink.is_alive()
         if progress is not None and pipe.done != last:
             last = pipe.done
             progress(last, total)
+        if not running:
+            return
         if should_stop is not None and not pipe.stop.is_set() and should_stop():
             pipe.fail(PredictionCancelled(f"stopped after {pipe.done} of {total} windows"))
 
@@ -445,12 +448,40 @@ def _resolve_bundle(bundle: Any) -> Any:
 def _scene_opener(input: Any, nodata: float | None) -> Callable[[], Scene]:
     """Each thread opens its own handle: GDAL datasets must not be shared between threads."""
     if isinstance(input, Scene):
-        paths = list(input.paths)
-        return lambda: Scene.open(paths, nodata=nodata)
-    if isinstance(input, Sequence) and not isinstance(input, (str, bytes)):
-        paths = [Path(p) for p in input]
-        return lambda: Scene.open(paths, nodata=nodata)
-    return lambda: Scene.open(input, nodata=nodata)
+        spec: Any = list(input.paths)
+    elif isinstance(input, Sequence) and not isinstance(input, (str, bytes)):
+        spec = [Path(p) for p in input]
+    else:
+        spec = input
+    if nodata is None:
+        nodata = _uniform_nodata(spec)
+    return lambda: Scene.open(spec, nodata=nodata)
+
+
+def _uniform_nodata(spec: Any) -> float | None:
+    """The one nodata value of every band when validity comes from nodata alone (no mask, no alpha).
+
+    Passing it on as the scene's nodata gives the same valid pixels (value != nodata, and finite) but
+    takes them from the data already read, where GDAL's nodata mask bands would read every band a
+    second time (measured: 2.6x the cost of the data read for a pixel-interleaved 6-band file).
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags
+
+    paths = list(spec.paths) if hasattr(spec, "paths") else ([spec] if isinstance(spec, (str, os.PathLike)) else spec)
+    values = set()
+    try:
+        for p in paths:
+            with rasterio.open(p) as ds:
+                if any(list(f) != [MaskFlags.nodata] for f in ds.mask_flag_enums):
+                    return None
+                values.update(float(v) for v in ds.nodatavals)
+    except Exception:  # unreadable here: Scene.open reports it properly
+        return None
+    if len(values) != 1:
+        return None
+    v = values.pop()
+    return None if np.isnan(v) else v  # NaN: Scene's mask path handles it (value != NaN is always true)
 
 
 def _probability_path(output: Path, probabilities: Any) -> Path | None:

@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
             ..., help="INPUT: the raster to predict; several single-band files are stacked in order", metavar="INPUT..."
         ),
         output: Path = typer.Argument(..., help="the class COG to write (replaced atomically)", metavar="OUTPUT"),
-        window: int = typer.Option(512, "--window", help="window side in pixels"),
-        overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring windows"),
+        window: int = typer.Option(256, "--window", help="window side in pixels"),
+        overlap: int = typer.Option(32, "--overlap", help="pixels shared by neighbouring windows"),
         blend: str = typer.Option("hann", "--blend", help="none | average | hann"),
         batch_size: int = typer.Option(4, "--batch-size", help="windows per forward pass"),
         tta: bool = typer.Option(False, "--tta/--no-tta", help="average over horizontal/vertical flips"),
@@ -52,7 +52,10 @@ def register(app: typer.Typer) -> None:
             False, "--probabilities/--no-probabilities", help="also write <output>_probs.tif (uint8, p x 254)"
         ),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+        streams: Optional[int] = typer.Option(
+            None, "--streams", help="batches in the model at once (default: CPU one per core up to 4, GPU 1)"
+        ),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per stream"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     ) -> None:
@@ -63,16 +66,13 @@ def register(app: typer.Typer) -> None:
         opts = PredictOptions(
             window=window, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, precision=precision,
             stats=stats, nodata=nodata, region=parse_predict_region(region), probabilities=probabilities,
-            device=device,
+            device=device, streams=streams, threads=threads,
         ).validate()  # bad options fail before torch loads
 
-        import torch
         from tqdm import tqdm
 
         from models.inference import predict_raster
 
-        if threads:
-            torch.set_num_threads(threads)
         source = inputs[0] if len(inputs) == 1 else inputs
         bar = tqdm(desc="predict", unit="win", disable=not progress, dynamic_ncols=True)
 

@@ -223,7 +223,7 @@ def test_region_aoi_stats_choice_and_bf16(nc_bands, nc_classes, nc_stats, tmp_pa
 
 class SlowPerPixel(CountingPerPixel):
     def predict_logits(self, x):
-        time.sleep(0.05)  # long enough a run for the canceller to act mid-way
+        time.sleep(0.1)  # a run of seconds: the canceller acts mid-way
         return super().predict_logits(x)
 
 
