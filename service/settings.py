@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     #: a running job whose worker has not written a heartbeat for this long is started again
     orphan_after_s: int = Field(default=300, ge=10)
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    #: a job whose worker is lost this many times (OOM, kill, hard time limit) fails for good
+    max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
 
     # HTTP -------------------------------------------------------------------------------------

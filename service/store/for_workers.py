@@ -35,7 +35,8 @@ class WorkerJobStore:
             return is_dead(job.worker, age)
 
         with session_scope(self.sessions) as s:
-            job = jobs.claim(s, job_id, worker, previous_run_dead=previous_run_dead)
+            job = jobs.claim(s, job_id, worker, previous_run_dead=previous_run_dead,
+                             max_attempts=self.settings.max_attempts)
             if job is None:
                 return None
             return {"spec": job.spec, "attempts": job.attempts, "checkpoint": job.checkpoint_path,

@@ -150,7 +150,12 @@ def request_cancel(session: Session, job: Job) -> Job:
 # ---- worker side -----------------------------------------------------------------------------
 
 def claim(
-    session: Session, job_id: str | uuid.UUID, worker: str, *, previous_run_dead: Callable[[Job], bool]
+    session: Session,
+    job_id: str | uuid.UUID,
+    worker: str,
+    *,
+    previous_run_dead: Callable[[Job], bool],
+    max_attempts: int = 5,
 ) -> Job | None:
     """Mark the job running under `worker`, or return None when it must not run here.
 
@@ -164,6 +169,16 @@ def claim(
     if job.status == RUNNING and not previous_run_dead(job):
         return None
     now = utcnow()
+    if job.attempts >= max_attempts:  # it kills its worker every time (memory, time limit): stop
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == job.status)
+            .values(status=FAILED, finished_at=now, updated_at=now, eta_s=None, error_type="worker_lost",
+                    error_message=f"the worker running this job was lost {job.attempts} times (killed, out of "
+                                  "memory or over the time limit); it is not started again")
+        )
+        session.commit()
+        return None
     if job.cancel_requested:  # cancelled while queued, or while its dead worker ran it: do not run
         session.execute(
             update(Job)

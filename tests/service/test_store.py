@@ -137,3 +137,16 @@ def test_takeover_cancelled_orphans_and_requeue(session_maker):
         assert jobs.claim(s, job.id, "w4", previous_run_dead=lambda j: True) is None
         s.expire_all()
         assert jobs.get_job(s, job.id, a).status == DISMISSED
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_for_good(session_maker):
+    with session_maker() as s:
+        a, _ = tokens.create_token(s)
+        s.commit()
+        job, _ = _submit(s, a)
+        for i in range(3):
+            assert jobs.claim(s, job.id, f"w{i}", previous_run_dead=lambda j: True, max_attempts=3) is not None
+        assert jobs.claim(s, job.id, "w9", previous_run_dead=lambda j: True, max_attempts=3) is None
+        s.expire_all()
+        j = jobs.get_job(s, job.id, a)
+        assert j.status == "failed" and j.error_type == "worker_lost" and "3 times" in j.error_message
