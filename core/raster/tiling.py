@@ -219,6 +219,7 @@ class StreamingBlender:
         self._rin = [[a for a, s in enumerate(self._rseg) if s[2] <= i <= s[3]] for i in range(plan.n_rows)]
         self._cin = [[b for b, s in enumerate(self._cseg) if s[2] <= j <= s[3]] for j in range(plan.n_cols)]
         self._acc: dict[tuple[int, int], list] = {}  # cell -> [acc (K,h,w), wsum (h,w), valid (h,w)]
+        self._held = 0
         self.peak_cells_bytes = 0
 
     def add(self, index: int, probs: np.ndarray | None, valid: np.ndarray | None = None) -> list[Piece]:
@@ -254,15 +255,15 @@ class StreamingBlender:
                     if cell is None:
                         cell = [probs[:, sr, sc] * wgt, wgt, valid[sr, sc]]
                         self._acc[(a, b)] = cell
+                        self._held += cell[0].nbytes + cell[1].nbytes + cell[2].nbytes
+                        self.peak_cells_bytes = max(self.peak_cells_bytes, self._held)
                     else:
                         cell[0] += probs[:, sr, sc] * wgt
                         cell[1] = cell[1] + wgt
-                if last:
-                    self._acc.pop((a, b), None)
-                    if cell is not None:
-                        out.append(Piece(win, cell[0] / cell[1], cell[2]))
-        held = sum(c[0].nbytes + c[1].nbytes + c[2].nbytes for c in self._acc.values())
-        self.peak_cells_bytes = max(self.peak_cells_bytes, held)
+                if last and cell is not None:
+                    del self._acc[(a, b)]
+                    self._held -= cell[0].nbytes + cell[1].nbytes + cell[2].nbytes
+                    out.append(Piece(win, cell[0] / cell[1], cell[2]))
         return out
 
     def _add_none(self, i: int, j: int, r0: int, c0: int, probs, valid) -> list[Piece]:

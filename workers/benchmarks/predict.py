@@ -206,6 +206,8 @@ def measure_e2e(bundle_path: Path, path: Path, s: BenchSettings, out: Path) -> d
 def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
     """What most tools do: the whole raster in memory, one forward loop over every window (nodata or
     not), whole-raster blending arrays, then one write. Same network, windows, weights and COG."""
+    import torch
+
     from core.raster.cog import class_cog_writer, class_encoding
     from core.raster.scene import Scene
     from core.raster.stats import normalize
@@ -213,6 +215,7 @@ def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
     from models.inference.tiled import WindowModel, _choose_stats
 
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
     with Scene.open(path) as scene:
         rw = scene.read()
         stats, _ = _choose_stats(bundle, "auto", scene, scene.grid.full_window())
@@ -220,19 +223,26 @@ def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
     x = normalize(rw.data, stats, rw.valid)
     valid = rw.valid
     del rw
+    stages["read_normalise"] = time.perf_counter() - t0
     h, w = valid.shape
     plan = WindowPlan(h, w, s.window, s.overlap, s.blend)
     classes = list(bundle.classes)
     acc = np.zeros((len(classes), h, w), np.float32)
     model = WindowModel(bundle.segmentor, device=s.device, precision=s.precision)
     windows = list(plan)
+    stages["forward"] = stages["blend"] = 0.0
     for i in range(0, len(windows), s.batch_size):
         chunk = windows[i : i + s.batch_size]
         sl = [(slice(p.window.row_off, p.window.row_off + p.window.height),
                slice(p.window.col_off, p.window.col_off + p.window.width)) for p in chunk]
+        t = time.perf_counter()
         probs = model(np.stack([x[:, r, c] for r, c in sl]))
+        t1 = time.perf_counter()
         for p, pw, (r, c) in zip(probs, chunk, sl):
             acc[:, r, c] += p * plan.weights(pw.row, pw.col)
+        stages["forward"] += t1 - t
+        stages["blend"] += time.perf_counter() - t1
+    t = time.perf_counter()
     dtype, nodata = class_encoding([c.id for c in classes])
     lut = np.array([c.id for c in classes], dtype=dtype)
     cls = lut[acc.argmax(axis=0)]  # weights are positive: no need to divide before the argmax
@@ -241,7 +251,9 @@ def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
 
     with class_cog_writer(out, grid, classes) as writer:
         writer.write(cls, Window(0, 0, w, h))
-    return {"seconds": time.perf_counter() - t0, "windows": len(windows), "pixels": h * w}
+    stages["classes_write"] = time.perf_counter() - t
+    return {"seconds": time.perf_counter() - t0, "windows": len(windows), "pixels": h * w,
+            "threads": torch.get_num_threads(), "stages": {k: round(v, 2) for k, v in stages.items()}}
 
 
 def measure_naive(bundle_path: Path, path: Path, s: BenchSettings, out: Path) -> dict:
@@ -345,6 +357,8 @@ def run_predict_benchmark(out: str | Path, s: BenchSettings | None = None, *, da
         "seconds": {"e2e": round(e2e["seconds"], 2), "naive": round(naive["seconds"], 2),
                     "e2e_small": round(e2e_small["seconds"], 2), "total": round(time.perf_counter() - t0, 1)},
         "e2e_stage_busy_seconds": e2e["timings"],
+        "naive_stage_seconds": naive["stages"],
+        "naive_threads": naive["threads"],
         "same_classes_as_naive": same,
         "loadavg": {"before": load_before, "after": _loadavg(), "cpus": os.cpu_count()},
         "definitions": {
