@@ -84,6 +84,7 @@ def test_token_create_prints_the_token_last_and_revoke_works(tmp_path):
     assert _ga("token", "revoke", "nope", env=env, check=False).returncode == 2
 
 
+@pytest.mark.slow
 def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_bands, nc_classes):
     env, proc = served
     # relative paths in the YAML mean "next to the spec file"; the client makes them absolute

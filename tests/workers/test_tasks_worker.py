@@ -235,6 +235,7 @@ def _ckpt(b: Backend, jid: str) -> bool:
         return s.get(Job, uuid.UUID(jid)).checkpoint_path is not None
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_bands, nc_data, nc_classes):
     b = Backend("redis", tmp_path, Path(nc_data["strata"]).parent)
     try:
@@ -263,6 +264,7 @@ def _results_row(b: Backend, jid: str) -> dict:
         return s.get(Job, uuid.UUID(jid)).results
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_pool_process_requeues_and_resumes(tmp_path, nc_bands, nc_data, nc_classes):
     """Embedded transport: the pool child dies (e.g. the OOM killer); reject_on_worker_lost requeues."""
     b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
