@@ -109,7 +109,7 @@ class WindowModel:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
         h, w = t.shape[-2:]
         ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
-        if ph or pw:  # only windows of a raster smaller than the window size get here
+        if ph or pw:  # a raster smaller than the window, or a window size off the multiple
             mode = "reflect" if h > ph and w > pw else "replicate"
             t = F.pad(t, (0, pw, 0, ph), mode=mode)
         probs = self._probs(t)
@@ -227,6 +227,7 @@ def predict_raster(
     output = Path(output)
     probs_path = _probability_path(output, opts.probabilities)
     open_scene = _scene_opener(input, opts.nodata)
+    _refuse_overwriting_input(input, [output, probs_path])
 
     with gdal_cache_limit(opts.cache_mb):
         with open_scene() as scene:
@@ -456,6 +457,19 @@ def _scene_opener(input: Any, nodata: float | None) -> Callable[[], Scene]:
     if nodata is None:
         nodata = _uniform_nodata(spec)
     return lambda: Scene.open(spec, nodata=nodata)
+
+
+def _refuse_overwriting_input(input: Any, outputs: list[Path | None]) -> None:
+    if isinstance(input, Scene) or hasattr(input, "paths"):
+        paths = list(input.paths)
+    elif isinstance(input, Sequence) and not isinstance(input, (str, bytes)):
+        paths = list(input)
+    else:
+        paths = [input]
+    inputs = {Path(p).resolve() for p in paths if isinstance(p, (str, os.PathLike))}
+    for out in outputs:
+        if out is not None and out.resolve() in inputs:
+            raise ConfigError(f"the output {out} is one of the input files; choose another path", field="output")
 
 
 def _uniform_nodata(spec: Any) -> float | None:

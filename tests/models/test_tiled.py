@@ -238,6 +238,12 @@ def test_cancel_leaves_nothing_and_band_mismatch_is_refused(nc_bands, nc_classes
     assert 0 < seen[-1][0] < seen[-1][1] and model.windows < seen[-1][1]
     with pytest.raises(BandCountMismatchError):
         predict_raster(b, nc_bands[:5], tmp_path / "p.tif")
+    stack = [tmp_path / p.name for p in nc_bands]  # copies: a broken guard must not hit the shared data
+    for src, dst in zip(nc_bands, stack):
+        dst.write_bytes(src.read_bytes())
+    with pytest.raises(ConfigError):
+        predict_raster(b, stack, stack[2])  # would replace an input file
+    assert stack[2].read_bytes() == nc_bands[2].read_bytes()
 
 
 _CAPPED = textwrap.dedent(
