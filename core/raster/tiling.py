@@ -34,10 +34,10 @@ class PredictOptions:
     batch_size: int = 4
     tta: bool = False  # average over identity, horizontal, vertical and both flips
     precision: str = "fp32"  # or bf16 (autocast) where the device supports it
-    stats: Any = "auto"  # auto (target if the bundle has it, else source) | target | source | input | BandStats
+    stats: Any = "auto"  # auto (the bundle's default: target when it has them) | target | source | input | BandStats
     nodata: float | None = None  # overrides the input's nodata value(s)
     region: Any = None  # Window, (col_off, row_off, width, height), a GeoJSON AOI (WGS84) or a RegionSpec
-    probabilities: bool = False  # also write a uint8 probability COG next to the class COG
+    probabilities: Any = False  # True: also write <output>_probs.tif (uint8, one band per class); or a path
     device: str | None = None  # cpu, cuda, cuda:1 ...; default: cuda when available
     streams: int | None = None  # batches in the model at once; default: CPU min(cores, 4), GPU 1
     threads: int | None = None  # torch threads per stream on CPU; default: cores // streams
@@ -45,7 +45,7 @@ class PredictOptions:
     compress: str = "DEFLATE"
     prefetch: int = 3  # batches read ahead of the model (bounded queue)
     cache_mb: int = 64  # GDAL block cache while predicting
-    pad_multiple: int = 32  # windows smaller than `window` are padded to a multiple of this
+    pad_multiple: int = 32  # window sides off this multiple are padded to it (reflect) for the network
 
     def validate(self) -> "PredictOptions":
         def bad(name: str, msg: str) -> None:
