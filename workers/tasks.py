@@ -232,8 +232,11 @@ def run_job(self, job_id: str) -> str:
         log.info("job %s: not run here (finished, dismissed, or running elsewhere)", job_id)
         return "skipped"
     spec_json = claimed["spec"]
-    predict_after = spec_json.get("type") == "adapt" and (spec_json.get("params") or {}).get("predict_targets", True)
-    reporter = StoreReporter(store, job_id, me, span=(0.0, 90.0 if predict_after else 99.0))
+    # the share of the progress bar that training fills; prediction fills the rest up to 99%
+    job_type = spec_json.get("type")
+    predict_after = job_type == "adapt" and (spec_json.get("params") or {}).get("predict_targets", True)
+    trained = 0.0 if job_type == "predict" else (90.0 if predict_after else 99.0)
+    reporter = StoreReporter(store, job_id, me, span=(0.0, trained))
     beat = Heartbeat(reporter, settings.heartbeat_interval_s)
     beat.start()
     log.info("job %s: attempt %s on %s", job_id, claimed["attempts"], me)

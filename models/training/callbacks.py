@@ -60,6 +60,9 @@ class Callback:
 
     def on_end(self, result: LoopResult) -> None: ...
 
+    # stages after the loop (predicting target scenes): windows done of total, total None at start
+    def on_stage(self, stage: str, done: int | None = None, total: int | None = None) -> None: ...
+
 
 class CallbackList(Callback):
     def __init__(self, callbacks: Iterable[Callback] | None = None):

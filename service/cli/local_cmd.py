@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         from models.bundle import load_bundle
         from models.evaluate import evaluate_domain, segmentor_predict_fn
         from models.metrics import format_metrics
-        from workers.pipelines.train import write_json
+        from core.files import write_json
 
         b = load_bundle(bundle)
         scene = {"image": str(image[0])} if len(image) == 1 else {"bands": [str(p) for p in image]}

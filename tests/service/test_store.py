@@ -7,7 +7,7 @@ import pytest
 
 from service.errors import ConflictError, NotFoundError
 from service.store import jobs, tokens
-from service.store.files import write_json
+from core.files import write_json
 from service.store.models import ACCEPTED, DISMISSED, RUNNING, SUCCESSFUL
 
 SPEC = {"type": "train", "method": "source-only", "classes": [{"id": 1, "name": "a", "color": "#000000"}]}

@@ -9,16 +9,16 @@ Call flow of ``run_job`` (train and adapt jobs)::
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
     stopped? -> return (a later run_job with the same output resumes)
     best validated weights (if validated) -> <output>/bundle, <output>/metrics.json
+    adapt job (unless params.predict_targets is false) -> one class COG per target scene
+        (workers.pipelines.predict) under <output>/predictions/
 
 Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from core.errors import BandCountMismatchError, SpecError
+from core.files import write_json
 from core.jobspec import DomainSpec, JobSpec, SceneSpec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
@@ -43,16 +44,6 @@ from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
 TRAIN_KEYS = ("iterations", "batch_size", "crop")
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Atomic JSON write (temp + rename): readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
-    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -232,8 +223,17 @@ def run_job(
         say(f"bundle written to {bundle_dir}")
         if val_metrics:
             say(format_metrics(val_metrics))
-        return {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
-                "metrics": metrics, "iterations": result.iterations_done, "provenance": provenance}
+        summary = {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
+                   "metrics": metrics, "iterations": result.iterations_done, "provenance": provenance}
+        if spec.type == "adapt" and spec.params.predict_targets:
+            # the maps of the target are what the user came for: predict them with the new model
+            from workers.pipelines.predict import predict_domains
+
+            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say)
+            if predicted["status"] == "stopped":
+                return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
+            summary["predictions"] = predicted["predictions"]
+        return summary
     finally:
         for d in domains:
             d.close()

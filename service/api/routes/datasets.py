@@ -21,7 +21,7 @@ from service.errors import PayloadTooLargeError
 from service.inputs import describe_dataset
 from service.queue import DATASET_STATS, enqueue
 from service.store import datasets as store
-from service.store.files import atomic_writer
+from core.files import atomic_writer
 from service.store.models import Dataset
 
 log = logging.getLogger("geoadapt.api")

@@ -40,7 +40,7 @@ from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from service.inputs import check_job_inputs
 from service.queue import QUEUE_FOR_TYPE, enqueue
 from service.store import jobs as store
-from service.store.files import write_json
+from core.files import write_json
 from service.store.models import Job
 
 log = logging.getLogger("geoadapt.api")
