@@ -7,6 +7,7 @@ naming the field (``source.scenes.0.labels``) and what is wrong with it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +37,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
 
 
+def _as_path(value: Any) -> Path:
+    # "before" validators see raw JSON: a number or an object here is the client's error, not a crash
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"must be a path (a string), got {type(value).__name__}")
+    return Path(value).expanduser()
+
+
 def _resolve(path: str | Path, info: ValidationInfo) -> Path:
     """Resolve a client path against the spec's base folder and check it exists when asked to."""
     ctx = info.context or {}
-    p = Path(path).expanduser()
+    p = _as_path(path)
     if not p.is_absolute() and ctx.get("base_dir") is not None:
         p = Path(ctx["base_dir"]) / p
     resolver = ctx.get("path_resolver")  # the service confines paths to allowed roots
@@ -207,7 +215,7 @@ class JobSpec(_Strict):
     @classmethod
     def _output(cls, v: Any, info: ValidationInfo) -> Any:
         ctx = info.context or {}
-        p = Path(v).expanduser()
+        p = _as_path(v)
         if not p.is_absolute() and ctx.get("base_dir") is not None:
             p = Path(ctx["base_dir"]) / p
         resolver = ctx.get("path_resolver")

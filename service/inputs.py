@@ -1,22 +1,134 @@
-"""Submit-time checks of client data, delegated to core.raster, so jobs do not fail late."""
+"""Submit-time checks of client data, delegated to core.raster, so jobs do not fail late.
+
+Before GDAL opens anything a client named, the file's first bytes must be those of a
+self-contained image (TIFF, PNG, JPEG, JPEG 2000) or of vector labels (GeoJSON, GeoPackage):
+formats that point GDAL at other files or URLs (VRT, WMS/WMTS/STAC descriptions, ...) would let a
+client read outside the allowed roots or make the server fetch URLs on its network.
+"""
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
+import zipfile
 from pathlib import Path
 
-from core.errors import UnreadableRasterError
+from core.errors import BundleError, ConfigError, GeoadaptError, UnreadableRasterError
+
+#: leading bytes of the raster formats a client may send or name
+_RASTER_MAGIC = (
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
+_VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg")
+#: keys of model.overrides the pipeline reads as file paths or URLs; model.checkpoint is the confined way
+_PATH_OVERRIDES = {"checkpoint", "load_from", "resume_from", "pretrained", "init_cfg"}
+
+
+def raster_format(path: Path) -> str | None:
+    """The image format that the file's first bytes announce, or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    return next((name for magic, name in _RASTER_MAGIC if head.startswith(magic)), None)
+
+
+def check_client_file(path: Path, field: str, *, labels: bool = False) -> None:
+    """Refuse a file that is missing or not a self-contained image (or vector labels)."""
+    if not path.is_file():
+        raise UnreadableRasterError(f"file not found: {path.name}", field=field)
+    if raster_format(path) is not None:
+        return
+    if labels and path.suffix.lower() in _VECTOR_SUFFIXES:
+        return  # read by core.raster.vector as JSON or SQLite, never by GDAL
+    raise UnreadableRasterError(
+        f"{path.name} is not a GeoTIFF/PNG/JPEG/JPEG 2000 image (formats that refer to other files or URLs, "
+        "such as VRT, are not accepted)", field=field)
+
+
+def check_scene_files(spec) -> None:
+    """check_client_file on every image, band and labels file of a parsed JobSpec."""
+    for domain in ("source", "target", "validation"):
+        d = getattr(spec, domain, None)
+        for i, scene in enumerate(d.scenes if d is not None else []):
+            f = f"{domain}.scenes.{i}"
+            if scene.image is not None:
+                check_client_file(Path(scene.image), f"{f}.image")
+            for j, b in enumerate(scene.bands or []):
+                check_client_file(Path(b), f"{f}.bands.{j}")
+            if scene.labels is not None:
+                check_client_file(Path(scene.labels), f"{f}.labels", labels=True)
+
+
+def known_configs() -> list[str]:
+    """Names of the shipped model configs (the leaves of the configs package), found without importing it."""
+    found = importlib.util.find_spec("configs")
+    folders = list(found.submodule_search_locations or []) if found else []
+    return sorted({p.stem for d in folders for p in Path(d).glob("*.py") if not p.name.startswith("_")})
+
+
+def check_model(spec) -> None:
+    """model.config must name a shipped config (a config file would be Python run by the worker), and
+    model.overrides may not name files or URLs (they would bypass the allowed roots)."""
+    name = spec.model.config
+    known = known_configs()
+    if name not in known:
+        raise ConfigError(f"unknown model config {name!r}; known: {', '.join(known)}", field="model.config")
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if str(k).split(".")[-1] in _PATH_OVERRIDES:
+                    raise ConfigError(f"{k!r} cannot be overridden (use model.checkpoint for pretrained weights)",
+                                      field=f"{where}.{k}")
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}.{i}")
+        elif isinstance(value, str) and ("/" in value or "\\" in value or value.startswith("~")):
+            raise ConfigError("override values may not name files or URLs", field=where)
+
+    walk(spec.model.overrides, "model.overrides")
+
+
+def bundle_band_count(path: Path) -> int:
+    """The band count a model bundle (folder, job output folder or zip) was trained on, from its manifest."""
+    manifest = None
+    try:
+        if path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "bundle.json" and n.count("/") <= 2]
+                if names:
+                    manifest = json.loads(zf.read(min(names, key=len)))
+        else:
+            for p in (path / "bundle.json", path / "bundle" / "bundle.json"):
+                if p.is_file():
+                    manifest = json.loads(p.read_text())
+                    break
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise BundleError("the model bundle's manifest (bundle.json) is unreadable", field="bundle") from None
+    if manifest is None:
+        raise BundleError("no model bundle there (no bundle.json in it or in its bundle/ folder)", field="bundle")
+    try:
+        return int(manifest["band_count"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError("the model bundle's manifest has no band count", field="bundle") from None
 
 
 def check_job_inputs(spec) -> dict | None:
-    """Run core.raster.validate on a parsed JobSpec: typed errors (-> 422) or a report.
-
-    None while the validation module is not installed in this build.
-    """
+    """Run the service's own checks, then core.raster.validate on a parsed JobSpec: typed errors
+    (-> 4xx) or a report. The report is None while the validation module is not installed."""
+    check_model(spec)
+    check_scene_files(spec)
+    expected = bundle_band_count(Path(spec.bundle)) if spec.bundle is not None else None
     try:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:
         return None
-    return mod.validate_job_inputs(spec)
+    return mod.validate_job_inputs(spec, expected_bands=expected)
 
 
 def describe_dataset(paths: dict) -> dict:
@@ -24,23 +136,44 @@ def describe_dataset(paths: dict) -> dict:
     from core.raster.scene import Scene
 
     files = [Path(paths["image"])] if paths.get("image") else [Path(p) for p in paths.get("bands") or []]
-    for p in files + ([Path(paths["labels"])] if paths.get("labels") else []):
-        if not p.is_file():
-            raise UnreadableRasterError(f"file not found: {p.name}", field=_field_of(paths, p))
-    with Scene.open(files) as scene:
-        g = scene.grid
-        report = {
-            "bands": scene.count,
-            "width": g.width,
-            "height": g.height,
-            "crs": g.crs.to_string() if g.crs else None,
-            "res": list(g.res),
-            "bounds": list(g.bounds),
-            "georeferenced": g.crs is not None,
-        }
+    for p in files:
+        check_client_file(p, _field_of(paths, p))
     if paths.get("labels"):
-        report["labels"] = _describe_labels(Path(paths["labels"]))
+        check_client_file(Path(paths["labels"]), "labels", labels=True)
+    try:
+        with Scene.open(files) as scene:
+            g = scene.grid
+            _read_last_block(scene, files)
+            report = {
+                "bands": scene.count,
+                "width": g.width,
+                "height": g.height,
+                "crs": g.crs.to_string() if g.crs else None,
+                "res": list(g.res),
+                "bounds": list(g.bounds),
+                "georeferenced": g.crs is not None,
+            }
+    except GeoadaptError as e:
+        e.field = e.field or ("image" if paths.get("image") else "bands")
+        raise
+    if paths.get("labels"):
+        try:
+            report["labels"] = _describe_labels(Path(paths["labels"]))
+        except GeoadaptError as e:
+            e.field = e.field or "labels"
+            raise
     return report
+
+
+def _read_last_block(scene, files: list[Path]) -> None:
+    """A truncated TIFF loses its last blocks: read the block holding the last pixel (cheap; the job's
+    own check reads every block). Other formats decode sequentially, so this would cost a full read."""
+    from rasterio.windows import Window
+
+    if not all(raster_format(p) in ("TIFF", "BigTIFF") for p in files):
+        return
+    g = scene.grid
+    scene.read(Window(g.width - 1, g.height - 1, 1, 1))
 
 
 def _describe_labels(path: Path) -> dict:
@@ -49,9 +182,18 @@ def _describe_labels(path: Path) -> dict:
 
         layer = read_vector(path)
         return {"kind": "vector", "features": len(getattr(layer, "features", []) or [])}
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
     from core.raster.scene import open_raster
 
     with open_raster(path, what="labels") as ds:
+        if raster_format(path) in ("TIFF", "BigTIFF"):
+            try:
+                ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+            except RasterioError:
+                raise UnreadableRasterError(f"cannot read pixels of labels {path.name} (truncated or corrupt file?)",
+                                            field="labels") from None
         return {"kind": "raster", "width": ds.width, "height": ds.height,
                 "crs": ds.crs.to_string() if ds.crs else None}
 
@@ -65,3 +207,4 @@ def _field_of(paths: dict, p: Path) -> str:
         if Path(b) == p:
             return f"bands.{i}"
     return ""
+
