@@ -11,9 +11,11 @@ import importlib
 import importlib.util
 import json
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from core.errors import BundleError, ConfigError, GeoadaptError, UnreadableRasterError
+from core.errors import BundleError, ConfigError, GeoadaptError, RasterError, UnreadableRasterError
 
 #: leading bytes of the raster formats a client may send or name
 _RASTER_MAGIC = (
@@ -128,7 +130,24 @@ def check_job_inputs(spec) -> dict | None:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:
         return None
-    return mod.validate_job_inputs(spec, expected_bands=expected)
+    with gdal_errors_as_data_errors():
+        return mod.validate_job_inputs(spec, expected_bands=expected)
+
+
+@contextmanager
+def gdal_errors_as_data_errors(field: str | None = None) -> Iterator[None]:
+    """A GDAL/PROJ error that core did not type while reading the client's files is still a problem
+    with those files: a 422 naming it, not a 500."""
+    try:
+        yield
+    except GeoadaptError:
+        raise
+    except Exception as e:
+        if not type(e).__module__.startswith("rasterio"):
+            raise
+        from core.raster.scene import gdal_message
+
+        raise RasterError(f"GDAL could not read the data: {gdal_message(e)[:200]}", field=field) from None
 
 
 def describe_dataset(paths: dict) -> dict:
@@ -141,7 +160,7 @@ def describe_dataset(paths: dict) -> dict:
     if paths.get("labels"):
         check_client_file(Path(paths["labels"]), "labels", labels=True)
     try:
-        with Scene.open(files) as scene:
+        with gdal_errors_as_data_errors(), Scene.open(files) as scene:
             g = scene.grid
             _read_last_block(scene, files)
             report = {
@@ -158,7 +177,8 @@ def describe_dataset(paths: dict) -> dict:
         raise
     if paths.get("labels"):
         try:
-            report["labels"] = _describe_labels(Path(paths["labels"]))
+            with gdal_errors_as_data_errors():
+                report["labels"] = _describe_labels(Path(paths["labels"]))
         except GeoadaptError as e:
             e.field = e.field or "labels"
             raise

@@ -16,6 +16,7 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_geom
 
 from core.errors import MissingCRSError, UnreadableRasterError
+from core.raster.warp import crs_label
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -32,7 +33,13 @@ class VectorLayer:
             raise MissingCRSError(f"vector data {self.path} has no CRS, so it cannot be placed on the image")
         if self.crs == crs:
             return self.features
-        return [(transform_geom(self.crs, crs, g), p) for g, p in self.features]
+        try:
+            return [(transform_geom(self.crs, crs, g), p) for g, p in self.features]
+        except Exception:  # GDAL's CPLE_* errors (not public classes): e.g. an engineering (LOCAL_CS) image CRS
+            raise MissingCRSError(
+                f"vector data {self.path} cannot be placed on the image: no transformation from "
+                f"{crs_label(self.crs)} to {crs_label(crs)}"
+            ) from None
 
 
 def read_vector(source: str | Path | dict) -> VectorLayer:

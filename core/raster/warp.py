@@ -29,7 +29,19 @@ def bounds_in(grid: Grid, crs) -> tuple[float, float, float, float]:
     """The grid's footprint as (left, bottom, right, top) in another CRS (densified edges)."""
     if grid.crs is None or crs is None or grid.crs == crs:
         return grid.bounds
-    return transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
+    try:
+        return transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
+    except Exception:  # GDAL's CPLE_* errors (not public classes): e.g. an engineering (LOCAL_CS) CRS
+        raise MissingCRSError(
+            f"no transformation between {crs_label(grid.crs)} and {crs_label(crs)}: a CRS is unknown or local, "
+            "so the rasters cannot be placed on one another"
+        ) from None
+
+
+def crs_label(crs) -> str:
+    """A short name for messages: EPSG:xxxx, else 'a local or unknown CRS' (not a page of WKT)."""
+    text = CRS.from_user_input(crs).to_string() if crs is not None else ""
+    return text if text and len(text) <= 40 else "a local or unknown CRS"
 
 
 def covering_window(src: Grid, dst: Grid, pad: int = 2) -> Window | None:
