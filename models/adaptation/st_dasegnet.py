@@ -101,6 +101,21 @@ def widen_head_for_ddm(head_cfg: Mapping, level_channels: Sequence[int]) -> dict
     return head
 
 
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def backbone_pair(backbone: nn.Module, xs: Tensor, xt: Tensor, *, joint: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """B(x_s), B(x_t). With ``joint`` (only for backbones without batch norm, e.g. MiT, whose outputs
+    are per-sample) both go through one call, which is faster and gives the same features; backbones
+    with batch norm keep two passes so each domain's batch statistics stay its own."""
+    if joint:
+        feats = backbone(torch.cat([xs, xt], dim=0))
+        n = xs.shape[0]
+        return [f[:n] for f in feats], [f[n:] for f in feats]
+    return list(backbone(xs)), list(backbone(xt))
+
+
 def set_teacher_mode(module: nn.Module) -> None:
     """Train-mode normalisation (batch statistics), dropout and drop-path off."""
     module.train()
@@ -165,6 +180,7 @@ class STDASegNet(AdaptationMethod):
         # same initialisation for both backbones (spec); decoders start independently
         students.backbone_t.load_state_dict(students.backbone_s.state_dict())
         self.net["students"] = students
+        self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
         if a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"] = copy.deepcopy(students.decoder_s)
             self.net["teacher_t"] = copy.deepcopy(students.decoder_t)
@@ -218,8 +234,8 @@ class STDASegNet(AdaptationMethod):
         vt = batch["target"].get("valid")
         size = xs.shape[-2:]
 
-        f_ss, f_st = list(st.backbone_s(xs)), list(st.backbone_t(xs))
-        f_ts, f_tt = list(st.backbone_s(xt)), list(st.backbone_t(xt))
+        f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=self.joint_backbone_pass)
+        f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=self.joint_backbone_pass)
         g_ss, g_st = st.ddm(f_ss, f_st)
         g_ts, g_tt = st.ddm(f_ts, f_tt)
         p_ss, p_ts = decode(st.decoder_s, g_ss), decode(st.decoder_s, g_ts)

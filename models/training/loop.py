@@ -115,10 +115,11 @@ class TrainLoop:
         self.best_metric = best_metric
         self.best: dict | None = None
         self.validations: list[dict] = []
+        self.last_losses: dict[str, float] = {}
 
     # -- state --
     def _loop_state(self) -> dict:
-        return {"best": self.best, "validations": self.validations}
+        return {"best": self.best, "validations": self.validations, "last_losses": self.last_losses}
 
     def save(self, iteration: int) -> Path | None:
         if self.workdir is None:
@@ -140,6 +141,7 @@ class TrainLoop:
         loop = state.get("loop") or {}
         self.best = loop.get("best")
         self.validations = list(loop.get("validations") or [])
+        self.last_losses = dict(loop.get("last_losses") or {})
         ckpt.restore_rng(state["rng"])  # last, so nothing above consumes random numbers after it
         return int(state["iteration"])
 
@@ -178,7 +180,6 @@ class TrainLoop:
         self.callbacks.on_start(start, self.total)
         t0 = time.perf_counter()
         times: list[float] = []
-        losses: dict[str, float] = {}
         it = start
         stopped = False
         last_path: Path | None = None
@@ -186,6 +187,7 @@ class TrainLoop:
             t = time.perf_counter()
             batch = self.batches.next(it)
             losses = self.method.train_step(batch, it)
+            self.last_losses = losses
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
             it += 1
@@ -207,7 +209,7 @@ class TrainLoop:
             self._validate(it)
         last_path = self.save(it) or last_path
         result = LoopResult(iterations_done=it, total=self.total, stopped=stopped, last_checkpoint=last_path,
-                            best=self.best, validations=self.validations, final_losses=losses,
+                            best=self.best, validations=self.validations, final_losses=self.last_losses,
                             elapsed_s=time.perf_counter() - t0)
         self.callbacks.on_end(result)
         return result

@@ -8,6 +8,33 @@ import typer
 app = typer.Typer(help="Benchmarks that print and write their figures.", no_args_is_help=True)
 
 
+@app.command("adapt")
+def adapt_benchmark(
+    seeds: int = typer.Option(3, "--seeds", min=1, help="training seeds per method"),
+    out: Path = typer.Option(Path("bench-adapt"), "--out", help="folder for report.json, report.md, the plot, runs/"),
+    iterations: int = typer.Option(None, "--iterations", min=1, help="iterations per training run (default: 700)"),
+    crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: 64)"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="source (and target) crops per batch (default: 8)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: 2)"),
+    method: list[str] = typer.Option(None, "--method", help="run only these methods (repeatable)"),
+) -> None:
+    """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
+    scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure."""
+    from workers.benchmarks.adapt import BenchSettings, run_benchmark
+
+    s = BenchSettings(seeds=seeds)
+    for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads)):
+        if value is not None:
+            setattr(s, key, value)
+    report = run_benchmark(out, s, methods=method or None, log=lambda m: typer.echo(m, err=True))
+    for name, m in report["methods"].items():
+        mean, sd = m["mean"]["miou"], m["std"]["miou"]
+        typer.echo(f"{name:<26} mIoU {mean:.4f} ± {sd:.4f}   OA {m['mean']['oa']:.4f}   mF1 {m['mean']['mf1']:.4f}")
+    for name, g in report["gap_closure"].items():
+        typer.echo(f"gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 @app.command("predict")
 def predict_benchmark(
     size: int = typer.Option(8192, "--size", min=256, help="side of the large raster in pixels"),

@@ -1,0 +1,50 @@
+"""Benchmark A: the gap-closure arithmetic, and a few-iteration smoke run of the whole command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from service.cli import app
+from workers.benchmarks.adapt import summarise
+
+
+def _m(miou, ious):
+    return {"miou": miou, "oa": 0.5, "mf1": 0.4, "per_class": {c: {"iou": v} for c, v in zip("ab", ious)}}
+
+
+def test_gap_closure_uses_the_better_source_only_row_and_is_unclipped():
+    rows = {
+        "source-only": [_m(0.10, [0.1, 0.1]), _m(0.12, [0.1, 0.14])],
+        "source-only+target-stats": [_m(0.14, [0.2, 0.08]), _m(0.16, [0.2, 0.12])],
+        "st-dasegnet": [_m(0.20, [0.3, 0.1]), _m(0.22, [0.3, 0.14])],
+        "feature-regression": [_m(0.30, [0.3, 0.3]), _m(0.30, [0.3, 0.3])],
+        "oracle": [_m(0.24, [0.3, 0.18]), _m(0.26, [0.3, 0.22])],
+    }
+    s = summarise(rows, ["a", "b"], ["st-dasegnet", "feature-regression"])
+    assert s["best_source_only"] == "source-only+target-stats"
+    assert s["gap_closure"]["st-dasegnet"] == pytest.approx((0.21 - 0.15) / (0.25 - 0.15))
+    assert s["gap_closure"]["feature-regression"] == pytest.approx(1.5)  # above 1: not clipped
+    m = s["methods"]["st-dasegnet"]
+    assert m["miou"] == [0.20, 0.22] and m["per_class_iou"]["b"] == [0.1, 0.14]
+    assert m["mean"]["miou"] == pytest.approx(0.21) and m["std"]["miou"] == pytest.approx(0.0141421, rel=1e-4)
+
+
+def test_bench_adapt_smoke(nc_data, tmp_path):
+    n = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["bench", "adapt", "--iterations", "2", "--seeds", "1", "--crop", "32",
+                                       "--batch-size", "2", "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "oracle"}
+    for m in report["methods"].values():
+        assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
+    assert set(report["gap_closure"]) == {"st-dasegnet"}
+    assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
+    assert (tmp_path / "per_class_iou.png").stat().st_size > 1000
+    assert "gap closure st-dasegnet" in res.output

@@ -1,0 +1,1 @@
+"""Benchmarks run by `geoadapt bench`: A (adaptation quality); others live beside it."""

@@ -1,0 +1,289 @@
+"""Benchmark A: adaptation quality under a simulated sensor + atmosphere shift of the real NC Landsat-7 scene.
+
+Call flow of ``run_benchmark``::
+
+    fetch NC, build the shifted target (core.data), Benchmark A's domains (train: west 60% of columns,
+    test: the rest) and the target train region's statistics
+    for each seed, for each runner in RUNNERS (source-only first: later runners may use its bundle):
+        run_job(train/adapt job) -> bundle -> evaluate on the TARGET TEST region -> one row per method
+    report.json, report.md, per-class IoU plot
+
+Rows: ``source-only`` (target normalised with the source statistics), ``source-only+target-stats``
+(the same model, target normalised with its own statistics), ``st-dasegnet`` and ``oracle`` (trained
+on the target train labels). Another method joins by ``register_runner`` (feature regression does);
+its gap closure is reported when it is registered as an adaptation method.
+Target labels are read only to score the test region and to train the oracle.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.data.demo import TEST_COLUMNS, TRAIN_COLUMNS, benchmark_a_domains, ensure_shifted_target, shifted_target_path
+from core.data.fetch import fetch
+from core.data.nc import NC_CLASSES, nc_class_specs
+from core.jobspec import DomainSpec, load_job_spec
+from core.raster.domain import Domain
+from core.raster.stats import BandStats
+from models.bundle import load_bundle
+from models.evaluate import evaluate_domain, segmentor_predict_fn
+from models.training.callbacks import Callback
+from workers.pipelines.train import run_job, write_json
+
+#: the goal the issue sets for ST-DASegNet
+GAP_CLOSURE_GOAL = 0.5
+SOURCE_ONLY_ROWS = ("source-only", "source-only+target-stats")
+
+
+@dataclass
+class BenchSettings:
+    """Defaults chosen so 3 seeds x (source-only, ST-DASegNet, oracle) finish in < 40 min on 2 CPU cores."""
+
+    seeds: int = 3
+    iterations: int = 700
+    crop: int = 64
+    batch_size: int = 8
+    config: str = "segformer-tiny"
+    overrides: dict = field(default_factory=dict)
+    threads: int | None = 2
+    shift_seed: int = 0
+    val_interval: int | None = None  # no model selection on target labels in the benchmark
+
+
+@dataclass
+class BenchContext:
+    settings: BenchSettings
+    out: Path
+    domains: dict            # DomainSpec-shaped dicts: source, target, target_test
+    target_stats: BandStats  # of the target TRAIN region (what an adapted model normalises with)
+    log: Callable[[str], None]
+    callbacks_for: Callable[[str, int], list[Callback]] = lambda name, seed: []
+
+    def run_dir(self, seed: int, name: str) -> Path:
+        s = self.settings
+        return self.out / "runs" / f"{s.config}_it{s.iterations}_crop{s.crop}_b{s.batch_size}" / f"seed{seed}" / name
+
+    def job(self, name: str, seed: int, *, type: str, method: str, source: str = "source",
+            target: str | None = None, **extra) -> dict:
+        """Run one job of the benchmark in its own folder (resumes or reuses what is there)."""
+        s = self.settings
+        body = {"type": type, "method": method, "classes": NC_CLASSES, "source": self.domains[source],
+                "model": {"config": s.config, "overrides": s.overrides},
+                "params": {"iterations": s.iterations, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
+                           "val_interval": s.val_interval},
+                "output": str(self.run_dir(seed, name))}
+        if target:
+            body["target"] = self.domains[target]
+        body.update(extra)
+        return run_job(load_job_spec(body), self.callbacks_for(name, seed))
+
+    def evaluate(self, bundle: str | Path, stats: str | BandStats) -> dict:
+        """Metrics of a bundle on the target test region."""
+        b = load_bundle(bundle)
+        chosen = b.resolve_stats(stats)
+        with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
+            return evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
+
+
+Runner = Callable[[BenchContext, int], dict[str, dict]]
+#: name -> (runner, is_adaptation_method); order matters (source-only first)
+RUNNERS: dict[str, tuple[Runner, bool]] = {}
+
+
+def register_runner(name: str, runner: Runner, *, adaptation: bool = True) -> None:
+    """Add a method to the benchmark. ``runner(ctx, seed)`` returns {row name: metrics on the target test}."""
+    RUNNERS[name] = (runner, adaptation)
+
+
+def _source_only(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    res = ctx.job("source-only", seed, type="train", method="source-only")
+    return {"source-only": ctx.evaluate(res["bundle"], "source"),
+            "source-only+target-stats": ctx.evaluate(res["bundle"], ctx.target_stats)}
+
+
+def _st_dasegnet(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    res = ctx.job("st-dasegnet", seed, type="adapt", method="st-dasegnet", target="target")
+    return {"st-dasegnet": ctx.evaluate(res["bundle"], "target")}
+
+
+def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    # the target train region with its labels, as a source-only job: the ceiling for adaptation
+    res = ctx.job("oracle", seed, type="train", method="source-only", source="target_labelled")
+    return {"oracle": ctx.evaluate(res["bundle"], "source")}
+
+
+register_runner("source-only", _source_only, adaptation=False)
+register_runner("st-dasegnet", _st_dasegnet)
+register_runner("oracle", _oracle, adaptation=False)
+# feature regression registers itself here from its own module (register_runner("feature-regression", ...))
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _std(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0 if xs else None
+
+
+def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: list[str]) -> dict:
+    """Per-method per-seed lists, means/spreads, and gap closure of each adaptation method."""
+    methods = {}
+    for name, per_seed in rows.items():
+        entry = {
+            "miou": [m["miou"] for m in per_seed],
+            "oa": [m["oa"] for m in per_seed],
+            "mf1": [m["mf1"] for m in per_seed],
+            "per_class_iou": {c: [m["per_class"][c]["iou"] for m in per_seed] for c in class_names},
+        }
+        entry["mean"] = {k: _mean(entry[k]) for k in ("miou", "oa", "mf1")}
+        entry["std"] = {k: _std(entry[k]) for k in ("miou", "oa", "mf1")}
+        entry["per_class_iou_mean"] = {c: _mean(v) for c, v in entry["per_class_iou"].items()}
+        methods[name] = entry
+    so = [r for r in SOURCE_ONLY_ROWS if r in methods and methods[r]["mean"]["miou"] is not None]
+    best_so = max(so, key=lambda r: methods[r]["mean"]["miou"]) if so else None
+    gap = {}
+    if best_so and "oracle" in methods:
+        base, top = methods[best_so]["mean"]["miou"], methods["oracle"]["mean"]["miou"]
+        for a in adaptation:
+            if a in methods:
+                denom = top - base
+                gap[a] = (methods[a]["mean"]["miou"] - base) / denom if abs(denom) > 1e-12 else None
+    return {"methods": methods, "best_source_only": best_so, "gap_closure": gap}
+
+
+def write_report(report: dict, out: Path) -> None:
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(render_markdown(report))
+    plot_per_class(report, out / "per_class_iou.png")
+
+
+def render_markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        "# Benchmark A: adaptation under a sensor + atmosphere shift (NC Landsat-7)",
+        "",
+        f"Config `{s['config']}`, {s['iterations']} iterations, batch {s['batch_size']} x {s['crop']} px crops, "
+        f"{len(report['seeds'])} seed(s) {report['seeds']}; target = the scene through the fixed simulated shift "
+        f"(seed {s['shift_seed']}). Train region: columns {report['train_columns']}; scores on the target test "
+        f"region (columns {report['test_columns']}). mIoU and mF1 are means over the {report['mean_over']}.",
+        "",
+        "| method | mIoU (mean ± sd) | OA | mF1 | per seed mIoU |",
+        "|---|---|---|---|---|",
+    ]
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    for name, m in report["methods"].items():
+        lines.append(f"| {name} | {f(m['mean']['miou'])} ± {f(m['std']['miou'])} | {f(m['mean']['oa'])} | "
+                     f"{f(m['mean']['mf1'])} | {', '.join(f(x) for x in m['miou'])} |")
+    lines += ["", "Per-class IoU (mean over seeds):", "",
+              "| class | " + " | ".join(report["methods"]) + " |", "|---|" + "---|" * len(report["methods"])]
+    for c in report["classes"]:
+        lines.append(f"| {c} | " + " | ".join(f(m["per_class_iou_mean"][c]) for m in report["methods"].values()) + " |")
+    lines += ["", f"Best source-only row: `{report['best_source_only']}`.", "",
+              "Gap closure = (mean adapted mIoU - mean best source-only) / (mean oracle - mean best source-only), "
+              "unclipped (above 1 is possible):", ""]
+    for a, g in report["gap_closure"].items():
+        goal = report["goals"].get(a)
+        status = "" if goal is None or g is None else (" (goal >= %.2f: %s)" % (goal, "reached" if g >= goal else "not reached"))
+        lines.append(f"- {a}: {f(g)}{status}")
+    lines += ["", f"Total time {report['elapsed_s'] / 60:.1f} min on {report['device']} "
+              f"({report['threads']} threads).", ""]
+    return "\n".join(lines)
+
+
+def plot_per_class(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = report["classes"]
+    names = list(report["methods"])
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 1.3), 4))
+    for i, n in enumerate(names):
+        m = report["methods"][n]
+        vals = [m["per_class_iou_mean"][c] or 0.0 for c in classes]
+        errs = [_std(m["per_class_iou"][c]) or 0.0 for c in classes]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=errs, label=f"{n} ({m['mean']['miou']:.3f})",
+               capsize=2)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("IoU on the target test region")
+    ax.set_title("Benchmark A: per-class IoU by method (mean over seeds; legend: mIoU)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_benchmark(
+    out: str | Path,
+    settings: BenchSettings | None = None,
+    *,
+    methods: list[str] | None = None,
+    data_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    callbacks_for: Callable[[str, int], list[Callback]] | None = None,
+) -> dict:
+    """Run Benchmark A and write DIR/report.json, DIR/report.md and DIR/per_class_iou.png."""
+    s = settings or BenchSettings()
+    say = log or (lambda m: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    t0 = time.perf_counter()
+    files = fetch("nc-landsat", data_dir, log=say)
+    shifted = ensure_shifted_target(files, shifted_target_path(None, s.shift_seed), s.shift_seed)
+    domains = benchmark_a_domains(files, shifted)
+    domains["target_labelled"] = domains["target"]  # the oracle's source: same region, labels read
+    with Domain.open(DomainSpec.model_validate(domains["target"]), nc_class_specs(), labels=False) as tdom:
+        target_stats = tdom.stats()
+    ctx = BenchContext(s, out, domains, target_stats, say, callbacks_for or (lambda n, seed: []))
+    chosen = methods or list(RUNNERS)
+    unknown = [m for m in chosen if m not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown benchmark method(s) {unknown}; known: {list(RUNNERS)}")
+    rows: dict[str, list[dict]] = {}
+    timings: dict[str, list[float]] = {}
+    for seed in range(s.seeds):
+        for name in chosen:
+            runner, _ = RUNNERS[name]
+            say(f"seed {seed}: {name}")
+            t = time.perf_counter()
+            for row, metrics in runner(ctx, seed).items():
+                rows.setdefault(row, []).append(metrics)
+                say(f"seed {seed}: {row} mIoU {metrics['miou']:.4f}")
+            timings.setdefault(name, []).append(round(time.perf_counter() - t, 1))
+    adaptation = [n for n in chosen if RUNNERS[n][1]]
+    class_names = [c["name"] for c in NC_CLASSES]
+    report = {
+        "benchmark": "A",
+        "settings": asdict(s),
+        "seeds": list(range(s.seeds)),
+        "classes": class_names,
+        "train_columns": list(TRAIN_COLUMNS),
+        "test_columns": list(TEST_COLUMNS),
+        "mean_over": "classes present in the ground truth of the target test region",
+        **summarise(rows, class_names, adaptation),
+        "goals": {"st-dasegnet": GAP_CLOSURE_GOAL},
+        "timing_s": timings,
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    write_report(report, out)
+    return report
+
