@@ -41,7 +41,10 @@ def _as_path(value: Any) -> Path:
     # "before" validators see raw JSON: a number or an object here is the client's error, not a crash
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"must be a path (a string), got {type(value).__name__}")
-    return Path(value).expanduser()
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # "~name" of a user this machine does not have
+        raise ValueError("'~' names no home folder here; give an absolute path") from None
 
 
 def _resolve(path: str | Path, info: ValidationInfo) -> Path:
