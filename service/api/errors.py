@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     BundleError,
@@ -93,7 +94,21 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(error_body("invalid_request", problems), status_code=422)
 
 
+#: Starlette's own errors (no such route, wrong method, a body it cannot parse) in the same shape
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "the request body cannot be parsed (not JSON, not UTF-8, or a broken multipart form)"
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, [{"field": "", "message": message}]), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(GeoadaptError, _domain_error)
     app.add_exception_handler(StoreUnavailable, _store_down)
     app.add_exception_handler(OperationalError, _store_down)
