@@ -24,13 +24,26 @@ def job_file(base: str, job_id, relpath: str) -> str:
     return f"{job(base, job_id)}/files/{quote(relpath)}"
 
 
+#: a result id is "<job uuid>.<name of the COG within the job>", one path segment (service/tiles parses it)
+RESULT_SEP = "."
+
+
+def result_id(job_id, name: str) -> str:
+    return f"{job_id}{RESULT_SEP}{name}"
+
+
+def result(base: str, job_id, name: str) -> str:
+    return f"{base}/v1/results/{quote(result_id(job_id, name), safe='')}"
+
+
 def result_links(base: str, job_id, relpath: str, name: str) -> dict[str, str]:
-    """download / info / tilejson / tiles for one predicted COG (`name`: its id within the job)."""
-    r = f"{base}/v1/results/{job_id}/{quote(name)}"
+    """download / info / statistics / preview / tilejson / tiles for one predicted COG (`name`: its id within the job)."""
+    r = result(base, job_id, name)
     return {
         "download": job_file(base, job_id, relpath),
         "info": f"{r}/info",
         "statistics": f"{r}/statistics",
+        "preview": f"{r}/preview.png",
         "tilejson": f"{r}/{DEFAULT_TMS}/tilejson.json",
         "tiles": f"{r}/tiles/{DEFAULT_TMS}/{{z}}/{{x}}/{{y}}.png",
     }
@@ -52,3 +65,12 @@ def dataset(base: str, ds_id) -> str:
 
 def model(base: str, model_id) -> str:
     return f"{base}/v1/models/{model_id}"
+
+
+def model_tilejson(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> str:
+    """TileJSON of live tile inference: the model run on a registered dataset, tile by tile."""
+    return f"{model(base, model_id)}/{tms}/tilejson.json?dataset={quote(str(dataset_id))}"
+
+
+def model_tiles(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> str:
+    return f"{model(base, model_id)}/tiles/{tms}/{{z}}/{{x}}/{{y}}.png?dataset={quote(str(dataset_id))}"

@@ -1,0 +1,1 @@
+"""Map tiles: predicted COGs served through rio-tiler, and live tile inference answered from a disk cache."""

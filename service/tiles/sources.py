@@ -1,0 +1,335 @@
+"""Predicted COGs as tile sources: one-segment result ids (links.result_id), pooled warped readers (rio-tiler), class areas.
+
+    GET .../tiles/{tms}/{z}/{x}/{y}.png
+      result id -> (job, COG name) -> owner-scoped job -> COG path         (results.prediction_files rules)
+      get_source(path, tms): CogSource, cached per (file version, TMS)
+        .tile(): a pooled handle = rasterio dataset -> WarpedVRT onto the TMS CRS (built once)
+                 -> rio-tiler Reader.tile (nearest) -> ClassPalette.png (class colours, nodata transparent)
+
+Why the pooled warped VRT: opening a COG and building the transformer from its CRS to the TMS CRS
+costs more than reading a tile (tens of ms for CRSs whose datum shift PROJ resolves through grids,
+e.g. NAD83(HARN) State Plane), and rio-tiler pays it on every tile when handed a path. A handle keeps
+that transformer; rio-tiler then reads tiles from a dataset already in the TMS CRS. GDAL datasets
+must not be shared between threads, so each request takes a handle from the pool and gives it back.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import morecantile
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
+from rio_tiler.io import Reader
+
+from core.raster.cog import ClassStyle, read_class_tags
+from core.tiles import ClassPalette
+from service import results as job_results
+from service.api.links import RESULT_SEP
+from service.errors import NotFoundError
+
+_UUID_LEN = 36
+#: idle reader handles kept per source (more are opened under load and closed when given back)
+MAX_IDLE_HANDLES = 8
+#: sources (COG x TMS) kept open
+MAX_SOURCES = 32
+#: mean Earth radius (m), for the areas of pixels in geographic coordinates
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+def parse_result_id(rid: str) -> tuple[uuid.UUID, str]:
+    """(job id, COG name) of a result id; NotFound for anything malformed (no hint of what exists)."""
+    head, sep, name = rid[:_UUID_LEN], rid[_UUID_LEN:_UUID_LEN + 1], rid[_UUID_LEN + 1:]
+    try:
+        job_id = uuid.UUID(head)
+    except ValueError:
+        raise NotFoundError(f"no result {rid!r} (result ids are <job id>{RESULT_SEP}<name>)", field="id") from None
+    if sep != RESULT_SEP or not name or str(job_id) != head.lower():
+        raise NotFoundError(f"no result {rid!r} (result ids are <job id>{RESULT_SEP}<name>)", field="id")
+    return job_id, name
+
+
+def find_cog(job_dir: Path, name: str) -> Path | None:
+    """The predicted COG called ``name`` in a job's output (the name results.prediction_name gives it).
+
+    The name maps back to a path directly ('--' separates folders); the scan of the whole output
+    folder is only the fallback for names that do not (a file whose own name contains '--').
+    """
+    base = name.replace("--", "/")
+    for suffix in (".tif", ".tiff", ".TIF", ".TIFF"):
+        p = job_results.safe_file(job_dir, base + suffix)
+        if p is not None:
+            rel = p.relative_to(job_results.output_dir(job_dir).resolve())
+            if rel.parts[0] != "bundle" and job_results.prediction_name(rel) == name:
+                return p
+    return job_results.prediction_files(job_dir).get(name)
+
+
+def get_tms(tms_id: str) -> morecantile.TileMatrixSet:
+    try:
+        return morecantile.tms.get(tms_id)
+    except Exception:  # morecantile's InvalidIdentifier; any failure means the same to a client
+        known = ", ".join(morecantile.tms.list())
+        raise NotFoundError(f"unknown tile matrix set {tms_id!r}; known: {known}", field="tileMatrixSetId") from None
+
+
+def classes_of(ds) -> list[ClassStyle]:
+    """The classes a class COG records: its CLASSES tag (names, colours), else its colour table."""
+    classes = read_class_tags(ds.tags())
+    if classes:
+        return classes
+    try:
+        cmap = ds.colormap(1)
+    except ValueError:
+        return []
+    nodata = ds.nodata
+    return [ClassStyle(int(v), f"class {v}", "#%02x%02x%02x" % tuple(rgba[:3]))
+            for v, rgba in sorted(cmap.items()) if v != nodata and rgba[3] > 0 and any(rgba[:3])]
+
+
+@dataclass
+class _Handle:
+    src: Any
+    vrt: Any
+    reader: Reader
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.vrt is not None:
+            self.vrt.close()
+        self.src.close()
+
+
+class CogSource:
+    """One class COG seen through one tile matrix set: its classes, palette, bounds, zooms and readers."""
+
+    def __init__(self, path: Path, tms: morecantile.TileMatrixSet):
+        self.path = Path(path)
+        self.tms = tms
+        with rasterio.open(self.path) as ds:
+            if ds.count != 1 or ds.dtypes[0] not in ("uint8", "uint16"):
+                raise NotFoundError(f"{self.path.name} is not a class map (one uint8/uint16 band)", field="id")
+            self.classes = classes_of(ds)
+            self.nodata = ds.nodata
+        if not self.classes:
+            raise NotFoundError(f"{self.path.name} records no classes (no CLASSES tag or colour table)", field="id")
+        self.palette = ClassPalette(self.classes)
+        self._idle: list[_Handle] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        with self.handle() as h:  # the first handle also tells the zooms and bounds
+            self.minzoom, self.maxzoom = int(h.reader.minzoom), int(h.reader.maxzoom)
+            self.geographic_bounds = tuple(h.reader.get_geographic_bounds(tms.rasterio_geographic_crs))
+
+    def _open(self) -> _Handle:
+        src = rasterio.open(self.path)
+        try:
+            vrt = None
+            ds = src
+            if src.crs != self.tms.rasterio_crs:
+                vrt = WarpedVRT(src, crs=self.tms.rasterio_crs, resampling=Resampling.nearest,
+                                src_nodata=src.nodata, nodata=src.nodata)
+                ds = vrt
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # rio-tiler's "no overviews" note on small rasters
+                reader = Reader(str(self.path), dataset=ds, tms=self.tms, colormap={})
+            return _Handle(src, vrt, reader)
+        except BaseException:
+            src.close()
+            raise
+
+    @contextmanager
+    def handle(self) -> Iterator[_Handle]:
+        with self._lock:
+            h = self._idle.pop() if self._idle else None
+        if h is None:
+            h = self._open()
+        try:
+            yield h
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < MAX_IDLE_HANDLES
+                if keep:
+                    self._idle.append(h)
+            if not keep:
+                h.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for h in idle:
+            h.close()
+
+    def tile(self, x: int, y: int, z: int, tilesize: int | None = None) -> bytes:
+        """A paletted PNG of one tile; NotFound when the tile does not touch the COG."""
+        if not self.tms.is_valid(x, y, z):
+            raise NotFoundError(f"no tile {z}/{x}/{y} in {self.tms.id}", field="tile")
+        with self.handle() as h:
+            try:
+                img = h.reader.tile(x, y, z, tilesize=tilesize, resampling_method="nearest",
+                                    reproject_method="nearest")
+            except TileOutsideBounds:
+                raise NotFoundError(f"tile {z}/{x}/{y} is outside the result's bounds", field="tile") from None
+        arr = img.array
+        return self.palette.png(arr.data[0], ~np.ma.getmaskarray(arr)[0])
+
+    def class_of(self, value: Any) -> dict | None:
+        for c in self.classes:
+            if value is not None and c.id == value:
+                return {"id": c.id, "name": c.name, "color": c.color}
+        return None
+
+
+_sources: OrderedDict[tuple, CogSource] = OrderedDict()
+_sources_lock = threading.Lock()
+
+
+def get_source(path: Path, tms: morecantile.TileMatrixSet) -> CogSource:
+    """The cached source of a COG (a rewritten file, with a new mtime or size, is a new source)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, tms.id)
+    with _sources_lock:
+        src = _sources.get(key)
+        if src is not None:
+            _sources.move_to_end(key)
+            return src
+    src = CogSource(path, tms)  # outside the lock: opening may take a while
+    with _sources_lock:
+        if key in _sources:  # another thread opened it meanwhile: keep one
+            src.close()
+            return _sources[key]
+        _sources[key] = src
+        while len(_sources) > MAX_SOURCES:
+            _, old = _sources.popitem(last=False)
+            old.close()
+    return src
+
+
+# ---- whole-file products: info, preview, point, class areas --------------------------------------
+
+def open_reader(path: Path, tms: morecantile.TileMatrixSet | None = None) -> Reader:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Reader(str(path), tms=tms or morecantile.tms.get("WebMercatorQuad"))
+
+
+def info(path: Path, src: CogSource) -> dict:
+    """rio-tiler's dataset info plus the classes, the WGS84 bounds and the zooms of the TMS."""
+    with open_reader(path, src.tms) as r:
+        out = r.info().model_dump(mode="json", exclude_none=True)
+    out["classes"] = [{"id": c.id, "name": c.name, "color": c.color} for c in src.classes]
+    out["geographic_bounds"] = list(src.geographic_bounds)
+    out["tileMatrixSetId"] = src.tms.id
+    out["minzoom"], out["maxzoom"] = src.minzoom, src.maxzoom
+    return out
+
+
+def preview(path: Path, src: CogSource, max_size: int) -> bytes:
+    """The whole COG, its longest side at most ``max_size`` pixels (in the COG's own CRS, as TiTiler)."""
+    with open_reader(path, src.tms) as r:
+        img = r.preview(max_size=max_size, resampling_method="nearest")
+    arr = img.array
+    return src.palette.png(arr.data[0], ~np.ma.getmaskarray(arr)[0])
+
+
+def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
+    with open_reader(path, src.tms) as r:
+        try:
+            pt = r.point(lon, lat)
+        except PointOutsideBounds:
+            raise NotFoundError(f"point ({lon}, {lat}) is outside the result's bounds", field="point") from None
+    masked = bool(np.ma.getmaskarray(pt.array)[0])
+    value = None if masked else int(pt.array.data[0])
+    return {"coordinates": [lon, lat], "values": [value], "band_names": list(pt.band_names),
+            "class": src.class_of(value)}
+
+
+def _pixel_area_m2(ds) -> float | None:
+    """Area of one pixel in m² for a projected CRS (None: geographic or no CRS, see class_areas)."""
+    if ds.crs is None or ds.crs.is_geographic:
+        return None
+    t = ds.transform
+    try:
+        unit = float(ds.crs.linear_units_factor[1])
+    except Exception:  # unusual units: assume metres rather than fail the statistics
+        unit = 1.0
+    return abs(t.a * t.e - t.b * t.d) * unit * unit
+
+
+def _row_areas_geographic(ds) -> np.ndarray:
+    """Area in m² of one pixel of each row, for north-up rasters in degrees (spherical Earth)."""
+    t = ds.transform
+    rows = np.arange(ds.height + 1, dtype=np.float64)
+    lat = np.radians(np.clip(t.f + t.e * rows, -90.0, 90.0))
+    dlon = math.radians(abs(t.a))
+    return _EARTH_RADIUS_M**2 * dlon * np.abs(np.diff(np.sin(lat)))
+
+
+_stats_cache: OrderedDict[tuple, dict] = OrderedDict()
+_stats_lock = threading.Lock()
+
+
+def class_areas(path: Path, src: CogSource) -> dict:
+    """Pixels and area of every class over the whole COG at full resolution (streamed block by block)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    with _stats_lock:
+        if key in _stats_cache:
+            return _stats_cache[key]
+    with rasterio.open(path) as ds:
+        nodata = ds.nodata
+        size = 256 if ds.dtypes[0] == "uint8" else 65536
+        counts = np.zeros(size, np.int64)
+        areas = np.zeros(size, np.float64)
+        px_area = _pixel_area_m2(ds)
+        row_areas = _row_areas_geographic(ds) if (ds.crs is not None and ds.crs.is_geographic) else None
+        for _, win in ds.block_windows(1):
+            block = ds.read(1, window=win).ravel()
+            counts += np.bincount(block, minlength=size)
+            if row_areas is not None:
+                r0 = int(win.row_off)
+                per_row = np.repeat(row_areas[r0:r0 + int(win.height)], int(win.width))
+                areas += np.bincount(block, weights=per_row, minlength=size)
+        crs = ds.crs.to_string() if ds.crs else None
+        width, height = ds.width, ds.height
+    if px_area is not None:
+        areas = counts * px_area
+    has_area = px_area is not None or row_areas is not None
+    ids = {c.id for c in src.classes}
+    valid_pixels = int(sum(counts[c] for c in ids if c < size))
+    valid_area = float(sum(areas[c] for c in ids if c < size)) if has_area else None
+    classes = []
+    for c in src.classes:
+        n = int(counts[c.id]) if c.id < size else 0
+        a = float(areas[c.id]) if has_area and c.id < size else None
+        classes.append({"id": c.id, "name": c.name, "color": c.color, "pixels": n,
+                        "fraction": (n / valid_pixels) if valid_pixels else 0.0,
+                        "area_m2": a, "area_km2": (a / 1e6) if a is not None else None})
+    nodata_i = int(nodata) if nodata is not None else None
+    other = {int(v): int(counts[v]) for v in np.flatnonzero(counts) if int(v) not in ids and int(v) != nodata_i}
+    out = {
+        "classes": classes,
+        "valid_pixels": valid_pixels,
+        "valid_area_m2": valid_area,
+        "nodata_pixels": int(counts[nodata_i]) if nodata_i is not None and nodata_i < size else 0,
+        "other_values": other,  # values that are neither a class nor nodata (should be empty)
+        "pixels": width * height,
+        "pixel_area_m2": px_area,
+        "crs": crs,
+    }
+    with _stats_lock:
+        _stats_cache[key] = out
+        while len(_stats_cache) > 64:
+            _stats_cache.popitem(last=False)
+    return out
