@@ -117,16 +117,21 @@ def register(app: typer.Typer) -> None:
                    f"{':'.join(map(str, settings.allowed_roots)) or '(none: uploads only)'}")
         api = create_app(settings)  # creates the tables before the worker needs them
         wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
-        if wp:
-            wp.start()
+        # tile inference in a worker of its own: a long job in the first one must not stall the map
+        tw = WorkerProcess(["--queues", "tiles", "--pool", "solo", "--hostname", "tiles@%h",
+                            "--loglevel", log_level]) if worker else None
+        for w in (wp, tw):
+            if w:
+                w.start()
         # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
         # `finally` below stop the worker instead of killing this process on the spot
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             uvicorn.run(api, host=host, port=port, log_level=log_level)
         finally:
-            if wp:
-                wp.stop()
+            for w in (wp, tw):
+                if w:
+                    w.stop()
 
     @app.command("worker")
     def worker_cmd(
@@ -143,6 +148,8 @@ def register(app: typer.Typer) -> None:
 
         settings = _settings(data_dir)
         configure(celery, settings, WorkerJobStore(settings))
+        if "tiles" in queues.split(","):
+            import workers.tile_tasks  # noqa: F401  (registers the tile inference task)
         argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}",
                 f"--concurrency={concurrency or settings.worker_concurrency}"]
         if hostname:
