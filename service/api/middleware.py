@@ -28,19 +28,26 @@ class BodySizeLimit:
                 if too_big:
                     return await _reject(send, limit)
         seen = 0
-        started = False
+        started = tripped = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, tripped
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
+                    tripped = True
                     raise _TooLarge()
             return msg
 
         async def tracking_send(msg):
             nonlocal started
+            if tripped:
+                # a parser swallowed _TooLarge (multipart: "error parsing the body", a 400): answer 413
+                if msg["type"] == "http.response.start" and not started:
+                    started = True
+                    await _reject(send, limit)
+                return
             if msg["type"] == "http.response.start":
                 started = True
             await send(msg)
@@ -49,6 +56,7 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
+                started = True
                 await _reject(send, limit)
 
 
