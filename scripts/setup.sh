@@ -33,3 +33,15 @@ fi
 
 "${PIP[@]}" install -q -c constraints.txt -e ".[ml,test]"
 .venv/bin/python -c "import mmcv.ops, mmseg, rasterio, torch; print(f'geoadapt installed: torch {torch.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, rasterio {rasterio.__version__}')"
+
+# The web console: Leaflet from the npm registry, copied into service/console/static/vendor by
+# `npm run build` and served by the console itself (no CDN at run time). Without npm the console
+# still serves, with a banner saying the map library is missing. Playwright (Python) drives the
+# system's Chromium in the console's browser tests; it never downloads a browser.
+"${PIP[@]}" install -q -c constraints.txt -e ".[browser]"
+if command -v npm >/dev/null 2>&1; then
+    { npm ci --no-audit --no-fund --loglevel=error && npm run --silent build; } \
+        || echo "console: npm ci / npm run build failed; the console will serve without its map library"
+else
+    echo "console: npm not found; the console will serve without its map library (install Node.js + npm, run this again)"
+fi
