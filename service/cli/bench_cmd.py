@@ -1,4 +1,4 @@
-"""`geoadapt bench adapt|predict`: the project's benchmarks (see shared design benchmarks.md)."""
+"""`geoadapt bench adapt|predict|security`: the project's benchmarks (see shared design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,3 +64,26 @@ def predict_benchmark(
     typer.echo(f"e2e/model {r['e2e_over_model']:.3f} (goal >= 0.85) | e2e/naive {r['e2e_over_naive']:.3f} "
                f"(goal >= 1.5) | peak RSS MB {r['peak_rss_mb']} (goal: within 10%)")
     typer.echo(f"report: {out / 'report.json'}")
+
+
+@app.command("security")
+def security_benchmark(
+    out: Path = typer.Option(Path("bench-security"), "--out", help="folder for report.json, serve.log, schemathesis.log"),
+    clients: int = typer.Option(50, "--clients", min=1, help="concurrent clients (each with its own token)"),
+    seconds: float = typer.Option(30.0, "--seconds", min=1, help="duration of each load phase"),
+    examples: int = typer.Option(100, "--examples", min=1, help="schemathesis examples per operation"),
+    max_time: int = typer.Option(600, "--max-time", min=0, help="schemathesis time budget in seconds (0: none)"),
+) -> None:
+    """Schemathesis on a live `geoadapt serve` (no 5xx allowed), then submission+status and tiles under
+    concurrent clients: p50/p99 latencies, errors, and jobs lost (every 201 must be a stored, queued job)."""
+    from service.bench_security import format_report, run
+
+    r = run(out, clients=clients, seconds=seconds, st_examples=examples, st_max_time=max_time or None,
+            say=lambda m: typer.echo(m, err=True))
+    for line in format_report(r):
+        typer.echo(line)
+    typer.echo(f"report: {out / 'report.json'}")
+    ok = (r["schemathesis"]["rc"] == 0 and not r["schemathesis"]["server_error_lines"] and r["submit_status"]["errors"] == 0
+          and r["submit_status"]["lost"]["lost"] == 0 and r["tiles"]["errors"] == 0)
+    if not ok:
+        raise typer.Exit(1)
