@@ -7,6 +7,7 @@ write elsewhere. Results are then served from there (GET .../results, .../files/
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from typing import Annotated, Any
 
@@ -114,20 +115,31 @@ def submit_job(
         idempotency_key=idempotency_key, digest=digest,
     )
     if created:
-        write_json(job_dir / "spec.json", spec_json)
-        if report is not None:
-            write_json(job_dir / "inputs-report.json", report)
+        # disk full or broker down: undo the row and the folder, so that nothing half-made stays and a
+        # retry with the same Idempotency-Key submits again
+        try:
+            write_json(job_dir / "spec.json", spec_json)
+            if report is not None:
+                write_json(job_dir / "inputs-report.json", report)
+        except OSError as e:
+            _undo(session, job, job_dir, f"cannot write the job folder: {type(e).__name__}")
+            raise ServiceUnavailableError("the server cannot store the job's files (disk full?); retry later") from None
         try:
             enqueue(producer, job.id, job.queue)
-        except Exception as e:  # broker down: undo, so that a retry with the same key submits again
-            log.warning("enqueue failed for job %s: %s", job.id, type(e).__name__)
-            session.delete(job)
-            session.commit()
+        except Exception as e:
+            _undo(session, job, job_dir, f"enqueue failed: {type(e).__name__}")
             raise ServiceUnavailableError("the job queue (broker) is unreachable; retry later") from None
     else:
         response.status_code = 200
     response.headers["Location"] = links.job(base, job.id)
     return to_public(job, base)
+
+
+def _undo(session, job: Job, job_dir, why: str) -> None:
+    log.warning("submit of job %s undone: %s", job.id, why)
+    session.delete(job)
+    session.commit()
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
