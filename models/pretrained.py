@@ -30,18 +30,31 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict) -> None:
+def _only_input_dim_differs(own: torch.Tensor, v: torch.Tensor) -> bool:
+    return (own.dim() == v.dim() and own.dim() in (2, 4) and own.shape[0] == v.shape[0]
+            and own.shape[2:] == v.shape[2:] and own.shape[1] != v.shape[1])
+
+
+def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, bands: int | None = None) -> None:
+    """Copy fitting tensors. Two mismatches are bridged: a backbone's first convolution trained on other
+    bands (``bands``: the job's count) is adapted as the module docstring says; a decoder input widened
+    by the DDM keeps the checkpoint's weights on the old channels and starts the new ones at zero."""
     own = module.state_dict()
     fitted = {}
     for k, v in state.items():
         if k not in own:
             continue
-        if own[k].shape == v.shape:
+        o = own[k]
+        if o.shape == v.shape:
             fitted[k] = v
-        elif v.dim() == 4 and own[k].dim() == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
-            c_new, c_old = own[k].shape[1], v.shape[1]
-            fitted[k] = v.mean(dim=1, keepdim=True).repeat(1, c_new, 1, 1) * (c_old / c_new)
+        elif _only_input_dim_differs(o, v) and bands is not None and o.shape[1] == bands and v.dim() == 4:
+            fitted[k] = v.mean(dim=1, keepdim=True).repeat(1, bands, 1, 1) * (v.shape[1] / bands)
             report["adapted"].append(k)
+        elif _only_input_dim_differs(o, v) and bands is None and o.shape[1] > v.shape[1]:
+            w = torch.zeros_like(o)
+            w[:, : v.shape[1]] = v
+            fitted[k] = w
+            report["widened"].append(k)
         else:
             report["skipped"].append(k)
     missing = [k for k in own if k not in fitted]
@@ -59,15 +72,16 @@ def load_pretrained(method, path: str | Path) -> dict:
         head = {k[len("decode_head."):]: v for k, v in state.items() if k.startswith("decode_head.")}
     else:
         bb, head = state, {}
-    report = {"path": str(path), "loaded": 0, "missing": 0, "adapted": [], "skipped": []}
+    report = {"path": str(path), "loaded": 0, "missing": 0, "adapted": [], "widened": [], "skipped": []}
+    bands = int(method.cfg["model"]["backbone"].get("in_channels", 3))
     for b in method.backbones():
-        _fit(b, bb, report)
+        _fit(b, bb, report, bands=bands)
     if report["loaded"] == 0:
         raise ConfigError(f"{path}: no tensor fits the model's backbone (is it for this architecture?)",
                           field="model.checkpoint")
     for d in method.decoders() if head else []:
         _fit(d, head, report)
     method.after_pretrained()
-    report["adapted"] = sorted(set(report["adapted"]))
-    report["skipped"] = sorted(set(report["skipped"]))
+    for key in ("adapted", "widened", "skipped"):
+        report[key] = sorted(set(report[key]))
     return report

@@ -73,7 +73,10 @@ def test_pretrained_mmseg_checkpoint_fills_every_backbone_and_adapts_bands(tiny,
     key = "layers.1.1.0.attn.attn.in_proj_weight"
     assert torch.equal(st.backbone_s.state_dict()[key], donor.backbone.state_dict()[key])
     assert torch.equal(st.backbone_t.state_dict()[key], donor.backbone.state_dict()[key])
-    # decoders: everything but the widened deepest-level input fits; teachers follow the students
+    # decoders: the DDM-widened deepest input keeps the old weights, new channels start at zero
+    assert "convs.3.conv.weight" in rep["widened"]
+    w = st.decoder_s.convs[3].conv.weight
+    assert torch.equal(w[:, :128], donor.decode_head.convs[3].conv.weight) and (w[:, 128:] == 0).all()
     assert torch.equal(st.decoder_s.conv_seg.weight, donor.decode_head.conv_seg.weight)
     assert torch.equal(m.net["teacher_s"].conv_seg.weight, donor.decode_head.conv_seg.weight)
     with pytest.raises(ConfigError):
