@@ -1,4 +1,4 @@
-"""`geoadapt bench adapt|predict|security`: the project's benchmarks (see shared design benchmarks.md)."""
+"""`geoadapt bench adapt|predict|service|security`: the project's benchmarks (see shared design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,15 +15,18 @@ def adapt_benchmark(
     iterations: int = typer.Option(None, "--iterations", min=1, help="iterations per training run (default: 700)"),
     crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: 64)"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="source (and target) crops per batch (default: 8)"),
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: 2)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per training process (default: 1)"),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="training processes in parallel (default: 2)"),
     method: list[str] = typer.Option(None, "--method", help="run only these methods (repeatable)"),
 ) -> None:
     """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
-    scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure."""
+    scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure.
+    Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
     s = BenchSettings(seeds=seeds)
-    for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads)):
+    for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
+                       ("jobs", jobs)):
         if value is not None:
             setattr(s, key, value)
     report = run_benchmark(out, s, methods=method or None, log=lambda m: typer.echo(m, err=True))
@@ -63,6 +66,43 @@ def predict_benchmark(
                f"naive {r['naive_mpx_s']:.3f} Mpx/s")
     typer.echo(f"e2e/model {r['e2e_over_model']:.3f} (goal >= 0.85) | e2e/naive {r['e2e_over_naive']:.3f} "
                f"(goal >= 1.5) | peak RSS MB {r['peak_rss_mb']} (goal: within 10%)")
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+@app.command("service")
+def service_benchmark(
+    out: Path = typer.Option(Path("bench-service"), "--out", help="folder for report.json, data/, logs/, state/"),
+    jobs: int = typer.Option(1000, "--jobs", min=1, help="small predict jobs queued across the worker restart"),
+    clients: int = typer.Option(50, "--clients", min=1, help="concurrent clients submitting them"),
+    tiles: int = typer.Option(200, "--tiles", min=10, help="tile requests per COG and server"),
+    hits: int = typer.Option(200, "--hits", min=10, help="cache-hit requests of live tiles"),
+    cog_size: int = typer.Option(1536, "--cog-size", min=256, help="side of the mosaics predicted to COGs"),
+    job_concurrency: int = typer.Option(2, "--job-concurrency", min=1, help="processes of the job worker"),
+    broker_url: str = typer.Option(None, "--broker-url", help="production mode: a Redis broker (default: embedded)"),
+    database_url: str = typer.Option(None, "--database-url", help="production mode: an empty PostgreSQL database"),
+) -> None:
+    """Benchmark C: result tiles vs TiTiler on the same COGs, live-tile cache hits, submit/status latency
+    under concurrent clients, and queued jobs across a SIGKILLed worker (none may be lost)."""
+    from workers.benchmarks.service import BenchSettings, run_service_benchmark
+
+    s = BenchSettings(jobs=jobs, clients=clients, tiles=tiles, hits=hits, cog_size=cog_size,
+                      job_concurrency=job_concurrency, broker_url=broker_url, database_url=database_url)
+    r = run_service_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"mode: {r['mode']}; {r['machine']['cpus']} CPUs, load {r['machine']['load_at_start'][0]:.1f} at start")
+    for name, m in r["tiles"].items():
+        typer.echo(f"tiles {name} ({m['cog']['crs']}): ours p50 {m['ours']['p50_ms']} p99 {m['ours']['p99_ms']} ms | "
+                   f"TiTiler p50 {m['titiler']['p50_ms']} p99 {m['titiler']['p99_ms']} ms | ratio {m['ratio_p50']}")
+    f, met = r["figures"], r["met"]
+    load = r["load"]
+    typer.echo(f"tile p50 ours/TiTiler {f['tile_p50_ratio']} (goal <= 1.0: {'met' if met['tile_p50_ratio'] else 'NOT met'})")
+    typer.echo(f"live tile cache hit p50 {f['cache_hit_p50_ms']} ms (goal < 10: "
+               f"{'met' if met['cache_hit_p50_ms'] else 'NOT met'})")
+    typer.echo(f"{load['clients']} clients: submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, "
+               f"status p50 {load['status'].get('p50_ms')} p99 {load['status'].get('p99_ms')} ms; submit/status p99 "
+               f"{f['submit_status_p99_ms']} ms (goal < 50: {'met' if met['submit_status_p99_ms'] else 'NOT met'})")
+    rs = r["restart"]
+    typer.echo(f"{rs['jobs']} queued jobs across a worker SIGKILL: {rs['statuses']}; lost {rs['lost']} "
+               f"(goal 0: {'met' if met['lost_jobs'] else 'NOT met'})")
     typer.echo(f"report: {out / 'report.json'}")
 
 

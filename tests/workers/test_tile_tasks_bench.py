@@ -1,0 +1,39 @@
+"""Benchmark C's own arithmetic: which tiles it asks for, its percentiles, and how figures meet goals."""
+from __future__ import annotations
+
+import json
+
+import morecantile
+
+from workers.benchmarks.service import GOALS, _finish, _pct, sample_tiles
+
+WM = morecantile.tms.get("WebMercatorQuad")
+
+
+def test_sample_tiles_stay_on_the_layer_and_span_zooms():
+    bounds = (-78.77, 35.69, -78.61, 35.81)
+    tiles = sample_tiles(bounds, 10, 12, 150, seed=0)
+    assert len(tiles) == 150
+    assert {z for z, _, _ in tiles} == {11, 12, 13, 14}  # around the native zoom, and deeper
+    for z, x, y in tiles:
+        b = WM.bounds(morecantile.Tile(x, y, z))
+        assert b.left < bounds[2] and b.right > bounds[0] and b.bottom < bounds[3] and b.top > bounds[1]
+    assert sample_tiles(bounds, 10, 12, 150, seed=0) == tiles  # the same requests for both servers, every run
+
+
+def test_percentiles():
+    p = _pct([float(i) for i in range(1, 101)])
+    assert p["n"] == 100 and p["p50_ms"] == 50.5 and p["p99_ms"] == 99.01 and p["max_ms"] == 100
+    assert _pct([]) == {"n": 0}
+
+
+def test_figures_against_goals_are_written_even_for_a_partial_run(tmp_path):
+    report = {"tile_p50_ratio": 0.5, "live_tiles": {"hits": {"p50_ms": 12.0}},
+              "load": {"submit_status": {"p99_ms": 20.0}}}
+    _finish(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["figures"] == {"tile_p50_ratio": 0.5, "cache_hit_p50_ms": 12.0, "submit_status_p99_ms": 20.0,
+                                "lost_jobs": None}
+    assert saved["met"] == {"tile_p50_ratio": True, "cache_hit_p50_ms": False, "submit_status_p99_ms": True,
+                            "lost_jobs": False}  # no restart phase ran: nothing shows no job was lost
+    assert set(GOALS) == set(saved["met"])
