@@ -90,7 +90,7 @@ def _ga(env, *args) -> str:
     return r.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory, nc_data, nc_bands, nc_classes):
     """`geoadapt serve` on a free port (the README's embedded mode), two tokens, NC and Olinda registered."""
     _chromium_or_skip()  # no point starting a service for tests that will skip
@@ -139,3 +139,34 @@ def served(tmp_path_factory, nc_data, nc_bands, nc_classes):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.close()
+
+
+def wait_job(served: Served, job_id: str, timeout_s: float = 150.0) -> dict:
+    h = {"Authorization": f"Bearer {served.token}"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        j = httpx.get(f"{served.url}/v1/jobs/{job_id}", headers=h, timeout=10).json()
+        if j["status"] in ("successful", "failed", "dismissed"):
+            return j
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {j['status']} after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def nc_job(served) -> str:
+    """A successful tiny NC -> Olinda adapt job: the one the form test submitted, else one submitted here."""
+    h = {"Authorization": f"Bearer {served.token}"}
+    done = httpx.get(f"{served.url}/v1/jobs?status=successful&type=adapt", headers=h, timeout=10).json()["jobs"]
+    if done:
+        return done[0]["id"]
+    ds = {d["id"]: d for d in httpx.get(f"{served.url}/v1/datasets", headers=h, timeout=10).json()["datasets"]}
+    nc, ol = ds[served.nc]["paths"], ds[served.olinda]["paths"]
+    spec = {"type": "adapt", "method": "st-dasegnet", "model": "segformer-tiny", "classes": served.classes,
+            "source": {"scenes": [{"bands": nc["bands"], "labels": nc["labels"]}]},
+            "target": {"scenes": [{"image": ol["image"]}]},
+            "validation": {"scenes": [{"bands": nc["bands"], "labels": nc["labels"]}]},
+            "params": {"iterations": 3, "batch_size": 2, "crop": 32}}
+    r = httpx.post(f"{served.url}/v1/jobs", headers=h, json=spec, timeout=60)
+    assert r.status_code == 201, r.text
+    assert wait_job(served, r.json()["id"])["status"] == "successful"
+    return r.json()["id"]

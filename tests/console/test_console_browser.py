@@ -23,6 +23,7 @@ def _shot(page, name: str) -> bytes:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         (Path(SHOTS) / f"{name}.png").write_bytes(png)
+        (Path(SHOTS) / f"{name}-full.png").write_bytes(page.screenshot(full_page=True))
     return png
 
 

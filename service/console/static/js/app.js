@@ -20,7 +20,7 @@
       else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
       else e.setAttribute(k, v === true ? "" : v);
     }
-    for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+    for (const k of kids) if (k !== null && k !== undefined && k !== false) e.append(k);
     return e;
   }
 
@@ -505,7 +505,7 @@
     box.textContent = "";
     const pct = Math.round(j.progress || 0);
     const active = !FINAL.includes(j.status);
-    box.append(
+    box.append(...[
       h("div", { class: "status-line" }, badge(j.status),
         h("span", { class: "stage" }, j.stage ? `stage: ${j.stage}` : ""),
         j.cancel_requested && active ? h("span", { class: "muted" }, "cancel requested") : null),
@@ -517,7 +517,8 @@
       j.message ? h("p", { class: "message" }, j.message) : null,
       j.error ? h("p", { class: "error-text", role: "alert" }, h("strong", {}, `${j.error.type}: `), j.error.message) : null,
       h("p", { class: "muted" }, `created ${when(j.created_at)} · started ${when(j.started_at)} · finished ${when(j.finished_at)}` +
-        (j.attempts > 1 ? ` · ${j.attempts} attempts` : "")));
+        (j.attempts > 1 ? ` · ${j.attempts} attempts` : "")),
+    ].filter(Boolean));
     const cancel = $("#job-cancel");
     cancel.hidden = !active || j.cancel_requested;
     cancel.onclick = async () => { await cancelJob(j.id, cancel); };

@@ -15,7 +15,7 @@
       else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
       else e.setAttribute(k, v === true ? "" : v);
     }
-    for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+    for (const k of kids) if (k !== null && k !== undefined && k !== false) e.append(k);
     return e;
   }
 
