@@ -36,7 +36,7 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     n = torch.get_num_threads()
     try:
         res = CliRunner().invoke(app, ["bench", "adapt", "--iterations", "2", "--seeds", "1", "--crop", "32",
-                                       "--batch-size", "2", "--threads", "1", "--out", str(tmp_path)])
+                                       "--batch-size", "2", "--threads", "1", "--jobs", "2", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(n)
     assert res.exit_code == 0, res.output
