@@ -101,6 +101,10 @@ def run_job(
     if method_name not in METHODS:
         raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
                         field="method")
+    if method_name == "feature-regression":  # two phases (teacher, then student) on paired windows
+        from workers.pipelines.feature_regression import run_feature_regression
+
+        return run_feature_regression(spec, callbacks, resume=resume, device=device, log=say)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
