@@ -210,3 +210,19 @@ def test_another_tokens_dataset_is_404_and_no_token_is_401(api, nc_bands):
         assert c.get(url, headers={"Authorization": f"Bearer {api['other']}"}).status_code == 404, url
         assert c.get(url, headers={"Authorization": ""}).status_code == 401, url
     assert c.get(f"/v1/datasets/{api['nc']}/tiles/NoSuchTMS/1/0/0.png").status_code == 404
+
+
+def test_a_file_changed_after_registration_is_a_422_not_a_500(api, olinda_path):
+    c = api["client"]
+    copy = api["roots"] / "olinda_copy.tif"
+    copy.write_bytes(olinda_path.read_bytes())
+    ds = c.post("/v1/datasets", json={"name": "copy", "image": str(copy)}).json()["id"]
+    t = _center_tile(olinda_path, 12)
+    url = f"/v1/datasets/{ds}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png"
+    assert c.get(url).status_code == 200
+    copy.write_bytes(olinda_path.read_bytes()[:2000])  # truncated on disk behind the service's back
+    for path in (url, f"/v1/datasets/{ds}/info"):
+        r = c.get(path)
+        assert r.status_code == 422 and r.json()["type"] == "unreadable_raster", (path, r.text)
+    copy.unlink()
+    assert c.get(url).status_code == 404

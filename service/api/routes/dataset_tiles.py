@@ -28,11 +28,12 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from fastapi import APIRouter, Path as PathParam, Query, Response
-from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
+from rasterio.errors import RasterioError
+from rio_tiler.errors import PointOutsideBounds, RioTilerError, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
-from core.errors import SpecError
+from core.errors import SpecError, UnreadableRasterError
 from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep
 from service.api.schemas import ErrorPublic
@@ -276,9 +277,19 @@ def _tms(tms_id: str) -> morecantile.TileMatrixSet:
                             field="tileMatrixSetId") from None
 
 
+@contextmanager
+def _reading() -> Iterator[None]:
+    """A file that changed on disk since its registration (truncated, replaced) is the client's 422, not a 500."""
+    try:
+        yield
+    except (RasterioError, RioTilerError) as e:
+        raise UnreadableRasterError(f"the dataset's imagery cannot be read any more: {e}", field="id") from None
+
+
 def _dataset_source(dataset_id: uuid.UUID, session, token):
     ds = dataset_store.get_dataset(session, dataset_id, token)
-    return ds, get_source(_image_files(ds))
+    with _reading():
+        return ds, get_source(_image_files(ds))
 
 
 def _render_params(src: ImagerySource, bidx, rescale) -> tuple[tuple[int, ...], list[tuple[float, float]]]:
@@ -300,10 +311,11 @@ def _tile(dataset_id, tms_id, z, x, y, session, token, bidx, rescale, scale: int
     tms = _tms(tms_id)
     if not tms.is_valid(x, y, z):
         raise NotFoundError(f"no tile {z}/{x}/{y} in {tms.id}", field="tile")
-    bands, ranges = _render_params(src, bidx, rescale)
-    img = src.read_tile(x, y, z, tms, bands, tms.matrix(z).tileWidth * scale)
-    return Response(render_png(img, ranges), media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=300"})
+    with _reading():
+        bands, ranges = _render_params(src, bidx, rescale)
+        img = src.read_tile(x, y, z, tms, bands, tms.matrix(z).tileWidth * scale)
+        png = render_png(img, ranges)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/{dataset_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response,
@@ -328,10 +340,11 @@ def dataset_tilejson(dataset_id: uuid.UUID, tms_id: TmsId, session: SessionDep, 
     """TileJSON 3.0 of the dataset's imagery with these render parameters."""
     ds, src = _dataset_source(dataset_id, session, token)
     tms = _tms(tms_id)
-    bands, ranges = _render_params(src, bidx, rescale)
-    with src._reader(0, tms) as r:
-        w, s, e, n = r.get_geographic_bounds(tms.rasterio_geographic_crs)
-        minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+    with _reading():
+        bands, ranges = _render_params(src, bidx, rescale)
+        with src._reader(0, tms) as r:
+            w, s, e, n = r.get_geographic_bounds(tms.rasterio_geographic_crs)
+            minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
     q = RenderParams(bands, tuple(ranges)).query()
     url = f"{links.dataset(base, ds.id)}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}"
     return {"tilejson": "3.0.0", "name": ds.name, "version": "1.0.0", "scheme": "xyz", "tiles": [url],
@@ -345,16 +358,17 @@ def dataset_info(dataset_id: uuid.UUID, session: SessionDep, token: CurrentToken
     """What a map needs to show the imagery: bands, default bands and stretch, bounds, zooms."""
     ds, src = _dataset_source(dataset_id, session, token)
     tms = _tms(tms_id)
-    with src._reader(0, tms) as r:
+    with _reading(), src._reader(0, tms) as r:
         geo = list(r.get_geographic_bounds(tms.rasterio_geographic_crs))
         minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+        percentiles = src.percentiles()
     files = _image_files(ds)
     names = [p.stem for p in files] if len(files) > 1 else [f"band {i + 1}" for i in range(src.count)]
     return {"id": str(ds.id), "name": ds.name, "count": src.count, "band_names": names, "dtype": src.dtype,
             "nodata": src.nodata, "crs": src.crs, "bounds": src.bounds, "geographic_bounds": geo,
             "tileMatrixSetId": tms.id, "minzoom": minzoom, "maxzoom": maxzoom,
             "default_bidx": list(src.default_bidx()),
-            "percentiles": {"p": list(STRETCH_PERCENTILES), "bands": [list(v) for v in src.percentiles()]},
+            "percentiles": {"p": list(STRETCH_PERCENTILES), "bands": [list(v) for v in percentiles]},
             "labelled": bool((ds.paths or {}).get("labels"))}
 
 
@@ -363,4 +377,6 @@ def dataset_point(dataset_id: uuid.UUID, lon: Annotated[float, PathParam(ge=-180
                   lat: Annotated[float, PathParam(ge=-90, le=90)], session: SessionDep, token: CurrentToken) -> dict:
     """The value of every band at a WGS84 longitude/latitude (null where there is no data)."""
     _, src = _dataset_source(dataset_id, session, token)
-    return {"coordinates": [lon, lat], "values": src.point(lon, lat)}
+    with _reading():
+        values = src.point(lon, lat)
+    return {"coordinates": [lon, lat], "values": values}
