@@ -74,6 +74,7 @@ def service_benchmark(
     out: Path = typer.Option(Path("bench-service"), "--out", help="folder for report.json, data/, logs/, state/"),
     jobs: int = typer.Option(1000, "--jobs", min=1, help="small predict jobs queued across the worker restart"),
     clients: int = typer.Option(50, "--clients", min=1, help="concurrent clients submitting them"),
+    think: float = typer.Option(0.0, "--think", min=0.0, help="seconds each client waits between its requests"),
     tiles: int = typer.Option(200, "--tiles", min=10, help="tile requests per COG and server"),
     hits: int = typer.Option(200, "--hits", min=10, help="cache-hit requests of live tiles"),
     cog_size: int = typer.Option(1536, "--cog-size", min=256, help="side of the mosaics predicted to COGs"),
@@ -85,7 +86,7 @@ def service_benchmark(
     under concurrent clients, and queued jobs across a SIGKILLed worker (none may be lost)."""
     from workers.benchmarks.service import BenchSettings, run_service_benchmark
 
-    s = BenchSettings(jobs=jobs, clients=clients, tiles=tiles, hits=hits, cog_size=cog_size,
+    s = BenchSettings(jobs=jobs, clients=clients, think_s=think, tiles=tiles, hits=hits, cog_size=cog_size,
                       job_concurrency=job_concurrency, broker_url=broker_url, database_url=database_url)
     r = run_service_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"mode: {r['mode']}; {r['machine']['cpus']} CPUs, load {r['machine']['load_at_start'][0]:.1f} at start")
@@ -97,7 +98,7 @@ def service_benchmark(
     typer.echo(f"tile p50 ours/TiTiler {f['tile_p50_ratio']} (goal <= 1.0: {'met' if met['tile_p50_ratio'] else 'NOT met'})")
     typer.echo(f"live tile cache hit p50 {f['cache_hit_p50_ms']} ms (goal < 10: "
                f"{'met' if met['cache_hit_p50_ms'] else 'NOT met'})")
-    typer.echo(f"{load['clients']} clients: submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, "
+    typer.echo(f"{load['clients']} clients ({load['think_s']} s apart): submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, "
                f"status p50 {load['status'].get('p50_ms')} p99 {load['status'].get('p99_ms')} ms; submit/status p99 "
                f"{f['submit_status_p99_ms']} ms (goal < 50: {'met' if met['submit_status_p99_ms'] else 'NOT met'})")
     rs = r["restart"]

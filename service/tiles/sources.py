@@ -171,13 +171,15 @@ class CogSource:
         for h in idle:
             h.close()
 
-    def tile(self, x: int, y: int, z: int, tilesize: int | None = None) -> bytes:
-        """A paletted PNG of one tile; NotFound when the tile does not touch the COG."""
+    def tile(self, x: int, y: int, z: int, scale: int = 1) -> bytes:
+        """A paletted PNG of one tile (``scale`` x the TMS's tile size a side); NotFound when the tile
+        does not touch the COG."""
         if not self.tms.is_valid(x, y, z):
             raise NotFoundError(f"no tile {z}/{x}/{y} in {self.tms.id}", field="tile")
+        size = self.tms.matrix(z).tileWidth * scale if scale != 1 else None
         with self.handle() as h:
             try:
-                img = h.reader.tile(x, y, z, tilesize=tilesize, resampling_method="nearest",
+                img = h.reader.tile(x, y, z, tilesize=size, resampling_method="nearest",
                                     reproject_method="nearest")
             except TileOutsideBounds:
                 raise NotFoundError(f"tile {z}/{x}/{y} is outside the result's bounds", field="tile") from None

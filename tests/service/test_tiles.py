@@ -279,6 +279,11 @@ def test_info_point_and_preview(world):
     pt = pt.json()
     assert pt["values"] == [int(a[row, col])] and pt["class"]["id"] == int(a[row, col])
     assert c.get(f"/v1/results/{rid}/point/10.0,50.0", headers=world["a"]).status_code == 404
+    t = WM.tile(lon, lat, 12)
+    big = c.get(f"/v1/results/{rid}/tiles/WebMercatorQuad/12/{t.x}/{t.y}@2x.png", headers=world["a"])
+    assert big.status_code == 200 and _rgba(big.content).shape == (512, 512, 4)
+    assert c.get(f"/v1/results/{rid}/tiles/WebMercatorQuad/40/{t.x}/{t.y}.png", headers=world["a"]).status_code == 422
+    assert c.get(f"/v1/results/{rid}/tiles/WebMercatorQuad/12/{2**12}/{t.y}.png", headers=world["a"]).status_code == 404
     pv = c.get(f"/v1/results/{rid}/preview.png?max_size=200", headers=world["a"])
     rgba = _rgba(pv.content)
     assert max(rgba.shape[:2]) == 200

@@ -44,6 +44,7 @@ TMS = "WebMercatorQuad"
 class BenchSettings:
     jobs: int = 1000  # small predict jobs queued across the worker restart
     clients: int = 50  # concurrent clients submitting them
+    think_s: float = 0.0  # pause of each client between its requests (0: back to back, the harshest)
     tiles: int = 200  # tile requests per COG and server
     hits: int = 200  # cache-hit requests of live tiles
     cog_size: int = 1536  # side of the mosaics predicted to the COGs
@@ -272,8 +273,9 @@ class Api:
         raise RuntimeError(f"{what} did not finish in {timeout:.0f} s")
 
 
-def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int) -> dict:
-    """`clients` threads submit `jobs` jobs in all (each submit then one status read); latencies in ms."""
+def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int, think_s: float = 0.0) -> dict:
+    """`clients` threads submit `jobs` jobs in all (each submit then one status read, `think_s` apart);
+    latencies in ms."""
     import httpx
 
     per = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
@@ -297,6 +299,8 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int)
                         errors.append(f"submit {r.status_code}: {r.text[:200]}")
                     continue
                 jid = r.json()["id"]
+                if think_s:
+                    time.sleep(think_s)
                 s = c.get(f"/v1/jobs/{jid}")
                 t2 = time.perf_counter()
                 with lock:
@@ -306,6 +310,8 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int)
                     else:
                         errors.append(f"status {s.status_code}")
                     ids.append(jid)
+                if think_s:
+                    time.sleep(think_s)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -315,7 +321,7 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int)
         t.join()
     seconds = time.perf_counter() - t0
     both = submit_ms + status_ms
-    return {"clients": clients, "jobs": len(ids), "seconds": round(seconds, 2),
+    return {"clients": clients, "think_s": think_s, "jobs": len(ids), "seconds": round(seconds, 2),
             "requests_per_s": round(len(both) / seconds, 1), "submit": _pct(submit_ms), "status": _pct(status_ms),
             "submit_status": _pct(both), "errors": len(errors), "error_samples": errors[:5], "ids": ids}
 
@@ -459,7 +465,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
                 "target": {"scenes": [{"image": data["small"]}]}}
         done_before = _finished(api)
         log(f"load: {s.clients} clients submit {s.jobs} jobs (the job worker stopped: they queue)")
-        load = load_test(base, tokens, spec, s.jobs, s.clients)
+        load = load_test(base, tokens, spec, s.jobs, s.clients, s.think_s)
         ids = load.pop("ids")
         report["load"] = load
         log(f"submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, status p50 "

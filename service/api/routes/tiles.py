@@ -95,8 +95,7 @@ def _result_source(rid: str, tms_id: str, session, settings, token) -> tuple[Pat
 def result_tile_scaled(result_id: str, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, settings: SettingsDep,
                        token: CurrentToken, scale: Annotated[int, PathParam(ge=1, le=4)]) -> Response:
     _, src = _result_source(result_id, tms_id, session, settings, token)
-    size = src.tms.matrix(z).tileWidth * scale
-    return _png(src.tile(x, y, z, tilesize=size), 300)
+    return _png(src.tile(x, y, z, scale=scale), 300)
 
 
 @router.get("/v1/results/{result_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response,
