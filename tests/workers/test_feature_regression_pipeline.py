@@ -79,7 +79,9 @@ def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job):
 
 
 def test_stop_in_each_phase_then_resume(bench_domains, tmp_path):
-    spec = _spec(bench_domains, tmp_path)
+    # adaptation overrides reach the student and are kept away from the source-only teacher
+    spec = _spec(bench_domains, tmp_path, model={"config": "segformer-tiny",
+                                                 "overrides": {"adaptation.levels": [1, 3]}})
     first = run_job(spec, [StopAfter(2)])
     assert first["status"] == "stopped" and first["phase"] == "teacher" and first["iteration"] == 2
     second = run_job(spec, [StopAfter(4)])
@@ -87,6 +89,7 @@ def test_stop_in_each_phase_then_resume(bench_domains, tmp_path):
     hist = History()
     third = run_job(spec, [hist])
     assert third["status"] == "finished" and [p.iteration for p in hist.progress] == [5, 6]
+    assert set(hist.progress[-1].losses) == {"loss", "feat_l1", "feat_l3"}
     assert load_bundle(tmp_path).method == "feature-regression"
 
 
@@ -97,10 +100,14 @@ def test_teacher_from_a_given_bundle_on_a_target_in_another_crs_and_gsd(finished
     warped = warp_copy(nc_bands, tmp_path / "nc_4326.tif", "EPSG:4326", 0.0004)
     hist = History()
     res = run_job(_spec(bench_domains, tmp_path / "job", target={"scenes": [{"image": str(warped)}]},
-                        bundle=str(out / "teacher"), params={"iterations": 4, "crop": 48}), [hist])
+                        bundle=str(out / "teacher"), params={"iterations": 4, "crop": 48},
+                        model={"config": "segformer-tiny",
+                               "overrides": {"adaptation.tolerance": {"type": "shift", "radius": 1}}}), [hist])
     assert res["status"] == "finished" and not (tmp_path / "job" / "teacher").exists()
     assert [p.iteration for p in hist.progress] == [1, 2, 3, 4]
-    assert load_bundle(tmp_path / "job").provenance["teacher"]["bundle"] == str(out / "teacher")
+    b = load_bundle(tmp_path / "job")
+    assert b.provenance["teacher"]["bundle"] == str(out / "teacher")
+    assert b.config["adaptation"]["tolerance"] == {"type": "shift", "radius": 1}
 
 
 def test_pairs_align_across_crs_and_resolution(bench_domains, nc_bands, nc_classes, tmp_path):
