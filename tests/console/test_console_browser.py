@@ -138,10 +138,11 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
         return [r for r in tiles if kind in r.url and r.finished() is None]
 
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (got("/v1/datasets/") and got("/v1/results/")):
+    # the imagery under the prediction: the job's own target scene (the Olinda file its spec names)
+    while time.monotonic() < deadline and not (got("/scenes/target/0/tiles/") and got("/v1/results/")):
         page.wait_for_timeout(300)
     page.wait_for_load_state("networkidle")
-    imagery, classes = got("/v1/datasets/"), got("/v1/results/")
+    imagery, classes = got("/scenes/target/0/tiles/"), got("/v1/results/")
     assert imagery and classes, [r.url for r in tiles]
     for r in imagery + classes:
         assert r.status == 200 and r.headers["content-type"] == "image/png", (r.url, r.status)

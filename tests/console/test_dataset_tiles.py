@@ -226,3 +226,30 @@ def test_a_file_changed_after_registration_is_a_422_not_a_500(api, olinda_path):
         assert r.status_code == 422 and r.json()["type"] == "unreadable_raster", (path, r.text)
     copy.unlink()
     assert c.get(url).status_code == 404
+
+
+def test_a_jobs_scenes_are_imagery_too(api, nc_data, nc_bands, olinda_path, nc_classes):
+    """A job submitted with paths (CLI, demo) still shows its imagery: the same tiles as the dataset's."""
+    c = api["client"]
+    spec = {"type": "adapt", "method": "st-dasegnet", "model": "segformer-tiny",
+            "classes": [x.model_dump() for x in nc_classes],
+            "source": {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}]},
+            "target": {"scenes": [{"image": str(olinda_path)}]}, "params": {"iterations": 1}}
+    job = c.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    sc = f"/v1/jobs/{job.json()['id']}/scenes"
+    info = c.get(f"{sc}/target/0/info").json()
+    assert info["count"] == 6 and "target scene 1" in info["name"] and not info["labelled"]
+    assert info["percentiles"] == c.get(f"/v1/datasets/{api['olinda']}/info").json()["percentiles"]
+    t = _center_tile(olinda_path, 12)
+    tail = f"tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png?bidx=4,3,2"
+    assert c.get(f"{sc}/target/0/{tail}").content == c.get(f"/v1/datasets/{api['olinda']}/{tail}").content
+    tn = _center_tile(nc_bands[0], 12)
+    tail = f"tiles/WebMercatorQuad/{tn.z}/{tn.x}/{tn.y}.png"
+    assert c.get(f"{sc}/source/0/{tail}").content == c.get(f"/v1/datasets/{api['nc']}/{tail}").content
+    tj = c.get(f"{sc}/source/0/WebMercatorQuad/tilejson.json").json()
+    assert tj["tiles"][0].startswith(f"http://testserver{sc}/source/0/tiles/")
+    assert c.get(f"{sc}/target/1/info").status_code == 404
+    assert c.get(f"{sc}/validation/0/info").status_code == 404
+    assert c.get(f"{sc}/labels/0/info").status_code == 422
+    assert c.get(f"{sc}/target/0/info", headers={"Authorization": f"Bearer {api['other']}"}).status_code == 404

@@ -1,8 +1,8 @@
-"""Input imagery as map tiles, TiTiler-style: /v1/datasets/{id}/tiles/{tms}/{z}/{x}/{y}.png?bidx=3,2,1&rescale=0,255.
+"""Input imagery as map tiles, TiTiler-style: /v1/datasets/{id}/tiles/{tms}/{z}/{x}/{y}.png?bidx=3,2,1&rescale=0,255,
+and the same for a scene a job names: /v1/jobs/{id}/scenes/{source|target|validation}/{i}/tiles/... (so a job
+submitted with paths, not datasets, still shows its imagery). Owner-scoped: another token's ids answer 404.
 
-Owner-scoped like the dataset routes (another token's dataset answers 404).
-
-    token -> dataset (owner) -> its image files -> ImagerySource
+    token -> dataset or job (owner) -> image files -> ImagerySource
       one multi-band file           -> rio-tiler Reader on the file
       band files on one pixel grid  -> rio-tiler Reader on an in-memory VRT stacking them (one warp
                                        for all bands: a third of the time of one Reader per band)
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Literal
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
@@ -39,8 +39,9 @@ from service.api.deps import BaseUrl, CurrentToken, SessionDep
 from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError
 from service.store import datasets as dataset_store
+from service.store import jobs as job_store
 
-router = APIRouter(prefix="/v1/datasets", tags=["dataset tiles"])
+router = APIRouter(tags=["imagery tiles"])
 
 _ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}}
 _PNG = {200: {"content": {"image/png": {}}, "description": "a PNG (grey or RGB, nodata transparent)"}, **_ERRORS}
@@ -283,13 +284,40 @@ def _reading() -> Iterator[None]:
     try:
         yield
     except (RasterioError, RioTilerError) as e:
-        raise UnreadableRasterError(f"the dataset's imagery cannot be read any more: {e}", field="id") from None
+        raise UnreadableRasterError(f"the imagery cannot be read any more: {e}", field="id") from None
 
 
-def _dataset_source(dataset_id: uuid.UUID, session, token):
+@dataclass
+class Imagery:
+    """Imagery the caller may see: a registered dataset's image, or one scene that a job of theirs names."""
+
+    name: str
+    files: list[Path]
+    href: str        # the URL the tile paths hang from
+    labelled: bool
+    src: ImagerySource
+
+
+def _dataset_imagery(dataset_id: uuid.UUID, session, token, base: str) -> Imagery:
     ds = dataset_store.get_dataset(session, dataset_id, token)
+    files = _image_files(ds)
     with _reading():
-        return ds, get_source(_image_files(ds))
+        src = get_source(files)
+    return Imagery(ds.name, files, links.dataset(base, ds.id), bool((ds.paths or {}).get("labels")), src)
+
+
+def _scene_imagery(job_id: uuid.UUID, role: str, index: int, session, token, base: str) -> Imagery:
+    """A scene of a job's spec: its paths were confined to the allowed roots when the job was submitted."""
+    job = job_store.get_job(session, job_id, token)
+    scenes = (((job.spec or {}).get(role) or {}).get("scenes") or [])
+    if index >= len(scenes):
+        raise NotFoundError(f"job {job.id} has no {role} scene {index}", field="index")
+    sc = scenes[index]
+    files = [Path(sc["image"])] if sc.get("image") else [Path(p) for p in sc.get("bands") or []]
+    with _reading():
+        src = get_source(files)
+    name = f"{role} scene {index + 1} of job {str(job.id)[:8]} ({files[0].name if len(files) == 1 else f'{len(files)} band files'})"
+    return Imagery(name, files, f"{links.job(base, job.id)}/scenes/{role}/{index}", bool(sc.get("labels")), src)
 
 
 def _render_params(src: ImagerySource, bidx, rescale) -> tuple[tuple[int, ...], list[tuple[float, float]]]:
@@ -306,77 +334,126 @@ def _render_params(src: ImagerySource, bidx, rescale) -> tuple[tuple[int, ...], 
     return bands, ranges
 
 
-def _tile(dataset_id, tms_id, z, x, y, session, token, bidx, rescale, scale: int) -> Response:
-    _, src = _dataset_source(dataset_id, session, token)
+def tile_png(im: Imagery, tms_id: str, z: int, x: int, y: int, bidx, rescale, scale: int = 1) -> Response:
     tms = _tms(tms_id)
     if not tms.is_valid(x, y, z):
         raise NotFoundError(f"no tile {z}/{x}/{y} in {tms.id}", field="tile")
     with _reading():
-        bands, ranges = _render_params(src, bidx, rescale)
-        img = src.read_tile(x, y, z, tms, bands, tms.matrix(z).tileWidth * scale)
+        bands, ranges = _render_params(im.src, bidx, rescale)
+        img = im.src.read_tile(x, y, z, tms, bands, tms.matrix(z).tileWidth * scale)
         png = render_png(img, ranges)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/{dataset_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response,
-            responses=_PNG, summary="An imagery tile at a scale (256 px x scale)")
-def dataset_tile_scaled(dataset_id: uuid.UUID, tms_id: TmsId, z: Z, x: XY, y: XY,
-                        scale: Annotated[int, PathParam(ge=1, le=4)], session: SessionDep, token: CurrentToken,
-                        bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
-    return _tile(dataset_id, tms_id, z, x, y, session, token, bidx, rescale, scale)
-
-
-@router.get("/{dataset_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
-            summary="An imagery tile")
-def dataset_tile(dataset_id: uuid.UUID, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep,
-                 token: CurrentToken, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
-    """Bands `bidx` of the dataset's image, stretched linearly by `rescale`, as grey or RGB."""
-    return _tile(dataset_id, tms_id, z, x, y, session, token, bidx, rescale, 1)
-
-
-@router.get("/{dataset_id}/{tileMatrixSetId}/tilejson.json", responses=_ERRORS)
-def dataset_tilejson(dataset_id: uuid.UUID, tms_id: TmsId, session: SessionDep, token: CurrentToken,
-                     base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> dict:
-    """TileJSON 3.0 of the dataset's imagery with these render parameters."""
-    ds, src = _dataset_source(dataset_id, session, token)
+def tilejson(im: Imagery, tms_id: str, bidx, rescale) -> dict:
+    """TileJSON 3.0 of the imagery with these render parameters (the default stretch spelled out)."""
     tms = _tms(tms_id)
     with _reading():
-        bands, ranges = _render_params(src, bidx, rescale)
-        with src._reader(0, tms) as r:
+        bands, ranges = _render_params(im.src, bidx, rescale)
+        with im.src._reader(0, tms) as r:
             w, s, e, n = r.get_geographic_bounds(tms.rasterio_geographic_crs)
             minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
     q = RenderParams(bands, tuple(ranges)).query()
-    url = f"{links.dataset(base, ds.id)}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}"
-    return {"tilejson": "3.0.0", "name": ds.name, "version": "1.0.0", "scheme": "xyz", "tiles": [url],
+    url = f"{im.href}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}"
+    return {"tilejson": "3.0.0", "name": im.name, "version": "1.0.0", "scheme": "xyz", "tiles": [url],
             "minzoom": minzoom, "maxzoom": maxzoom, "bounds": [w, s, e, n],
             "center": [(w + e) / 2, (s + n) / 2, minzoom]}
 
 
-@router.get("/{dataset_id}/info", responses=_ERRORS)
-def dataset_info(dataset_id: uuid.UUID, session: SessionDep, token: CurrentToken,
-                 tms_id: Annotated[str, Query(alias="tileMatrixSetId")] = links.DEFAULT_TMS) -> dict:
+def info(im: Imagery, tms_id: str) -> dict:
     """What a map needs to show the imagery: bands, default bands and stretch, bounds, zooms."""
-    ds, src = _dataset_source(dataset_id, session, token)
     tms = _tms(tms_id)
+    src = im.src
     with _reading(), src._reader(0, tms) as r:
         geo = list(r.get_geographic_bounds(tms.rasterio_geographic_crs))
         minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
         percentiles = src.percentiles()
-    files = _image_files(ds)
-    names = [p.stem for p in files] if len(files) > 1 else [f"band {i + 1}" for i in range(src.count)]
-    return {"id": str(ds.id), "name": ds.name, "count": src.count, "band_names": names, "dtype": src.dtype,
+    names = [p.stem for p in im.files] if len(im.files) > 1 else [f"band {i + 1}" for i in range(src.count)]
+    return {"name": im.name, "href": im.href, "count": src.count, "band_names": names, "dtype": src.dtype,
             "nodata": src.nodata, "crs": src.crs, "bounds": src.bounds, "geographic_bounds": geo,
             "tileMatrixSetId": tms.id, "minzoom": minzoom, "maxzoom": maxzoom,
             "default_bidx": list(src.default_bidx()),
             "percentiles": {"p": list(STRETCH_PERCENTILES), "bands": [list(v) for v in percentiles]},
-            "labelled": bool((ds.paths or {}).get("labels"))}
+            "labelled": im.labelled}
 
 
-@router.get("/{dataset_id}/point/{lon},{lat}", responses=_ERRORS)
-def dataset_point(dataset_id: uuid.UUID, lon: Annotated[float, PathParam(ge=-180, le=180)],
-                  lat: Annotated[float, PathParam(ge=-90, le=90)], session: SessionDep, token: CurrentToken) -> dict:
-    """The value of every band at a WGS84 longitude/latitude (null where there is no data)."""
-    _, src = _dataset_source(dataset_id, session, token)
+def point(im: Imagery, lon: float, lat: float) -> dict:
     with _reading():
-        values = src.point(lon, lat)
+        values = im.src.point(lon, lat)
     return {"coordinates": [lon, lat], "values": values}
+
+
+# ---- routes: /v1/datasets/{id}/... and /v1/jobs/{id}/scenes/{role}/{index}/... ------------------------
+
+DatasetId = Annotated[uuid.UUID, PathParam(description="a registered dataset")]
+JobId = Annotated[uuid.UUID, PathParam(description="a job whose spec names the scene")]
+Role = Annotated[Literal["source", "target", "validation"], PathParam(description="the domain the scene is in")]
+Index = Annotated[int, PathParam(ge=0, le=10_000, description="0-based position of the scene in its domain")]
+Lon = Annotated[float, PathParam(ge=-180, le=180)]
+Lat = Annotated[float, PathParam(ge=-90, le=90)]
+Scale = Annotated[int, PathParam(ge=1, le=4)]
+TmsQuery = Annotated[str, Query(alias="tileMatrixSetId")]
+_DS = "/v1/datasets/{dataset_id}"
+_SC = "/v1/jobs/{job_id}/scenes/{role}/{index}"
+
+
+@router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response, responses=_PNG,
+            summary="A dataset imagery tile at a scale (256 px x scale)")
+def dataset_tile_scaled(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, scale: Scale, session: SessionDep,
+                        token: CurrentToken, base: BaseUrl, bidx: BidxQuery = None,
+                        rescale: RescaleQuery = None) -> Response:
+    return tile_png(_dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale, scale)
+
+
+@router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
+            summary="A dataset imagery tile")
+def dataset_tile(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, token: CurrentToken,
+                 base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
+    """Bands `bidx` of the dataset's image, stretched linearly by `rescale`, as grey or RGB."""
+    return tile_png(_dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale)
+
+
+@router.get(_DS + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a dataset's imagery")
+def dataset_tilejson(dataset_id: DatasetId, tms_id: TmsId, session: SessionDep, token: CurrentToken, base: BaseUrl,
+                     bidx: BidxQuery = None, rescale: RescaleQuery = None) -> dict:
+    return tilejson(_dataset_imagery(dataset_id, session, token, base), tms_id, bidx, rescale)
+
+
+@router.get(_DS + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a dataset")
+def dataset_info(dataset_id: DatasetId, session: SessionDep, token: CurrentToken, base: BaseUrl,
+                 tms_id: TmsQuery = links.DEFAULT_TMS) -> dict:
+    im = _dataset_imagery(dataset_id, session, token, base)
+    return {"id": str(dataset_id), **info(im, tms_id)}
+
+
+@router.get(_DS + "/point/{lon},{lat}", responses=_ERRORS, summary="Band values of a dataset at a point")
+def dataset_point(dataset_id: DatasetId, lon: Lon, lat: Lat, session: SessionDep, token: CurrentToken,
+                  base: BaseUrl) -> dict:
+    """The value of every band at a WGS84 longitude/latitude (null where there is no data)."""
+    return point(_dataset_imagery(dataset_id, session, token, base), lon, lat)
+
+
+@router.get(_SC + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
+            summary="An imagery tile of a job's scene")
+def scene_tile(job_id: JobId, role: Role, index: Index, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep,
+               token: CurrentToken, base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
+    """A scene named in a job's spec (e.g. the target it mapped), registered as a dataset or not."""
+    return tile_png(_scene_imagery(job_id, role, index, session, token, base), tms_id, z, x, y, bidx, rescale)
+
+
+@router.get(_SC + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a job's scene")
+def scene_tilejson(job_id: JobId, role: Role, index: Index, tms_id: TmsId, session: SessionDep, token: CurrentToken,
+                   base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> dict:
+    return tilejson(_scene_imagery(job_id, role, index, session, token, base), tms_id, bidx, rescale)
+
+
+@router.get(_SC + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a job's scene")
+def scene_info(job_id: JobId, role: Role, index: Index, session: SessionDep, token: CurrentToken, base: BaseUrl,
+               tms_id: TmsQuery = links.DEFAULT_TMS) -> dict:
+    return info(_scene_imagery(job_id, role, index, session, token, base), tms_id)
+
+
+@router.get(_SC + "/point/{lon},{lat}", responses=_ERRORS, summary="Band values of a job's scene at a point")
+def scene_point(job_id: JobId, role: Role, index: Index, lon: Lon, lat: Lat, session: SessionDep,
+                token: CurrentToken, base: BaseUrl) -> dict:
+    return point(_scene_imagery(job_id, role, index, session, token, base), lon, lat)

@@ -709,8 +709,17 @@
     let ds = [], ms = [];
     try { [ds, ms] = await Promise.all([datasets(true), models(true)]); } catch (e) { /* the map says what is missing */ }
     const s = j.spec || {};
+    // the job's own scenes first (it may name files no dataset registers), then every dataset
+    const imageries = [];
+    for (const role of ["target", "validation", "source"]) {
+      ((s[role] || {}).scenes || []).forEach((sc, i) => {
+        const file = sc.image ? base(sc.image) : `${sc.bands.length} band files`;
+        imageries.push({ key: `${role}/${i}`, label: `job's ${role} ${i + 1}: ${file}`, base: `v1/jobs/${j.id}/scenes/${role}/${i}` });
+      });
+    }
+    for (const d of ds) imageries.push({ key: d.id, label: `dataset ${d.name}`, base: `v1/datasets/${d.id}` });
     const scene = ((s.target || s.validation || s.source || {}).scenes || [])[0];
-    const imagery = datasetOfScene(ds, scene) || ds[0] || null;
+    const imagery = datasetOfScene(ds, scene) || ds[0] || null;  // what tile inference runs on
     const predictions = ((res && res.predictions) || []).filter((p) => p.kind === "classes")
       .map((p) => ({ label: `${short(j.id)} · ${p.name}`, entry: p, job: j }));
     const modelItems = ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes }));
@@ -723,9 +732,10 @@
     state.maps = [];
     const isModel = ms.some((m) => m.id === j.id);
     const mp = new window.geoadaptMap.MapPanel(panel, {
-      datasets: ds, models: modelItems,
-      predictions, imagery: imagery ? imagery.id : null, prediction: predictions.length ? 0 : null,
-      model: isModel ? j.id : null, showModel: isModel && !predictions.length && !!imagery,
+      datasets: ds, imageries, imagery: imageries.length ? imageries[0].key : null, models: modelItems,
+      predictions, prediction: predictions.length ? 0 : null,
+      model: isModel ? j.id : null, modelDataset: imagery ? imagery.id : null,
+      showModel: isModel && !predictions.length && !!imagery,
     });
     mp.jobId = j.id;
     state.maps.push(mp);

@@ -63,8 +63,9 @@
   }
 
   class MapPanel {
-    // opts: {datasets, models, predictions:[{label, entry, job}], imagery: datasetId|null,
-    //        prediction: index|null, model: modelId|null, showModel: bool}
+    // opts: {datasets, imageries:[{key, label, base}], imagery: key|null, models, predictions:[{label, entry, job}],
+    //        prediction: index|null, model: modelId|null, modelDataset: datasetId|null, showModel: bool}
+    // an imagery's base is the API path its info, tilejson, tiles and point hang from (a dataset, a job's scene)
     constructor(container, opts) {
       this.container = container;
       this.opts = opts;
@@ -81,7 +82,8 @@
       const ds = o.datasets || [];
       // ---- controls
       const imgSel = h("select", { id: `${id}-img` }, option("", "none"));
-      for (const d of ds) imgSel.append(option(d.id, d.name, d.id === o.imagery));
+      this.imageries = o.imageries || ds.map((d) => ({ key: d.id, label: d.name, base: `v1/datasets/${d.id}` }));
+      for (const im of this.imageries) imgSel.append(option(im.key, im.label, im.key === o.imagery));
       const bandSel = ["red", "green", "blue"].map((c) => h("select", { id: `${id}-b-${c}`, "data-band": c }));
       const modeSel = h("select", { id: `${id}-mode` }, option("rgb", "RGB (3 bands)"), option("grey", "one band, grey"));
       const autoBox = h("input", { type: "checkbox", id: `${id}-auto`, checked: true });
@@ -93,7 +95,7 @@
       const modelSel = h("select", { id: `${id}-model` }, option("", "none"));
       for (const m of o.models || []) modelSel.append(option(m.id, m.label, m.id === o.model && o.showModel));
       const modelDs = h("select", { id: `${id}-model-ds` });
-      for (const d of ds) modelDs.append(option(d.id, d.name, d.id === o.imagery));
+      for (const d of ds) modelDs.append(option(d.id, d.name, d.id === (o.modelDataset || o.imagery)));
       this.el = { imgSel, bandSel, modeSel, autoBox, sMin, sMax, predSel, opacity, modelSel, modelDs };
 
       const lab = (forId, text) => h("label", { for: forId }, text);
@@ -184,11 +186,12 @@
     }
 
     async loadImagery() {
-      const dsId = this.el.imgSel.value;
+      const im = this.imageries.find((x) => x.key === this.el.imgSel.value);
       this.imageryInfo = null;
-      if (!dsId) { this.setLayer("imagery", null); return; }
+      if (!im) { this.setLayer("imagery", null); return; }
       try {
-        const info = await api.json(`v1/datasets/${dsId}/info`);
+        const info = await api.json(`${im.base}/info`);
+        info.base = im.base;
         this.imageryInfo = info;
         const { bandSel, modeSel } = this.el;
         const def = info.default_bidx;
@@ -223,7 +226,7 @@
         q += `&rescale=${lo},${hi}`;
       }
       this.say("");
-      api.json(`v1/datasets/${info.id}/WebMercatorQuad/tilejson.json?${q}`).then((tj) => {
+      api.json(`${info.base}/WebMercatorQuad/tilejson.json?${q}`).then((tj) => {
         this.setLayer("imagery", this.tileLayer(tj, { zIndex: 1, className: "layer-imagery" }));
         this.fit(tj);
       }).catch((e) => this.say(`Imagery: ${e.message}`, "error"));
@@ -334,7 +337,7 @@
       }
       if (this.imageryInfo && this.layers.imagery) {
         const info = this.imageryInfo;
-        jobs.push(api.json(`v1/datasets/${info.id}/point/${lon},${lat}`).then((pt) => {
+        jobs.push(api.json(`${info.base}/point/${lon},${lat}`).then((pt) => {
           const vals = pt.values.map((v, i) => `${info.band_names[i]} ${v === null ? "–" : window.geoadaptCharts.fmt(v)}`);
           parts.push(h("div", { class: "pt-bands" }, `Bands: ${vals.join(", ")}`));
         }).catch((e) => parts.push(h("div", {}, `Bands: ${e.status === 404 ? "outside the image" : e.message}`))));
