@@ -75,7 +75,9 @@ class PhaseCallbacks(Callback):
         for c in self.inner.callbacks:
             c.on_stage(stage, done, total)
 
-    def __getattr__(self, name):  # e.g. a reporter's on_log, looked up by the predict pipeline
+    def __getattr__(self, name):  # other hooks a caller's callback has (e.g. a reporter's on_log)
+        if name.startswith("__") or name == "inner":  # copy/pickle probe before __init__: no recursion
+            raise AttributeError(name)
         for c in self.inner.callbacks:
             if hasattr(c, name):
                 return getattr(c, name)
