@@ -164,3 +164,24 @@ def test_training_curve_from_the_jobs_history(served, nc_job, page):
     label = curve.get_attribute("aria-label")
     assert "Training losses over" in label
     assert page.locator("#job-curve .series-legend li").count() >= 1
+
+
+def test_register_a_dataset_by_path_with_the_servers_checks(served, page, tmp_path):
+    _login(page, served, "#/datasets")
+    page.locator("#datasets-table tbody tr").first.wait_for()
+    before = page.locator("#datasets-table tbody tr").count()
+    outside = tmp_path / "elsewhere.tif"
+    outside.write_bytes(b"not under an allowed root")
+    page.get_by_label("Name", exact=True).first.fill("from the console")
+    page.get_by_label("Image (one multi-band file)").fill(str(outside))
+    page.get_by_role("button", name="Register").click()
+    err = page.locator("#d-image-err")
+    err.wait_for()
+    assert "image" in err.text_content() and page.get_by_label("Image (one multi-band file)").get_attribute("aria-invalid") == "true"
+    h = {"Authorization": f"Bearer {served.token}"}
+    olinda = httpx.get(f"{served.url}/v1/datasets/{served.olinda}", headers=h).json()["paths"]["image"]
+    page.get_by_label("Image (one multi-band file)").fill(olinda)
+    page.get_by_role("button", name="Register").click()
+    page.locator("#datasets-table tbody tr", has_text="from the console").wait_for()
+    assert page.locator("#datasets-table tbody tr").count() == before + 1
+    assert page.locator("#d-image-err").count() == 0
