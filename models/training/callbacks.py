@@ -136,6 +136,52 @@ class History(Callback):
         return [p.losses[key] for p in self.progress if key in p.losses]
 
 
+class HistoryFile(Callback):
+    """Appends the loss curve and validations to a JSON-lines file beside the job's outputs
+    (``<output>/history.jsonl``), which the console plots while the job runs.
+
+    One line per ``every`` iterations: {"iteration", "losses", "lr"}; one per validation:
+    {"iteration", "validation": {"miou", "oa", "mf1"}}. On resume, lines past the checkpoint's
+    iteration are dropped, since those iterations run again.
+    """
+
+    def __init__(self, path: Path, every: int | None = None) -> None:
+        self.path = Path(path)
+        self.every = every
+
+    def on_start(self, iteration: int, total: int) -> None:
+        import json
+
+        if self.every is None:
+            self.every = max(1, total // 500)  # at most ~500 points whatever the schedule
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("iteration", 0) <= iteration:
+                        kept.append(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(k + "\n" for k in kept))
+
+    def _append(self, record: dict) -> None:
+        import json
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_progress(self, progress: Progress) -> None:
+        if progress.iteration % (self.every or 1) == 0 or progress.iteration == progress.total:
+            self._append({"iteration": progress.iteration,
+                          "losses": {k: round(float(v), 6) for k, v in progress.losses.items()},
+                          "lr": {k: float(v) for k, v in progress.lr.items()}})
+
+    def on_validation(self, iteration: int, metrics: dict, is_best: bool) -> None:
+        summary = {k: metrics.get(k) for k in ("miou", "oa", "mf1")}
+        self._append({"iteration": iteration, "validation": summary, "best": bool(is_best)})
+
+
 class TqdmProgress(Callback):
     """A terminal progress bar showing the main losses, lr and ETA."""
 

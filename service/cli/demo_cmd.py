@@ -199,6 +199,6 @@ def _print_results(url: str, token: str, job: dict) -> None:
         for key in ("download", "info", "statistics", "tilejson", "tiles"):
             if links.get(key):
                 typer.echo(f"  {key:<10} {links[key]}")
-    typer.echo(f"\nConsole:   {url}/")
+    typer.echo(f"\nConsole:   {url}/#/jobs/{job['id']}  (paste the token below once)")
     typer.echo(f"API docs:  {url}/docs")
     typer.echo(f"Token:     {token}")

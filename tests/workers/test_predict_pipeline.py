@@ -71,6 +71,9 @@ def test_adapt_job_predicts_its_target_scene_to_a_cog(adapted):
         assert np.array_equal(valid_in, valid_out)
         ids = np.unique(p.read(1, masked=True).compressed())
         assert set(ids.tolist()) <= {c["id"] for c in NC_CLASSES}
+    # the loss curve the console plots: one line per iteration of this short job
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2] and "loss" in history[-1]["losses"]
     # progress reached the end of the prediction stage
     done = [s for s in adapted["stages"].seen if s[1] is not None and s[1] == s[2]]
     assert done and done[-1][0].startswith("predicting target scene 1/1")

@@ -36,7 +36,7 @@ from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
-from models.training.callbacks import Callback, CallbackList
+from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
 
 METHOD = "feature-regression"
@@ -228,7 +228,8 @@ def run_feature_regression(
         phase = PhaseCallbacks(callbacks, teacher_iters, grand, last=True)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
-                         val_interval=spec.params.val_interval, callbacks=[phase])
+                         val_interval=spec.params.val_interval,
+                         callbacks=[HistoryFile(out / "history.jsonl"), phase])
         say(f"phase 2: regressing target features onto the teacher's ({run['iterations']} iterations, "
             f"batch {run['batch_size']}, crop {run['crop']}) on {dev}")
         result = loop.run(resume=resume)

@@ -39,7 +39,7 @@ from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
 from models.pretrained import load_pretrained
-from models.training.callbacks import Callback
+from models.training.callbacks import Callback, HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
@@ -178,7 +178,8 @@ def run_job(
 
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
-                         val_interval=spec.params.val_interval, callbacks=list(callbacks or []))
+                         val_interval=spec.params.val_interval,
+                         callbacks=[HistoryFile(out / "history.jsonl"), *(callbacks or [])])
         say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
             f"crop {run['crop']}) on {dev}")
         result = loop.run(resume=resume)
