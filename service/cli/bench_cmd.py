@@ -12,7 +12,7 @@ app = typer.Typer(help="Benchmarks that print and write their figures.", no_args
 def adapt_benchmark(
     seeds: int = typer.Option(3, "--seeds", min=1, help="training seeds per method"),
     out: Path = typer.Option(Path("bench-adapt"), "--out", help="folder for report.json, report.md, the plot, runs/"),
-    iterations: int = typer.Option(None, "--iterations", min=1, help="iterations per training run (default: 700)"),
+    iterations: int = typer.Option(None, "--iterations", min=1, help="iterations per training run (default: 800)"),
     crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: 64)"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="source (and target) crops per batch (default: 8)"),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per training process (default: 1)"),

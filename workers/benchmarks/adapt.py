@@ -48,7 +48,7 @@ class BenchSettings:
     (two single-threaded training processes; see ``report.json`` timing for the measured figures)."""
 
     seeds: int = 3
-    iterations: int = 700
+    iterations: int = 800
     crop: int = 64
     batch_size: int = 8
     config: str = "segformer-tiny"
