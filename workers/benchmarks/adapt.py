@@ -83,7 +83,7 @@ class BenchContext:
         body = {"type": type, "method": method, "classes": NC_CLASSES, "source": self.domains[source],
                 "model": {"config": s.config, "overrides": s.overrides},
                 "params": {"iterations": s.iterations, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
-                           "val_interval": s.val_interval},
+                           "val_interval": s.val_interval, "predict_targets": False},  # scored below instead
                 "output": str(self.run_dir(seed, name))}
         if target:
             body["target"] = self.domains[target]
