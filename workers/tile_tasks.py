@@ -326,6 +326,18 @@ def predict_area(bundle, opened: "_OpenScene", lat: Lattice, c0: int, r0: int, c
     return ids
 
 
+_tms_sets: dict = {}
+
+
+def _tms(tms_id: str):
+    """morecantile.tms.get deep-copies the set on every call: keep one per id."""
+    import morecantile
+
+    if tms_id not in _tms_sets:
+        _tms_sets[tms_id] = morecantile.tms.get(tms_id)
+    return _tms_sets[tms_id]
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -344,7 +356,7 @@ def render_tile(request: dict[str, Any]) -> dict[str, Any]:
     from core.jobspec import IGNORE_INDEX
 
     t0 = time.perf_counter()
-    tms = morecantile.tms.get(request["tms"])
+    tms = _tms(request["tms"])
     z, x, y = int(request["z"]), int(request["x"]), int(request["y"])
     out = Path(request["out"])
     window = int(request.get("window", 256))

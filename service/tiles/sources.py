@@ -75,12 +75,22 @@ def find_cog(job_dir: Path, name: str) -> Path | None:
     return job_results.prediction_files(job_dir).get(name)
 
 
+_tms_cache: dict[str, morecantile.TileMatrixSet] = {}
+
+
 def get_tms(tms_id: str) -> morecantile.TileMatrixSet:
+    """A tile matrix set by id, kept: morecantile.tms.get deep-copies the whole set on every call,
+    which costs more than serving a cached tile."""
+    tms = _tms_cache.get(tms_id)
+    if tms is not None:
+        return tms
     try:
-        return morecantile.tms.get(tms_id)
+        tms = morecantile.tms.get(tms_id)
     except Exception:  # morecantile's InvalidIdentifier; any failure means the same to a client
         known = ", ".join(morecantile.tms.list())
         raise NotFoundError(f"unknown tile matrix set {tms_id!r}; known: {known}", field="tileMatrixSetId") from None
+    _tms_cache[tms_id] = tms
+    return tms
 
 
 def classes_of(ds) -> list[ClassStyle]:
@@ -223,7 +233,7 @@ def get_source(path: Path, tms: morecantile.TileMatrixSet) -> CogSource:
 def open_reader(path: Path, tms: morecantile.TileMatrixSet | None = None) -> Reader:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Reader(str(path), tms=tms or morecantile.tms.get("WebMercatorQuad"))
+        return Reader(str(path), tms=tms or get_tms("WebMercatorQuad"))
 
 
 def info(path: Path, src: CogSource) -> dict:
