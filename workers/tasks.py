@@ -12,13 +12,16 @@ worker starts) and the pipeline resumes from the checkpoint in the job's folder.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import signals
@@ -218,6 +221,35 @@ def _stopped(result: Any, reporter: StoreReporter) -> bool:
     return bool(getattr(reporter.result, "stopped", False))
 
 
+#: less free space than this where the job writes, at the moment a write fails, means the disk is full
+LOW_DISK_BYTES = 64 * 1024 * 1024
+
+
+def failure_reason(e: BaseException, output: str | None) -> tuple[str, str]:
+    """(error type, message) for an unexpected exception. A full disk is said in words: GDAL and torch
+    report it as a bare write error ("Write failed. See previous exception"), so the chain and the free
+    space where the job writes are looked at too."""
+    chain, x = [], e
+    while x is not None and len(chain) < 6:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    detail = next((str(c) for c in reversed(chain) if str(c) and "previous exception" not in str(c)), str(e))
+    message = f"{type(e).__name__}: {detail}"
+    free = None
+    if output:
+        place = Path(output)
+        while not place.exists() and place != place.parent:
+            place = place.parent
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            pass
+    if any(getattr(c, "errno", None) == errno.ENOSPC for c in chain) or (free is not None and free < LOW_DISK_BYTES):
+        free_s = f" ({free / 1e6:.1f} MB free)" if free is not None else ""
+        return "disk_full", f"no space left on the disk holding the job's output{free_s}: {message}"[:4000]
+    return "internal_error", message
+
+
 # ---- the task ----------------------------------------------------------------------------------
 
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -251,7 +283,7 @@ def run_job(self, job_id: str) -> str:
         return "failed"
     except Exception as e:  # a bug or an environment problem: the job fails, the worker lives on
         log.exception("job %s failed", job_id)
-        store.fail(job_id, me, "internal_error", f"{type(e).__name__}: {e}")
+        store.fail(job_id, me, *failure_reason(e, spec_json.get("output")))
         return "failed"
     finally:
         beat.stop()

@@ -5,12 +5,52 @@ settings and injects it, so tasks talk to the store only through these methods.
 """
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from typing import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.store import jobs, workers
 from service.store.db import init_db, make_engine, session_factory, session_scope
 from service.store.models import Dataset, Job
+
+
+class _ForkGuard:
+    """SQLite keeps its lock state in process memory: a process forked while this one is inside a
+    store transaction (the pool process Celery starts in place of a dead one, while the main process
+    writes its heartbeat) inherits a lock nobody will release, and cannot write the store for its whole
+    life ("database is locked"). So sessions hold this lock, and every fork waits for it."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        os.register_at_fork(before=lambda: self.lock.acquire(), after_in_parent=lambda: self.lock.release(),
+                            after_in_child=self._fresh)
+
+    def _fresh(self) -> None:
+        self.lock = threading.RLock()
+
+
+_GUARD = _ForkGuard()
+
+
+class _ForkSafeSession(Session):
+    """A session that holds the fork guard from its creation to its close (SQLite stores only)."""
+
+    def __init__(self, *args, **kw):
+        lock = _GUARD.lock
+        lock.acquire()
+        self._fork_guard = lock
+        super().__init__(*args, **kw)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            lock = self.__dict__.pop("_fork_guard", None)
+            if lock is not None:
+                lock.release()
 
 
 class WorkerJobStore:
@@ -18,7 +58,10 @@ class WorkerJobStore:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         init_db(self.engine)
-        self.sessions = session_factory(self.engine)
+        if self.engine.dialect.name == "sqlite":
+            self.sessions = sessionmaker(self.engine, expire_on_commit=False, class_=_ForkSafeSession)
+        else:
+            self.sessions = session_factory(self.engine)
 
     def after_fork(self) -> None:
         """A forked pool process must not share the parent's database connections."""

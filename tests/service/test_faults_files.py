@@ -46,11 +46,10 @@ def tiny_fs(tmp_path):
 def fill(fs: Path, leave: int = 16 * 1024) -> Path:
     """Write a ballast file until the filesystem is full, then give back `leave` bytes."""
     ballast = fs / "ballast"
-    with open(ballast, "wb") as fh:
+    with open(ballast, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush (and fail) on close
         try:
             while True:
                 fh.write(b"\x00" * 65536)
-                fh.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
     with open(ballast, "r+b") as fh:
@@ -166,3 +165,27 @@ def test_cog_writer_aborted_midway_leaves_the_old_file(tmp_path):
             raise RuntimeError("worker stopped " + uuid.uuid4().hex)
     assert hashlib.sha256(old.read_bytes()).hexdigest() == digest
     assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]
+
+
+def test_a_failed_job_names_a_full_disk(tmp_path, tiny_fs):
+    """The reason a job fails with: ENOSPC anywhere in the chain, or a bare write error where the job writes
+    and no space is left (GDAL's "Write failed. See previous exception"), is called disk_full."""
+    from workers.tasks import failure_reason
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("checkpoint write failed") from inner
+    except RuntimeError as e:
+        kind, msg = failure_reason(e, str(tmp_path))
+    assert kind == "disk_full" and "no space left" in msg
+    ballast = fill(tiny_fs)
+    try:
+        with pytest.raises(Exception) as e:
+            write_class_cog(tiny_fs / "job" / "output" / "p.tif", size=1024)
+        kind, msg = failure_reason(e.value, str(tiny_fs / "job" / "output"))
+        assert kind == "disk_full" and "MB free" in msg and "previous exception" not in msg, msg
+    finally:
+        ballast.unlink()
+    assert failure_reason(ValueError("a bug"), str(tmp_path)) == ("internal_error", "ValueError: a bug")

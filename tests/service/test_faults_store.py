@@ -186,3 +186,46 @@ def test_full_disk_under_the_jobs_folder_at_submit(tmp_path, scene):
         app.state.engine.dispose()
     finally:
         subprocess.run(["umount", "-l", str(settings.jobs_dir)], check=False)
+
+
+def test_a_process_forked_mid_transaction_can_still_write_the_sqlite_store(tmp_path):
+    """Celery forks a new pool process when one dies, at any moment, while the worker's main process writes
+    its heartbeat to the store. SQLite's lock state is process memory: a child forked mid-transaction could
+    never write ("database is locked" for its whole life, so every job it took stayed 'running'). The
+    worker's store holds off forks while a session is open; forty forks under a busy writer must all write."""
+    import os
+
+    from service.store import workers as worker_store
+    from service.store.for_workers import WorkerJobStore
+
+    store = WorkerJobStore(Settings(data_dir=tmp_path, broker_url="memory://"))
+    stop = threading.Event()
+
+    def heartbeat():  # the main process's beat thread, writing all the time
+        while not stop.is_set():
+            with session_scope(store.sessions) as s:
+                worker_store.beat(s, "main", queues="", pid=1)
+                time.sleep(0.005)
+
+    t = threading.Thread(target=heartbeat)
+    t.start()
+    failed = 0
+    try:
+        for i in range(40):
+            time.sleep(0.01)
+            pid = os.fork()
+            if pid == 0:  # the new pool process: what worker_process_init does, then a write
+                code = 1
+                try:
+                    store.after_fork()
+                    with session_scope(store.sessions) as s:
+                        s.connection().exec_driver_sql("PRAGMA busy_timeout=2000")
+                        worker_store.beat(s, f"child-{i}", queues="", pid=os.getpid())
+                    code = 0
+                finally:
+                    os._exit(code)
+            failed += os.waitpid(pid, 0)[1] != 0
+    finally:
+        stop.set()
+        t.join()
+    assert failed == 0, f"{failed} of 40 forked processes could not write the store"
