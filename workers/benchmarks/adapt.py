@@ -153,12 +153,23 @@ def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
     return {"st-dasegnet+source-init": ctx.evaluate(res["bundle"], "target")}
 
 
+def _feature_regression(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    """Feature regression with this seed's source-only model as the teacher (the design's setting:
+    teacher = the source-only model; pairs = the co-registered source/target train windows)."""
+    teacher = ctx.run_dir(seed, "source-only")
+    if not (teacher / "bundle" / "weights.pth").exists():
+        ctx.job("source-only", seed, type="train", method="source-only")
+    res = ctx.job("feature-regression", seed, type="adapt", method="feature-regression", target="target",
+                  bundle=str(teacher))
+    return {"feature-regression": ctx.evaluate(res["bundle"], "target")}
+
+
 register_runner("source-only", _source_only, adaptation=False, cost=1.0)
 register_runner("st-dasegnet", _st_dasegnet, cost=5.0)
 register_runner("st-dasegnet+source-init", _st_dasegnet_source_init, default=False, cost=5.0,
                 needs=("source-only",))
 register_runner("oracle", _oracle, adaptation=False, cost=1.0)
-# feature regression registers itself here from its own module (register_runner("feature-regression", ...))
+register_runner("feature-regression", _feature_regression, cost=1.5, needs=("source-only",))
 
 
 def _mean(xs):
