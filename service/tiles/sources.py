@@ -261,10 +261,21 @@ def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
             pt = r.point(lon, lat)
         except PointOutsideBounds:
             raise NotFoundError(f"point ({lon}, {lat}) is outside the result's bounds", field="point") from None
+        except Exception as e:
+            if not point_outside_domain(e):
+                raise
+            raise NotFoundError(f"point ({lon}, {lat}) is outside the domain of the result's CRS",
+                                field="point") from None
     masked = bool(np.ma.getmaskarray(pt.array)[0])
     value = None if masked else int(pt.array.data[0])
     return {"coordinates": [lon, lat], "values": [value], "band_names": list(pt.band_names),
             "class": src.class_of(value)}
+
+
+def point_outside_domain(e: BaseException) -> bool:
+    """GDAL/PROJ refusing to transform a lon/lat into a projected CRS (e.g. 0,0 into UTM 17N): a point
+    that is not on the raster, not a server error. GDAL's CPLE_* classes are not public, hence the module."""
+    return type(e).__module__.startswith("rasterio") and "domain" in str(e).lower()
 
 
 def _pixel_area_m2(ds) -> float | None:

@@ -142,7 +142,7 @@ def _fill(path: str, w: dict) -> str:
     """A concrete URL for a route: ids of A's objects wherever the route names one."""
     values = {"job_id": w["done"], "model_id": w["done"], "dataset_id": w["dataset"],
               "result_id": f"{w['done']}.predictions--scene", "tileMatrixSetId": "WebMercatorQuad", "scale": "2",
-              "path": "predictions/scene.tif", **w["inside"]}
+              "path": "predictions/scene.tif", "role": "source", "index": "0", **w["inside"]}
     url = re.sub(r"\{(\w+)(?::path)?\}", lambda m: values.get(m.group(1), "x"), path)
     if "{" in url:
         raise AssertionError(f"no value for a parameter of {path}")
@@ -363,3 +363,15 @@ def test_rate_limit_is_per_token_and_counts_writes_only(tmp_path):
         assert all(c.get("/v1/jobs", headers=h1).status_code == 200 for _ in range(10))  # reads are not limited
         assert c.post("/v1/jobs", json=train_spec(img, lab), headers=h2).status_code == 201  # another token is not
         assert c.get("/v1/jobs", headers=h1).json()["total"] == 2  # the refused submit stored nothing
+
+
+def test_a_point_outside_the_crs_domain_is_a_404_not_a_500(world):
+    """Found by schemathesis: lon/lat 0,0 cannot be transformed into UTM 17N (GDAL raises); it is no point
+    of the raster, so the answer is the one for any point outside it."""
+    c, a = world["client"], world["a"]
+    for url in (f"/v1/results/{world['done']}.predictions--scene/point/0.0,0.0",
+                f"/v1/datasets/{world['dataset']}/point/0.0,0.0", f"/v1/datasets/{world['dataset']}/point/179.9,-89.9"):
+        r = c.get(url, headers=a)
+        if r.status_code == 404 and r.json()["detail"][0]["field"] != "point":
+            continue  # a build without this route
+        assert r.status_code == 404 and r.json()["type"] == "not_found", (url, r.text)

@@ -40,6 +40,7 @@ from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
+from service.tiles.sources import point_outside_domain
 
 router = APIRouter(tags=["imagery tiles"])
 
@@ -225,6 +226,11 @@ class ImagerySource:
                         pts.append(r.point(lon, lat, indexes=1))
         except PointOutsideBounds:
             raise NotFoundError(f"point ({lon}, {lat}) is outside the dataset's bounds", field="point") from None
+        except Exception as e:
+            if not point_outside_domain(e):
+                raise
+            raise NotFoundError(f"point ({lon}, {lat}) is outside the domain of the dataset's CRS",
+                                field="point") from None
         values: list[float | None] = []
         for pt in pts:
             arr = pt.array
