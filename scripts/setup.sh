@@ -31,7 +31,7 @@ if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
     fi
 fi
 
-"${PIP[@]}" install -q -c constraints.txt -e ".[ml,test]"
+"${PIP[@]}" install -q -c constraints.txt -e ".[ml,test,browser,bench]"
 .venv/bin/python -c "import mmcv.ops, mmseg, rasterio, torch; print(f'geoadapt installed: torch {torch.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, rasterio {rasterio.__version__}')"
 
 # The web console: Leaflet from the npm registry, copied into service/console/static/vendor by

@@ -273,9 +273,11 @@ def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
 
 
 def point_outside_domain(e: BaseException) -> bool:
-    """GDAL/PROJ refusing to transform a lon/lat into a projected CRS (e.g. 0,0 into UTM 17N): a point
-    that is not on the raster, not a server error. GDAL's CPLE_* classes are not public, hence the module."""
-    return type(e).__module__.startswith("rasterio") and "domain" in str(e).lower()
+    """GDAL/PROJ refusing to transform a lon/lat into a projected CRS ("Point outside of projection domain"
+    for 0,0 into UTM 17N, "Reprojection failed" for 2e-308,2e-308): a point that is not on the raster, not
+    a server error. GDAL's CPLE_* classes are not public, hence the module test."""
+    text = str(e).lower()
+    return type(e).__module__.startswith("rasterio") and any(w in text for w in ("domain", "reprojection", "transform"))
 
 
 def _pixel_area_m2(ds) -> float | None:

@@ -34,11 +34,11 @@ def test_compose_file_passes_compose_validation():
 
 def test_services_and_health_checks(compose):
     services = compose["services"]
-    assert {"redis", "postgres", "api", "worker-gpu", "flower"} <= set(services)
-    for name in ("redis", "postgres", "api", "worker-gpu", "flower"):
+    assert {"redis", "postgres", "api", "worker-gpu", "worker-tiles", "flower"} <= set(services)
+    for name in ("redis", "postgres", "api", "worker-gpu", "worker-tiles", "flower"):
         assert "healthcheck" in services[name], f"{name} has no health check"
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
-    for name in ("api", "worker-gpu"):
+    for name in ("api", "worker-gpu", "worker-tiles"):
         deps = services[name]["depends_on"]
         assert deps["redis"]["condition"] == deps["postgres"]["condition"] == "service_healthy"
 
@@ -46,6 +46,12 @@ def test_services_and_health_checks(compose):
 def test_api_and_workers_share_settings_and_artefacts(compose):
     api, worker = compose["services"]["api"], compose["services"]["worker-gpu"]
     assert worker["runtime"] == "nvidia"
+    # every queue the API sends to has a consumer: jobs (gpu), light work (cpu), live tiles
+    consumed = set()
+    for name in ("worker-gpu", "worker-tiles"):
+        cmd = compose["services"][name]["command"]
+        consumed |= set(cmd[cmd.index("--queues") + 1].split(","))
+    assert consumed == {"gpu", "cpu", "tiles"}
     for key in ("GEOADAPT_DATABASE_URL", "GEOADAPT_BROKER_URL", "GEOADAPT_DATA_DIR"):
         assert api["environment"][key] == worker["environment"][key]
     assert api["environment"]["GEOADAPT_DATABASE_URL"].startswith("postgresql")

@@ -370,7 +370,9 @@ def test_a_point_outside_the_crs_domain_is_a_404_not_a_500(world):
     of the raster, so the answer is the one for any point outside it."""
     c, a = world["client"], world["a"]
     for url in (f"/v1/results/{world['done']}.predictions--scene/point/0.0,0.0",
-                f"/v1/datasets/{world['dataset']}/point/0.0,0.0", f"/v1/datasets/{world['dataset']}/point/179.9,-89.9"):
+                f"/v1/results/{world['done']}.predictions--scene/point/2.2250738585072014e-308,2.2250738585072014e-308",
+                f"/v1/datasets/{world['dataset']}/point/0.0,0.0", f"/v1/datasets/{world['dataset']}/point/179.9,-89.9",
+                f"/v1/datasets/{world['dataset']}/point/2.2250738585072014e-308,2.2250738585072014e-308"):
         r = c.get(url, headers=a)
         if r.status_code == 404 and r.json()["detail"][0]["field"] != "point":
             continue  # a build without this route
