@@ -15,6 +15,7 @@ seconds; the bench runs it longer and writes report.json. Torch-free: it only dr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -58,6 +59,13 @@ class World:
     def spec(self, seed: int = 0) -> dict:
         return train_spec(self.image, self.labels, seed)
 
+
+
+def _run_async(main) -> None:
+    """asyncio.run in a thread of its own: the caller's thread may already run an event loop
+    (a test session that drove a browser through Playwright's sync API does)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
 
 def train_spec(image: Path, labels: Path, seed: int = 0) -> dict:
     """A small valid train job on the tiny scene (the output is the server's choice)."""
@@ -258,7 +266,7 @@ def submit_status_load(base: str, world: World, *, clients: int = 50, seconds: f
             for i in range(clients)])
 
     t0 = time.monotonic()
-    asyncio.run(main())
+    _run_async(main)
     wall = time.monotonic() - t0
     return {"clients": clients, "seconds": round(wall, 2), "submits": summary(out["submit"]),
             "status_reads": summary(out["status"]), "errors": len(out["errors"]), "error_samples": out["errors"][:5],
@@ -314,7 +322,7 @@ def tile_load(base: str, world: World, *, clients: int = 50, seconds: float = 10
         await asyncio.gather(*[_tile_client(base, world.tokens[-1], urls, i * 7, until, out) for i in range(clients)])
 
     t0 = time.monotonic()
-    asyncio.run(main())
+    _run_async(main)
     wall = time.monotonic() - t0
     return {"clients": clients, "seconds": round(wall, 2), "tiles": summary(out["lat"]), "distinct_tiles": len(urls),
             "errors": len(out["errors"]), "error_samples": out["errors"][:5],

@@ -225,7 +225,8 @@ def _kill_mid_job(b: Backend, jid: str, min_iteration: int) -> int:
         j = b.job(jid)
         return j if j["status"] == "running" and (j.get("done") or 0) >= min_iteration and _ckpt(b, jid) else None
 
-    return wait_for(ready, 60, "a checkpoint", b, every=0.1)["done"]
+    # generous: on a loaded 2-core machine the first checkpoints of a real NC job can take a minute
+    return wait_for(ready, 180, "a checkpoint", b, every=0.1)["done"]
 
 
 def _ckpt(b: Backend, jid: str) -> bool:

@@ -113,7 +113,7 @@
         h("div", { class: "row" }, lab(modelSel.id, "Model"), modelSel),
         h("div", { class: "row" }, lab(modelDs.id, "on image"), modelDs),
         h("p", { class: "help" }, "Runs the model on each tile you look at (slower than a finished prediction)."));
-      this.legendBox = h("div", { class: "legend", id: `${id}-legend`, "aria-label": "Class legend" });
+      this.legendBox = h("div", { class: "legend", id: `${id}-legend`, role: "group", "aria-label": "Class legend" });
       this.info = h("div", { class: "point-info", id: `${id}-info`, role: "status", "aria-live": "polite" },
         "Click the map to see the class and band values at a point.");
       this.mapDiv = h("div", { class: "map", id: `${id}-map`, tabindex: "0", "aria-label": "Map: arrow keys pan, + and - zoom" });
