@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,11 @@ class _Pipeline:
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self.lock = threading.Lock()
+        # GDAL's block cache is process-wide: a read in one thread may flush another dataset's dirty
+        # block while that dataset's thread rewrites it, and the rewrite is lost (GDAL #2011; seen
+        # here as pieces of windows left nodata, about one fresh process in ten). Reads and writes
+        # take turns; both still overlap the model.
+        self.gdal = threading.Lock()
         self.busy: dict[str, float] = {"read": 0.0, "forward": 0.0, "write": 0.0, "wait_input": 0.0}
         self.skipped = 0
         self.predicted = 0
@@ -325,7 +331,13 @@ def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should
 def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms, stats, batch: int):
     """Reader thread: read, mask, skip all-nodata windows, normalise and stack batches."""
     try:
-        with open_scene() as scene:
+        with pipe.gdal:
+            scene = open_scene()
+    except BaseException as e:
+        pipe.fail(e)
+        return
+    try:
+        with _closing(scene, pipe.gdal):
             seq = 0
             indices: list[int] = []
             run: list[int] = []
@@ -337,7 +349,8 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
                     return
                 t = time.perf_counter()
                 w = pw.window
-                rw = scene.read(Window(c0 + w.col_off, r0 + w.row_off, w.width, w.height))
+                with pipe.gdal:
+                    rw = scene.read(Window(c0 + w.col_off, r0 + w.row_off, w.width, w.height))
                 valid = rw.valid
                 if geoms is not None:
                     valid &= aoi_mask(geoms, rw.grid)
@@ -362,6 +375,15 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
             pipe.put(q_in, _DONE)
     except BaseException as e:
         pipe.fail(e)
+
+
+@contextmanager
+def _closing(scene: Scene, lock: threading.Lock):
+    try:
+        yield scene
+    finally:
+        with lock:
+            scene.close()
 
 
 def _forward(pipe: _Pipeline, q_in, q_out, model: WindowModel) -> None:
@@ -429,12 +451,14 @@ def _write_piece(pipe: _Pipeline, piece, lut, nodata, writer, pwriter) -> None:
     cls = lut[piece.probs.argmax(axis=0)]
     if n < valid.size:
         cls[~valid] = nodata
-    writer.write(cls, piece.window)
+    with pipe.gdal:
+        writer.write(cls, piece.window)
     if pwriter is not None:
         q = np.rint(piece.probs * PROB_SCALE).astype(np.uint8)
         if n < valid.size:
             q[:, ~valid] = PROB_NODATA
-        pwriter.write(q, piece.window)
+        with pipe.gdal:
+            pwriter.write(q, piece.window)
 
 
 # inputs ------------------------------------------------------------------------------------------
