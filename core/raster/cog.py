@@ -79,6 +79,20 @@ def _temp_name(path: Path, what: str) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}.tif")
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``; returns what was deleted.
+
+    A process killed mid-write (SIGKILL, the OOM killer) cannot clean up. Only for a folder that no
+    other writer is using at the time, e.g. a job's output folder when the job starts again.
+    """
+    removed = []
+    for what in ("part", "cog"):
+        for p in Path(folder).glob(f".*.{what}.tif"):
+            _unlink(p)
+            removed.append(p)
+    return removed
+
+
 class CogWriter:
     """Write a raster window by window; :meth:`close` turns it into a COG at ``path``.
 

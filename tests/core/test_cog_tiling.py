@@ -12,7 +12,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from core.errors import ConfigError, EmptyRegionError
-from core.raster.cog import class_cog_writer, probability_cog_writer, read_class_tags
+from core.raster.cog import class_cog_writer, probability_cog_writer, read_class_tags, remove_stale_temporaries
 from core.raster.grid import Grid
 from core.raster.tiling import (
     PredictOptions,
@@ -77,6 +77,17 @@ def test_large_class_ids_use_uint16_and_a_failed_write_leaves_nothing(tmp_path):
             raise RuntimeError("model crashed")
     assert out.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["c.tif"]
+
+
+def test_a_killed_writers_temporaries_are_removed_and_nothing_else(tmp_path):
+    w = class_cog_writer(tmp_path / "c.tif", GRID, [{"id": 1, "name": "a", "color": "#000000"}])
+    w.write(np.ones((10, 10), np.uint8), Window(0, 0, 10, 10))
+    w._ds.close()  # what a SIGKILL leaves: the temporary file, never closed by the writer
+    (tmp_path / "kept.tif").write_bytes(b"a result")
+    (tmp_path / ".hidden-but-mine.tif").write_bytes(b"not a writer's")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name.endswith(".part.tif") for p in removed] == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden-but-mine.tif", "kept.tif"]
 
 
 def test_probability_cog_bands_scale_and_average_overviews(tmp_path):

@@ -240,6 +240,7 @@ def test_job_process_sigkilled_mid_prediction_runs_again_to_the_same_result(rig)
     j = rig.final(jid)
     assert j["status"] == "successful", (j, rig.logs())
     assert j["attempts"] == 2
+    assert not [p.name for p in preds.glob(".*.tif")]  # the killed attempt's temporary file is gone
     # the result is the one an uninterrupted run gives
     ref = rig.root / "ref.tif"
     predict_raster(rig.bundle, rig.mosaic, ref, streams=1, threads=1)

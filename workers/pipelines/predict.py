@@ -20,6 +20,7 @@ from core.jobspec import DomainSpec, JobSpec, SceneSpec
 from models.bundle import load_bundle
 from models.inference.tiled import PredictionCancelled, predict_raster
 from core.files import write_json
+from core.raster.cog import remove_stale_temporaries
 
 #: where predictions go under a job's output folder (the service lists COGs found there)
 PREDICTIONS_DIR = "predictions"
@@ -60,6 +61,8 @@ def predict_domains(
     callbacks = list(callbacks or [])
     pred_dir = Path(out_dir) / PREDICTIONS_DIR
     pred_dir.mkdir(parents=True, exist_ok=True)
+    for p in remove_stale_temporaries(pred_dir):  # an earlier attempt of this job was killed mid-write
+        say(f"removed {p.name}, left by an interrupted attempt")
     todo = [(role, i, scene, dom.region) for role, dom in domains for i, scene in enumerate(dom.scenes)]
     written = []
     for n, (role, i, scene, region) in enumerate(todo):
