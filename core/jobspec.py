@@ -185,6 +185,17 @@ class Params(_Strict):
     )
     rare_class_sampling: bool = Field(default=False, description="favour windows with rare classes")
     predict_targets: bool = Field(default=True, description="adapt jobs also predict their target scenes")
+    compare_source_only: bool = Field(
+        default=False,
+        description="adapt jobs with validation scenes also train a source-only model (same model, data, "
+        "iterations and seed; twice the training time) and record its scores as metrics.source_only; "
+        "feature-regression jobs always score their source-only teacher",
+    )
+    predict_probabilities: bool = Field(
+        default=True,
+        description="predictions also write <name>_probs.tif: per-class probabilities (uint8, p x 254) for "
+        "confidence maps and point queries",
+    )
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"
     )

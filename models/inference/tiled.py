@@ -43,6 +43,7 @@ from core.raster.cog import (
     class_encoding,
     gdal_cache_limit,
     probability_cog_writer,
+    probability_path_for,
 )
 from core.raster.scene import Scene
 from core.raster.stats import BandStats, compute_stats, normalize
@@ -527,7 +528,7 @@ def _probability_path(output: Path, probabilities: Any) -> Path | None:
         return None
     if isinstance(probabilities, (str, os.PathLike)):
         return Path(probabilities)
-    return output.with_name(f"{output.stem}_probs{output.suffix or '.tif'}")
+    return probability_path_for(output)
 
 
 def _choose_stats(bundle: Any, choice: Any, scene: Scene, region: Window) -> tuple[BandStats, str]:

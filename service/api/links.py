@@ -36,8 +36,14 @@ def result(base: str, job_id, name: str) -> str:
     return f"{base}/v1/results/{quote(result_id(job_id, name), safe='')}"
 
 
-def result_links(base: str, job_id, relpath: str, name: str) -> dict[str, str]:
-    """download / info / statistics / preview / tilejson / tiles for one predicted COG (`name`: its id within the job)."""
+def result_links(base: str, job_id, relpath: str, name: str, kind: str = "classes") -> dict[str, str]:
+    """download / info / statistics / preview / tilejson / tiles for one predicted COG (`name`: its id within the job).
+
+    A probability COG gets only its download: the tile and point routes read class maps, and a click on
+    its class map already reports the probabilities.
+    """
+    if kind != "classes":
+        return {"download": job_file(base, job_id, relpath)}
     r = result(base, job_id, name)
     return {
         "download": job_file(base, job_id, relpath),

@@ -195,7 +195,8 @@ def _print_results(url: str, token: str, job: dict) -> None:
         typer.echo(f"Final training losses: {losses}")
     for p in res.get("predictions") or []:
         links = p.get("links") or p
-        typer.echo(f"\nOlinda class map (COG): {p.get('name') or p.get('path')}")
+        what = "class map" if p.get("kind", "classes") == "classes" else "class probabilities"
+        typer.echo(f"\nOlinda {what} (COG): {p.get('name') or p.get('path')}")
         for key in ("download", "info", "statistics", "tilejson", "tiles"):
             if links.get(key):
                 typer.echo(f"  {key:<10} {links[key]}")

@@ -29,10 +29,12 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_coords
+from rasterio.windows import Window
 from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
 from rio_tiler.io import Reader
 
-from core.raster.cog import ClassStyle, read_class_tags
+from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
 from core.tiles import ClassPalette
 from service import results as job_results
 from service.api.links import RESULT_SEP
@@ -268,8 +270,30 @@ def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
                                 field="point") from None
     masked = bool(np.ma.getmaskarray(pt.array)[0])
     value = None if masked else int(pt.array.data[0])
-    return {"coordinates": [lon, lat], "values": [value], "band_names": list(pt.band_names),
-            "class": src.class_of(value)}
+    out = {"coordinates": [lon, lat], "values": [value], "band_names": list(pt.band_names),
+           "class": src.class_of(value)}
+    if value is not None:
+        probs = _probabilities_at(path, lon, lat)
+        if probs is not None:
+            out["probabilities"] = probs
+    return out
+
+
+def _probabilities_at(class_path: Path, lon: float, lat: float) -> dict[str, float] | None:
+    """Class name -> probability at a point, from the class COG's probability COG when it has one."""
+    p = probability_path_for(class_path)
+    if not p.is_file():
+        return None
+    with rasterio.open(p) as ds:
+        xs, ys = transform_coords("EPSG:4326", ds.crs, [lon], [lat])
+        row, col = ds.index(xs[0], ys[0])
+        if not (0 <= row < ds.height and 0 <= col < ds.width):
+            return None
+        q = ds.read(window=Window(col, row, 1, 1))[:, 0, 0]
+        names = [d or f"band {i + 1}" for i, d in enumerate(ds.descriptions)]
+    if (q == PROB_NODATA).any():
+        return None
+    return {name: round(float(v) / PROB_SCALE, 4) for name, v in zip(names, q)}
 
 
 def point_outside_domain(e: BaseException) -> bool:

@@ -247,7 +247,8 @@ def test_job_process_sigkilled_mid_prediction_runs_again_to_the_same_result(rig)
     with rasterio.open(_cog(rig, jid)) as a, rasterio.open(ref) as b:
         assert a.profile["width"] == 1024 and np.mean(a.read(1) == b.read(1)) > 0.999
     res = rig.client.get(f"/v1/jobs/{jid}/results", headers=rig.auth).json()
-    assert [p["name"] for p in res["predictions"]] == ["predictions--target-0-mosaic"]
+    assert [(p["name"], p["kind"]) for p in res["predictions"]] == [
+        ("predictions--target-0-mosaic", "classes"), ("predictions--target-0-mosaic_probs", "probabilities")]
     rig.first_prediction = jid
 
 

@@ -66,7 +66,8 @@ def world(request, tmp_path_factory, nc_data, nc_bands):
     try:
         spec = load_job_spec(body)
         run_job(spec)
-        predict_raster(out, nc_bands, out / "predictions" / "nc.tif", window=256, overlap=32, streams=1, threads=1)
+        predict_raster(out, nc_bands, out / "predictions" / "nc.tif", window=256, overlap=32, streams=1, threads=1,
+                       probabilities=True)
         holed = _with_nodata_hole(nc_bands, root / "holed.tif")
         predict_raster(out, holed, out / "predictions" / "holed.tif", window=256, overlap=32, streams=1, threads=1)
     finally:
@@ -146,7 +147,9 @@ def _class_ids(rgba: np.ndarray) -> np.ndarray:
 
 def test_result_links_lead_to_tilejson_with_the_cogs_bounds_and_zooms(world):
     preds = _results(world)
-    assert set(preds) == {"predictions--nc", "predictions--holed"}
+    assert set(preds) == {"predictions--nc", "predictions--nc_probs", "predictions--holed"}
+    probs = preds["predictions--nc_probs"]
+    assert probs["kind"] == "probabilities" and set(probs["links"]) == {"download"}  # not a class map to tile
     links = preds["predictions--nc"]["links"]
     assert links["tiles"].startswith("http://testserver/v1/results/") and "{z}/{x}/{y}.png" in links["tiles"]
     tj = world["client"].get(links["tilejson"], headers=world["a"])
@@ -278,6 +281,12 @@ def test_info_point_and_preview(world):
     assert pt.status_code == 200, pt.text
     pt = pt.json()
     assert pt["values"] == [int(a[row, col])] and pt["class"]["id"] == int(a[row, col])
+    # the probability COG beside the class map answers for the same pixel: the class is the likeliest
+    probs = pt["probabilities"]
+    assert list(probs) == [k["name"] for k in NC_CLASSES] and abs(sum(probs.values()) - 1) < 0.03
+    assert probs[pt["class"]["name"]] >= max(probs.values()) - 1 / 254
+    holed = c.get(f"/v1/results/{world['job_id']}.predictions--holed/point/{lon},{lat}", headers=world["a"]).json()
+    assert "probabilities" not in holed  # predicted without them
     assert c.get(f"/v1/results/{rid}/point/10.0,50.0", headers=world["a"]).status_code == 404
     t = WM.tile(lon, lat, 12)
     big = c.get(f"/v1/results/{rid}/tiles/WebMercatorQuad/12/{t.x}/{t.y}@2x.png", headers=world["a"])

@@ -3,6 +3,7 @@ progress run, stop/resume in either phase, a given teacher bundle, a target in a
 and the clear errors (no shared ground, band counts)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,6 +71,11 @@ def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job):
     assert set(student.stats) == {"source", "target"} and student.default_stats == "target"
     assert student.provenance["teacher"]["method"] == "source-only"
     assert student.metadata["metrics"]["miou"] is not None  # validated on the target test region
+    # the source-only baseline beside it: the teacher scored on the same validation scenes
+    metrics = json.loads((out / "metrics.json").read_text())
+    base, adapted = metrics["source_only"], metrics["validation"]
+    assert set(base["per_class"]) == set(adapted["per_class"]) and 0 <= base["miou"] <= 1
+    assert base["per_class"] != adapted["per_class"]  # another model's answers
     t, s = teacher.segmentor.state_dict(), student.segmentor.state_dict()
     # the decoder is the teacher's, reused frozen; the backbone moved
     assert all(torch.equal(t[k], s[k]) for k in t if k.startswith("decode_head."))

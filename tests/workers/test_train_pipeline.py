@@ -53,7 +53,8 @@ def test_tiny_config_loss_falls_on_real_data(bench_domains, tmp_path):
 
 
 def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
-    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", params={"val_interval": 2})
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet",
+                 params={"val_interval": 2, "compare_source_only": True})
     progress = History()
     res = run_job(spec, [progress])
     assert res["status"] == "finished"
@@ -62,7 +63,13 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
     assert val["mean_over"] == "classes present in the ground truth"
     assert set(val["per_class"]) == {c["name"] for c in NC_CLASSES}
     assert metrics["validation_stats"] == "target" and metrics["best"]["iteration"] in (2, 4)
-    assert len(progress.validations) == 2 and progress.progress[-1].losses["adv_s"] > 0
+    # the ST-DASegNet run, then the source-only baseline's (each validated twice)
+    assert len(progress.validations) == 4 and progress.progress[3].losses["adv_s"] > 0
+    # the source-only baseline: the same job as source-only, scored on the same scenes
+    base = load_bundle(tmp_path / "source-only")
+    assert base.method == "source-only" and base.provenance["iterations"] == 4
+    assert set(metrics["source_only"]["per_class"]) == set(val["per_class"])
+    assert metrics["source_only"] == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["validation"]
 
     b = load_bundle(tmp_path)  # the job output folder works as well as <output>/bundle
     assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.stats) == {"source", "target"}

@@ -413,7 +413,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
         procs.start("titiler", ["-m", "uvicorn", "--factory", "service.tiles.reference:create_app", "--host",
                                 "127.0.0.1", "--port", str(ref_port), "--log-level", "warning"])
         _wait_http(f"{ref}/docs", 60, "TiTiler (pip install '.[bench]')", procs, "titiler")
-        for p in results["predictions"]:
+        for p in (p for p in results["predictions"] if p["kind"] == "classes"):
             tj = api.call("GET", p["links"]["tilejson"])
             cog = state / "jobs" / pred / "output" / p["path"]
             tiles = sample_tiles(tj["bounds"], tj["minzoom"], tj["maxzoom"], s.tiles, s.seed)

@@ -219,11 +219,17 @@ def run_feature_regression(
         method.to(dev)
 
         validate = None
+        source_only = None
         if validation is not None:
             v_stats = stats["target"]
 
             def validate(seg):
                 return evaluate_domain(segmentor_predict_fn(seg, v_stats), validation, names)
+
+            # the baseline the adaptation is judged against: the source-only teacher on the same
+            # scenes with the same statistics, so the difference is what the regression did
+            say("scoring the source-only teacher on the validation scenes")
+            source_only = validate(teacher.segmentor.to(dev).eval())
 
         phase = PhaseCallbacks(callbacks, teacher_iters, grand, last=True)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
@@ -260,6 +266,7 @@ def run_feature_regression(
         }
         metrics = {
             "validation": val_metrics,
+            "source_only": source_only,
             "validation_stats": ("target" if per_domain else "source") if validation is not None else None,
             "best": result.best,
             "teacher": teacher.metrics or None,
@@ -281,7 +288,8 @@ def run_feature_regression(
         if spec.params.predict_targets:
             from workers.pipelines.predict import predict_domains
 
-            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say)
+            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say,
+                                        options={"probabilities": spec.params.predict_probabilities})
             if predicted["status"] == "stopped":
                 return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
             summary["predictions"] = predicted["predictions"]

@@ -100,6 +100,7 @@ def run_job(
     say(f"loading the model bundle {Path(spec.bundle).name}")
     bundle = load_bundle(spec.bundle)
     domains = [(role, d) for role, d in (("target", spec.target), ("source", spec.source)) if d is not None]
-    result = predict_domains(bundle, domains, Path(spec.output), callbacks, log=say)
+    result = predict_domains(bundle, domains, Path(spec.output), callbacks, log=say,
+                             options={"probabilities": spec.params.predict_probabilities})
     result["bundle"] = str(bundle.path)
     return result

@@ -224,6 +224,11 @@ def run_job(
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
                                  band_map=band_map_of(spec.source.scenes[0], bands), default_stats=default_stats)
+        if _wants_baseline(spec, method_name, validation):
+            baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
+            if baseline["status"] == "stopped":
+                return baseline
+            metrics["source_only"] = baseline["metrics"]["validation"]
         metrics_path = write_json(out / "metrics.json", metrics)
         say(f"bundle written to {bundle_dir}")
         if val_metrics:
@@ -234,7 +239,8 @@ def run_job(
             # the maps of the target are what the user came for: predict them with the new model
             from workers.pipelines.predict import predict_domains
 
-            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say)
+            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say,
+                                        options={"probabilities": spec.params.predict_probabilities})
             if predicted["status"] == "stopped":
                 return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
             summary["predictions"] = predicted["predictions"]
@@ -242,6 +248,22 @@ def run_job(
     finally:
         for d in domains:
             d.close()
+
+
+def _wants_baseline(spec: JobSpec, method_name: str, validation: Domain | None) -> bool:
+    return (spec.type == "adapt" and method_name != "source-only" and validation is not None
+            and spec.params.compare_source_only)
+
+
+def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, device, log) -> dict:
+    """The same job as source-only, in ``<output>/source-only`` (its own checkpoints, so it resumes too).
+
+    Same model, data, iterations, seed and normalisation: the scores differ only by the adaptation.
+    """
+    log("training the source-only baseline to compare against")
+    params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
+    base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / "source-only"})
+    return run_job(base, callbacks, resume=resume, device=device, log=log)
 
 
 def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> dict:

@@ -194,7 +194,8 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
         metrics=desc["metrics"],
         report=desc["report"],
         predictions=[
-            PredictionEntry(**p, links=links.result_links(base, jid, p["path"], p["name"])) for p in desc["predictions"]
+            PredictionEntry(**p, links=links.result_links(base, jid, p["path"], p["name"], p["kind"]))
+            for p in desc["predictions"]
         ],
         files=[FileEntry(name=f["path"], size=f["size"], links={"download": links.job_file(base, jid, f["path"])})
                for f in desc["files"]],
