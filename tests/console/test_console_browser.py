@@ -79,6 +79,7 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
     page.get_by_label("Iterations").fill("3")
     page.get_by_label("Batch size").fill("2")
     page.get_by_label("Crop (pixels)").fill("8")
+    page.get_by_label("Compare with source-only").check()
     page.get_by_role("button", name="Submit job").click()
     crop_err = page.locator("#f-crop-err")
     expect(crop_err).to_contain_text("params.crop")  # the API's message, next to the field it names
@@ -115,9 +116,13 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
         expect(table.locator("tbody th", has_text=c["name"])).to_have_count(1)
     miou = table.locator("tr[data-metric='miou'] td").first.text_content()
     assert re.fullmatch(r"\d+\.\d", miou), miou
+    # the source-only baseline the job trained beside it, first, then the adapted model and the change
+    heads = table.locator("thead th").all_text_contents()
+    assert heads[1] == "IoU source-only" and heads[3].startswith("IoU adapted") and "Δ IoU" in heads, heads
     expect(page.locator("#job-confusion canvas.confusion")).to_be_visible()
     expect(page.locator("#job-downloads button[data-file='metrics.json']")).to_be_visible()
-    expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(1)
+    # the class map and its per-class probabilities
+    expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
     with page.expect_download() as dl:
         page.locator("#job-downloads button[data-file='metrics.json']").click()
     assert "validation" in json.loads(Path(dl.value.path()).read_text())
@@ -172,7 +177,10 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
     expect(info).to_contain_text("Class:")
     expect(info).to_contain_text("Bands:")
     names = [c["name"] for c in served.classes]
-    assert any(n in info.text_content() for n in names) or "no prediction here" in info.text_content()
+    text = info.text_content()
+    assert any(n in text for n in names) or "no prediction here" in text
+    if "no prediction here" not in text:  # a predicted pixel: its probability for every class
+        expect(info.locator("ul.probs li")).to_have_count(len(names))
 
     png = _shot(page, "job")
     assert stddev(png) > 10

@@ -315,6 +315,7 @@
       if (!/^\d+$/.test(v)) problems.push({ field: `params.${k}`, message: "must be a whole number" });
       else spec.params[k] = Number(v);
     }
+    if (type === "adapt" && f.compare_source_only.checked) spec.params.compare_source_only = true;
     if (!spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
     if (type === "adapt" && !spec.target.scenes.length) problems.push({ field: "target", message: "an adapt job needs target scenes" });
     if (!classes.length && !problems.some((p) => p.field.startsWith("classes"))) problems.push({ field: "classes", message: "give at least one class" });
