@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +11,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from core.errors import BandCountMismatchError, EmptyRegionError
+from core.files import write_json
 from core.raster.grid import iter_blocks, window_intersection
 
 STATS_VERSION = 1
@@ -47,13 +46,7 @@ class BandStats:
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "BandStats":

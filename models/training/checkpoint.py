@@ -5,13 +5,14 @@ truncated ``last.pth`` behind; resume picks up exactly where the checkpoint was 
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from core.files import atomic_writer
 
 FORMAT = 1
 LAST = "last.pth"
@@ -34,12 +35,9 @@ def restore_rng(state: dict) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_writer(path) as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def save_checkpoint(path: Path, *, iteration: int, method_state: dict, batches_state: dict | None = None,
