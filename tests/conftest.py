@@ -26,3 +26,15 @@ def nc_classes():
     from core.data.nc import nc_class_specs
 
     return nc_class_specs()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: two cores are shared with other work, and one thread also
+    makes runs bit-reproducible."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

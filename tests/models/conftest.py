@@ -6,12 +6,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # two cores are shared with other work; one thread also makes runs bit-reproducible
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def tiny_cfg(method: str = "source-only", *, bands: int = 4, classes: int = 3, **overrides):

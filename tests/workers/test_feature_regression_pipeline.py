@@ -13,7 +13,6 @@ import rasterio
 import torch
 from affine import Affine
 
-from core.data.demo import benchmark_a_domains, ensure_shifted_target, shifted_target_path
 from core.data.nc import NC_CLASSES
 from core.errors import BandCountMismatchError, NoOverlapError
 from core.jobspec import load_job_spec
@@ -25,18 +24,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "core" / "raster"))
 from helpers import warp_copy  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bench_domains(nc_data):
-    shifted = ensure_shifted_target(nc_data, shifted_target_path(None, 0), 0)
-    return benchmark_a_domains(nc_data, shifted)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(d, out, *, params=None, validation=False, target=None, **extra):

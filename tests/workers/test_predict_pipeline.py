@@ -3,13 +3,12 @@ scene with a bundle, cancel leaves nothing half-written, wrong band counts are r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
 
-from core.data.demo import benchmark_a_domains, ensure_shifted_target, shifted_target_path
 from core.data.nc import NC_CLASSES
 from core.errors import BandCountMismatchError
 from core.jobspec import load_job_spec
@@ -32,19 +31,14 @@ class Stages(Callback):
         return self.stop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def adapted(nc_data, tmp_path_factory):
+def adapted(bench_domains, tmp_path_factory):
     """A two-iteration ST-DASegNet adapt job on Benchmark A's domains, with its target predicted."""
-    shifted = ensure_shifted_target(nc_data, shifted_target_path(None, 0), 0)
-    d = benchmark_a_domains(nc_data, shifted)
+    d = bench_domains
+    shifted = Path(d["target"]["scenes"][0]["image"])  # Benchmark A's shifted copy of the scene
     out = tmp_path_factory.mktemp("adapt")
     spec = load_job_spec({
         "type": "adapt", "method": "st-dasegnet", "classes": NC_CLASSES, "source": d["source"],

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.demo import benchmark_a_domains, ensure_shifted_target, shifted_target_path
 from core.data.nc import NC_CLASSES
 from core.jobspec import load_job_spec
 from models.bundle import load_bundle
@@ -15,18 +14,7 @@ from models.training.callbacks import History, StopAfter
 from workers.pipelines.train import run_job
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bench_domains(nc_data):
-    shifted = ensure_shifted_target(nc_data, shifted_target_path(None, 0), 0)
-    return benchmark_a_domains(nc_data, shifted)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(d, out, *, type="train", method="source-only", params=None, validation=True, **extra):
