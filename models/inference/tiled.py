@@ -4,8 +4,8 @@ Call flow (threads joined by bounded queues, so reading and writing overlap the 
 and GDAL release the GIL in their heavy parts):
 
     reader thread                       model threads (streams)            writer thread
-    WindowPlan, row-major               WindowModel(batch):                batches back in plan order,
-    Scene.read(window) -> data, valid   forward (+ flips), softmax         StreamingBlender.add(window)
+    WindowPlan, row-major, read in      WindowModel(batch):                batches back in plan order,
+    chunks of a window row, sliced      forward (+ flips), softmax         StreamingBlender.add(window)
     all nodata? skip (counted)          -> probs (B, K, h, w)              -> finished pieces: argmax ->
     normalise, stack a batch  --q_in-->                        --q_out-->  class ids, nodata where
                                                                            invalid -> CogWriter.write
@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -329,8 +329,35 @@ def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should
             pipe.fail(PredictionCancelled(f"stopped after {pipe.done} of {total} windows"))
 
 
+#: raw bytes read at once by the reader: a run of neighbouring windows in one window row is read as one
+#: chunk and sliced, so each of the input's blocks is decoded once per window row rather than once per
+#: window; per-window reads thrash GDAL's capped block cache as soon as one row of the input's blocks
+#: outgrows it (measured on an 8192 px, 6-band raster with 64 MB: 8.3 s of reads per-window, 3.4 s chunked)
+READ_CHUNK_BYTES = 4 << 20
+
+
+def read_chunks(plan: WindowPlan, bands: int, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[tuple[Window, list]]:
+    """The plan as (chunk window, its windows), in plan order: each chunk is a run of neighbouring
+    windows of one window row, as wide as ``chunk_bytes`` of float32 allows (at least one window)."""
+    max_width = max(plan.win_w, chunk_bytes // (4 * max(1, bands) * plan.win_h))
+    run: list = []
+    for pw in plan:
+        w = pw.window
+        if run and (w.row_off != run[0].window.row_off or w.col_off + w.width - run[0].window.col_off > max_width):
+            yield _span(run), run
+            run = []
+        run.append(pw)
+    if run:
+        yield _span(run), run
+
+
+def _span(run: list) -> Window:
+    first, last = run[0].window, run[-1].window
+    return Window(first.col_off, first.row_off, last.col_off + last.width - first.col_off, first.height)
+
+
 def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms, stats, batch: int):
-    """Reader thread: read, mask, skip all-nodata windows, normalise and stack batches."""
+    """Reader thread: read chunks of windows, mask, skip all-nodata windows, normalise and stack batches."""
     try:
         with pipe.gdal:
             scene = open_scene()
@@ -345,31 +372,37 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
             xs: list[np.ndarray] = []
             valids: list[np.ndarray] = []
             c0, r0 = int(region.col_off), int(region.row_off)
-            for pw in plan:
+            for span, windows in read_chunks(plan, scene.count):
                 if pipe.stop.is_set():
                     return
                 t = time.perf_counter()
-                w = pw.window
                 with pipe.gdal:
-                    rw = scene.read(Window(c0 + w.col_off, r0 + w.row_off, w.width, w.height))
-                valid = rw.valid
+                    chunk = scene.read(Window(c0 + span.col_off, r0 + span.row_off, span.width, span.height))
+                chunk_valid = chunk.valid
                 if geoms is not None:
-                    valid &= aoi_mask(geoms, rw.grid)
-                indices.append(pw.index)
-                if not valid.any():
-                    pipe.skipped += 1
-                else:
-                    xs.append(normalize(rw.data, stats, valid))
-                    valids.append(valid)
-                    run.append(pw.index)
-                full = len(run) == batch
-                x = np.stack(xs) if full else None
+                    chunk_valid &= aoi_mask(geoms, chunk.grid)
+                x_chunk = normalize(chunk.data, stats, chunk_valid)
+                del chunk
                 pipe.add("read", time.perf_counter() - t)
-                if full:
-                    if not pipe.put(q_in, _Batch(seq, indices, run, x, valids)):
-                        return
-                    seq += 1
-                    indices, run, xs, valids = [], [], [], []
+                for pw in windows:
+                    t = time.perf_counter()
+                    cols = slice(int(pw.window.col_off - span.col_off), int(pw.window.col_off - span.col_off + pw.window.width))
+                    valid = chunk_valid[:, cols]
+                    indices.append(pw.index)
+                    if not valid.any():
+                        pipe.skipped += 1
+                    else:
+                        xs.append(x_chunk[:, :, cols])  # a view: np.stack copies it into the batch
+                        valids.append(valid.copy())  # a copy, so the chunk's mask is not kept alive
+                        run.append(pw.index)
+                    full = len(run) == batch
+                    x = np.stack(xs) if full else None
+                    pipe.add("read", time.perf_counter() - t)
+                    if full:
+                        if not pipe.put(q_in, _Batch(seq, indices, run, x, valids)):
+                            return
+                        seq += 1
+                        indices, run, xs, valids = [], [], [], []
             if indices:
                 if not pipe.put(q_in, _Batch(seq, indices, run, np.stack(xs) if xs else None, valids)):
                     return

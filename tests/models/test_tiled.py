@@ -23,6 +23,7 @@ from core.raster.scene import Scene
 from core.raster.stats import compute_stats
 from core.raster.tiling import WindowPlan
 from models.inference import PredictionCancelled, predict_raster
+from models.inference.tiled import read_chunks
 
 
 class CountingPerPixel(torch.nn.Module):
@@ -64,6 +65,29 @@ def nc_valid(nc_bands):
 def _read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.nodata
+
+
+@pytest.mark.parametrize("shape, window, bands, chunk_bytes", [
+    ((1000, 3000), 128, 6, 4 << 20),  # several chunks per window row
+    ((300, 700), 256, 3, 1 << 30),  # one chunk per row
+    ((500, 500), 64, 200, 1),  # a limit below one window: one window per chunk
+])
+def test_read_chunks_cover_the_plan_once_in_order_within_the_byte_limit(shape, window, bands, chunk_bytes):
+    plan = WindowPlan(*shape, window, 16, "hann")
+    chunks = list(read_chunks(plan, bands, chunk_bytes))
+    assert [pw.index for _, run in chunks for pw in run] == list(range(len(plan)))
+    limit = max(plan.win_w, chunk_bytes // (4 * bands * plan.win_h))
+    for span, run in chunks:
+        assert {pw.row for pw in run} == {run[0].row}  # one window row per chunk
+        assert span.width <= limit
+        assert (span.col_off, span.row_off, span.height) == (run[0].window.col_off, run[0].window.row_off, plan.win_h)
+        assert span.col_off + span.width == run[-1].window.col_off + run[-1].window.width
+    if chunk_bytes == 1:
+        assert len(chunks) == len(plan)
+    else:  # chunks only end at a row's end or where the next window would pass the limit
+        for (span, run), (_, nxt) in zip(chunks, chunks[1:]):
+            if nxt[0].row == run[0].row:
+                assert nxt[0].window.col_off + nxt[0].window.width - span.col_off > limit
 
 
 @pytest.mark.parametrize("blend", ["hann", "average", "none"])
