@@ -38,6 +38,7 @@ from celery import Task
 
 from core.errors import ConfigError, GeoadaptError
 from core.raster.grid import Grid
+from core.raster.warp import crs_name
 from core.tiles import ClassPalette
 from workers.celery_app import app
 
@@ -157,7 +158,7 @@ class _OpenScene:
 
     def native_res(self, crs) -> tuple[float, float]:
         """(x, y) pixel size of the image expressed in ``crs`` units, near the image's centre."""
-        key = crs.to_string()
+        key = crs_name(crs)
         if key not in self._res:
             from rasterio.warp import calculate_default_transform
 
@@ -221,7 +222,7 @@ class Lattice:
     @property
     def key(self) -> tuple:
         """What identifies the lattice's pixels (not its windows) in caches."""
-        return (self.crs.to_string(), self.x0, self.y0, self.rx, self.ry)
+        return (crs_name(self.crs), self.x0, self.y0, self.rx, self.ry)
 
     def grid(self, col: int, row: int, width: int, height: int) -> Grid:
         t = Affine(self.rx, 0.0, self.x0 + col * self.rx, 0.0, -self.ry, self.y0 - row * self.ry)

@@ -11,7 +11,7 @@ from core.errors import BandCountMismatchError, EmptyRegionError, GeoadaptError,
 from core.raster.domain import Domain, DomainScene
 from core.raster.grid import gsd_ratio, iter_blocks, should_match_gsd
 from core.raster.scene import DEFAULT_MAX_PIXELS
-from core.raster.warp import bounds_in
+from core.raster.warp import bounds_in, crs_name
 
 DOMAINS = ("source", "target", "validation")
 
@@ -85,7 +85,7 @@ def _validate_scene(it: DomainScene, *, deep: bool, block: int) -> dict:
         "bands": scene.count,
         "dtypes": scene.dtypes,
         "nodata": scene.nodata,
-        "crs": g.crs.to_string() if g.crs else None,
+        "crs": crs_name(g.crs),
         "res": list(g.res),
         "gsd_m": g.gsd,
         "region": [int(it.region.col_off), int(it.region.row_off), int(it.region.width), int(it.region.height)],

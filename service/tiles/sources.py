@@ -35,6 +35,7 @@ from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
 from rio_tiler.io import Reader
 
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
+from core.raster.warp import crs_name
 from core.tiles import ClassPalette
 from service import results as job_results
 from service.api.links import RESULT_SEP
@@ -350,7 +351,7 @@ def class_areas(path: Path, src: CogSource) -> dict:
                 r0 = int(win.row_off)
                 per_row = np.repeat(row_areas[r0:r0 + int(win.height)], int(win.width))
                 areas += np.bincount(block, weights=per_row, minlength=size)
-        crs = ds.crs.to_string() if ds.crs else None
+        crs = crs_name(ds.crs)
         width, height = ds.width, ds.height
     if px_area is not None:
         areas = counts * px_area

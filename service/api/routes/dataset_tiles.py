@@ -34,6 +34,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from core.errors import SpecError, UnreadableRasterError
+from core.raster.warp import crs_name
 from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep
 from service.api.schemas import ErrorPublic
@@ -154,7 +155,7 @@ class ImagerySource:
             self.count = len(files) if self.stacked is None or len(files) > 1 else r.dataset.count
             self.dtype = r.dataset.dtypes[0]
             self.nodata = r.dataset.nodata
-            self.crs = r.dataset.crs.to_string() if r.dataset.crs else None
+            self.crs = crs_name(r.dataset.crs)
             self.bounds = list(r.bounds)
         self._percentiles: list[tuple[float, float]] | None = None
         self._lock = threading.Lock()
