@@ -7,10 +7,14 @@ client read outside the allowed roots or make the server fetch URLs on its netwo
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
+import os
+import threading
 import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -130,8 +134,67 @@ def check_job_inputs(spec) -> dict | None:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:
         return None
-    with gdal_errors_as_data_errors():
-        return mod.validate_job_inputs(spec, expected_bands=expected)
+    key = _validation_key(spec, expected)
+    report = _validated.get(key)
+    if report is None:
+        with gdal_errors_as_data_errors():
+            report = mod.validate_job_inputs(spec, expected_bands=expected)
+        _validated.put(key, report)
+    return json.loads(json.dumps(report))  # the caller's own copy
+
+
+class _ReportCache:
+    """Reports of inputs that passed validation, most recent first (thread-safe, bounded).
+
+    Validation reads every block of every scene: many jobs on the same files (a batch of predict jobs,
+    a client retrying) would otherwise pay it on every submit. Only passing reports are kept, and the
+    key holds each file's size, mtime and inode, so a changed file is validated again.
+    """
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._items: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            report = self._items.get(key)
+            if report is not None:
+                self._items.move_to_end(key)
+            return report
+
+    def put(self, key: str, report: dict) -> None:
+        with self._lock:
+            self._items[key] = report
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_validated = _ReportCache()
+
+
+def _validation_key(spec, expected_bands: int | None) -> str:
+    """What validation depends on: the spec (but the job's own output folder), the model's band count and
+    every input file's identity (size, mtime, inode)."""
+    h = hashlib.sha256()
+    data = {k: v for k, v in spec.to_jsonable().items() if k != "output"}
+    h.update(json.dumps([data, expected_bands], sort_keys=True, default=str).encode())
+    for domain in ("source", "target", "validation"):
+        d = getattr(spec, domain, None)
+        if d is None:
+            continue
+        aoi = d.region.aoi if d.region is not None and isinstance(d.region.aoi, Path) else None
+        for scene in d.scenes:
+            for f in (scene.image, *(scene.bands or []), scene.labels, aoi):
+                if f is None:
+                    continue
+                try:
+                    st = os.stat(f)
+                    h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
+                except OSError:
+                    h.update(f"{f}|missing\n".encode())
+    return h.hexdigest()
 
 
 @contextmanager
@@ -153,6 +216,7 @@ def gdal_errors_as_data_errors(field: str | None = None) -> Iterator[None]:
 def describe_dataset(paths: dict) -> dict:
     """Open the image (stack) and labels of a dataset; report what a job spec will need."""
     from core.raster.scene import Scene
+    from core.raster.warp import crs_name
 
     files = [Path(paths["image"])] if paths.get("image") else [Path(p) for p in paths.get("bands") or []]
     for p in files:
@@ -167,7 +231,7 @@ def describe_dataset(paths: dict) -> dict:
                 "bands": scene.count,
                 "width": g.width,
                 "height": g.height,
-                "crs": g.crs.to_string() if g.crs else None,
+                "crs": crs_name(g.crs),
                 "res": list(g.res),
                 "bounds": list(g.bounds),
                 "georeferenced": g.crs is not None,
@@ -206,6 +270,7 @@ def _describe_labels(path: Path) -> dict:
     from rasterio.windows import Window
 
     from core.raster.scene import open_raster
+    from core.raster.warp import crs_name
 
     with open_raster(path, what="labels") as ds:
         if raster_format(path) in ("TIFF", "BigTIFF"):
@@ -215,7 +280,7 @@ def _describe_labels(path: Path) -> dict:
                 raise UnreadableRasterError(f"cannot read pixels of labels {path.name} (truncated or corrupt file?)",
                                             field="labels") from None
         return {"kind": "raster", "width": ds.width, "height": ds.height,
-                "crs": ds.crs.to_string() if ds.crs else None}
+                "crs": crs_name(ds.crs)}
 
 
 def _field_of(paths: dict, p: Path) -> str:

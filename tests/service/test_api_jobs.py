@@ -1,6 +1,7 @@
 """The jobs API through FastAPI's TestClient on a real store (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -88,6 +89,32 @@ def test_idempotency_key(client, auth, tiny_scene):
     assert other.status_code == 409
     assert other.json()["detail"][0]["field"] == "Idempotency-Key"
     assert client.get("/v1/jobs", headers=auth).json()["total"] == 1
+
+
+def test_inputs_validated_once_until_a_file_changes(client, auth, settings, tiny_scene, monkeypatch):
+    """Submits of the same files reuse the first validation; a file truncated after it is refused."""
+    import core.raster.validate as validate
+
+    calls = []
+    real = validate.validate_job_inputs
+    monkeypatch.setattr(validate, "validate_job_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    img, lab = tiny_scene
+    spec = train_spec(img, lab, params={"iterations": 2, "batch_size": 2, "crop": 16, "seed": 41})
+    first = client.post("/v1/jobs", json=spec, headers=auth)
+    second = client.post("/v1/jobs", json=spec, headers=auth)
+    assert first.status_code == second.status_code == 201
+    assert len(calls) == 1
+    assert second.json()["id"] != first.json()["id"]
+    ids = {first.json()["id"], second.json()["id"]}
+    reports = [json.loads((settings.job_dir(j) / "inputs-report.json").read_text()) for j in ids]
+    assert reports[0] == reports[1] and reports[0]["domains"]["source"]["scenes"][0]["width"] > 0
+
+    good = img.read_bytes()
+    img.write_bytes(good[: len(good) // 2])  # the same path, now a truncated file
+    os.utime(img, ns=(1, 1))  # even with an old mtime: the size and the key change
+    third = client.post("/v1/jobs", json=spec, headers=auth)
+    assert third.status_code == 422, third.text
+    assert len(calls) == 2
 
 
 def test_validation_errors_are_422_naming_fields(client, auth, tiny_scene):
