@@ -21,7 +21,7 @@ from service.api.routes import datasets, health, jobs, models, tiles
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer
 from service.settings import Settings
-from service.store.db import StoreUnavailable, init_db, make_engine, session_factory
+from service.store.db import StoreUnavailable, init_db, local_writer_locks, make_engine, session_factory
 
 log = logging.getLogger("geoadapt.api")
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.producer = make_producer(settings)
+    app.state.store_writes, app.state.broker_sends = local_writer_locks(settings.database_url, settings.broker_url)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
 
     # the store may be down when the API starts: create tables on the first request that works

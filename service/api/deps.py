@@ -1,4 +1,8 @@
-"""Typed dependencies of the routes: settings, a store session, the caller's token, path policy."""
+"""Typed dependencies of the routes: settings, a store session, the caller's token, path policy.
+
+Dependencies that only read memory are ``async def``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hand-off that costs more than the work on a loaded server.
+"""
 from __future__ import annotations
 
 import uuid
@@ -15,7 +19,7 @@ from service.store import tokens
 from service.store.models import Dataset, Job, Token
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -49,7 +53,7 @@ def current_token(
 CurrentToken = Annotated[Token, Depends(current_token)]
 
 
-def rate_limit(request: Request, token: CurrentToken) -> None:
+async def rate_limit(request: Request, token: CurrentToken) -> None:
     wait = request.app.state.rate_limiter.check(token.id)
     if wait is not None:
         raise RateLimitedError(f"too many requests; retry in {wait} s", retry_after=wait)
@@ -69,14 +73,14 @@ def get_path_policy(settings: SettingsDep, session: SessionDep, token: CurrentTo
 PathPolicyDep = Annotated[PathPolicy, Depends(get_path_policy)]
 
 
-def get_producer(request: Request):
+async def get_producer(request: Request):
     return request.app.state.producer
 
 
 Producer = Annotated[object, Depends(get_producer)]
 
 
-def get_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_base_url(request: Request, settings: SettingsDep) -> str:
     """Links are absolute; behind a proxy `public_url` says what clients see."""
     return (settings.public_url or str(request.base_url)).rstrip("/")
 

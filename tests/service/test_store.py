@@ -150,3 +150,17 @@ def test_a_job_that_keeps_losing_its_worker_fails_for_good(session_maker):
         s.expire_all()
         j = jobs.get_job(s, job.id, a)
         assert j.status == "failed" and j.error_type == "worker_lost" and "3 times" in j.error_message
+
+
+def test_sqlite_writers_of_one_process_share_one_lock_servers_get_none():
+    import threading
+    from contextlib import nullcontext
+
+    from service.store.db import local_writer_locks
+
+    store, broker, pg, redis = local_writer_locks(
+        "sqlite:///state/geoadapt.db", "sqla+sqlite:///state/broker.db", "postgresql://db/x", "redis://r:6379/0")
+    assert store is broker and isinstance(store, type(threading.Lock()))
+    assert isinstance(pg, nullcontext) and isinstance(redis, nullcontext)
+    with store:  # held by a submit's job insert, a broker send waits for it
+        assert not broker.acquire(blocking=False)

@@ -11,7 +11,7 @@ import shutil
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from core.jobspec import JobSpec, load_job_spec
@@ -82,6 +82,7 @@ def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
 )
 def submit_job(
     body: Annotated[dict[str, Any], Body()],
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -110,10 +111,12 @@ def submit_job(
     report = check_job_inputs(spec)
     spec_json = spec.to_jsonable()
 
-    job, created = store.create_job(
-        session, job_id=job_id, owner_id=token.id, spec=spec_json, queue=QUEUE_FOR_TYPE[spec.type],
-        idempotency_key=idempotency_key, digest=digest,
-    )
+    state = request.app.state
+    with state.store_writes:
+        job, created = store.create_job(
+            session, job_id=job_id, owner_id=token.id, spec=spec_json, queue=QUEUE_FOR_TYPE[spec.type],
+            idempotency_key=idempotency_key, digest=digest,
+        )
     if created:
         # disk full or broker down: undo the row and the folder, so that nothing half-made stays and a
         # retry with the same Idempotency-Key submits again
@@ -122,12 +125,15 @@ def submit_job(
             if report is not None:
                 write_json(job_dir / "inputs-report.json", report)
         except OSError as e:
-            _undo(session, job, job_dir, f"cannot write the job folder: {type(e).__name__}")
+            with state.store_writes:
+                _undo(session, job, job_dir, f"cannot write the job folder: {type(e).__name__}")
             raise ServiceUnavailableError("the server cannot store the job's files (disk full?); retry later") from None
         try:
-            enqueue(producer, job.id, job.queue)
+            with state.broker_sends:
+                enqueue(producer, job.id, job.queue)
         except Exception as e:
-            _undo(session, job, job_dir, f"enqueue failed: {type(e).__name__}")
+            with state.store_writes:
+                _undo(session, job, job_dir, f"enqueue failed: {type(e).__name__}")
             raise ServiceUnavailableError("the job queue (broker) is unreachable; retry later") from None
     else:
         response.status_code = 200
