@@ -15,9 +15,9 @@ and GDAL release the GIL in their heavy parts):
 Peak memory is the model's activations for ``streams`` batches, plus the batches queued between the
 threads, plus one read chunk (READ_CHUNK_BYTES of raw values), plus the blender's overlap strip
 (K x overlap x width floats); GDAL's block cache is capped while predicting. None of it depends on
-the raster's size. The model only ever
-sees windows with at least one valid pixel; the predictor never knows how the model was trained
-(it calls ``segmentor.predict_logits``, which for ST-DASegNet is the two-branch ensemble).
+the raster's size. The model only ever sees windows with at least one valid pixel; the predictor
+never knows how the model was trained (it calls ``segmentor.predict_logits``, which for ST-DASegNet
+is the two-branch ensemble).
 """
 from __future__ import annotations
 
