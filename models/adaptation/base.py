@@ -153,3 +153,20 @@ class AdaptationMethod:
         seg = build_segmentor(copy.deepcopy(self.inference_config()))
         seg.load_state_dict(self.inference_segmentor().state_dict())
         return seg.eval()
+
+
+class SingleOptimizerMethod(AdaptationMethod):
+    """A method with one optimiser (``student``) and one loss: subclasses implement :meth:`losses`."""
+
+    def losses(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch as tensors; ``loss`` is the total that is back-propagated."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
+        self.set_lr(iteration)
+        opt = self.optimizers["student"]
+        opt.zero_grad(set_to_none=True)
+        losses = self.losses(batch)
+        losses["loss"].backward()
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}

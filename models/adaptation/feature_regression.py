@@ -24,7 +24,7 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from core.errors import ConfigError
-from models.adaptation.base import AdaptationMethod, register_method
+from models.adaptation.base import SingleOptimizerMethod, register_method
 from models.adaptation.source_only import optim_modules_cfg
 from models.config import _merge
 from models.segmentor import Segmentor
@@ -98,7 +98,7 @@ def level_loss(s: Tensor, t: Tensor, valid: Tensor, *, loss: str = "mse", normal
 
 
 @register_method("feature-regression")
-class FeatureRegression(AdaptationMethod):
+class FeatureRegression(SingleOptimizerMethod):
     """Frozen teacher segmentor + student (same architecture, initialised from the teacher)."""
 
     needs_target = True
@@ -193,15 +193,6 @@ class FeatureRegression(AdaptationMethod):
             total = w * term if total is None else total + w * term
         out["loss"] = total
         return out
-
-    def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
-        self.set_lr(iteration)
-        opt = self.optimizers["student"]
-        opt.zero_grad(set_to_none=True)
-        losses = self.losses(batch)
-        losses["loss"].backward()
-        opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
 
     def backbones(self) -> list[nn.Module]:
         return [self.student.backbone]

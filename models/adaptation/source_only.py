@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from models.adaptation.base import AdaptationMethod, register_method
+from models.adaptation.base import SingleOptimizerMethod, register_method
 from models.losses import cross_entropy
 from models.segmentor import Segmentor
 
@@ -31,7 +31,7 @@ def optim_modules_cfg(optim_cfg: Mapping, decoder_names: list[str]) -> dict:
 
 
 @register_method("source-only")
-class SourceOnly(AdaptationMethod):
+class SourceOnly(SingleOptimizerMethod):
     """Trains the plain segmentor on labelled source crops; the target is never seen."""
 
     needs_target = False
@@ -53,15 +53,6 @@ class SourceOnly(AdaptationMethod):
         logits = self.net["segmentor"].forward_logits(src["img"])
         ce = cross_entropy(logits, src["label"], class_weight=self.class_weight)
         return {"loss": ce, "ce_src": ce}
-
-    def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
-        self.set_lr(iteration)
-        opt = self.optimizers["student"]
-        opt.zero_grad(set_to_none=True)
-        losses = self.losses(batch)
-        losses["loss"].backward()
-        opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
 
     def backbones(self) -> list[nn.Module]:
         return [self.net["segmentor"].backbone]
