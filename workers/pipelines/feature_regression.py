@@ -16,7 +16,6 @@ Progress of both phases is reported as one run of teacher + student iterations.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Callable, Sequence
 import torch
 
 from core.errors import BandCountMismatchError, BundleError, NoOverlapError, SpecError
-from core.files import write_json
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from core.raster.warp import bounds_in
@@ -34,10 +32,9 @@ from models.adaptation.feature_regression import PairedBatches
 from models.bundle import MANIFEST, Bundle, load_bundle, save_bundle
 from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
-from models.evaluate import evaluate_domain, segmentor_predict_fn
-from models.metrics import format_metrics
 from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
+from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
 
 METHOD = "feature-regression"
 
@@ -128,7 +125,7 @@ def run_feature_regression(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run a feature-regression adapt job; returns run_job's summary shape (status, paths, metrics)."""
-    from workers.pipelines.train import TRAIN_KEYS, _domain_record, band_map_of, run_job, seed_everything
+    from workers.pipelines.train import TRAIN_KEYS, band_map_of, run_job, seed_everything
 
     say = log or (lambda msg: None)
     if spec.target is None:
@@ -186,15 +183,9 @@ def run_feature_regression(
                 raise BandCountMismatchError(
                     f"the {name} scenes have {dom.band_count} bands, the teacher model takes {teacher.band_count}",
                     field=name)
-        validation = None
-        if spec.validation is not None:
-            validation = Domain.open(spec.validation, classes, match_grid_of=source,
-                                     match_gsd=spec.params.match_gsd, field="validation")
+        validation = open_validation(spec, classes, source, teacher.band_count, "the model takes")
+        if validation is not None:
             domains.append(validation)
-            if validation.band_count != teacher.band_count:
-                raise BandCountMismatchError(
-                    f"validation scenes have {validation.band_count} bands, the model takes {teacher.band_count}",
-                    field="validation")
 
         bands = teacher.band_count
         base = {k: v for k, v in teacher.config.items() if k not in ("inference", "adaptation", "checkpoint")}
@@ -218,14 +209,9 @@ def run_feature_regression(
         method.set_teacher(teacher.segmentor.state_dict())
         method.to(dev)
 
-        validate = None
+        validate = validation_scorer(validation, stats["target"], names)
         source_only = None
-        if validation is not None:
-            v_stats = stats["target"]
-
-            def validate(seg):
-                return evaluate_domain(segmentor_predict_fn(seg, v_stats), validation, names)
-
+        if validate is not None:
             # the baseline the adaptation is judged against: the source-only teacher on the same
             # scenes with the same statistics, so the difference is what the regression did
             say("scoring the source-only teacher on the validation scenes")
@@ -245,25 +231,10 @@ def run_feature_regression(
 
         best = load_best_weights(method, out / "checkpoints") if validation is not None else None
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
-        provenance = {
-            "job_type": spec.type,
-            "method": METHOD,
-            "config": cfg.get("name"),
-            "overrides": spec.model.overrides,
-            "teacher": {"bundle": teacher_source, "method": teacher.method,
-                        "iterations": teacher.provenance.get("iterations")},
-            "seed": seed,
-            **run,
-            "normalization": spec.params.normalization,
-            "datasets": {"source": _domain_record(spec.source), "target": _domain_record(spec.target),
-                         "validation": _domain_record(spec.validation)},
-            "weights": f"best validated (iteration {best['iteration']})" if best else "last iteration",
-            "started": started.isoformat(),
-            "finished": datetime.now(timezone.utc).isoformat(),
-            "elapsed_s": round(time.perf_counter() - t0, 1),
-            "device": str(dev),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        }
+        provenance = provenance_record(
+            spec, method=METHOD, config=cfg.get("name"), seed=seed, run=run, best=best, started=started, t0=t0,
+            device=dev, teacher={"bundle": teacher_source, "method": teacher.method,
+                                 "iterations": teacher.provenance.get("iterations")})
         metrics = {
             "validation": val_metrics,
             "source_only": source_only,
@@ -279,21 +250,8 @@ def run_feature_regression(
                                  inference=cfg["inference"], method=METHOD,
                                  band_map=teacher.band_map or band_map_of(spec.source.scenes[0], bands),
                                  default_stats="target" if per_domain else "source")
-        metrics_path = write_json(out / "metrics.json", metrics)
-        say(f"bundle written to {bundle_dir}")
-        if val_metrics:
-            say(format_metrics(val_metrics))
-        summary = {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
-                   "metrics": metrics, "iterations": result.iterations_done, "provenance": provenance}
-        if spec.params.predict_targets:
-            from workers.pipelines.predict import predict_domains
-
-            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say,
-                                        options={"probabilities": spec.params.predict_probabilities})
-            if predicted["status"] == "stopped":
-                return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
-            summary["predictions"] = predicted["predictions"]
-        return summary
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
+                          predict_targets=spec.params.predict_targets)
     finally:
         for d in domains:
             d.close()

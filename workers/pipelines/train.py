@@ -16,8 +16,6 @@ Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
-import json
-import platform
 import random
 import time
 from datetime import datetime, timezone
@@ -29,7 +27,7 @@ import torch
 
 from core.errors import BandCountMismatchError, SpecError
 from core.files import write_json
-from core.jobspec import DomainSpec, JobSpec, SceneSpec
+from core.jobspec import JobSpec, SceneSpec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.adaptation import METHODS, build_method
@@ -41,6 +39,7 @@ from models.metrics import format_metrics
 from models.pretrained import load_pretrained
 from models.training.callbacks import Callback, HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
+from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
 TRAIN_KEYS = ("iterations", "batch_size", "crop")
@@ -58,12 +57,6 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
         return [{"index": i, "name": Path(p).stem, "file": Path(p).name} for i, p in enumerate(scene.bands)]
     name = Path(scene.image).name if scene.image else "image"
     return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
-
-
-def _domain_record(spec: DomainSpec | None) -> dict | None:
-    if spec is None:
-        return None
-    return json.loads(spec.model_dump_json())
 
 
 def method_for(spec: JobSpec) -> str:
@@ -119,7 +112,7 @@ def run_job(
     try:
         source = Domain.open(spec.source, classes, field="source")
         domains.append(source)
-        target = validation = None
+        target = None
         needs_target = METHODS[method_name].needs_target
         if spec.target is not None and (needs_target or spec.type == "adapt"):
             say("opening the target domain")
@@ -130,14 +123,9 @@ def run_job(
             if target.band_count != source.band_count:
                 raise BandCountMismatchError(
                     f"the target has {target.band_count} bands, the source {source.band_count}", field="target")
-        if spec.validation is not None:
-            validation = Domain.open(spec.validation, classes, match_grid_of=source,
-                                     match_gsd=spec.params.match_gsd, field="validation")
+        validation = open_validation(spec, classes, source, source.band_count, "the source")
+        if validation is not None:
             domains.append(validation)
-            if validation.band_count != source.band_count:
-                raise BandCountMismatchError(
-                    f"validation scenes have {validation.band_count} bands, the source {source.band_count}",
-                    field="validation")
 
         bands = source.band_count
         cfg = resolve_config(spec.model.config, method=method_name, overrides=spec.model.overrides,
@@ -169,13 +157,7 @@ def run_job(
         pretrained = load_pretrained(method, cfg["checkpoint"]) if cfg.get("checkpoint") else None
         method.to(dev)
 
-        validate = None
-        if validation is not None:
-            v_stats = _val_stats(spec, stats)
-
-            def validate(seg):
-                return evaluate_domain(segmentor_predict_fn(seg, v_stats), validation, names)
-
+        validate = validation_scorer(validation, _val_stats(spec, stats), names)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
@@ -189,26 +171,9 @@ def run_job(
 
         best = load_best_weights(method, out / "checkpoints") if validation is not None else None
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
-        finished = datetime.now(timezone.utc)
-        provenance = {
-            "job_type": spec.type,
-            "method": method_name,
-            "config": cfg["name"],
-            "overrides": spec.model.overrides,
-            "pretrained": pretrained,
-            "seed": seed,
-            **run,
-            "normalization": spec.params.normalization,
-            "datasets": {"source": _domain_record(spec.source), "target": _domain_record(spec.target),
-                         "validation": _domain_record(spec.validation)},
-            "matched_gsd": target.matched_gsd if target is not None else None,
-            "weights": f"best validated (iteration {best['iteration']})" if best else "last iteration",
-            "started": started.isoformat(),
-            "finished": finished.isoformat(),
-            "elapsed_s": round(time.perf_counter() - t0, 1),
-            "device": str(dev),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        }
+        provenance = provenance_record(
+            spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=best, started=started, t0=t0,
+            device=dev, pretrained=pretrained, matched_gsd=target.matched_gsd if target is not None else None)
         metrics = {
             "validation": val_metrics,
             "validation_stats": ("target" if validation is not None and "target" in stats
@@ -229,22 +194,8 @@ def run_job(
             if baseline["status"] == "stopped":
                 return baseline
             metrics["source_only"] = baseline["metrics"]["validation"]
-        metrics_path = write_json(out / "metrics.json", metrics)
-        say(f"bundle written to {bundle_dir}")
-        if val_metrics:
-            say(format_metrics(val_metrics))
-        summary = {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
-                   "metrics": metrics, "iterations": result.iterations_done, "provenance": provenance}
-        if spec.type == "adapt" and spec.params.predict_targets:
-            # the maps of the target are what the user came for: predict them with the new model
-            from workers.pipelines.predict import predict_domains
-
-            predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say,
-                                        options={"probabilities": spec.params.predict_probabilities})
-            if predicted["status"] == "stopped":
-                return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
-            summary["predictions"] = predicted["predictions"]
-        return summary
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
+                          predict_targets=spec.type == "adapt" and spec.params.predict_targets)
     finally:
         for d in domains:
             d.close()
