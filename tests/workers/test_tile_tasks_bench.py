@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import morecantile
 
-from workers.benchmarks.service import GOALS, _finish, _pct, sample_tiles
+from workers.benchmarks.service import GOALS, _finish, _pct, load_test, sample_tiles
 
 WM = morecantile.tms.get("WebMercatorQuad")
 
@@ -37,3 +39,38 @@ def test_figures_against_goals_are_written_even_for_a_partial_run(tmp_path):
     assert saved["met"] == {"tile_p50_ratio": True, "cache_hit_p50_ms": False, "submit_status_p99_ms": True,
                             "lost_jobs": False}  # no restart phase ran: nothing shows no job was lost
     assert set(GOALS) == set(saved["met"])
+
+
+class _InstantJobs(BaseHTTPRequestHandler):
+    """Answers a submit and a status read at once: any latency the load test reports is its own."""
+
+    def _json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._json(201, {"id": "j1"})
+
+    def do_GET(self):
+        self._json(200, {"id": "j1", "status": "accepted"})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_load_test_times_requests_not_the_clients_pauses():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _InstantJobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = load_test(f"http://127.0.0.1:{server.server_port}", ["t"], {"type": "predict"}, jobs=4, clients=2,
+                      think_s=0.3)
+    finally:
+        server.shutdown()
+    assert r["jobs"] == 4 and r["errors"] == 0
+    assert r["seconds"] >= 4 * 0.3  # each client paused after its submit and after its status read
+    assert r["submit"]["max_ms"] < 150 and r["status"]["max_ms"] < 150  # the 300 ms pauses are not in them

@@ -301,12 +301,13 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int,
                 jid = r.json()["id"]
                 if think_s:
                     time.sleep(think_s)
+                t2 = time.perf_counter()  # after the pause: it is the client's, not the server's
                 s = c.get(f"/v1/jobs/{jid}")
-                t2 = time.perf_counter()
+                t3 = time.perf_counter()
                 with lock:
                     submit_ms.append((t1 - t0) * 1000)
                     if s.status_code == 200:
-                        status_ms.append((t2 - t1) * 1000)
+                        status_ms.append((t3 - t2) * 1000)
                     else:
                         errors.append(f"status {s.status_code}")
                     ids.append(jid)
