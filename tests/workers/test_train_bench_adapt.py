@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -49,3 +50,12 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
     assert (tmp_path / "per_class_iou.png").stat().st_size > 1000
     assert "gap closure st-dasegnet" in res.output and "gap closure feature-regression" in res.output
+
+
+def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "adapt", "--method", "source-only+target-stats", "--method", "dann",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", res.output).split())  # rich draws the message in a box
+    assert "unknown method(s) source-only+target-stats, dann" in text
+    assert not (tmp_path / "out").exists()  # nothing fetched, nothing written

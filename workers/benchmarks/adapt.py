@@ -289,6 +289,9 @@ def run_benchmark(
     """Run Benchmark A and write DIR/report.json, DIR/report.md and DIR/per_class_iou.png."""
     s = settings or BenchSettings()
     say = log or (lambda m: None)
+    unknown = [m for m in methods or [] if m not in RUNNERS]
+    if unknown:  # before fetching anything
+        raise ValueError(f"unknown benchmark method(s) {unknown}; known: {list(RUNNERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if s.threads:
@@ -301,9 +304,6 @@ def run_benchmark(
     with Domain.open(DomainSpec.model_validate(domains["target"]), nc_class_specs(), labels=False) as tdom:
         target_stats = tdom.stats()
     chosen = methods or [m for m, r in RUNNERS.items() if r.default]
-    unknown = [m for m in chosen if m not in RUNNERS]
-    if unknown:
-        raise ValueError(f"unknown benchmark method(s) {unknown}; known: {list(RUNNERS)}")
     for m in list(chosen):  # a runner's prerequisites run too
         chosen += [n for n in RUNNERS[m].needs if n not in chosen]
     chosen = [m for m in RUNNERS if m in chosen]
