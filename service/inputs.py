@@ -12,14 +12,13 @@ import importlib
 import importlib.util
 import json
 import os
-import threading
 import zipfile
-from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from core.errors import BundleError, ConfigError, GeoadaptError, RasterError, UnreadableRasterError
+from core.lru import LRU
 
 #: leading bytes of the raster formats a client may send or name
 _RASTER_MAGIC = (
@@ -134,44 +133,20 @@ def check_job_inputs(spec) -> dict | None:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:
         return None
-    key = _validation_key(spec, expected)
-    report = _validated.get(key)
-    if report is None:
+
+    def validate() -> dict:
         with gdal_errors_as_data_errors():
-            report = mod.validate_job_inputs(spec, expected_bands=expected)
-        _validated.put(key, report)
+            return mod.validate_job_inputs(spec, expected_bands=expected)
+
+    report = _validated.get(_validation_key(spec, expected), validate)  # a failure raises, nothing is kept
     return json.loads(json.dumps(report))  # the caller's own copy
 
 
-class _ReportCache:
-    """Reports of inputs that passed validation, most recent first (thread-safe, bounded).
-
-    Validation reads every block of every scene: many jobs on the same files (a batch of predict jobs,
-    a client retrying) would otherwise pay it on every submit. Only passing reports are kept, and the
-    key holds each file's size, mtime and inode, so a changed file is validated again.
-    """
-
-    def __init__(self, size: int = 512):
-        self.size = size
-        self._items: OrderedDict[str, dict] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> dict | None:
-        with self._lock:
-            report = self._items.get(key)
-            if report is not None:
-                self._items.move_to_end(key)
-            return report
-
-    def put(self, key: str, report: dict) -> None:
-        with self._lock:
-            self._items[key] = report
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-_validated = _ReportCache()
+#: reports of inputs that passed validation. Validation reads every block of every scene: many jobs on the
+#: same files (a batch of predict jobs, a client retrying) would otherwise pay it on every submit. Only
+#: passing reports are kept, and the key holds each file's size, mtime and inode, so a changed file is
+#: validated again.
+_validated = LRU(512)
 
 
 def _validation_key(spec, expected_bands: int | None) -> str:

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from affine import Affine
 from celery import Task
 
 from core.errors import ConfigError, GeoadaptError
+from core.lru import LRU, MISSING
 from core.raster.grid import Grid
 from core.raster.warp import crs_name
 from core.tiles import ClassPalette
@@ -92,44 +92,6 @@ class _TileTask(Task):
 
 # ---- per-process caches ----------------------------------------------------------------------------
 
-_MISSING = object()
-
-
-class _LRU:
-    def __init__(self, size: int, close=None):
-        self.size, self._close = size, close
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, make):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                _, old = self._items.popitem(last=False)
-                if self._close:
-                    self._close(old)
-        return value
-
-    def peek(self, key):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return _MISSING
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
 def _load_bundle(path: str):
     import torch
 
@@ -154,7 +116,7 @@ class _OpenScene:
         self.scene = Scene.open([Path(p) for p in paths])
         self.lock = threading.Lock()  # GDAL handles must not be used by two threads at once
         self._res: dict[str, tuple[float, float]] = {}
-        self._blocks = _LRU(MAX_BLOCKS)
+        self._blocks = LRU(MAX_BLOCKS)
 
     def native_res(self, crs) -> tuple[float, float]:
         """(x, y) pixel size of the image expressed in ``crs`` units, near the image's centre."""
@@ -194,8 +156,8 @@ class _OpenScene:
         return data, valid
 
 
-_bundles = _LRU(MAX_BUNDLES)
-_scenes = _LRU(MAX_SCENES, close=lambda s: s.scene.close())
+_bundles = LRU(MAX_BUNDLES)
+_scenes = LRU(MAX_SCENES, close=lambda s: s.scene.close())
 
 
 # ---- the tile --------------------------------------------------------------------------------------
@@ -289,7 +251,7 @@ def _predict_windows(bundle, opened: "_OpenScene", lat: Lattice, keys: list[tupl
     return out
 
 
-_windows = _LRU(int(os.environ.get("GEOADAPT_TILE_WINDOW_CACHE", "128")))
+_windows = LRU(int(os.environ.get("GEOADAPT_TILE_WINDOW_CACHE", "128")))
 
 
 def predict_area(bundle, opened: "_OpenScene", lat: Lattice, c0: int, r0: int, c1: int, r1: int,
@@ -302,7 +264,7 @@ def predict_area(bundle, opened: "_OpenScene", lat: Lattice, c0: int, r0: int, c
     keys = lat.windows(c0, r0, c1, r1)
     where = (*cache_key, *lat.key, lat.window)
     found = {k: _windows.peek((where, k)) for k in keys}
-    missing = [k for k, v in found.items() if v is _MISSING]
+    missing = [k for k, v in found.items() if v is MISSING]
     if missing:
         for k, v in _predict_windows(bundle, opened, lat, missing, resampling).items():
             _windows.put((where, k), v)
