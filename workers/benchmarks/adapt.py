@@ -29,6 +29,7 @@ import torch
 from core.data.demo import TEST_COLUMNS, TRAIN_COLUMNS, benchmark_a_domains, ensure_shifted_target, shifted_target_path
 from core.data.fetch import fetch
 from core.data.nc import NC_CLASSES, nc_class_specs
+from core.errors import ConfigError
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
@@ -290,8 +291,9 @@ def run_benchmark(
     s = settings or BenchSettings()
     say = log or (lambda m: None)
     unknown = [m for m in methods or [] if m not in RUNNERS]
-    if unknown:  # before fetching anything
-        raise ValueError(f"unknown benchmark method(s) {unknown}; known: {list(RUNNERS)}")
+    if unknown:  # before fetching anything; the CLI reports it with exit status 2
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(RUNNERS)} "
+                          "(source-only+target-stats is scored from the source-only runs)", field="method")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if s.threads:
