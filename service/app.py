@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ready[0] = True
 
     app.state.ensure_db = ensure_db
+    app.state.store_ready = lambda: ready[0]
     try:
         ensure_db()
     except StoreUnavailable as e:

@@ -1,14 +1,16 @@
 """Typed dependencies of the routes: settings, a store session, the caller's token, path policy.
 
-Dependencies that only read memory are ``async def``: FastAPI runs a plain ``def`` dependency in its
-thread pool, a hand-off that costs more than the work on a loaded server.
+Dependencies that do no blocking I/O are ``async def``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hand-off that costs more than the work on a loaded server. The session and the path
+policy are among them: neither touches the database until a route, in its thread, uses it.
 """
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Iterator
+from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -26,12 +28,19 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.sessions()
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # making a session touches no database once the tables exist (until then it creates them: the
+    # thread pool's work); routes use it in their threads. Closing one that still holds a connection
+    # rolls back over the wire (PostgreSQL): that too goes to the thread pool, never onto the event loop
+    state = request.app.state
+    session = state.sessions() if state.store_ready() else await run_in_threadpool(state.sessions)
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -62,7 +71,7 @@ async def rate_limit(request: Request, token: CurrentToken) -> None:
 RateLimited = Depends(rate_limit)
 
 
-def get_path_policy(settings: SettingsDep, session: SessionDep, token: CurrentToken) -> PathPolicy:
+async def get_path_policy(settings: SettingsDep, session: SessionDep, token: CurrentToken) -> PathPolicy:
     def owns(kind: str, ident: uuid.UUID) -> bool:
         row = session.get(Job if kind == "jobs" else Dataset, ident)
         return row is not None and (token.admin or row.owner_id == token.id)
