@@ -74,7 +74,10 @@ def service_benchmark(
     out: Path = typer.Option(Path("bench-service"), "--out", help="folder for report.json, data/, logs/, state/"),
     jobs: int = typer.Option(1000, "--jobs", min=1, help="small predict jobs queued across the worker restart"),
     clients: int = typer.Option(50, "--clients", min=1, help="concurrent clients submitting them"),
-    think: float = typer.Option(0.0, "--think", min=0.0, help="seconds each client waits between its requests"),
+    think: float = typer.Option(1.0, "--think", min=0.0,
+                                help="mean seconds each client waits between its requests (0: back to back)"),
+    saturation_jobs: int = typer.Option(200, "--saturation-jobs", min=0,
+                                        help="jobs then sent back to back, to measure capacity (0: none)"),
     tiles: int = typer.Option(200, "--tiles", min=10, help="tile requests per COG and server"),
     hits: int = typer.Option(200, "--hits", min=10, help="cache-hit requests of live tiles"),
     cog_size: int = typer.Option(1536, "--cog-size", min=256, help="side of the mosaics predicted to COGs"),
@@ -86,8 +89,9 @@ def service_benchmark(
     under concurrent clients, and queued jobs across a SIGKILLed worker (none may be lost)."""
     from workers.benchmarks.service import BenchSettings, run_service_benchmark
 
-    s = BenchSettings(jobs=jobs, clients=clients, think_s=think, tiles=tiles, hits=hits, cog_size=cog_size,
-                      job_concurrency=job_concurrency, broker_url=broker_url, database_url=database_url)
+    s = BenchSettings(jobs=jobs, clients=clients, think_s=think, saturation_jobs=saturation_jobs, tiles=tiles,
+                      hits=hits, cog_size=cog_size, job_concurrency=job_concurrency, broker_url=broker_url,
+                      database_url=database_url)
     r = run_service_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"mode: {r['mode']}; {r['machine']['cpus']} CPUs, load {r['machine']['load_at_start'][0]:.1f} at start")
     for name, m in r["tiles"].items():
@@ -101,6 +105,11 @@ def service_benchmark(
     typer.echo(f"{load['clients']} clients ({load['think_s']} s apart): submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, "
                f"status p50 {load['status'].get('p50_ms')} p99 {load['status'].get('p99_ms')} ms; submit/status p99 "
                f"{f['submit_status_p99_ms']} ms (goal < 50: {'met' if met['submit_status_p99_ms'] else 'NOT met'})")
+    if "saturation" in r:
+        sat = r["saturation"]
+        typer.echo(f"saturation, {sat['clients']} clients back to back: {sat['requests_per_s']} requests/s, "
+                   f"submit/status p50 {sat['submit_status'].get('p50_ms')} p99 {sat['submit_status'].get('p99_ms')} ms "
+                   f"(capacity: no goal)")
     rs = r["restart"]
     typer.echo(f"{rs['jobs']} queued jobs across a worker SIGKILL: {rs['statuses']}; lost {rs['lost']} "
                f"(goal 0: {'met' if met['lost_jobs'] else 'NOT met'})")

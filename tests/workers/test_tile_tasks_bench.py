@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import morecantile
@@ -42,7 +43,10 @@ def test_figures_against_goals_are_written_even_for_a_partial_run(tmp_path):
 
 
 class _InstantJobs(BaseHTTPRequestHandler):
-    """Answers a submit and a status read at once: any latency the load test reports is its own."""
+    """Answers a submit and a status read at once, and notes when each request arrived: any latency
+    the load test reports is its own."""
+
+    arrivals: list[float] = []
 
     def _json(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -53,6 +57,7 @@ class _InstantJobs(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self):
+        self.arrivals.append(time.monotonic())
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._json(201, {"id": "j1"})
 
@@ -63,14 +68,31 @@ class _InstantJobs(BaseHTTPRequestHandler):
         pass
 
 
-def test_load_test_times_requests_not_the_clients_pauses():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _InstantJobs)
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 drops simultaneous connects, which the client retries 1 s later
+
+
+def _run_load(**kw) -> tuple[dict, list[float]]:
+    _InstantJobs.arrivals = []
+    server = _Server(("127.0.0.1", 0), _InstantJobs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        r = load_test(f"http://127.0.0.1:{server.server_port}", ["t"], {"type": "predict"}, jobs=4, clients=2,
-                      think_s=0.3)
+        r = load_test(f"http://127.0.0.1:{server.server_port}", ["t"], {"type": "predict"}, **kw)
     finally:
         server.shutdown()
+    return r, sorted(_InstantJobs.arrivals)
+
+
+def test_load_test_times_requests_not_the_clients_pauses():
+    r, _ = _run_load(jobs=4, clients=2, think_s=0.3)
     assert r["jobs"] == 4 and r["errors"] == 0
-    assert r["seconds"] >= 4 * 0.3  # each client paused after its submit and after its status read
-    assert r["submit"]["max_ms"] < 150 and r["status"]["max_ms"] < 150  # the 300 ms pauses are not in them
+    assert r["seconds"] >= 2 * 2 * 0.15  # each client paused >= think/2 after each submit and status read
+    assert r["submit"]["max_ms"] < 150 and r["status"]["max_ms"] < 150  # the pauses are not in them
+
+
+def test_paced_clients_do_not_fire_in_step_and_back_to_back_ones_do():
+    # the clients' first submits: spread over the first think period when paced, all at once when not
+    _, paced = _run_load(jobs=8, clients=8, think_s=0.4)
+    _, burst = _run_load(jobs=8, clients=8, think_s=0.0)
+    assert paced[-1] - paced[0] > 0.1
+    assert burst[-1] - burst[0] < 0.1

@@ -9,8 +9,10 @@
               /cog/tiles, requests interleaved one by one (one keep-alive client each): p50/p99
     3 live    live tile inference on NC: 2x2 tiles (misses), then the same tiles again (cache hits)
     4 load    the job worker stopped, `clients` concurrent clients submit `jobs` small predict jobs
-              (each submit followed by a status read): submit and status p50/p99
-    5 restart the job worker started; once `restart_after` of the jobs are finished it is SIGKILLed
+              (each submit followed by a status read), pausing between requests as this project's
+              clients do: submit and status p50/p99 (the goal); then the same clients send
+              `saturation_jobs` more back to back: the requests/s the service sustains, and latency there
+    5 restart the job worker started; once `restart_after` of all queued jobs are finished it is SIGKILLed
               (with its pool) and a new one started; every job must still end: lost = not final
     report.json (figures, goals, which are met)
 
@@ -44,7 +46,10 @@ TMS = "WebMercatorQuad"
 class BenchSettings:
     jobs: int = 1000  # small predict jobs queued across the worker restart
     clients: int = 50  # concurrent clients submitting them
-    think_s: float = 0.0  # pause of each client between its requests (0: back to back, the harshest)
+    #: mean pause of each client between its requests, as this project's own clients pause (the CLI's
+    #: `wait` polls every 2 s, the console every 1.5-2 s); 0: back to back (see ``load_test``)
+    think_s: float = 1.0
+    saturation_jobs: int = 200  # then submitted back to back by the same clients: capacity, not a goal
     tiles: int = 200  # tile requests per COG and server
     hits: int = 200  # cache-hit requests of live tiles
     cog_size: int = 1536  # side of the mosaics predicted to the COGs
@@ -273,9 +278,18 @@ class Api:
         raise RuntimeError(f"{what} did not finish in {timeout:.0f} s")
 
 
-def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int, think_s: float = 0.0) -> dict:
-    """`clients` threads submit `jobs` jobs in all (each submit then one status read, `think_s` apart);
-    latencies in ms."""
+def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int, think_s: float = 0.0, *,
+              seed: int = 0, key_prefix: str = "bench-c") -> dict:
+    """`clients` threads submit `jobs` jobs in all, each submit followed by a status read of that job;
+    latencies in ms, as each client sees them.
+
+    With ``think_s`` > 0 a client behaves like the ones this project ships (`geoadapt wait` polls every
+    2 s, the console every 1.5-2 s): it pauses between its requests for a time drawn uniformly from
+    [0.5, 1.5] x ``think_s`` and starts at a random moment in its first ``think_s``, so that 50 clients do
+    not stay in lock-step and fire 50 requests in the same millisecond again and again. With
+    ``think_s`` = 0 all start together and send back to back: a closed loop at saturation, where by
+    Little's law the mean latency is clients / throughput whatever the server does.
+    """
     import httpx
 
     per = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
@@ -287,20 +301,27 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int,
     start = threading.Barrier(clients)
 
     def client(i: int) -> None:
+        rng = random.Random(seed * 100_003 + i)
+
+        def pause() -> None:
+            if think_s:
+                time.sleep(rng.uniform(0.5 * think_s, 1.5 * think_s))
+
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"},
                           timeout=60) as c:
             start.wait()
+            if think_s:
+                time.sleep(rng.uniform(0.0, think_s))
             for j in range(per[i]):
                 t0 = time.perf_counter()
-                r = c.post("/v1/jobs", json=spec, headers={"Idempotency-Key": f"bench-c-{i}-{j}"})
+                r = c.post("/v1/jobs", json=spec, headers={"Idempotency-Key": f"{key_prefix}-{i}-{j}"})
                 t1 = time.perf_counter()
                 if r.status_code not in (200, 201):
                     with lock:
                         errors.append(f"submit {r.status_code}: {r.text[:200]}")
                     continue
                 jid = r.json()["id"]
-                if think_s:
-                    time.sleep(think_s)
+                pause()
                 t2 = time.perf_counter()  # after the pause: it is the client's, not the server's
                 s = c.get(f"/v1/jobs/{jid}")
                 t3 = time.perf_counter()
@@ -311,8 +332,7 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int,
                     else:
                         errors.append(f"status {s.status_code}")
                     ids.append(jid)
-                if think_s:
-                    time.sleep(think_s)
+                pause()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -465,12 +485,20 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
         spec = {"type": "predict", "classes": classes, "bundle": str(small_bundle),
                 "target": {"scenes": [{"image": data["small"]}]}}
         done_before = _finished(api)
-        log(f"load: {s.clients} clients submit {s.jobs} jobs (the job worker stopped: they queue)")
-        load = load_test(base, tokens, spec, s.jobs, s.clients, s.think_s)
+        log(f"load: {s.clients} clients submit {s.jobs} jobs, {s.think_s} s apart on average (the job worker "
+            f"stopped: they queue)")
+        load = load_test(base, tokens, spec, s.jobs, s.clients, s.think_s, seed=s.seed)
         ids = load.pop("ids")
         report["load"] = load
         log(f"submit p50 {load['submit'].get('p50_ms')} p99 {load['submit'].get('p99_ms')} ms, status p50 "
             f"{load['status'].get('p50_ms')} p99 {load['status'].get('p99_ms')} ms, {load['errors']} errors")
+        if s.saturation_jobs:
+            log(f"saturation: the same clients submit {s.saturation_jobs} more jobs back to back")
+            sat = load_test(base, tokens, spec, s.saturation_jobs, s.clients, 0.0, key_prefix="bench-c-sat")
+            ids += sat.pop("ids")
+            report["saturation"] = sat
+            log(f"{sat['requests_per_s']} requests/s; submit/status p50 {sat['submit_status'].get('p50_ms')} p99 "
+                f"{sat['submit_status'].get('p99_ms')} ms, {sat['errors']} errors")
 
         # 5 restart: run them, kill the worker part way, start another, every job must end ----------
         t_run = time.monotonic()
