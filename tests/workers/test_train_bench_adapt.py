@@ -62,3 +62,29 @@ def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path, monkeyp
     text = " ".join(capsys.readouterr().err.split())
     assert "unknown method(s) source-only+target-stats, dann" in text
     assert not (tmp_path / "out").exists()  # nothing fetched, nothing written
+
+
+def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp_path):
+    from models.config import resolve_config
+    from workers.benchmarks.adapt import RUNNERS, ST_DASEGNET_OPTIONS, BenchContext, BenchSettings
+
+    name = "st-dasegnet+threshold-0.9"
+    assert not RUNNERS[name].default and RUNNERS[name].adaptation  # a row when asked for, with a gap closure
+    jobs = []
+
+    class Ctx(BenchContext):
+        def job(self, name, seed, **kw):
+            jobs.append((name, seed, kw))
+            return {"bundle": tmp_path / "bundle"}
+
+        def evaluate(self, bundle, stats):
+            return {"miou": 0.1, "stats": stats}
+
+    ctx = Ctx(BenchSettings(overrides={"model.decode_head.dropout_ratio": 0.0}), tmp_path, {}, None, print)
+    assert RUNNERS[name].runner(ctx, 2) == {name: {"miou": 0.1, "stats": "target"}}
+    [(job_name, seed, kw)] = jobs
+    assert (job_name, seed, kw["method"], kw["target"]) == (name, 2, "st-dasegnet", "target")
+    overrides = kw["model"]["overrides"]
+    assert overrides == {"model.decode_head.dropout_ratio": 0.0, **ST_DASEGNET_OPTIONS[name]}
+    cfg = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=overrides)
+    assert cfg["adaptation"]["pseudo_threshold"] == 0.9 and cfg["adaptation"]["pseudo_rare_threshold"] == 0.8
