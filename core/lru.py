@@ -19,14 +19,11 @@ class LRU:
 
     def get(self, key, make: Callable[[], Any]):
         """The cached value, else ``make()`` (called outside the lock) cached and returned."""
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
+        value = self.peek(key)
+        if value is not MISSING:
+            return value
         value = make()
-        with self._lock:
-            self._items[key] = value
-            self._evict()
+        self.put(key, value)
         return value
 
     def peek(self, key):
