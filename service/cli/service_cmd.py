@@ -143,10 +143,12 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
     ) -> None:
         """Run a Celery worker for geoadapt jobs (one job at a time per process)."""
+        from service.queue import prepare_embedded_broker
         from service.store.for_workers import WorkerJobStore
         from workers.celery_app import app as celery, configure
 
         settings = _settings(data_dir)
+        prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
         if "tiles" in queues.split(","):
             import workers.tile_tasks  # noqa: F401  (registers the tile inference task)

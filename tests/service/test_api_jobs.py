@@ -234,3 +234,20 @@ def test_broker_unreachable_at_submit_is_503_and_leaves_no_job(tiny_scene, setti
         r = c.post("/v1/jobs", json=train_spec(*tiny_scene), headers={**auth, "Idempotency-Key": "z"})
         assert r.status_code == 503 and "retry-after" in r.headers
         assert c.get("/v1/jobs", headers=auth).json()["total"] == 0
+
+
+def test_start_up_declares_the_queues_and_freezes_start_up_objects_until_shutdown(app, settings):
+    import gc
+    import sqlite3
+
+    gc.unfreeze()
+    with TestClient(app):
+        # objects alive after start are out of the collector's walks while the app serves
+        assert gc.get_freeze_count() > 0
+        if settings.embedded_broker:
+            broker = settings.broker_url.split(":///", 1)[1]
+            with sqlite3.connect(broker) as db:
+                # the warm-up declared the job queues before any submit, in a WAL-mode broker file
+                assert {q for (q,) in db.execute("SELECT name FROM kombu_queue")} >= {"gpu", "cpu"}
+                assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert gc.get_freeze_count() == 0  # a stopped app can be collected again
