@@ -78,13 +78,17 @@ class WorkerProcess:
             backoff = min(backoff * 2, 30.0)
             self._spawn()
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def begin_stop(self) -> None:
         self._stopping.set()
         if self.proc is None or self.proc.poll() is not None:
             return
         # a warm shutdown would wait for a running job to end: cold shutdown (SIGQUIT) instead;
         # the job is picked up again from its checkpoint when the service next starts
         self.proc.send_signal(signal.SIGQUIT)
+
+    def wait_stopped(self, grace_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
@@ -129,9 +133,11 @@ def register(app: typer.Typer) -> None:
         try:
             uvicorn.run(api, host=host, port=port, log_level=log_level)
         finally:
-            for w in (wp, tw):
-                if w:
-                    w.stop()
+            workers = [w for w in (wp, tw) if w]
+            for w in workers:  # both at once: a cold shutdown takes seconds
+                w.begin_stop()
+            for w in workers:
+                w.wait_stopped()
 
     @app.command("worker")
     def worker_cmd(
