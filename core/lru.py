@@ -18,13 +18,25 @@ class LRU:
         self._lock = threading.Lock()
 
     def get(self, key, make: Callable[[], Any]):
-        """The cached value, else ``make()`` (called outside the lock) cached and returned."""
+        """The cached value, else ``make()`` (called outside the lock) cached and returned.
+
+        Two threads may make the same key at once: the first one cached wins, and the other value is
+        closed (an open file must not be dropped unclosed).
+        """
         value = self.peek(key)
         if value is not MISSING:
             return value
         value = make()
-        self.put(key, value)
-        return value
+        with self._lock:
+            kept = self._items.get(key, MISSING)
+            if kept is MISSING:
+                self._items[key] = value
+                self._evict()
+                return value
+            self._items.move_to_end(key)
+        if self._close:
+            self._close(value)
+        return kept
 
     def peek(self, key):
         """The cached value, or MISSING."""

@@ -18,7 +18,6 @@ import math
 import threading
 import uuid
 import warnings
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from rasterio.windows import Window
 from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
 from rio_tiler.io import Reader
 
+from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
 from core.raster.warp import crs_name
 from core.tiles import ClassPalette
@@ -206,29 +206,14 @@ class CogSource:
         return None
 
 
-_sources: OrderedDict[tuple, CogSource] = OrderedDict()
-_sources_lock = threading.Lock()
+_sources = LRU(MAX_SOURCES, close=lambda src: src.close())
 
 
 def get_source(path: Path, tms: morecantile.TileMatrixSet) -> CogSource:
     """The cached source of a COG (a rewritten file, with a new mtime or size, is a new source)."""
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size, tms.id)
-    with _sources_lock:
-        src = _sources.get(key)
-        if src is not None:
-            _sources.move_to_end(key)
-            return src
-    src = CogSource(path, tms)  # outside the lock: opening may take a while
-    with _sources_lock:
-        if key in _sources:  # another thread opened it meanwhile: keep one
-            src.close()
-            return _sources[key]
-        _sources[key] = src
-        while len(_sources) > MAX_SOURCES:
-            _, old = _sources.popitem(last=False)
-            old.close()
-    return src
+    return _sources.get(key, lambda: CogSource(path, tms))
 
 
 # ---- whole-file products: info, preview, point, class areas --------------------------------------
@@ -326,17 +311,17 @@ def _row_areas_geographic(ds) -> np.ndarray:
     return _EARTH_RADIUS_M**2 * dlon * np.abs(np.diff(np.sin(lat)))
 
 
-_stats_cache: OrderedDict[tuple, dict] = OrderedDict()
-_stats_lock = threading.Lock()
+_class_areas = LRU(64)
 
 
 def class_areas(path: Path, src: CogSource) -> dict:
-    """Pixels and area of every class over the whole COG at full resolution (streamed block by block)."""
+    """Pixels and area of every class over the whole COG at full resolution (cached per file version)."""
     st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    with _stats_lock:
-        if key in _stats_cache:
-            return _stats_cache[key]
+    return _class_areas.get((str(path), st.st_mtime_ns, st.st_size), lambda: _count_class_areas(path, src))
+
+
+def _count_class_areas(path: Path, src: CogSource) -> dict:
+    """Streamed block by block."""
     with rasterio.open(path) as ds:
         nodata = ds.nodata
         size = 256 if ds.dtypes[0] == "uint8" else 65536
@@ -378,8 +363,4 @@ def class_areas(path: Path, src: CogSource) -> dict:
         "pixel_area_m2": px_area,
         "crs": crs,
     }
-    with _stats_lock:
-        _stats_cache[key] = out
-        while len(_stats_cache) > 64:
-            _stats_cache.popitem(last=False)
     return out

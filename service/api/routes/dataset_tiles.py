@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from core.errors import SpecError, UnreadableRasterError
+from core.lru import LRU
 from core.raster.warp import crs_name
 from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep
@@ -250,8 +250,8 @@ def render_png(img: ImageData, ranges: list[tuple[float, float]]) -> bytes:
 
 # ---- sources, cached by the version of their files -------------------------------------------------
 
-_sources: OrderedDict[tuple, ImagerySource] = OrderedDict()
-_sources_lock = threading.Lock()
+#: sources hold no open files (readers open per request): evicting one needs no close
+_sources = LRU(MAX_SOURCES)
 
 
 def _image_files(ds) -> list[Path]:
@@ -264,17 +264,7 @@ def get_source(files: list[Path]) -> ImagerySource:
         key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     except OSError:
         raise NotFoundError("the dataset's files are gone from the server", field="id") from None
-    with _sources_lock:
-        src = _sources.get(key)
-        if src is not None:
-            _sources.move_to_end(key)
-            return src
-    src = ImagerySource(files)  # outside the lock: opening a stack reads every file's header
-    with _sources_lock:
-        _sources[key] = src
-        while len(_sources) > MAX_SOURCES:
-            _sources.popitem(last=False)
-    return src
+    return _sources.get(key, lambda: ImagerySource(files))
 
 
 def _tms(tms_id: str) -> morecantile.TileMatrixSet:
