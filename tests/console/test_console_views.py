@@ -111,7 +111,9 @@ def test_without_the_map_library_a_banner_and_a_still_map(served, nc_job, page):
     preview = page.locator("#job-map-panel img.preview")
     preview.wait_for()
     page.wait_for_function("() => document.querySelector('#job-map-panel img.preview').naturalWidth > 0")
-    assert page.locator("#job-map-panel .class-legend li").count() == len(served.classes)
+    legend = page.locator("#job-map-panel .class-legend li")
+    legend.first.wait_for()  # drawn after the picture, once the classes are fetched: wait, do not race it
+    assert legend.count() == len(served.classes)
     assert page.locator(".leaflet-container").count() == 0
 
 
