@@ -28,6 +28,8 @@ if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
         echo "mmcv: no wheelhouse with mmcv 2.1.0; building it from source (about 20 minutes on 2 cores)"
         "${PIP[@]}" install -q -c constraints.txt "setuptools<70" ninja
         MMCV_WITH_OPS=1 "${PIP[@]}" install -q -c constraints.txt --no-build-isolation "mmcv==2.1.0"
+        # the old setuptools was for mmcv's build only; torch 2.13 requires a newer one
+        "${PIP[@]}" install -q -c constraints.txt "setuptools>=77.0.3"
     fi
 fi
 
