@@ -38,9 +38,10 @@ def prepare_embedded_broker(settings) -> None:
     syncs a journal and the file, and any open read holds the commit back. In WAL mode a commit is one
     synced append and readers never hold it back: 1.6 ms per enqueue instead of 2.2 ms.
     """
-    if not settings.embedded_broker or ":///" not in settings.broker_url:
+    prefix = "sqla+sqlite:///"
+    if not settings.broker_url.startswith(prefix):  # Redis, or the SQL transport on a database server
         return
-    path = settings.broker_url.split(":///", 1)[1]
+    path = settings.broker_url[len(prefix):]
     try:
         conn = sqlite3.connect(path, timeout=30)
         try:
