@@ -148,6 +148,7 @@ def resolve_config(
         model["decode_head"]["num_classes"] = int(num_classes)
     k = int(model["decode_head"]["num_classes"])
     _check_class_weights(cfg, k)
+    _check_augment(cfg)
     if checkpoint is not None:
         cfg["checkpoint"] = str(checkpoint)
     fit_head_to_backbone(cfg)
@@ -165,6 +166,15 @@ def _check_class_weights(cfg: dict, k: int) -> None:
             raise ConfigError(
                 f"{field} has {len(cw)} weights but the job has {k} classes; override it "
                 f"(model.overrides: {{'{field}': [...]}}) or set it to null", field=f"model.overrides.{field}")
+
+
+def _check_augment(cfg: dict) -> None:
+    from models.data.photometric import PhotometricSettings
+
+    try:
+        PhotometricSettings.from_config((cfg.get("augment") or {}).get("photometric"))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e), field="model.overrides.augment.photometric") from None
 
 
 def fit_head_to_backbone(cfg: dict) -> None:

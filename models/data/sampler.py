@@ -21,6 +21,7 @@ from core.raster.domain import Domain, DomainScene, accumulate_cells, cell_areas
 from core.raster.grid import iter_blocks
 from core.raster.stats import BandStats, normalize
 from core.raster.warp import bounds_in
+from models.data.photometric import PhotometricDistortion, PhotometricSettings
 
 #: DAFormer's rare-class sampling temperature: p(c) ~ exp((1 - f_c) / T)
 RCS_TEMPERATURE = 0.01
@@ -92,6 +93,9 @@ class WindowSampler(_Base):
     ``rare_class_bias`` (0-1): the share of windows drawn around a pixel of a class chosen with
     DAFormer's rare-class distribution p(c) ~ exp((1 - f_c) / T) over the region's class
     frequencies f_c; the rest are uniform over admissible positions.
+
+    ``photometric``: mmseg-style photometric distortion of each crop's raw values before it is
+    normalised (see models.data.photometric); None leaves crops as read.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class WindowSampler(_Base):
         min_valid: float = 0.5,
         rare_class_bias: float = 0.0,
         cell: int | None = None,
+        photometric: PhotometricSettings | None = None,
     ):
         super().__init__(seed)
         if labelled and not domain.labelled:
@@ -122,6 +127,20 @@ class WindowSampler(_Base):
         self.class_freq: np.ndarray | None = None
         if self.labelled and self.rare_class_bias > 0:
             self._init_rare_classes()
+        # its own generator: the crop positions stay those of the same seed without distortion
+        self.photometric = None if photometric is None else PhotometricDistortion(
+            stats, photometric, seed=int(seed) + 104_729)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.photometric is not None:
+            state["photometric"] = self.photometric.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.photometric is not None and "photometric" in state:
+            self.photometric.load_state_dict(state["photometric"])
 
     def _init_rare_classes(self) -> None:
         k = len(self.domain.classes)
@@ -172,7 +191,8 @@ class WindowSampler(_Base):
                     f"no {self.crop} px window with {self.min_valid:.0%} valid pixels found in {_MAX_TRIES} tries"
                 )
             self.last_windows.append((idx.item.index, win))
-            imgs.append(normalize(rw.data, self.stats, rw.valid))
+            data = rw.data if self.photometric is None else self.photometric(rw.data)
+            imgs.append(normalize(data, self.stats, rw.valid))
             if self.labelled:
                 labels.append(idx.item.read_labels(win, rw.valid))
             else:
