@@ -18,13 +18,16 @@ def adapt_benchmark(
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per training process (default: 1)"),
     jobs: int = typer.Option(None, "--jobs", min=1, help="training processes in parallel (default: 2)"),
     method: list[str] = typer.Option(None, "--method", help="run only these methods (repeatable)"),
+    photometric: bool = typer.Option(False, "--photometric/--no-photometric",
+                                     help="the spec's photometric distortion for every method (default: off; "
+                                          "it covers this benchmark's shift)"),
 ) -> None:
     """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
     scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure.
     Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
-    s = BenchSettings(seeds=seeds)
+    s = BenchSettings(seeds=seeds, photometric=photometric)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
                        ("jobs", jobs)):
         if value is not None:

@@ -85,6 +85,45 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["target"]) == (name, 2, "st-dasegnet", "target")
     overrides = kw["model"]["overrides"]
-    assert overrides == {"model.decode_head.dropout_ratio": 0.0, **ST_DASEGNET_OPTIONS[name]}
+    assert overrides == {"augment.photometric": False, "model.decode_head.dropout_ratio": 0.0,
+                         **ST_DASEGNET_OPTIONS[name]}
     cfg = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=overrides)
     assert cfg["adaptation"]["pseudo_threshold"] == 0.9 and cfg["adaptation"]["pseudo_rare_threshold"] == 0.8
+    assert cfg["augment"]["photometric"] is False
+
+
+def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
+    from models.config import resolve_config
+    from workers.benchmarks.adapt import BenchContext, BenchSettings
+
+    off = BenchContext(BenchSettings(), tmp_path, {}, None, print)
+    on = BenchContext(BenchSettings(photometric=True), tmp_path, {}, None, print)
+    assert off.run_dir(0, "source-only") != on.run_dir(0, "source-only")  # never reuses the other's runs
+    for ctx, want in ((off, False), (on, True)):
+        cfg = resolve_config(ctx.settings.config, overrides=ctx.settings.model_overrides())
+        assert cfg["augment"]["photometric"] is want
+    # a caller's own override of the switch wins
+    assert BenchSettings(photometric=True, overrides={"augment.photometric": False}).model_overrides() == {
+        "augment.photometric": False}
+
+
+def test_source_stats_option_trains_and_scores_the_target_with_the_source_statistics(tmp_path):
+    from workers.benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
+
+    name = "st-dasegnet+source-stats"
+    assert not RUNNERS[name].default and RUNNERS[name].adaptation
+    jobs, scored = [], []
+
+    class Ctx(BenchContext):
+        def job(self, name, seed, **kw):
+            jobs.append((name, seed, kw))
+            return {"bundle": tmp_path / "bundle"}
+
+        def evaluate(self, bundle, stats):
+            scored.append(stats)
+            return {"miou": 0.1}
+
+    RUNNERS[name].runner(Ctx(BenchSettings(), tmp_path, {}, None, print), 1)
+    [(job_name, seed, kw)] = jobs
+    assert (job_name, seed, kw["method"], kw["target"]) == (name, 1, "st-dasegnet", "target")
+    assert kw["params"] == {"normalization": "source"} and scored == ["source"]
