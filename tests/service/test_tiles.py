@@ -459,12 +459,16 @@ def test_live_tiles_match_the_predicted_cog_and_join_without_seams(world, tile_w
     assert opaque.sum() > 100_000
     agree = float((live[opaque] == cog[opaque]).mean())
     assert agree >= 0.95, agree
-    # seams: along the lines where the four tiles meet, classes change no more often than the COG's
-    # (predicted in one pass, no tile edges there) change along the same lines
-    seam, cog_seam = _seam_rate(live, [256], [256]), _seam_rate(cog, [256], [256])
+    # seams: across the lines where the four tiles meet, classes change no more often than across the
+    # parallel lines inside the tiles nearby (same mosaic, no joins there). One line's rate swings with
+    # the model (per line 0.013-0.073 around a mean of 0.035 for one tiny model), so the bound is loose;
+    # a seam is a step along the whole join. Exact seamlessness is test_tile_tasks.py's same-class test.
+    seam = _seam_rate(live, [256], [256])
+    inner = [256 + d for d in range(-12, 13) if d != 0]
+    inside, cog_seam = _seam_rate(live, inner, inner), _seam_rate(cog, [256], [256])
     print(f"live vs COG tiles: {agree:.4f} of opaque pixels agree; class changes across the tile joins "
-          f"{seam:.4f} (the COG's across the same lines {cog_seam:.4f})")
-    assert seam <= 1.25 * cog_seam + 0.005, (seam, cog_seam)
+          f"{seam:.4f}, across nearby lines inside the tiles {inside:.4f} (the COG's across the joins {cog_seam:.4f})")
+    assert seam <= 2.5 * inside + 0.005, (seam, inside)
 
     # the cache: the same tile again is answered from disk without a worker
     os.killpg(tile_worker.pid, signal.SIGSTOP)
