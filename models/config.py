@@ -169,10 +169,10 @@ def _check_class_weights(cfg: dict, k: int) -> None:
 
 
 def _check_augment(cfg: dict) -> None:
-    from models.data.photometric import PhotometricSettings
+    from models.data.photometric import photometric_of
 
     try:
-        PhotometricSettings.from_config((cfg.get("augment") or {}).get("photometric"))
+        photometric_of(cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), field="model.overrides.augment.photometric") from None
 

@@ -50,6 +50,11 @@ class PhotometricSettings:
         return cls(**fields)
 
 
+def photometric_of(cfg: dict) -> PhotometricSettings | None:
+    """The resolved config's ``augment.photometric`` as settings (None: off)."""
+    return PhotometricSettings.from_config((cfg.get("augment") or {}).get("photometric"))
+
+
 class PhotometricDistortion:
     """Distorts one raw (C, H, W) crop at a time; returns float32 in the input's units."""
 

@@ -33,7 +33,7 @@ from core.raster.stats import BandStats
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
 from models.config import resolve_config, train_settings
-from models.data.photometric import PhotometricSettings
+from models.data.photometric import photometric_of
 from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
@@ -143,9 +143,8 @@ def run_job(
         target_stats = stats.get("target") if spec.params.normalization == "per-domain" else stats["source"]
 
         say("indexing training windows")
-        augment = cfg.get("augment") or {}
         # the spec's photometric distortion, of source crops and target images alike (checked by resolve_config)
-        photometric = PhotometricSettings.from_config(augment.get("photometric"))
+        photometric = photometric_of(cfg)
         src_sampler = WindowSampler(source, run["crop"], stats["source"], seed=seed, labelled=True,
                                     rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0,
                                     photometric=photometric)
@@ -156,7 +155,7 @@ def run_job(
             tgt_sampler = WindowSampler(target, run["crop"], target_stats, seed=seed + 1, labelled=False,
                                         photometric=photometric)
         batches = SamplerBatches(src_sampler, tgt_sampler, run["batch_size"],
-                                 flip=bool(augment.get("flip", False)), seed=seed, device=dev)
+                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=seed, device=dev)
 
         seed_everything(seed)
         method = build_method(cfg, total_iters=run["iterations"], method=method_name)
