@@ -170,11 +170,13 @@ def _check_class_weights(cfg: dict, k: int) -> None:
 
 def _check_augment(cfg: dict) -> None:
     from models.data.photometric import photometric_of
+    from models.data.rescale import rescale_of
 
-    try:
-        photometric_of(cfg)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e), field="model.overrides.augment.photometric") from None
+    for name, read in (("photometric", photometric_of), ("resize", rescale_of)):
+        try:
+            read(cfg)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e), field=f"model.overrides.augment.{name}") from None
 
 
 def fit_head_to_backbone(cfg: dict) -> None:

@@ -22,6 +22,7 @@ from core.raster.grid import iter_blocks
 from core.raster.stats import BandStats, normalize
 from core.raster.warp import bounds_in
 from models.data.photometric import PhotometricDistortion, PhotometricSettings
+from models.data.rescale import RandomRescale, RescaleSettings
 
 #: DAFormer's rare-class sampling temperature: p(c) ~ exp((1 - f_c) / T)
 RCS_TEMPERATURE = 0.01
@@ -96,6 +97,9 @@ class WindowSampler(_Base):
 
     ``photometric``: mmseg-style photometric distortion of each crop's raw values before it is
     normalised (see models.data.photometric); None leaves crops as read.
+
+    ``rescale``: mmseg-style random resize of each crop (see models.data.rescale): the window read is
+    ``crop / r`` px of ground, resized to ``crop`` px; None reads ``crop`` px as they are.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class WindowSampler(_Base):
         rare_class_bias: float = 0.0,
         cell: int | None = None,
         photometric: PhotometricSettings | None = None,
+        rescale: RescaleSettings | None = None,
     ):
         super().__init__(seed)
         if labelled and not domain.labelled:
@@ -130,17 +135,20 @@ class WindowSampler(_Base):
         # its own generator: the crop positions stay those of the same seed without distortion
         self.photometric = None if photometric is None else PhotometricDistortion(
             stats, photometric, seed=int(seed) + 104_729)
+        self.rescale = None if rescale is None else RandomRescale(rescale, self.crop, seed=int(seed) + 130_363)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self.photometric is not None:
-            state["photometric"] = self.photometric.state_dict()
+        for name in ("photometric", "rescale"):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name).state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if self.photometric is not None and "photometric" in state:
-            self.photometric.load_state_dict(state["photometric"])
+        for name in ("photometric", "rescale"):
+            if getattr(self, name) is not None and name in state:
+                getattr(self, name).load_state_dict(state[name])
 
     def _init_rare_classes(self) -> None:
         k = len(self.domain.classes)
@@ -183,6 +191,8 @@ class WindowSampler(_Base):
         for _ in range(int(batch)):
             for _try in range(_MAX_TRIES):
                 idx, win = self._draw_window()
+                if self.rescale is not None:
+                    win = self.rescale.window_around(win, (idx.r0, idx.c0, idx.h, idx.w))
                 rw = idx.item.read(win)
                 if rw.valid.mean() >= self.min_valid:
                     break
@@ -192,12 +202,16 @@ class WindowSampler(_Base):
                 )
             self.last_windows.append((idx.item.index, win))
             data = rw.data if self.photometric is None else self.photometric(rw.data)
-            imgs.append(normalize(data, self.stats, rw.valid))
+            img, valid = normalize(data, self.stats, rw.valid), rw.valid
             if self.labelled:
-                labels.append(idx.item.read_labels(win, rw.valid))
+                label = idx.item.read_labels(win, valid)
             else:
-                labels.append(np.full(rw.valid.shape, IGNORE_INDEX, np.uint8))
-            valids.append(rw.valid)
+                label = np.full(valid.shape, IGNORE_INDEX, np.uint8)
+            if self.rescale is not None:
+                img, valid, label = self.rescale.resize(img, valid, label)
+            imgs.append(img)
+            labels.append(label)
+            valids.append(valid)
         return {
             "img": torch.from_numpy(np.stack(imgs)),
             "label": torch.from_numpy(np.stack(labels).astype(np.int64)),

@@ -40,8 +40,8 @@ class BatchSource(Protocol):
 
 class SamplerBatches:
     """Batches from the data layer's samplers: ``batch_size`` labelled source crops and, when the
-    method needs them, as many target crops; optional random flips of the source crops (the
-    spec's geometric augmentation; its photometric distortion happens in the samplers, on raw values)."""
+    method needs them, as many target crops; optional random flips of the source crops (the spec's
+    random resize and photometric distortion happen in the samplers, where the windows are read)."""
 
     def __init__(self, source: Any, target: Any | None, batch_size: int, *, flip: bool = False, seed: int = 0,
                  device: torch.device | str = "cpu"):

@@ -21,13 +21,15 @@ def adapt_benchmark(
     photometric: bool = typer.Option(False, "--photometric/--no-photometric",
                                      help="the spec's photometric distortion for every method (default: off; "
                                           "it covers this benchmark's shift)"),
+    resize: bool = typer.Option(True, "--resize/--no-resize",
+                                help="the spec's random resize (0.5-2x) of source crops for every method (default: on)"),
 ) -> None:
     """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
     scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure.
     Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
-    s = BenchSettings(seeds=seeds, photometric=photometric)
+    s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
                        ("jobs", jobs)):
         if value is not None:

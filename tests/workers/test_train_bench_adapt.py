@@ -107,6 +107,18 @@ def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path)
         "augment.photometric": False}
 
 
+def test_resize_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
+    from models.config import resolve_config
+    from workers.benchmarks.adapt import BenchContext, BenchSettings
+
+    on = BenchContext(BenchSettings(), tmp_path, {}, None, print)
+    off = BenchContext(BenchSettings(resize=False), tmp_path, {}, None, print)
+    assert on.run_dir(0, "oracle") != off.run_dir(0, "oracle")
+    for ctx, want in ((on, (0.5, 2.0)), (off, False)):
+        cfg = resolve_config(ctx.settings.config, overrides=ctx.settings.model_overrides())
+        assert (tuple(cfg["augment"]["resize"]) if want else cfg["augment"]["resize"]) == want
+
+
 def test_source_stats_option_trains_and_scores_the_target_with_the_source_statistics(tmp_path):
     from workers.benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
 

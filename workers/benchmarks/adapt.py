@@ -64,10 +64,16 @@ class BenchSettings:
     # close to the oracle and little gap is left to measure adaptation by (3 seeds, 800 iterations:
     # best source-only 0.14 vs oracle 0.18 mIoU with it; 0.08 vs 0.19 without).
     photometric: bool = False
+    # The spec's random resize of source crops (0.5-2x, the config's augment.resize), for every method
+    # alike. On: a scale change is not part of this benchmark's shift.
+    resize: bool = True
 
     def model_overrides(self) -> dict:
-        """Config overrides of every training job: the photometric switch, then ``overrides``."""
-        return {"augment.photometric": self.photometric, **self.overrides}
+        """Config overrides of every training job: the benchmark's switches, then ``overrides``."""
+        switches = {"augment.photometric": self.photometric}
+        if not self.resize:
+            switches["augment.resize"] = False
+        return {**switches, **self.overrides}
 
 
 @dataclass
@@ -85,6 +91,8 @@ class BenchContext:
         tag = f"{s.config}_it{s.iterations}_crop{s.crop}_b{s.batch_size}"
         if s.photometric:
             tag += "_photometric"
+        if s.resize:
+            tag += "_resize"
         if s.overrides:
             tag += "_" + hashlib.sha256(json.dumps(s.overrides, sort_keys=True).encode()).hexdigest()[:8]
         return self.out / "runs" / tag / f"seed{seed}" / name
@@ -268,6 +276,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Config `{s['config']}`, {s['iterations']} iterations, batch {s['batch_size']} x {s['crop']} px crops, "
         f"photometric distortion {'on' if s.get('photometric') else 'off'}, "
+        f"random resize of source crops {'on' if s.get('resize') else 'off'}, "
         f"{len(report['seeds'])} seed(s) {report['seeds']}; target = the scene through the fixed simulated shift "
         f"(seed {s['shift_seed']}). Train region: columns {report['train_columns']}; scores on the target test "
         f"region (columns {report['test_columns']}). mIoU and mF1 are means over the {report['mean_over']}.",

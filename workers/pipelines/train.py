@@ -34,6 +34,7 @@ from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
 from models.config import resolve_config, train_settings
 from models.data.photometric import photometric_of
+from models.data.rescale import rescale_of
 from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
@@ -143,11 +144,12 @@ def run_job(
         target_stats = stats.get("target") if spec.params.normalization == "per-domain" else stats["source"]
 
         say("indexing training windows")
-        # the spec's photometric distortion, of source crops and target images alike (checked by resolve_config)
+        # the spec's augmentation (checked by resolve_config): photometric distortion of source crops and
+        # target images alike, random resize of source crops only
         photometric = photometric_of(cfg)
         src_sampler = WindowSampler(source, run["crop"], stats["source"], seed=seed, labelled=True,
                                     rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0,
-                                    photometric=photometric)
+                                    photometric=photometric, rescale=rescale_of(cfg))
         tgt_sampler = None
         if needs_target:
             if target is None:
