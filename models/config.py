@@ -156,16 +156,20 @@ def resolve_config(
 
 
 def _check_class_weights(cfg: dict, k: int) -> None:
-    from models.adaptation.source_only import class_weight_of
+    from models.class_weights import AUTO, weight_slots
 
-    checks = [("model.decode_head.loss_decode.class_weight", class_weight_of(cfg["model"]))]
-    a = cfg.get("adaptation") or {}
-    checks += [(f"adaptation.{n}", a.get(n)) for n in ("target_class_weight", "pseudo_class_weight")]
-    for field, cw in checks:
-        if cw is not None and len(cw) != k:
+    for field, holder, key in weight_slots(cfg):
+        cw = holder.get(key)
+        if cw is None or cw == AUTO:
+            continue
+        if isinstance(cw, str) or not isinstance(cw, (list, tuple)):
+            raise ConfigError(f"{field} must be a list of {k} weights, 'auto' or null, not {cw!r}",
+                              field=f"model.overrides.{field}")
+        if len(cw) != k:
             raise ConfigError(
                 f"{field} has {len(cw)} weights but the job has {k} classes; override it "
-                f"(model.overrides: {{'{field}': [...]}}) or set it to null", field=f"model.overrides.{field}")
+                f"(model.overrides: {{'{field}': [...]}}), set it to 'auto' (from the training labels) or null",
+                field=f"model.overrides.{field}")
 
 
 def _check_augment(cfg: dict) -> None:

@@ -273,6 +273,11 @@ class Domain:
     def labelled(self) -> bool:
         return all(it.labels is not None for it in self.items)
 
+    def class_counts(self, cell: int = 64) -> np.ndarray:
+        """Pixels of each train id over the valid, labelled pixels of every scene's region (streamed)."""
+        k = len(self.classes)
+        return sum(it.label_map(cell, k).sum(axis=(1, 2)) for it in self.items)
+
     def stats(self, store: str | Path | None = None, *, block: int = 512, progress: bool = False) -> BandStats:
         """Per-band statistics over the valid pixels of every scene's region (cached; streamed).
 

@@ -18,6 +18,7 @@ from mmengine.config import Config, ConfigDict
 from torch import nn
 
 from core.errors import ConfigError
+from models.class_weights import auto_fields
 from models.segmentor import build_segmentor
 from models.training.schedules import PolySchedule, build_optimizer, build_schedule
 
@@ -41,6 +42,10 @@ def build_method(cfg: Config | Mapping, *, total_iters: int, method: str | None 
     name = method or (cfg.get("adaptation") or {}).get("type", "source-only")
     if name not in METHODS:
         raise ConfigError(f"unknown adaptation method {name!r}; known: {sorted(METHODS)}", field="method")
+    unfilled = auto_fields(to_plain(cfg))
+    if unfilled:  # mmseg's loss would read "auto" as a weights file
+        raise ConfigError(f"{unfilled[0]} is 'auto': fill it from the training labels first "
+                          "(models.class_weights.fill_auto_class_weights)", field=f"model.overrides.{unfilled[0]}")
     return METHODS[name](cfg, total_iters=total_iters)
 
 

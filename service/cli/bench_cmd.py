@@ -23,13 +23,16 @@ def adapt_benchmark(
                                           "it covers this benchmark's shift)"),
     resize: bool = typer.Option(True, "--resize/--no-resize",
                                 help="the spec's random resize (0.5-2x) of source crops for every method (default: on)"),
+    auto_class_weights: bool = typer.Option(False, "--auto-class-weights",
+                                            help="class weights from each job's training labels ('auto') for "
+                                                 "every method (default: the config's)"),
 ) -> None:
     """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
     scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure.
     Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
-    s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize)
+    s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize, auto_class_weights=auto_class_weights)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
                        ("jobs", jobs)):
         if value is not None:

@@ -119,6 +119,22 @@ def test_resize_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
         assert (tuple(cfg["augment"]["resize"]) if want else cfg["augment"]["resize"]) == want
 
 
+def test_auto_class_weights_switch_reaches_every_method_and_keeps_its_runs_apart(tmp_path):
+    from models.class_weights import auto_fields
+    from models.config import resolve_config
+    from workers.benchmarks.adapt import BenchContext, BenchSettings
+
+    plain = BenchContext(BenchSettings(), tmp_path, {}, None, print)
+    auto = BenchContext(BenchSettings(auto_class_weights=True), tmp_path, {}, None, print)
+    assert plain.run_dir(1, "st-dasegnet") != auto.run_dir(1, "st-dasegnet")
+    for method in ("source-only", "st-dasegnet"):
+        cfg = resolve_config(auto.settings.config, method=method, overrides=auto.settings.model_overrides())
+        # filled from each job's own training labels when it runs
+        assert {"model.decode_head.loss_decode.class_weight", "adaptation.pseudo_class_weight"} <= set(auto_fields(cfg))
+        cfg = resolve_config(plain.settings.config, method=method, overrides=plain.settings.model_overrides())
+        assert auto_fields(cfg) == []
+
+
 def test_source_stats_option_trains_and_scores_the_target_with_the_source_statistics(tmp_path):
     from workers.benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
 

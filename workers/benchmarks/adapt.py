@@ -41,6 +41,8 @@ from workers.pipelines.train import run_job, write_json
 #: the goal the issue sets for ST-DASegNet
 GAP_CLOSURE_GOAL = 0.5
 SOURCE_ONLY_ROWS = ("source-only", "source-only+target-stats")
+#: what ``--auto-class-weights`` sets to "auto" (D_T's CE follows the model's)
+AUTO_WEIGHT_FIELDS = ("model.decode_head.loss_decode.class_weight", "adaptation.pseudo_class_weight")
 
 
 @dataclass
@@ -67,12 +69,18 @@ class BenchSettings:
     # The spec's random resize of source crops (0.5-2x, the config's augment.resize), for every method
     # alike. On: a scale change is not part of this benchmark's shift.
     resize: bool = True
+    # Class weights computed from each job's training labels (models.class_weights, "auto") for the CE
+    # and ST-DASegNet's pseudo-label weights, for every method alike. Off by default: the configs' own
+    # weights (none for segformer-tiny) define the methods as measured so far.
+    auto_class_weights: bool = False
 
     def model_overrides(self) -> dict:
         """Config overrides of every training job: the benchmark's switches, then ``overrides``."""
         switches = {"augment.photometric": self.photometric}
         if not self.resize:
             switches["augment.resize"] = False
+        if self.auto_class_weights:
+            switches.update({f: "auto" for f in AUTO_WEIGHT_FIELDS})
         return {**switches, **self.overrides}
 
 
@@ -93,6 +101,8 @@ class BenchContext:
             tag += "_photometric"
         if s.resize:
             tag += "_resize"
+        if s.auto_class_weights:
+            tag += "_autocw"
         if s.overrides:
             tag += "_" + hashlib.sha256(json.dumps(s.overrides, sort_keys=True).encode()).hexdigest()[:8]
         return self.out / "runs" / tag / f"seed{seed}" / name
@@ -277,6 +287,7 @@ def render_markdown(report: dict) -> str:
         f"Config `{s['config']}`, {s['iterations']} iterations, batch {s['batch_size']} x {s['crop']} px crops, "
         f"photometric distortion {'on' if s.get('photometric') else 'off'}, "
         f"random resize of source crops {'on' if s.get('resize') else 'off'}, "
+        f"class weights {'auto (from the training labels)' if s.get('auto_class_weights') else 'as configured'}, "
         f"{len(report['seeds'])} seed(s) {report['seeds']}; target = the scene through the fixed simulated shift "
         f"(seed {s['shift_seed']}). Train region: columns {report['train_columns']}; scores on the target test "
         f"region (columns {report['test_columns']}). mIoU and mF1 are means over the {report['mean_over']}.",

@@ -29,7 +29,9 @@ from core.raster.domain import Domain
 from core.raster.warp import bounds_in
 from models.adaptation import build_method
 from models.adaptation.feature_regression import PairedBatches
+from models.adaptation.source_only import class_weight_of
 from models.bundle import MANIFEST, Bundle, load_bundle, save_bundle
+from models.class_weights import fill_auto_class_weights
 from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
 from models.training.callbacks import Callback, CallbackList, HistoryFile
@@ -191,6 +193,8 @@ def run_feature_regression(
         base = {k: v for k, v in teacher.config.items() if k not in ("inference", "adaptation", "checkpoint")}
         cfg = resolve_config(base, method=METHOD, overrides=spec.model.overrides, in_channels=bands,
                              num_classes=len(classes))
+        # the student learns no classes from labels: "auto" weights are the teacher's, as it computed them
+        cfg = fill_auto_class_weights(cfg, weights=class_weight_of(teacher.config["model"]) or [1.0] * len(classes))
         run = train_settings(cfg, explicit, defaults)
         grand = teacher_iters + int(run["iterations"])
         seed = spec.params.seed

@@ -32,6 +32,7 @@ from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
+from models.class_weights import auto_fields, fill_auto_class_weights
 from models.config import resolve_config, train_settings
 from models.data.photometric import photometric_of
 from models.data.rescale import rescale_of
@@ -132,6 +133,9 @@ def run_job(
         bands = source.band_count
         cfg = resolve_config(spec.model.config, method=method_name, overrides=spec.model.overrides,
                              in_channels=bands, num_classes=len(classes), checkpoint=spec.model.checkpoint)
+        if auto_fields(cfg):
+            say("counting the source classes for the 'auto' class weights")
+            cfg = fill_auto_class_weights(cfg, source.class_counts)
         explicit = {k: getattr(spec.params, k) for k in TRAIN_KEYS if k in spec.params.model_fields_set}
         defaults = {k: getattr(spec.params, k) for k in TRAIN_KEYS}
         run = train_settings(cfg, explicit, defaults)
