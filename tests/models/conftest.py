@@ -10,6 +10,19 @@ def _one_thread(one_torch_thread):
     yield
 
 
+@pytest.fixture(scope="module")
+def source(nc_bands, nc_data, nc_classes):
+    """The real NC scene with its labels, region = the western 60 % of columns (Benchmark A's train)."""
+    from core.jobspec import DomainSpec
+    from core.raster.domain import Domain
+
+    spec = DomainSpec.model_validate(
+        {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
+         "region": {"columns": [0.0, 0.6]}})
+    with Domain.open(spec, nc_classes) as dom:
+        yield dom
+
+
 def tiny_cfg(method: str = "source-only", *, bands: int = 4, classes: int = 3, **overrides):
     """The segformer-tiny config fitted to a job, with dropout off so forward passes repeat exactly."""
     from models.config import resolve_config

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError
-from core.jobspec import DomainSpec
-from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.config import resolve_config
 from models.data.photometric import PhotometricDistortion, PhotometricSettings
@@ -132,15 +130,6 @@ def test_config_switch_and_a_bad_value_named():
     with pytest.raises(ConfigError, match="brightness") as e:
         resolve_config("segformer-tiny", overrides={"augment.photometric": {"brightnes_delta": 5}})
     assert e.value.field == "model.overrides.augment.photometric"
-
-
-@pytest.fixture(scope="module")
-def source(nc_bands, nc_data, nc_classes):
-    spec = DomainSpec.model_validate(
-        {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
-         "region": {"columns": [0.0, 0.6]}})
-    with Domain.open(spec, nc_classes) as dom:
-        yield dom
 
 
 def test_sampler_distorts_the_same_crops_and_resumes_exactly(source):

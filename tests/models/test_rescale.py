@@ -8,8 +8,6 @@ import pytest
 from rasterio.windows import Window
 
 from core.errors import ConfigError
-from core.jobspec import DomainSpec
-from core.raster.domain import Domain
 from models.config import resolve_config
 from models.data.rescale import RandomRescale, RescaleSettings
 from models.data.sampler import WindowSampler
@@ -77,15 +75,6 @@ def test_config_switch_and_a_bad_value_named():
     with pytest.raises(ConfigError, match="low <= high") as e:
         resolve_config("segformer-tiny", overrides={"augment.resize": [2.0, 0.5]})
     assert e.value.field == "model.overrides.augment.resize"
-
-
-@pytest.fixture(scope="module")
-def source(nc_bands, nc_data, nc_classes):
-    spec = DomainSpec.model_validate(
-        {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
-         "region": {"columns": [0.0, 0.6]}})
-    with Domain.open(spec, nc_classes) as dom:
-        yield dom
 
 
 def test_sampler_returns_crop_sized_rescaled_crops_of_the_ground_it_read(source):

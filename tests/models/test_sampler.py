@@ -21,16 +21,6 @@ from helpers import warp_copy  # noqa: E402
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def source(nc_bands, nc_data, nc_classes):
-    spec = DomainSpec.model_validate(
-        {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
-         "region": {"columns": [0.0, 0.6]}}
-    )
-    with Domain.open(spec, nc_classes) as dom:
-        yield dom
-
-
 def test_windows_are_never_mostly_nodata_and_labels_line_up(source, nc_data):
     s = WindowSampler(source, 64, source.stats(), seed=0, min_valid=0.5)
     with rasterio.open(nc_data["strata"]) as ds:
