@@ -135,6 +135,19 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         return (self.broker_url or "").startswith("sqla+")
 
+    @property
+    def tile_result_backend_url(self) -> str:
+        """Where tile workers put their short statuses and the API polls for them (one rule for both):
+        the broker itself when it is Redis; a SQLite file of its own under the data dir with the
+        embedded broker; else the jobs' result database, or that SQLite file when there is none."""
+        broker = self.broker_url or ""
+        sqlite = f"db+sqlite:///{self.data_dir / 'tile-results.db'}"
+        if broker.startswith(("redis://", "rediss://", "redis+socket://")):
+            return broker
+        if self.embedded_broker:
+            return sqlite
+        return self.result_backend_url or sqlite
+
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.jobs_dir, self.datasets_dir):
             d.mkdir(parents=True, exist_ok=True)

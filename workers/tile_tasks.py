@@ -57,16 +57,6 @@ MAX_BLOCKS = 16
 TILE_TIME_LIMIT_S = 120
 
 
-def result_backend_url(settings) -> str:
-    """Same rule as service.tiles.queue.result_backend_url (workers do not import the service)."""
-    broker = settings.broker_url or ""
-    if broker.startswith(("redis://", "rediss://", "redis+socket://")):
-        return broker
-    if settings.embedded_broker:
-        return f"db+sqlite:///{settings.data_dir / 'tile-results.db'}"
-    return settings.result_backend_url or f"db+sqlite:///{settings.data_dir / 'tile-results.db'}"
-
-
 class _TileTask(Task):
     """A task whose results go to the tile result backend, whatever backend the jobs' app has (none)."""
 
@@ -80,7 +70,7 @@ class _TileTask(Task):
                 return self.app.backend
             from celery.app.backends import by_url
 
-            cls, url = by_url(result_backend_url(settings), self.app.loader)
+            cls, url = by_url(settings.tile_result_backend_url, self.app.loader)
             opts = {"engine_options": {"connect_args": {"timeout": 30}}} if url and url.startswith("sqlite") else {}
             self._tile_backend = cls(app=self.app, url=url, **opts)
         return self._tile_backend

@@ -20,16 +20,6 @@ RENDER_MODEL_TILE = "geoadapt.render_model_tile"
 TILES_QUEUE = "tiles"
 
 
-def result_backend_url(settings) -> str:
-    """Where tile workers put their statuses; workers/tile_tasks.py derives the same from settings."""
-    broker = settings.broker_url or ""
-    if broker.startswith(("redis://", "rediss://", "redis+socket://")):
-        return broker
-    if settings.embedded_broker:
-        return f"db+sqlite:///{settings.data_dir / 'tile-results.db'}"
-    return settings.result_backend_url or f"db+sqlite:///{settings.data_dir / 'tile-results.db'}"
-
-
 class TileClient:
     """Sends tile requests and waits for their status; one Celery app per thread (the Redis result
     consumer and SQLAlchemy sessions of one app are not meant to be shared by threads)."""
@@ -46,7 +36,7 @@ class TileClient:
             from service.queue import broker_transport_options
 
             app = Celery("geoadapt-tiles", broker=self.settings.broker_url,
-                         backend=result_backend_url(self.settings), set_as_current=False)
+                         backend=self.settings.tile_result_backend_url, set_as_current=False)
             app.conf.update(
                 broker_transport_options=broker_transport_options(self.settings),
                 broker_connection_timeout=4,

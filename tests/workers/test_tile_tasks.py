@@ -134,14 +134,16 @@ def test_the_task_turns_input_errors_into_a_status(bundle_dir, nc_bands, tmp_pat
     assert res["status"] == "error" and res["type"] == "invalid_bundle", res
 
 
-@pytest.mark.parametrize("broker", [None, "redis://127.0.0.1:6379/0", "amqp://guest@localhost//"])
-def test_api_and_worker_agree_on_names_and_result_backend(tmp_path, broker):
+@pytest.mark.parametrize("broker, result_backend, expected", [
+    (None, "none", "sqlite"),  # the embedded broker: a SQLite file of its own
+    ("redis://127.0.0.1:6379/0", "db", "broker"),  # Redis carries the statuses whatever the job results do
+    ("amqp://guest@localhost//", "db", "jobs-db"),
+    ("amqp://guest@localhost//", "none", "sqlite"),
+])
+def test_api_and_worker_agree_on_names_and_result_backend(tmp_path, broker, result_backend, expected):
     assert api_queue.RENDER_MODEL_TILE == tile_tasks.RENDER_MODEL_TILE
     assert api_queue.TILES_QUEUE == tile_tasks.TILES_QUEUE
-    s = Settings(data_dir=tmp_path, **({"broker_url": broker} if broker else {}))
-    url = api_queue.result_backend_url(s)
-    assert url == tile_tasks.result_backend_url(s)
-    if broker is None:
-        assert url == f"db+sqlite:///{tmp_path / 'tile-results.db'}"
-    elif broker.startswith("redis"):
-        assert url == broker
+    s = Settings(data_dir=tmp_path, result_backend=result_backend, **({"broker_url": broker} if broker else {}))
+    want = {"sqlite": f"db+sqlite:///{tmp_path / 'tile-results.db'}", "broker": broker,
+            "jobs-db": f"db+sqlite:///{tmp_path / 'geoadapt.db'}"}[expected]
+    assert s.tile_result_backend_url == want
