@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 
 import pytest
 from fastapi.testclient import TestClient
@@ -168,6 +169,20 @@ def test_cancel_queued_then_conflict(client, auth, tiny_scene):
     assert r.status_code == 200 and r.json()["status"] == "dismissed"
     assert client.delete(f"/v1/jobs/{jid}", headers=auth).status_code == 409
     assert client.get(f"/v1/jobs/{jid}/results", headers=auth).status_code == 409
+
+
+def test_a_failed_job_reports_its_error_type_and_message(app, client, auth, tiny_scene):
+    jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
+    with session_scope(app.state.sessions) as s:  # fail it the way a worker does: claim, then fail
+        job_store.claim(s, jid, "w", previous_run_dead=lambda j: False)
+        job_store.fail(s, uuid.UUID(jid), "w", "time_limit_exceeded", "the job ran past 10 s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the response model serialises the error as declared, with no warning
+        listed = client.get("/v1/jobs", headers=auth).json()["jobs"]
+        body = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+    assert body["status"] == "failed"
+    assert body["error"] == {"type": "time_limit_exceeded", "message": "the job ran past 10 s"}
+    assert [j["error"] for j in listed if j["id"] == jid] == [body["error"]]
 
 
 def test_results_links_and_files(app, client, auth, settings, tiny_scene):

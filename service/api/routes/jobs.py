@@ -29,6 +29,7 @@ from service.api.deps import (
 from service.api.schemas import (
     ErrorPublic,
     FileEntry,
+    JobError,
     JobList,
     JobPublic,
     JobStatus,
@@ -65,7 +66,8 @@ def job_body_components() -> dict:
 
 def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
     out = JobPublic.model_validate(j)
-    out.error = {"type": j.error_type, "message": j.error_message or ""} if j.error_type else None
+    # a model, not a dict: assignment is not validated, and a dict makes every failed job's response warn
+    out.error = JobError(type=j.error_type, message=j.error_message or "") if j.error_type else None
     out.spec = j.spec if with_spec else None
     out.links = links.job_links(base, j)
     return out
