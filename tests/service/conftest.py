@@ -31,9 +31,8 @@ def redis_or_skip() -> None:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
 
 
-@pytest.fixture
-def pg_schema_url():
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+def new_pg_schema() -> tuple[str, str]:
+    """(schema, URL whose search_path is that fresh schema) on the test PostgreSQL; skips if absent."""
     postgres_or_skip()
     import psycopg
 
@@ -41,9 +40,30 @@ def pg_schema_url():
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    return schema, f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+def drop_pg_schema(schema: str) -> None:
+    import psycopg
+
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema_url():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    schema, url = new_pg_schema()
+    yield url
+    drop_pg_schema(schema)
+
+
+@pytest.fixture(scope="module")
+def pg_module_schema_url():
+    """As pg_schema_url, for a module's fixtures (a worker process and the API share one store)."""
+    schema, url = new_pg_schema()
+    yield url
+    drop_pg_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

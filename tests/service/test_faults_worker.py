@@ -1,7 +1,8 @@
 """Faults while jobs run, on a real Celery worker process over a Redis broker of the test's own (AOF on, a
-password, as in production) and the SQLite job store: the worker's job process SIGKILLed mid-prediction,
-Redis restarted with one job running and one queued, a job over its time limit, the disk full while a
-prediction is written. Each job ends successful or failed with a reason; no job and no result is lost.
+password, as in production) and the production job store, PostgreSQL (a schema of the test's own): the
+worker's job process SIGKILLed mid-prediction, Redis restarted with one job running and one queued, a job
+over its time limit, the disk full while a prediction is written. Each job ends successful or failed with a
+reason; no job and no result is lost.
 (SIGKILL mid-training, of the worker and of its job process: tests/workers/test_tasks_worker.py.)"""
 from __future__ import annotations
 
@@ -114,16 +115,18 @@ def conv_bundle(folder: Path, stats) -> Path:
 
 
 class Rig:
-    """The API in this process, one worker process, a Redis of its own; jobs folder on a tmpfs when possible."""
+    """The API in this process, one worker process, a Redis of its own, a PostgreSQL job store; jobs folder on a
+    tmpfs when possible."""
 
-    def __init__(self, root: Path, nc_dir: Path):
+    def __init__(self, root: Path, nc_dir: Path, database_url: str):
         self.root = root
         self.redis = OwnRedis(root / "redis")
         self.redis.start()
         self.data = root / "data"
         self.settings = Settings(data_dir=root / "state", allowed_roots=[self.data, nc_dir],
-                                 broker_url=self.redis.url, heartbeat_interval_s=1.0, rate_limit_per_minute=0,
-                                 job_soft_time_limit_s=SOFT_LIMIT_S, job_hard_time_limit_s=SOFT_LIMIT_S + 30)
+                                 broker_url=self.redis.url, database_url=database_url, heartbeat_interval_s=1.0,
+                                 rate_limit_per_minute=0, job_soft_time_limit_s=SOFT_LIMIT_S,
+                                 job_hard_time_limit_s=SOFT_LIMIT_S + 30)
         self.settings.ensure_dirs()
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(self.settings.jobs_dir)],
                                  capture_output=True, text=True)
@@ -135,6 +138,7 @@ class Rig:
         self.auth = {"Authorization": f"Bearer {plain}"}
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                     "GEOADAPT_DATA_DIR": str(self.settings.data_dir), "GEOADAPT_BROKER_URL": self.redis.url,
+                    "GEOADAPT_DATABASE_URL": database_url,
                     "GEOADAPT_ALLOWED_ROOTS": f"{self.data}:{nc_dir}", "GEOADAPT_HEARTBEAT_INTERVAL_S": "1",
                     "GEOADAPT_JOB_SOFT_TIME_LIMIT_S": str(SOFT_LIMIT_S),
                     "GEOADAPT_JOB_HARD_TIME_LIMIT_S": str(SOFT_LIMIT_S + 30)}
@@ -190,13 +194,13 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory, nc_data, nc_bands):
+def rig(tmp_path_factory, nc_data, nc_bands, pg_module_schema_url):
     from core.raster.scene import Scene
     from core.raster.stats import compute_stats
     from workers.benchmarks.predict import build_mosaic
 
     root = tmp_path_factory.mktemp("faults")
-    r = Rig(root, Path(nc_data["strata"]).parent)
+    r = Rig(root, Path(nc_data["strata"]).parent, pg_module_schema_url)
     try:
         r.start_worker()
         r.mosaic = build_mosaic(1024, r.data / "mosaic.tif")  # the real NC scene, tiled to 1024 x 1024 x 6
