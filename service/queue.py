@@ -22,15 +22,6 @@ def task_queues() -> list[Queue]:
     return [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
 
 
-def broker_transport_options(settings) -> dict:
-    if settings.embedded_broker:
-        # the SQL transport hands these to create_engine: wait on SQLite's lock, do not fail
-        return {"connect_args": {"timeout": 30}}
-    # Redis: an unacknowledged job is redelivered after the visibility timeout, so it must outlast
-    # the longest job or a running job would start twice
-    return {"visibility_timeout": settings.visibility_timeout_s}
-
-
 def prepare_embedded_broker(settings) -> None:
     """Put the embedded broker's SQLite file in WAL mode (a setting the file keeps).
 
@@ -60,7 +51,7 @@ def make_producer(settings):
     app = Celery("geoadapt-api", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_queues=task_queues(),
-        broker_transport_options=broker_transport_options(settings),
+        broker_transport_options=settings.broker_transport_options,
         broker_connection_timeout=4,
         broker_connection_retry_on_startup=False,
         task_ignore_result=True,

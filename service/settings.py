@@ -136,6 +136,16 @@ class Settings(BaseSettings):
         return (self.broker_url or "").startswith("sqla+")
 
     @property
+    def broker_transport_options(self) -> dict:
+        """Celery's broker_transport_options, the same for the API's producers and the workers."""
+        if self.embedded_broker:
+            # the SQL transport hands these to create_engine: wait on SQLite's lock, do not fail
+            return {"connect_args": {"timeout": 30}}
+        # Redis: an unacknowledged job is redelivered after the visibility timeout, so it must outlast
+        # the longest job or a running job would start twice
+        return {"visibility_timeout": self.visibility_timeout_s}
+
+    @property
     def tile_result_backend_url(self) -> str:
         """Where tile workers put their short statuses and the API polls for them (one rule for both):
         the broker itself when it is Redis; a SQLite file of its own under the data dir with the

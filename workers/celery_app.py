@@ -52,7 +52,7 @@ def celery_config(settings) -> dict:
         worker_concurrency=settings.worker_concurrency,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_hard_time_limit_s,
-        broker_transport_options=_transport_options(settings),
+        broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
@@ -60,14 +60,6 @@ def celery_config(settings) -> dict:
         accept_content=["json"],
         enable_utc=True,
     )
-
-
-def _transport_options(settings) -> dict:
-    if settings.embedded_broker:
-        # the SQL transport hands these to create_engine: wait on SQLite's lock, do not fail
-        return {"connect_args": {"timeout": 30}}
-    # Redis redelivers unacknowledged messages after this; longer than any job
-    return {"visibility_timeout": settings.visibility_timeout_s}
 
 
 def configure(celery: GeoadaptCelery, settings, job_store) -> GeoadaptCelery:

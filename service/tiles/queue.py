@@ -33,12 +33,10 @@ class TileClient:
         if app is None:
             from celery import Celery
 
-            from service.queue import broker_transport_options
-
             app = Celery("geoadapt-tiles", broker=self.settings.broker_url,
                          backend=self.settings.tile_result_backend_url, set_as_current=False)
             app.conf.update(
-                broker_transport_options=broker_transport_options(self.settings),
+                broker_transport_options=self.settings.broker_transport_options,
                 broker_connection_timeout=4,
                 broker_connection_retry_on_startup=False,
                 database_engine_options={"connect_args": {"timeout": 30}} if self.settings.embedded_broker else {},
