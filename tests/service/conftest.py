@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -31,8 +32,9 @@ def redis_or_skip() -> None:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
 
 
-def new_pg_schema() -> tuple[str, str]:
-    """(schema, URL whose search_path is that fresh schema) on the test PostgreSQL; skips if absent."""
+@contextmanager
+def fresh_pg_schema():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped on exit; skips if PostgreSQL is absent."""
     postgres_or_skip()
     import psycopg
 
@@ -40,30 +42,24 @@ def new_pg_schema() -> tuple[str, str]:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in PG_URL else "?"
-    return schema, f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-
-
-def drop_pg_schema(schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
 def pg_schema_url():
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
-    schema, url = new_pg_schema()
-    yield url
-    drop_pg_schema(schema)
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def pg_module_schema_url():
     """As pg_schema_url, for a module's fixtures (a worker process and the API share one store)."""
-    schema, url = new_pg_schema()
-    yield url
-    drop_pg_schema(schema)
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
