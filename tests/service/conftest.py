@@ -1,65 +1,11 @@
-"""Fixtures for the service tests: a real job store on SQLite and on PostgreSQL (skipped if absent)."""
+"""Fixtures for the service tests: a real job store on SQLite and on PostgreSQL (tests/conftest.py's
+schema fixtures; skipped if PostgreSQL is absent)."""
 from __future__ import annotations
-
-import os
-import uuid
-from contextlib import contextmanager
 
 import pytest
 
 from service.settings import Settings
 from service.store.db import init_db, make_engine, session_factory
-
-PG_URL = os.environ.get("GEOADAPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("GEOADAPT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def postgres_or_skip() -> None:
-    import psycopg
-
-    try:
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except psycopg.Error as e:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {str(e).strip().splitlines()[0]}")
-
-
-def redis_or_skip() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as e:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
-
-
-@contextmanager
-def fresh_pg_schema():
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped on exit; skips if PostgreSQL is absent."""
-    postgres_or_skip()
-    import psycopg
-
-    schema = f"ga_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture
-def pg_schema_url():
-    with fresh_pg_schema() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def pg_module_schema_url():
-    """As pg_schema_url, for a module's fixtures (a worker process and the API share one store)."""
-    with fresh_pg_schema() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,7 +10,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 from fastapi.testclient import TestClient

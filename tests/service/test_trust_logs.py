@@ -4,15 +4,12 @@ files whose contents are a marker; afterwards neither its log nor any answer hol
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import httpx
 import pytest
 
 from service.bench_security import free_port, prepare, start_server, stop_server
-
-from .conftest import postgres_or_skip
 
 DB_PASSWORD = "db-pw-" + uuid.uuid4().hex[:12]
 BROKER_PASSWORD = "broker-pw-" + uuid.uuid4().hex[:12]
@@ -25,8 +22,7 @@ def served(tmp_path, request):
     world = prepare(tmp_path / "w", clients=2)
     env = {"GEOADAPT_BROKER_URL": f"redis://:{BROKER_PASSWORD}@127.0.0.1:1/0"}  # nothing listens: submits get 503
     try:
-        postgres_or_skip()
-        url = request.getfixturevalue("pg_schema_url")
+        url = request.getfixturevalue("pg_schema_url")  # skips when PostgreSQL is absent
         env["GEOADAPT_DATABASE_URL"] = url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
         assert DB_PASSWORD in env["GEOADAPT_DATABASE_URL"]
     except pytest.skip.Exception:

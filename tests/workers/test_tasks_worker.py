@@ -23,30 +23,9 @@ from service.store.models import WorkerRecord
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get("GEOADAPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("GEOADAPT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 #: one Redis database per Backend: a worker of another test's store must not take its messages
 _REDIS_DBS = iter(range(10, 16))
-
-
-def _pg_schema() -> tuple[str, str]:
-    import psycopg
-
-    try:
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except psycopg.Error as e:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {str(e).strip().splitlines()[0]}")
-    schema = f"ga_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return schema, f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-
-
-def _drop_schema(schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _redis_or_skip() -> str:
@@ -65,14 +44,13 @@ def _redis_or_skip() -> str:
 class Backend:
     """Settings for the API in this process + a matching environment for worker processes."""
 
-    def __init__(self, kind: str, root: Path, nc_dir: Path):
+    def __init__(self, kind: str, root: Path, nc_dir: Path, database_url: str | None = None):
+        """``database_url``: the PostgreSQL store of a "redis" backend (tests/conftest.py's schema fixtures)."""
         self.kind, self.root = kind, root
-        self.schema = None
         extra = {}
         if kind == "redis":
             broker = _redis_or_skip()
-            self.schema, db = _pg_schema()
-            extra = {"database_url": db, "broker_url": broker}
+            extra = {"database_url": database_url, "broker_url": broker}
         self.settings = Settings(data_dir=root / "state", allowed_roots=[nc_dir], heartbeat_interval_s=1.0,
                                  rate_limit_per_minute=0, **extra)
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -127,8 +105,6 @@ class Backend:
                 p.wait(10)
         self.client.close()
         self.app.state.engine.dispose()
-        if self.schema:
-            _drop_schema(self.schema)
 
 
 def wait_for(pred, timeout: float, what: str, backend: Backend | None = None, every: float = 0.3):
@@ -157,7 +133,8 @@ def nc_spec(nc_bands, nc_data, nc_classes, **params) -> dict:
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def backend(request, tmp_path_factory, nc_data):
-    b = Backend(request.param, tmp_path_factory.mktemp(request.param), Path(nc_data["strata"]).parent)
+    db = request.getfixturevalue("pg_module_schema_url") if request.param == "redis" else None
+    b = Backend(request.param, tmp_path_factory.mktemp(request.param), Path(nc_data["strata"]).parent, db)
     b.start_worker()
     yield b
     b.close()
@@ -244,8 +221,9 @@ def _ckpt(b: Backend, jid: str) -> bool:
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_bands, nc_data, nc_classes):
-    b = Backend("redis", tmp_path, Path(nc_data["strata"]).parent)
+def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_bands, nc_data, nc_classes,
+                                                                 pg_schema_url):
+    b = Backend("redis", tmp_path, Path(nc_data["strata"]).parent, pg_schema_url)
     try:
         w = b.start_worker()
         jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=400, checkpoint_interval=10))
