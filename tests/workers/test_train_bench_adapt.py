@@ -41,11 +41,11 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
         torch.set_num_threads(n)
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "oracle",
-                                      "feature-regression"}
+    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "source-only+adabn",
+                                      "oracle", "feature-regression"}
     for m in report["methods"].values():
         assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
-    assert set(report["gap_closure"]) == {"st-dasegnet", "feature-regression"}
+    assert set(report["gap_closure"]) == {"st-dasegnet", "source-only+adabn", "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
     assert (tmp_path / "per_class_iou.png").stat().st_size > 1000
     assert "gap closure st-dasegnet" in res.output and "gap closure feature-regression" in res.output

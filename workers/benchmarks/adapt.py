@@ -9,8 +9,9 @@ Call flow of ``run_benchmark``::
     report.json, report.md, per-class IoU plot
 
 Rows: ``source-only`` (target normalised with the source statistics), ``source-only+target-stats``
-(the same model, target normalised with its own statistics), ``st-dasegnet`` and ``oracle`` (trained
-on the target train labels). Another method joins by ``register_runner`` (feature regression does);
+(the same model, target normalised with its own statistics), ``st-dasegnet``, ``source-only+adabn``
+(the source-only model with its BatchNorm statistics re-estimated on target crops: the cheapest
+adaptation baseline) and ``oracle`` (trained on the target train labels). Another method joins by ``register_runner`` (feature regression does);
 its gap closure is reported when it is registered as an adaptation method.
 Target labels are read only to score the test region and to train the oracle.
 """
@@ -33,7 +34,9 @@ from core.errors import ConfigError
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
-from models.bundle import load_bundle
+from models.batchnorm_statistics import reestimate_batchnorm
+from models.bundle import Bundle, load_bundle
+from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.training.callbacks import Callback
 from workers.pipelines.train import run_job, write_json
@@ -122,9 +125,9 @@ class BenchContext:
         body.update(extra)
         return run_job(load_job_spec(body), self.callbacks_for(name, seed))
 
-    def evaluate(self, bundle: str | Path, stats: str | BandStats) -> dict:
-        """Metrics of a bundle on the target test region."""
-        b = load_bundle(bundle)
+    def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
+        """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region."""
+        b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         chosen = b.resolve_stats(stats)
         with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
             return evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
@@ -186,6 +189,28 @@ def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
     return {"st-dasegnet+source-init": ctx.evaluate(res["bundle"], "target")}
 
 
+#: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over
+ADABN_BATCHES = 100
+
+
+def _source_only_adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    """AdaBN (models.batchnorm_statistics): this seed's source-only model, unchanged but for its
+    BatchNorm statistics, re-estimated on unlabelled crops of the target train region (normalised, like
+    the model's training crops, with the source statistics). No labels and no training: the cheapest
+    adaptation baseline, and a measure of how much of ST-DASegNet's gain its decoders' BatchNorm layers
+    could give by seeing target batches alone."""
+    so = ctx.run_dir(seed, "source-only")
+    if not (so / "bundle" / "weights.pth").exists():
+        ctx.job("source-only", seed, type="train", method="source-only")
+    b = load_bundle(so)
+    stats = b.resolve_stats("source")
+    s = ctx.settings
+    with Domain.open(DomainSpec.model_validate(ctx.domains["target"]), b.classes, labels=False) as target:
+        sampler = WindowSampler(target, s.crop, stats, seed=seed, labelled=False)
+        reestimate_batchnorm(b.segmentor, (sampler.sample(s.batch_size)["img"] for _ in range(ADABN_BATCHES)))
+    return {"source-only+adabn": ctx.evaluate(b, stats)}
+
+
 def _st_dasegnet_source_stats(ctx: BenchContext, seed: int) -> dict[str, dict]:
     """Named option: ST-DASegNet with both domains normalised by the source statistics (job parameter
     ``normalization: source``), as the paper's pipeline normalises every image with one fixed mean and
@@ -228,6 +253,7 @@ def _feature_regression(ctx: BenchContext, seed: int) -> dict[str, dict]:
 
 register_runner("source-only", _source_only, adaptation=False, cost=1.0)
 register_runner("st-dasegnet", _st_dasegnet, cost=5.0)
+register_runner("source-only+adabn", _source_only_adabn, cost=0.1, needs=("source-only",))
 register_runner("st-dasegnet+source-init", _st_dasegnet_source_init, default=False, cost=5.0,
                 needs=("source-only",))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)
