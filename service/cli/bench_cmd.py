@@ -27,8 +27,9 @@ def adapt_benchmark(
                                             help="class weights from each job's training labels ('auto') for "
                                                  "every method (default: the config's)"),
 ) -> None:
-    """Benchmark A: source-only (source / target statistics), ST-DASegNet and oracle on the NC Landsat-7
-    scene under a simulated sensor + atmosphere shift; prints mIoU per method and the gap closure.
+    """Benchmark A: source-only (source / target statistics), ST-DASegNet, AdaBN, feature regression and
+    oracle on the NC Landsat-7 scene under a simulated sensor + atmosphere shift; prints mIoU per method
+    and the gap closure.
     Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
