@@ -50,7 +50,7 @@ def test_the_model_is_left_as_it_was_found_in_every_other_respect():
     assert model[2].momentum == 0.1 and model[5].momentum == 0.3
 
 
-def test_the_adapted_model_normalises_the_new_images_to_zero_mean():
+def test_after_adabn_the_new_images_leave_the_first_batchnorm_centred_on_its_bias():
     # the point of it: after AdaBN, the first BatchNorm's outputs over the new domain are centred
     model = _model()
     batches = _batches(shift=3.0)

@@ -11,8 +11,9 @@ Call flow of ``run_benchmark``::
 Rows: ``source-only`` (target normalised with the source statistics), ``source-only+target-stats``
 (the same model, target normalised with its own statistics), ``st-dasegnet``, ``source-only+adabn``
 (the source-only model with its BatchNorm statistics re-estimated on target crops: the cheapest
-adaptation baseline) and ``oracle`` (trained on the target train labels). Another method joins by ``register_runner`` (feature regression does);
-its gap closure is reported when it is registered as an adaptation method.
+adaptation baseline) and ``oracle`` (trained on the target train labels). Another method joins by
+``register_runner`` (feature regression does); its gap closure is reported when it is registered as an
+adaptation method.
 Target labels are read only to score the test region and to train the oracle.
 """
 from __future__ import annotations
