@@ -126,6 +126,14 @@ class BenchContext:
         body.update(extra)
         return run_job(load_job_spec(body), self.callbacks_for(name, seed))
 
+    def source_only_run(self, seed: int) -> Path:
+        """This seed's source-only run folder, trained first if its bundle is not there yet (the runners
+        that start from the source-only model call this)."""
+        run = self.run_dir(seed, "source-only")
+        if not (run / "bundle" / "weights.pth").exists():
+            self.job("source-only", seed, type="train", method="source-only")
+        return run
+
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -181,9 +189,7 @@ def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
     """Named option: ST-DASegNet started from this seed's source-only weights (both backbones and
     decoders, through the ordinary pretrained-checkpoint path), as the paper starts from pretrained
     backbones. Costs the source-only run's iterations on top of its own."""
-    so = ctx.run_dir(seed, "source-only") / "bundle" / "weights.pth"
-    if not so.exists():
-        ctx.job("source-only", seed, type="train", method="source-only")
+    so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
     res = ctx.job("st-dasegnet+source-init", seed, type="adapt", method="st-dasegnet", target="target",
                   model={"config": ctx.settings.config, "overrides": ctx.settings.model_overrides(),
                          "checkpoint": str(so)})
@@ -200,10 +206,7 @@ def _source_only_adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
     the model's training crops, with the source statistics). No labels and no training: the cheapest
     adaptation baseline, and a measure of how much of ST-DASegNet's gain its decoders' BatchNorm layers
     could give by seeing target batches alone."""
-    so = ctx.run_dir(seed, "source-only")
-    if not (so / "bundle" / "weights.pth").exists():
-        ctx.job("source-only", seed, type="train", method="source-only")
-    b = load_bundle(so)
+    b = load_bundle(ctx.source_only_run(seed))
     stats = b.resolve_stats("source")
     s = ctx.settings
     with Domain.open(DomainSpec.model_validate(ctx.domains["target"]), b.classes, labels=False) as target:
@@ -244,9 +247,7 @@ def _st_dasegnet_option(name: str, overrides: dict) -> Runner:
 def _feature_regression(ctx: BenchContext, seed: int) -> dict[str, dict]:
     """Feature regression with this seed's source-only model as the teacher (the design's setting:
     teacher = the source-only model; pairs = the co-registered source/target train windows)."""
-    teacher = ctx.run_dir(seed, "source-only")
-    if not (teacher / "bundle" / "weights.pth").exists():
-        ctx.job("source-only", seed, type="train", method="source-only")
+    teacher = ctx.source_only_run(seed)
     res = ctx.job("feature-regression", seed, type="adapt", method="feature-regression", target="target",
                   bundle=str(teacher))
     return {"feature-regression": ctx.evaluate(res["bundle"], "target")}
