@@ -37,6 +37,7 @@ class LoopResult:
     best: dict | None               # {"iteration", "metric", "value", "path"} when validated
     validations: list[dict] = field(default_factory=list)
     final_losses: dict[str, float] = field(default_factory=dict)
+    late_losses: dict[str, float] = field(default_factory=dict)  # each loss's mean over the last tenth
     elapsed_s: float = 0.0
 
     @property

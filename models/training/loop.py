@@ -12,6 +12,10 @@ Call flow of ``TrainLoop.run``::
         callbacks.should_stop()? -> last.pth, return (stopped)
     final validation (if any), last.pth, on_end
 
+Besides the last iteration's losses the result carries ``late_losses``, each loss averaged over the
+last tenth of the schedule: the state training ended in, without one batch's noise (ST-DASegNet's
+pseudo-label quality q and discriminator loss tell from it whether its adaptation terms acted).
+
 The loop never reads rasters: a batch source (``SamplerBatches`` over the data layer's samplers)
 hands it tensors; validation is a function of the inference segmentor supplied by the caller.
 """
@@ -89,6 +93,33 @@ class SamplerBatches:
 
 Validator = Callable[[nn.Module], dict]
 
+#: the share of the schedule, at its end, that ``late_losses`` average over
+LATE_FRACTION = 0.1
+
+
+def late_start(total: int) -> int:
+    """The first (0-based) iteration whose losses ``late_losses`` average: the last tenth, at least one."""
+    return total - max(1, int(total * LATE_FRACTION))
+
+
+class LossMeans:
+    """Running means of the losses of the iterations added; a plain dict state for checkpoints."""
+
+    def __init__(self, state: dict | None = None):
+        self.sums: dict[str, float] = dict((state or {}).get("sums") or {})
+        self.counts: dict[str, int] = dict((state or {}).get("counts") or {})
+
+    def add(self, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
 
 class TrainLoop:
     def __init__(
@@ -116,10 +147,12 @@ class TrainLoop:
         self.best: dict | None = None
         self.validations: list[dict] = []
         self.last_losses: dict[str, float] = {}
+        self.late = LossMeans()
 
     # -- state --
     def _loop_state(self) -> dict:
-        return {"best": self.best, "validations": self.validations, "last_losses": self.last_losses}
+        return {"best": self.best, "validations": self.validations, "last_losses": self.last_losses,
+                "late_losses": self.late.state_dict()}
 
     def save(self, iteration: int) -> Path | None:
         if self.workdir is None:
@@ -142,6 +175,7 @@ class TrainLoop:
         self.best = loop.get("best")
         self.validations = list(loop.get("validations") or [])
         self.last_losses = dict(loop.get("last_losses") or {})
+        self.late = LossMeans(loop.get("late_losses"))
         ckpt.restore_rng(state["rng"])  # last, so nothing above consumes random numbers after it
         return int(state["iteration"])
 
@@ -183,6 +217,7 @@ class TrainLoop:
         it = start
         stopped = False
         last_path: Path | None = None
+        late_from = late_start(self.total)
         while it < self.total:
             t = time.perf_counter()
             batch = self.batches.next(it)
@@ -190,6 +225,8 @@ class TrainLoop:
             self.last_losses = losses
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
+            if it >= late_from:
+                self.late.add(losses)
             it += 1
             times.append(time.perf_counter() - t)
             recent = times[-50:]
@@ -210,7 +247,7 @@ class TrainLoop:
         last_path = self.save(it) or last_path
         result = LoopResult(iterations_done=it, total=self.total, stopped=stopped, last_checkpoint=last_path,
                             best=self.best, validations=self.validations, final_losses=self.last_losses,
-                            elapsed_s=time.perf_counter() - t0)
+                            late_losses=self.late.means(), elapsed_s=time.perf_counter() - t0)
         self.callbacks.on_end(result)
         return result
 

@@ -1,12 +1,14 @@
-"""The loop: N iterations straight equal N/2 + resume + N/2; cooperative stop; best-checkpoint tracking."""
+"""The loop: N iterations straight equal N/2 + resume + N/2; cooperative stop; best-checkpoint tracking;
+the late losses (means over the last tenth of the schedule), across a resume too."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.adaptation import build_method
 from models.training.callbacks import Callback, History, StopAfter
 from models.training.checkpoint import BEST, LAST, load_checkpoint
-from models.training.loop import TrainLoop, load_best_weights
+from models.training.loop import TrainLoop, late_start, load_best_weights
 
 
 def _run(tiny, batch_source, workdir, total, *, stop_after=None, resume=True, method="st-dasegnet"):
@@ -78,3 +80,20 @@ def test_cooperative_stop_checkpoints_and_best_tracking(tiny, batch_source, tmp_
     assert p.total == 8 and p.eta_s is not None and set(p.lr) == {"student"} and "loss" in p.losses
     rec = load_best_weights(m, tmp_path)
     assert rec["iteration"] == 4 and (tmp_path / BEST).exists()
+
+
+def test_late_losses_average_the_last_tenth_of_the_schedule_across_a_resume(tiny, batch_source, tmp_path):
+    assert (late_start(800), late_start(20), late_start(5), late_start(1)) == (720, 18, 4, 0)
+    n = 20
+    _, straight, hist = _run(tiny, batch_source, tmp_path / "a", n, method="source-only")
+    last_two = [p.losses for p in hist.progress if p.iteration > 18]  # iterations 18 and 19, 0-based
+    assert len(last_two) == 2
+    for k in ("loss", "ce_src"):
+        assert straight.late_losses[k] == pytest.approx(sum(x[k] for x in last_two) / 2)
+    assert straight.late_losses["loss"] != pytest.approx(straight.final_losses["loss"])  # an average, not the last
+
+    # stopped inside the late window: the part already averaged travels in the checkpoint
+    _, first, _ = _run(tiny, batch_source, tmp_path / "b", n, stop_after=19, method="source-only")
+    assert first.stopped and first.iterations_done == 19
+    _, resumed, _ = _run(tiny, batch_source, tmp_path / "b", n, method="source-only")
+    assert resumed.late_losses == pytest.approx(straight.late_losses)

@@ -246,6 +246,7 @@ def run_feature_regression(
             "best": result.best,
             "teacher": teacher.metrics or None,
             "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
+                         "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
         cfg["inference"] = method.inference_config()

@@ -192,6 +192,7 @@ def run_job(
             if validation is not None else None,
             "best": result.best,
             "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
+                         "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
         cfg["inference"] = method.inference_config()
