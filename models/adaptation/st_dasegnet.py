@@ -270,16 +270,20 @@ class STDASegNet(AdaptationMethod):
                 + lam_st * (terms["ce_pseudo_s"] + terms["ce_pseudo_t"])
                 + lam_adv * (terms["adv_s"] + terms["adv_t"]))
 
-    def discriminator_loss(self, feats: Mapping[str, Tensor], size) -> Tensor:
-        """D_src: real B_S(x_s), fake B_S(x_t); D_tgt: real B_T(x_t), fake B_T(x_s); same weight."""
-        lam_adv = float(self.a.get("adv_weight", 0.005))
+    def discriminator_terms(self, feats: Mapping[str, Tensor], size) -> dict[str, Tensor]:
+        """The discriminator step's four BCE terms, unweighted. D_src: real B_S(x_s), fake B_S(x_t);
+        D_tgt: real B_T(x_t), fake B_T(x_s)."""
         d_src, d_tgt = self.net["disc_src"], self.net["disc_tgt"]
-        return lam_adv * (
-            gan_loss(d_src(spatial_softmax(feats["ss"])), True, size)
-            + gan_loss(d_src(spatial_softmax(feats["ts"])), False, size)
-            + gan_loss(d_tgt(spatial_softmax(feats["tt"])), True, size)
-            + gan_loss(d_tgt(spatial_softmax(feats["st"])), False, size)
-        )
+        return {
+            "src_real": gan_loss(d_src(spatial_softmax(feats["ss"])), True, size),
+            "src_fake": gan_loss(d_src(spatial_softmax(feats["ts"])), False, size),
+            "tgt_real": gan_loss(d_tgt(spatial_softmax(feats["tt"])), True, size),
+            "tgt_fake": gan_loss(d_tgt(spatial_softmax(feats["st"])), False, size),
+        }
+
+    def discriminator_loss(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """L_D = lambda_adv x the sum of the four terms (the same weight as the student's adversarial term)."""
+        return float(self.a.get("adv_weight", 0.005)) * sum(terms.values())
 
     def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
         if iteration > 0:
@@ -298,12 +302,15 @@ class STDASegNet(AdaptationMethod):
         for d in discs:
             d.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        loss_d = self.discriminator_loss(feats, batch["source"]["img"].shape[-2:])
+        terms_d = self.discriminator_terms(feats, batch["source"]["img"].shape[-2:])
+        loss_d = self.discriminator_loss(terms_d)
         loss_d.backward()
         opt_d.step()
 
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss_disc"] = float(loss_d.detach())
+        # mean BCE per discriminator term: ln 2 = 0.693 where the discriminators cannot tell the domains apart
+        out["disc_bce"] = float(sum(terms_d.values()).detach()) / len(terms_d)
         return out
 
     def backbones(self) -> list[nn.Module]:

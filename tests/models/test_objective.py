@@ -1,6 +1,8 @@
 """The ST-DASegNet student objective equals the weighted sum of its terms, each recomputed independently."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,3 +113,26 @@ def test_source_only_loss_is_class_weighted_ce(tiny, make_batch):
     with torch.no_grad():
         ref = _ce(seg.forward_logits(batch["source"]["img"]), batch["source"]["label"], [0.5, 1.0, 3.0])
     assert float(got) == pytest.approx(float(ref), rel=1e-5)
+
+
+def _blind_discriminators(m, logit: float) -> None:
+    """A last layer of zero weights: the same logit everywhere, whatever the features."""
+    for d in ("disc_src", "disc_tgt"):
+        last = m.net[d].model[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.constant_(last.bias, logit)
+
+
+def test_disc_bce_is_the_mean_unweighted_discriminator_term(tiny, make_batch):
+    torch.manual_seed(0)
+    m = build_method(tiny("st-dasegnet", **{"adaptation.adv_weight": 0.02}), total_iters=10)
+    _blind_discriminators(m, 0.0)  # no idea of the domain: every term is ln 2
+    out = m.train_step(make_batch(crop=32), 0)
+    assert out["disc_bce"] == pytest.approx(math.log(2), rel=1e-6)
+    assert out["loss_disc"] == pytest.approx(0.02 * 4 * math.log(2), rel=1e-6)
+
+    _blind_discriminators(m, 2.0)  # says "real" to everything: two terms softplus(-2), two softplus(2)
+    out = m.train_step(make_batch(crop=32, seed=1), 1)
+    want = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(2.0))) / 2
+    assert out["disc_bce"] == pytest.approx(want, rel=1e-6)
+    assert out["loss_disc"] == pytest.approx(0.02 * 4 * want, rel=1e-6)

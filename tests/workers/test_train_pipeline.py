@@ -53,6 +53,9 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
     assert metrics["validation_stats"] == "target" and metrics["best"]["iteration"] in (2, 4)
     # the ST-DASegNet run, then the source-only baseline's (each validated twice)
     assert len(progress.validations) == 4 and progress.progress[3].losses["adv_s"] > 0
+    # 4 iterations: the late means cover the last one, and carry the adaptation diagnostics
+    late = metrics["training"]["late_losses"]
+    assert {"pseudo_q", "disc_bce"} <= set(late) and late == pytest.approx(progress.progress[3].losses)
     # the source-only baseline: the same job as source-only, scored on the same scenes
     base = load_bundle(tmp_path / "source-only")
     assert base.method == "source-only" and base.provenance["iterations"] == 4
@@ -83,6 +86,7 @@ def test_stop_then_resume_finishes_the_same_job(bench_domains, tmp_path):
     b = load_bundle(straight_dir).segmentor.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight["metrics"]["training"]["final_losses"] == second["metrics"]["training"]["final_losses"]
+    assert straight["metrics"]["training"]["late_losses"] == second["metrics"]["training"]["late_losses"]
 
 
 def test_evaluate_job_scores_a_bundle(bench_domains, tmp_path):
