@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from service.cli import app
-from workers.benchmarks.adapt import summarise
+from workers.benchmarks.adapt import render_markdown, summarise
 
 
 def _m(miou, ious):
@@ -32,6 +32,26 @@ def test_gap_closure_uses_the_better_source_only_row_and_is_unclipped():
     assert m["mean"]["miou"] == pytest.approx(0.21) and m["std"]["miou"] == pytest.approx(0.0141421, rel=1e-4)
 
 
+def test_report_shows_how_each_adaptation_run_ended_per_seed():
+    late = [{"loss": 1.0, "pseudo_q": 0.0123, "disc_bce": 0.6901}, {"loss": 1.1, "pseudo_q": 0.4567, "disc_bce": 0.5}]
+    rows = {
+        "source-only": [{**_m(0.10, [0.1, 0.1]), "late_losses": {"loss": 0.9, "ce_src": 0.9}}] * 2,
+        "source-only+adabn": [_m(0.11, [0.1, 0.1])] * 2,  # no training run: nothing to show
+        "st-dasegnet": [{**_m(0.20, [0.3, 0.1]), "late_losses": x} for x in late],
+        "oracle": [_m(0.30, [0.3, 0.3])] * 2,
+    }
+    s = summarise(rows, ["a", "b"], ["st-dasegnet", "source-only+adabn"])
+    assert s["methods"]["st-dasegnet"]["late_losses"] == late
+    assert "late_losses" not in s["methods"]["source-only+adabn"]
+    report = {"settings": {"config": "segformer-tiny", "iterations": 8, "batch_size": 2, "crop": 32, "shift_seed": 0},
+              "seeds": [0, 1], "train_columns": [0, 0.6], "test_columns": [0.6, 1], "mean_over": "classes",
+              "classes": ["a", "b"], "goals": {}, "elapsed_s": 60, "device": "cpu", "threads": 1, **s}
+    md = render_markdown(report)
+    assert "| st-dasegnet | 0.0123, 0.4567 | 0.6901, 0.5000 |" in md
+    table = md[md.index("How training ended"):]
+    assert "source-only" not in table and "adabn" not in table  # only rows with diagnostics
+
+
 def test_bench_adapt_smoke(nc_data, tmp_path):
     n = torch.get_num_threads()
     try:
@@ -47,6 +67,9 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
         assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
     assert set(report["gap_closure"]) == {"st-dasegnet", "source-only+adabn", "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
+    [late] = report["methods"]["st-dasegnet"]["late_losses"]  # how the run ended: q and the discriminators
+    assert 0 <= late["pseudo_q"] <= 1 and late["disc_bce"] > 0
+    assert "How training ended" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "per_class_iou.png").stat().st_size > 1000
     assert "gap closure st-dasegnet" in res.output and "gap closure feature-regression" in res.output
 
@@ -75,13 +98,13 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
     class Ctx(BenchContext):
         def job(self, name, seed, **kw):
             jobs.append((name, seed, kw))
-            return {"bundle": tmp_path / "bundle"}
+            return {"bundle": tmp_path / "bundle", "metrics": {"training": {"late_losses": {"pseudo_q": 0.3}}}}
 
         def evaluate(self, bundle, stats):
             return {"miou": 0.1, "stats": stats}
 
     ctx = Ctx(BenchSettings(overrides={"model.decode_head.dropout_ratio": 0.0}), tmp_path, {}, None, print)
-    assert RUNNERS[name].runner(ctx, 2) == {name: {"miou": 0.1, "stats": "target"}}
+    assert RUNNERS[name].runner(ctx, 2) == {name: {"miou": 0.1, "stats": "target", "late_losses": {"pseudo_q": 0.3}}}
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["target"]) == (name, 2, "st-dasegnet", "target")
     overrides = kw["model"]["overrides"]

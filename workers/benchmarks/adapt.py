@@ -134,6 +134,13 @@ class BenchContext:
             self.job("source-only", seed, type="train", method="source-only")
         return run
 
+    def scored(self, job_result: dict, stats: str | BandStats) -> dict:
+        """A finished job's bundle scored on the target test region, with the job's losses averaged over
+        its last tenth of iterations (``late_losses``: how training ended, e.g. whether ST-DASegNet's
+        self-training and discriminators acted)."""
+        late = ((job_result.get("metrics") or {}).get("training") or {}).get("late_losses") or {}
+        return {**self.evaluate(job_result["bundle"], stats), "late_losses": late}
+
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -170,19 +177,19 @@ def register_runner(name: str, runner: Runner, *, adaptation: bool = True, defau
 
 def _source_only(ctx: BenchContext, seed: int) -> dict[str, dict]:
     res = ctx.job("source-only", seed, type="train", method="source-only")
-    return {"source-only": ctx.evaluate(res["bundle"], "source"),
-            "source-only+target-stats": ctx.evaluate(res["bundle"], ctx.target_stats)}
+    return {"source-only": ctx.scored(res, "source"),
+            "source-only+target-stats": ctx.scored(res, ctx.target_stats)}
 
 
 def _st_dasegnet(ctx: BenchContext, seed: int) -> dict[str, dict]:
     res = ctx.job("st-dasegnet", seed, type="adapt", method="st-dasegnet", target="target")
-    return {"st-dasegnet": ctx.evaluate(res["bundle"], "target")}
+    return {"st-dasegnet": ctx.scored(res, "target")}
 
 
 def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
     # the target train region with its labels, as a source-only job: the ceiling for adaptation
     res = ctx.job("oracle", seed, type="train", method="source-only", source="target_labelled")
-    return {"oracle": ctx.evaluate(res["bundle"], "source")}
+    return {"oracle": ctx.scored(res, "source")}
 
 
 def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
@@ -193,7 +200,7 @@ def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
     res = ctx.job("st-dasegnet+source-init", seed, type="adapt", method="st-dasegnet", target="target",
                   model={"config": ctx.settings.config, "overrides": ctx.settings.model_overrides(),
                          "checkpoint": str(so)})
-    return {"st-dasegnet+source-init": ctx.evaluate(res["bundle"], "target")}
+    return {"st-dasegnet+source-init": ctx.scored(res, "target")}
 
 
 #: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over
@@ -222,7 +229,7 @@ def _st_dasegnet_source_stats(ctx: BenchContext, seed: int) -> dict[str, dict]:
     self-training terms could act on it; shared statistics leave the whole shift to them."""
     name = "st-dasegnet+source-stats"
     res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target", params={"normalization": "source"})
-    return {name: ctx.evaluate(res["bundle"], "source")}
+    return {name: ctx.scored(res, "source")}
 
 
 #: named options of ST-DASegNet: config overrides, each a general change measured beside the faithful
@@ -238,7 +245,7 @@ def _st_dasegnet_option(name: str, overrides: dict) -> Runner:
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         model = {"config": ctx.settings.config, "overrides": {**ctx.settings.model_overrides(), **overrides}}
         res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target", model=model)
-        return {name: ctx.evaluate(res["bundle"], "target")}
+        return {name: ctx.scored(res, "target")}
 
     run.__doc__ = f"Named option: ST-DASegNet with {overrides}."
     return run
@@ -250,7 +257,7 @@ def _feature_regression(ctx: BenchContext, seed: int) -> dict[str, dict]:
     teacher = ctx.source_only_run(seed)
     res = ctx.job("feature-regression", seed, type="adapt", method="feature-regression", target="target",
                   bundle=str(teacher))
-    return {"feature-regression": ctx.evaluate(res["bundle"], "target")}
+    return {"feature-regression": ctx.scored(res, "target")}
 
 
 register_runner("source-only", _source_only, adaptation=False, cost=1.0)
@@ -288,6 +295,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
         entry["mean"] = {k: _mean(entry[k]) for k in ("miou", "oa", "mf1")}
         entry["std"] = {k: _std(entry[k]) for k in ("miou", "oa", "mf1")}
         entry["per_class_iou_mean"] = {c: _mean(v) for c, v in entry["per_class_iou"].items()}
+        if any(m.get("late_losses") for m in per_seed):  # rows scored from a training run
+            entry["late_losses"] = [m.get("late_losses") or {} for m in per_seed]
         methods[name] = entry
     so = [r for r in SOURCE_ONLY_ROWS if r in methods and methods[r]["mean"]["miou"] is not None]
     best_so = max(so, key=lambda r: methods[r]["mean"]["miou"]) if so else None
@@ -341,9 +350,35 @@ def render_markdown(report: dict) -> str:
         goal = report["goals"].get(a)
         status = "" if goal is None or g is None else (" (goal >= %.2f: %s)" % (goal, "reached" if g >= goal else "not reached"))
         lines.append(f"- {a}: {f(g)}{status}")
+    lines += adaptation_diagnostics(report)
     lines += ["", f"Total time {report['elapsed_s'] / 60:.1f} min on {report['device']} "
               f"({report['threads']} threads).", ""]
     return "\n".join(lines)
+
+
+#: late training losses that say whether an adaptation method's own terms acted, with what each means
+DIAGNOSTIC_LOSSES = {
+    "pseudo_q": "q, the share of target pixels the teachers are sure of (>= the pseudo threshold); "
+                "self-training's weight is 0.25 q",
+    "disc_bce": "the discriminators' BCE per term; 0.693 (ln 2) where they cannot tell the domains apart",
+}
+
+
+def adaptation_diagnostics(report: dict) -> list[str]:
+    """Markdown lines: for the rows whose runs logged them, the diagnostic losses averaged over each run's
+    last tenth of iterations (per seed), so a reader sees whether self-training and alignment acted."""
+    rows = {name: m["late_losses"] for name, m in report["methods"].items()
+            if any(k in late for late in m.get("late_losses", []) for k in DIAGNOSTIC_LOSSES)}
+    if not rows:
+        return []
+    keys = [k for k in DIAGNOSTIC_LOSSES if any(k in late for per_seed in rows.values() for late in per_seed)]
+    lines = ["", "How training ended (each run's mean over its last tenth of iterations; per seed):", ""]
+    lines += [f"- `{k}`: {DIAGNOSTIC_LOSSES[k]}." for k in keys]
+    lines += ["", "| method | " + " | ".join(f"`{k}`" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, per_seed in rows.items():
+        cells = [", ".join("-" if k not in late else f"{late[k]:.4f}" for late in per_seed) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_per_class(report: dict, path: Path) -> Path:
