@@ -29,6 +29,7 @@ JobType = Literal["adapt", "train", "predict", "evaluate"]
 Method = Literal["st-dasegnet", "feature-regression", "source-only"]
 
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: train ids are stored as uint8 with this value as "ignore"; class ids may be anything else
 IGNORE_INDEX = 255
 
@@ -164,11 +165,30 @@ class ModelSpec(_Strict):
     config: str = Field(min_length=1)
     overrides: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(default=None, description="mmseg-format pretrained weights")
+    band_roles: list[str] | None = Field(
+        default=None, min_length=1,
+        description="one role per input band (red, green, blue, pan, nir, swir16, ...): maps the bands onto a "
+        "pretrained RGB stem (red/green/blue take their filter, others the mean, pan the sum); default: "
+        "red, green, blue for 3 bands, pan for 1, else every band 'other'")
 
     @field_validator("checkpoint", mode="before")
     @classmethod
     def _ckpt(cls, v: Any, info: ValidationInfo) -> Any:
         return None if v is None else _resolve(v, info)
+
+    @field_validator("band_roles")
+    @classmethod
+    def _roles(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        roles = [r.lower() for r in v]
+        for r in roles:
+            if not _BAND_ROLE.match(r):
+                raise ValueError(f"band role {r!r} must be a short lower-case name like red, nir or swir16")
+        for r in ("red", "green", "blue", "pan"):
+            if roles.count(r) > 1:
+                raise ValueError(f"band role {r!r} is given to {roles.count(r)} bands; at most one band has it")
+        return roles
 
 
 class Params(_Strict):

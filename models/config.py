@@ -132,6 +132,7 @@ def resolve_config(
     in_channels: int | None = None,
     num_classes: int | None = None,
     checkpoint: str | Path | None = None,
+    band_roles: list[str] | None = None,
 ) -> dict:
     """Load (or copy) a config, choose the method's adaptation block, apply overrides, fit the
     bands and classes of a job, and check the result. Returns a plain dict."""
@@ -146,6 +147,7 @@ def resolve_config(
         model["backbone"]["in_channels"] = int(in_channels)
     if num_classes is not None:
         model["decode_head"]["num_classes"] = int(num_classes)
+    _fit_band_roles(cfg, band_roles)
     k = int(model["decode_head"]["num_classes"])
     _check_class_weights(cfg, k)
     _check_augment(cfg)
@@ -153,6 +155,31 @@ def resolve_config(
         cfg["checkpoint"] = str(checkpoint)
     fit_head_to_backbone(cfg)
     return cfg
+
+
+#: backbones that take ``band_roles`` themselves (to map each band onto the pretrained input distribution)
+_ROLE_AWARE_BACKBONES = ("EfficientNetLite",)
+
+
+def default_band_roles(bands: int) -> list[str] | None:
+    """Roles assumed when a job names none: RGB for 3 bands, panchromatic for 1; otherwise unknown."""
+    return {3: ["red", "green", "blue"], 1: ["pan"]}.get(bands)
+
+
+def _fit_band_roles(cfg: dict, band_roles: list[str] | None) -> None:
+    """Record the job's band roles (or the default for its band count) where the pretrained loader and a
+    role-aware backbone read them; a count that does not fit the bands is refused."""
+    backbone = cfg["model"]["backbone"]
+    bands = int(backbone.get("in_channels", 3))
+    # a config taken from a bundle keeps the roles its model was trained with
+    roles = band_roles if band_roles is not None else cfg.get("band_roles")
+    if roles is not None and len(roles) != bands:
+        raise ConfigError(f"model.band_roles names {len(roles)} bands but the job's imagery has {bands}",
+                          field="model.band_roles")
+    roles = list(roles) if roles is not None else default_band_roles(bands)
+    cfg["band_roles"] = roles
+    if backbone.get("type") in _ROLE_AWARE_BACKBONES:
+        backbone["band_roles"] = roles
 
 
 def _check_class_weights(cfg: dict, k: int) -> None:

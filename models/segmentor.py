@@ -11,6 +11,7 @@ import copy
 import logging
 import warnings
 import mmseg.models  # noqa: F401  (registers mmseg backbones/heads in MODELS)
+import models.backbones  # noqa: F401  (registers our backbones beside them)
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS

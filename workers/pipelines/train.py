@@ -39,7 +39,7 @@ from models.data.rescale import rescale_of
 from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
-from models.pretrained import load_pretrained
+from models.pretrained import load_pretrained, pretrained_path
 from models.training.callbacks import Callback, HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
@@ -132,7 +132,8 @@ def run_job(
 
         bands = source.band_count
         cfg = resolve_config(spec.model.config, method=method_name, overrides=spec.model.overrides,
-                             in_channels=bands, num_classes=len(classes), checkpoint=spec.model.checkpoint)
+                             in_channels=bands, num_classes=len(classes), checkpoint=spec.model.checkpoint,
+                             band_roles=spec.model.band_roles)
         if auto_fields(cfg):
             say("counting the source classes for the 'auto' class weights")
             cfg = fill_auto_class_weights(cfg, source.class_counts)
@@ -165,7 +166,8 @@ def run_job(
 
         seed_everything(seed)
         method = build_method(cfg, total_iters=run["iterations"], method=method_name)
-        pretrained = load_pretrained(method, cfg["checkpoint"]) if cfg.get("checkpoint") else None
+        start = pretrained_path(cfg, log=say)
+        pretrained = load_pretrained(method, start) if start is not None else None
         method.to(dev)
 
         validate = validation_scorer(validation, _val_stats(spec, stats), names)
