@@ -46,6 +46,29 @@ def ema_alpha(t: int, max_alpha: float = 0.999) -> float:
     return min(1.0 - 1.0 / (t + 1), max_alpha)
 
 
+def budget_max_alpha(total_iters: int, horizon: float, max_alpha: float = 0.999) -> float:
+    """The EMA cap for a horizon of ``horizon`` x the iteration budget: 1 - 1 / (horizon * total), at most
+    ``max_alpha``. The spec's 0.999 is a 1,000-iteration memory, set for 40k iterations; in a run of a few
+    hundred the teacher would stay the plain mean of every student state since the start."""
+    return min(max_alpha, 1.0 - 1.0 / max(2.0, horizon * total_iters))
+
+
+def classwise_quality(conf: Tensor, label: Tensor, num_classes: int, *, threshold: float, quantile: float,
+                      valid: Tensor | None = None) -> float:
+    """q with class-wise thresholds (CBST, Zou et al. 2018): a pixel counts as confident when its confidence
+    reaches its predicted class's threshold tau_c = min(threshold, the ``quantile`` of the confidences of the
+    batch's pixels predicted as c), so rare or hard classes are not left out of self-training."""
+    if valid is None:
+        valid = torch.ones_like(conf, dtype=torch.bool)
+    confident = torch.zeros_like(valid)
+    for c in range(num_classes):
+        mine = valid & (label == c)
+        if mine.any():
+            tau = min(threshold, float(torch.quantile(conf[mine].float(), quantile)))
+            confident |= mine & (conf >= tau)
+    return float(confident.sum()) / max(int(valid.sum()), 1)
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """teacher <- alpha * teacher + (1 - alpha) * student, parameters only."""
@@ -85,6 +108,15 @@ def pseudo_weights(
     w = torch.where(conf >= rare_threshold, q * cw[safe], 0.5 * q)
     w = w * valid.to(w.dtype)
     return w, float(q)
+
+
+def quality_weights(conf: Tensor, label: Tensor, class_weight: Sequence[float] | Tensor, q: float, *,
+                    rare_threshold: float = 0.8, valid: Tensor | None = None) -> Tensor:
+    """The spec's per-pixel weights for a given q (as :func:`pseudo_weights`, q computed elsewhere)."""
+    cw = torch.as_tensor(class_weight, dtype=conf.dtype, device=conf.device)
+    safe = label.clamp(max=len(cw) - 1)
+    w = torch.where(conf >= rare_threshold, q * cw[safe], torch.full_like(conf, 0.5 * q))
+    return w * (valid.to(w.dtype) if valid is not None else 1.0)
 
 
 def widen_head_for_ddm(head_cfg: Mapping, level_channels: Sequence[int]) -> dict:
@@ -208,6 +240,7 @@ class STDASegNet(AdaptationMethod):
         self.add_optimizer("discriminator", {"disc_src": self.net["disc_src"], "disc_tgt": self.net["disc_tgt"]},
                            self.cfg.get("disc_optim") or {"type": "Adam", "lr": 1e-5, "betas": (0.9, 0.99)},
                            self.cfg.get("lr_schedule"))
+        self._iteration = 0
         self.train()
 
     # -- modes --
@@ -219,8 +252,26 @@ class STDASegNet(AdaptationMethod):
         return self
 
     # -- the objective --
+    def max_alpha(self) -> float:
+        """The EMA cap: the spec's ``ema_max_alpha``, or with ``ema_horizon`` (a fraction of the budget) the
+        cap that gives the teacher a memory of that many iterations."""
+        cap = float(self.a.get("ema_max_alpha", 0.999))
+        horizon = self.a.get("ema_horizon")
+        return budget_max_alpha(self.total_iters, float(horizon), cap) if horizon else cap
+
+    def warmup_iters(self) -> int:
+        """Iterations of the source-only stage (``source_warmup``: a fraction of the budget) before the
+        adversarial and self-training terms start; 0 in the spec."""
+        return int(round(float(self.a.get("source_warmup") or 0.0) * self.total_iters))
+
     def update_teachers(self, iteration: int) -> float:
-        alpha = ema_alpha(iteration, float(self.a.get("ema_max_alpha", 0.999)))
+        warm = self.warmup_iters()
+        if warm and iteration <= warm:
+            # teachers follow the students exactly through the source-only stage, so self-training starts
+            # from the warmed-up decoders instead of an average that includes the random start
+            alpha = 0.0
+        else:
+            alpha = ema_alpha(iteration - warm, self.max_alpha())
         ema_update(self.net["teacher_s"], self.net["students"].decoder_s, alpha)
         ema_update(self.net["teacher_t"], self.net["students"].decoder_t, alpha)
         return alpha
@@ -245,9 +296,14 @@ class STDASegNet(AdaptationMethod):
             t_logits = (decode(self.net["teacher_s"], [g.detach() for g in g_ts])
                         + decode(self.net["teacher_t"], [g.detach() for g in g_tt])) / 2
             conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt)
-            w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight,
-                                  threshold=float(a.get("pseudo_threshold", 0.975)),
-                                  rare_threshold=float(a.get("pseudo_rare_threshold", 0.8)), valid=vt)
+            threshold = float(a.get("pseudo_threshold", 0.975))
+            rare = float(a.get("pseudo_rare_threshold", 0.8))
+            w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight, threshold=threshold,
+                                  rare_threshold=rare, valid=vt)
+            if a.get("pseudo_quantile") is not None:  # CBST-style class-wise thresholds decide q
+                q = classwise_quality(conf, yhat, len(self.pseudo_class_weight), threshold=threshold,
+                                      quantile=float(a["pseudo_quantile"]), valid=vt)
+                w = quality_weights(conf, yhat, self.pseudo_class_weight, q, rare_threshold=rare, valid=vt)
 
         terms = {
             "ce_src_s": cross_entropy(p_ss, ys, class_weight=self.class_weight_s),
@@ -257,15 +313,16 @@ class STDASegNet(AdaptationMethod):
             "adv_s": gan_loss(self.net["disc_src"](spatial_softmax(f_ts[-1])), True, size),
             "adv_t": gan_loss(self.net["disc_tgt"](spatial_softmax(f_st[-1])), True, size),
         }
-        terms["loss"] = self.combine(terms)
+        terms["loss"] = self.combine(terms, adapting=self._iteration >= self.warmup_iters())
         terms["pseudo_q"] = torch.tensor(q)
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
 
-    def combine(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """L = CE_ss + CE_st + lambda_st [CE_w_ts + CE_w_tt] + lambda_adv [adv_s + adv_t]."""
-        lam_st = float(self.a.get("self_training_weight", 0.25))
-        lam_adv = float(self.a.get("adv_weight", 0.005))
+    def combine(self, terms: Mapping[str, Tensor], adapting: bool = True) -> Tensor:
+        """L = CE_ss + CE_st + lambda_st [CE_w_ts + CE_w_tt] + lambda_adv [adv_s + adv_t]; the source terms
+        alone while ``adapting`` is False (the source-only warm-up stage)."""
+        lam_st = float(self.a.get("self_training_weight", 0.25)) if adapting else 0.0
+        lam_adv = float(self.a.get("adv_weight", 0.005)) if adapting else 0.0
         return (terms["ce_src_s"] + terms["ce_src_t"]
                 + lam_st * (terms["ce_pseudo_s"] + terms["ce_pseudo_t"])
                 + lam_adv * (terms["adv_s"] + terms["adv_t"]))
@@ -286,6 +343,7 @@ class STDASegNet(AdaptationMethod):
         return float(self.a.get("adv_weight", 0.005)) * sum(terms.values())
 
     def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
+        self._iteration = iteration
         if iteration > 0:
             self.update_teachers(iteration)
         self.set_lr(iteration)
@@ -303,7 +361,7 @@ class STDASegNet(AdaptationMethod):
             d.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
         terms_d = self.discriminator_terms(feats, batch["source"]["img"].shape[-2:])
-        loss_d = self.discriminator_loss(terms_d)
+        loss_d = self.discriminator_loss(terms_d) * (1.0 if iteration >= self.warmup_iters() else 0.0)
         loss_d.backward()
         opt_d.step()
 

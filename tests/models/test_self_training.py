@@ -71,3 +71,53 @@ def test_pseudo_labels_upsample_softmax_argmax():
     assert lab[0, 0, 0] == 2 and lab[0, 3, 3] == 255
     assert conf[0, 0, 0] == pytest.approx(torch.softmax(torch.tensor([0.0, 0.0, 5.0]), 0)[2].item())
     assert ((conf > 0) & (conf <= 1)).all()
+
+
+# -- named variants (not the spec's defaults): budget-tied EMA, source warm-up, class-wise thresholds ----------
+def test_budget_horizon_caps_alpha_at_one_over_horizon_iterations():
+    from models.adaptation.st_dasegnet import budget_max_alpha
+
+    assert budget_max_alpha(400, 0.1) == pytest.approx(1 - 1 / 40)
+    assert budget_max_alpha(40000, 0.1) == 0.999  # the spec's cap is kept where the budget is the paper's
+    assert budget_max_alpha(5, 0.1) == 0.5  # never a memory under two iterations
+    assert ema_alpha(100, budget_max_alpha(400, 0.1)) == pytest.approx(0.975)
+
+
+def test_classwise_quality_counts_each_class_above_its_own_quantile():
+    from models.adaptation.st_dasegnet import classwise_quality, quality_weights
+
+    # class 0: confidences 0.99, 0.98, 0.6, 0.5; class 1 (hard): 0.7, 0.65, 0.6, 0.55
+    conf = torch.tensor([[[0.99, 0.98, 0.6, 0.5], [0.7, 0.65, 0.6, 0.55]]])
+    label = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 1]]])
+    # at the median, each class keeps its upper half: 2 + 2 of 8 pixels, where the fixed 0.975 keeps 2
+    assert classwise_quality(conf, label, 2, threshold=0.975, quantile=0.5) == pytest.approx(0.5)
+    assert pseudo_weights(conf, label, [1, 1], threshold=0.975)[1] == pytest.approx(0.25)
+    # tau_c never exceeds the fixed threshold: quantile 1.0 keeps class 0's pixels at >= 0.975 and class 1's max
+    assert classwise_quality(conf, label, 2, threshold=0.975, quantile=1.0) == pytest.approx(3 / 8)
+    valid = torch.ones_like(conf, dtype=torch.bool)
+    valid[0, 1] = False  # class 1 all invalid: only class 0 counts
+    assert classwise_quality(conf, label, 2, threshold=0.975, quantile=0.5, valid=valid) == pytest.approx(0.5)
+    w = quality_weights(conf, label, [1.0, 2.0], 0.5, rare_threshold=0.8, valid=valid)
+    assert torch.allclose(w[0, 0], torch.tensor([0.5, 0.5, 0.25, 0.25])) and (w[0, 1] == 0).all()
+
+
+def test_source_warmup_keeps_teachers_equal_to_students_and_the_target_terms_off(tiny):
+    from models.adaptation import build_method
+    from models.adaptation.st_dasegnet import STDASegNet
+    from tests.models.conftest import synthetic_batch  # noqa: F401 (shared helper)
+
+    cfg = tiny("st-dasegnet", bands=4, classes=3, **{"adaptation.source_warmup": 0.5, "adaptation.ema_horizon": 0.1})
+    m: STDASegNet = build_method(cfg, total_iters=10)
+    assert m.warmup_iters() == 5 and m.max_alpha() == pytest.approx(0.5)
+    torch.manual_seed(0)
+    batch = synthetic_batch(bands=4, classes=3)
+    for it in range(4):
+        m.train_step(batch, it)
+    m.update_teachers(4)  # still warming up: alpha 0, the teacher is the student
+    for pt, ps in zip(m.net["teacher_s"].parameters(), m.net["students"].decoder_s.parameters()):
+        assert torch.equal(pt, ps)
+    terms, _ = m.student_losses(batch)
+    m._iteration = 2
+    warm = m.combine(terms, adapting=False)
+    assert torch.allclose(warm, terms["ce_src_s"] + terms["ce_src_t"])
+    assert m.update_teachers(8) == pytest.approx(min(1 - 1 / 4, 0.5))  # after warm-up: t counts from its end
