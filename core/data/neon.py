@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.windows
 from affine import Affine
 
 from core.data.fetch import DATASETS
@@ -210,3 +211,32 @@ def neon_benchmark_domains(scenes: dict[str, NeonScene], target: str) -> dict:
         raise ValueError(f"unknown NEON target {target!r}; known: {', '.join(case['targets'])}")
     t = case["targets"][target]
     return {"source": case["source"], "target": t["target"], "target_test": t["target_test"]}
+
+
+def _half(scene: NeonScene, columns: tuple[float, float], out_dir: Path) -> dict:
+    """A column range of a scene as its own image + labels (a local 0.1 m grid, no CRS), built once."""
+    lo, hi = columns
+    name = f"{scene.name}_cols{int(lo * 100)}-{int(hi * 100)}"
+    image, labels = out_dir / f"{name}_rgb.tif", out_dir / f"{name}_trees.tif"
+    if not (image.is_file() and labels.is_file()):
+        c0, c1 = int(round(lo * scene.width)), int(round(hi * scene.width))
+        window = rasterio.windows.Window(c0, 0, c1 - c0, scene.height)
+        with open_raster(scene.image) as im, open_raster(scene.labels) as lab:
+            rgb, trees = im.read(window=window), lab.read(window=window)
+        t = Affine(PIXEL_SIZE_M, 0.0, 0.0, 0.0, -PIXEL_SIZE_M, PIXEL_SIZE_M * scene.height)
+        grid = Grid(None, t, c1 - c0, scene.height)
+        write_geotiff(trees, grid, labels, tags={"scene": scene.name, "columns": f"{lo},{hi}"})
+        write_geotiff(rgb, grid, image, tags={"scene": scene.name, "columns": f"{lo},{hi}"})
+    return {"image": str(image), "labels": str(labels)}
+
+
+def neon_train_test_halves(scenes: dict[str, NeonScene], out_dir: str | Path | None = None) -> dict:
+    """Benchmark A's NEON case with both targets pooled: ``source`` (the Yellowstone scenes), ``target``
+    (OSBS's and SOAP's train halves) and ``target_test`` (their test halves), each half written as its own
+    file so that one domain can hold whole source scenes beside target halves (a domain's region applies to
+    every scene). All on local 0.1 m grids without CRS, like the PNG scenes."""
+    folder = Path(out_dir) if out_dir is not None else Path(scenes[SOURCE_SCENES[0]].image).parent / "halves"
+    source = [{"image": str(scenes[n].image), "labels": str(scenes[n].labels)} for n in SOURCE_SCENES]
+    train = [_half(scenes[n], TRAIN_COLUMNS, folder) for n in TARGET_SCENES.values()]
+    test = [_half(scenes[n], TEST_COLUMNS, folder) for n in TARGET_SCENES.values()]
+    return {"source": {"scenes": source}, "target": {"scenes": train}, "target_test": {"scenes": test}}

@@ -12,9 +12,12 @@ app = typer.Typer(help="Benchmarks that print and write their figures.", no_args
 def adapt_benchmark(
     seeds: int = typer.Option(3, "--seeds", min=1, help="training seeds per method"),
     out: Path = typer.Option(Path("bench-adapt"), "--out", help="folder for report.json, report.md, the plot, runs/"),
-    iterations: int = typer.Option(None, "--iterations", min=1, help="iterations per training run (default: 800)"),
-    crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: 64)"),
+    case: list[str] = typer.Option(None, "--case", help="nc | neon (repeatable; default: every case)"),
+    iterations: int = typer.Option(None, "--iterations", min=1,
+                                   help="iterations per training run (default: the case's: nc 800, neon 200)"),
+    crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: nc 64, neon 128)"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="source (and target) crops per batch (default: 8)"),
+    config: str = typer.Option(None, "--config", help="model config (default: nc segformer-tiny, neon efficientnet-lite0)"),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per training process (default: 1)"),
     jobs: int = typer.Option(None, "--jobs", min=1, help="training processes in parallel (default: 2)"),
     method: list[str] = typer.Option(None, "--method", help="run only these methods (repeatable)"),
@@ -27,23 +30,26 @@ def adapt_benchmark(
                                             help="class weights from each job's training labels ('auto') for "
                                                  "every method (default: the config's)"),
 ) -> None:
-    """Benchmark A: source-only (source / target statistics), ST-DASegNet, AdaBN, feature regression and
-    oracle on the NC Landsat-7 scene under a simulated sensor + atmosphere shift; prints mIoU per method
-    and the gap closure.
-    Named options run only when asked for, e.g. --method st-dasegnet+source-init."""
+    """Benchmark A on its cases (nc: the NC Landsat-7 scene under a simulated sensor + atmosphere shift;
+    neon: NEON RGB trees across sites): source-only (source / target statistics; from random weights where
+    the case starts pretrained), AdaBN, ST-DASegNet (product default and faithful), feature regression (nc)
+    and oracle; prints mIoU per method and case, and the gap closure.
+    Named options run only when asked for, e.g. --method st-dasegnet+ema-budget."""
     from workers.benchmarks.adapt import BenchSettings, run_benchmark
 
     s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize, auto_class_weights=auto_class_weights)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
-                       ("jobs", jobs)):
+                       ("jobs", jobs), ("config", config)):
         if value is not None:
             setattr(s, key, value)
-    report = run_benchmark(out, s, methods=method or None, log=lambda m: typer.echo(m, err=True))
-    for name, m in report["methods"].items():
-        mean, sd = m["mean"]["miou"], m["std"]["miou"]
-        typer.echo(f"{name:<26} mIoU {mean:.4f} ± {sd:.4f}   OA {m['mean']['oa']:.4f}   mF1 {m['mean']['mf1']:.4f}")
-    for name, g in report["gap_closure"].items():
-        typer.echo(f"gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
+    report = run_benchmark(out, s, methods=method or None, cases=case or None, log=lambda m: typer.echo(m, err=True))
+    for case_name, r in report["cases"].items():
+        typer.echo(f"case {case_name}: {r['title']}")
+        for name, m in r["methods"].items():
+            mean, sd = m["mean"]["miou"], m["std"]["miou"]
+            typer.echo(f"  {name:<26} mIoU {mean:.4f} ± {sd:.4f}   OA {m['mean']['oa']:.4f}   mF1 {m['mean']['mf1']:.4f}")
+        for name, g in r["gap_closure"].items():
+            typer.echo(f"  gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

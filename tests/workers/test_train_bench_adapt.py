@@ -36,13 +36,13 @@ def test_report_shows_how_each_adaptation_run_ended_per_seed():
     late = [{"loss": 1.0, "pseudo_q": 0.0123, "disc_bce": 0.6901}, {"loss": 1.1, "pseudo_q": 0.4567, "disc_bce": 0.5}]
     rows = {
         "source-only": [{**_m(0.10, [0.1, 0.1]), "late_losses": {"loss": 0.9, "ce_src": 0.9}}] * 2,
-        "source-only+adabn": [_m(0.11, [0.1, 0.1])] * 2,  # no training run: nothing to show
+        "adabn": [_m(0.11, [0.1, 0.1])] * 2,  # no training run: nothing to show
         "st-dasegnet": [{**_m(0.20, [0.3, 0.1]), "late_losses": x} for x in late],
         "oracle": [_m(0.30, [0.3, 0.3])] * 2,
     }
-    s = summarise(rows, ["a", "b"], ["st-dasegnet", "source-only+adabn"])
+    s = summarise(rows, ["a", "b"], ["st-dasegnet", "adabn"])
     assert s["methods"]["st-dasegnet"]["late_losses"] == late
-    assert "late_losses" not in s["methods"]["source-only+adabn"]
+    assert "late_losses" not in s["methods"]["adabn"]
     report = {"settings": {"config": "segformer-tiny", "iterations": 8, "batch_size": 2, "crop": 32, "shift_seed": 0},
               "seeds": [0, 1], "train_columns": [0, 0.6], "test_columns": [0.6, 1], "mean_over": "classes",
               "classes": ["a", "b"], "goals": {}, "elapsed_s": 60, "device": "cpu", "threads": 1, **s}
@@ -55,23 +55,48 @@ def test_report_shows_how_each_adaptation_run_ended_per_seed():
 def test_bench_adapt_smoke(nc_data, tmp_path):
     n = torch.get_num_threads()
     try:
-        res = CliRunner().invoke(app, ["bench", "adapt", "--iterations", "2", "--seeds", "1", "--crop", "32",
-                                       "--batch-size", "2", "--threads", "1", "--jobs", "2", "--out", str(tmp_path)])
+        res = CliRunner().invoke(app, ["bench", "adapt", "--case", "nc", "--iterations", "2", "--seeds", "1",
+                                       "--crop", "32", "--batch-size", "2", "--threads", "1", "--jobs", "2",
+                                       "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(n)
     assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "source-only+adabn",
-                                      "oracle", "feature-regression"}
+    report = json.loads((tmp_path / "report.json").read_text())["cases"]["nc"]
+    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "st-dasegnet-faithful",
+                                      "adabn", "oracle", "feature-regression"}
     for m in report["methods"].values():
         assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
-    assert set(report["gap_closure"]) == {"st-dasegnet", "source-only+adabn", "feature-regression"}
+    assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
+    tmp_path = tmp_path / "nc"  # the case's own report and plot
     [late] = report["methods"]["st-dasegnet"]["late_losses"]  # how the run ended: q and the discriminators
     assert 0 <= late["pseudo_q"] <= 1 and late["disc_bce"] > 0
     assert "How training ended" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "per_class_iou.png").stat().st_size > 1000
     assert "gap closure st-dasegnet" in res.output and "gap closure feature-regression" in res.output
+
+
+def test_bench_adapt_neon_case_smoke(tmp_path):
+    """The NEON case end to end at toy size: pretrained and random starts, no feature regression (no pairs)."""
+    n = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["bench", "adapt", "--case", "neon", "--iterations", "2", "--seeds", "1",
+                                       "--crop", "32", "--batch-size", "2", "--threads", "1", "--jobs", "2",
+                                       "--method", "source-only", "--method", "source-only-random",
+                                       "--method", "adabn", "--method", "oracle", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())["cases"]["neon"]
+    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "source-only-random", "adabn",
+                                      "oracle"}
+    assert report["classes"] == ["not tree", "tree"] and report["settings"]["config"] == "efficientnet-lite0"
+    from models.bundle import load_bundle
+
+    [run] = (tmp_path / "neon" / "runs").glob("*/seed0")
+    started = load_bundle(run / "source-only").provenance["pretrained"]
+    assert started["weights"] == "efficientnet-lite0" and started["loaded"] > 0
+    assert load_bundle(run / "source-only-random").provenance.get("pretrained") is None
 
 
 def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path, monkeypatch, capsys):
@@ -103,7 +128,7 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
         def evaluate(self, bundle, stats):
             return {"miou": 0.1, "stats": stats}
 
-    ctx = Ctx(BenchSettings(overrides={"model.decode_head.dropout_ratio": 0.0}), tmp_path, {}, None, print)
+    ctx = Ctx(BenchSettings(overrides={"model.decode_head.dropout_ratio": 0.0}).for_case("nc"), tmp_path, {}, None, print)
     assert RUNNERS[name].runner(ctx, 2) == {name: {"miou": 0.1, "stats": "target", "late_losses": {"pseudo_q": 0.3}}}
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["target"]) == (name, 2, "st-dasegnet", "target")
@@ -119,8 +144,8 @@ def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path)
     from models.config import resolve_config
     from workers.benchmarks.adapt import BenchContext, BenchSettings
 
-    off = BenchContext(BenchSettings(), tmp_path, {}, None, print)
-    on = BenchContext(BenchSettings(photometric=True), tmp_path, {}, None, print)
+    off = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
+    on = BenchContext(BenchSettings(photometric=True).for_case("nc"), tmp_path, {}, None, print)
     assert off.run_dir(0, "source-only") != on.run_dir(0, "source-only")  # never reuses the other's runs
     for ctx, want in ((off, False), (on, True)):
         cfg = resolve_config(ctx.settings.config, overrides=ctx.settings.model_overrides())
@@ -134,8 +159,8 @@ def test_resize_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from workers.benchmarks.adapt import BenchContext, BenchSettings
 
-    on = BenchContext(BenchSettings(), tmp_path, {}, None, print)
-    off = BenchContext(BenchSettings(resize=False), tmp_path, {}, None, print)
+    on = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
+    off = BenchContext(BenchSettings(resize=False).for_case("nc"), tmp_path, {}, None, print)
     assert on.run_dir(0, "oracle") != off.run_dir(0, "oracle")
     for ctx, want in ((on, (0.5, 2.0)), (off, False)):
         cfg = resolve_config(ctx.settings.config, overrides=ctx.settings.model_overrides())
@@ -147,8 +172,8 @@ def test_auto_class_weights_switch_reaches_every_method_and_keeps_its_runs_apart
     from models.config import resolve_config
     from workers.benchmarks.adapt import BenchContext, BenchSettings
 
-    plain = BenchContext(BenchSettings(), tmp_path, {}, None, print)
-    auto = BenchContext(BenchSettings(auto_class_weights=True), tmp_path, {}, None, print)
+    plain = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
+    auto = BenchContext(BenchSettings(auto_class_weights=True).for_case("nc"), tmp_path, {}, None, print)
     assert plain.run_dir(1, "st-dasegnet") != auto.run_dir(1, "st-dasegnet")
     for method in ("source-only", "st-dasegnet"):
         cfg = resolve_config(auto.settings.config, method=method, overrides=auto.settings.model_overrides())
@@ -174,7 +199,7 @@ def test_source_stats_option_trains_and_scores_the_target_with_the_source_statis
             scored.append(stats)
             return {"miou": 0.1}
 
-    RUNNERS[name].runner(Ctx(BenchSettings(), tmp_path, {}, None, print), 1)
+    RUNNERS[name].runner(Ctx(BenchSettings().for_case("nc"), tmp_path, {}, None, print), 1)
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["target"]) == (name, 1, "st-dasegnet", "target")
     assert kw["params"] == {"normalization": "source"} and scored == ["source"]

@@ -168,6 +168,8 @@ def run_job(
         method = build_method(cfg, total_iters=run["iterations"], method=method_name)
         start = pretrained_path(cfg, log=say)
         pretrained = load_pretrained(method, start) if start is not None else None
+        if pretrained is not None and not cfg.get("checkpoint"):
+            pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
 
         validate = validation_scorer(validation, _val_stats(spec, stats), names)
