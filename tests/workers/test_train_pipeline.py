@@ -81,6 +81,17 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path, check_labe
     assert set(np.unique(ids)) <= {c["id"] for c in NC_CLASSES} and probs.shape == (7, 48, 48)
 
 
+def test_without_validation_scenes_the_source_only_comparison_is_label_free(bench_domains, tmp_path,
+                                                                            check_label_free):
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", validation=False,
+                 params={"iterations": 2, "compare_source_only": True, "predict_targets": False})
+    metrics = run_job(spec)["metrics"]
+    assert "source_only" not in metrics and metrics["validation"] is None  # no labels to score on
+    base = metrics["label_free"]["source_only"]
+    check_label_free(base, [c["id"] for c in NC_CLASSES], agreement_of=None)
+    assert base == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["label_free"]
+
+
 def test_stop_then_resume_finishes_the_same_job(bench_domains, tmp_path):
     spec = _spec(bench_domains, tmp_path, validation=False, params={"iterations": 6})
     first = run_job(spec, [StopAfter(3)])

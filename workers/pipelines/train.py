@@ -207,11 +207,12 @@ def run_job(
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
                                  band_map=band_map_of(spec.source.scenes[0], bands), default_stats=default_stats)
-        if _wants_baseline(spec, method_name, validation):
+        if _wants_baseline(spec, method_name):
             baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
             if baseline["status"] == "stopped":
                 return baseline
-            metrics["source_only"] = baseline["metrics"]["validation"]
+            if validation is not None:
+                metrics["source_only"] = baseline["metrics"]["validation"]
             if "label_free" in metrics and baseline["metrics"].get("label_free"):
                 metrics["label_free"]["source_only"] = baseline["metrics"]["label_free"]
         return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
@@ -221,9 +222,9 @@ def run_job(
             d.close()
 
 
-def _wants_baseline(spec: JobSpec, method_name: str, validation: Domain | None) -> bool:
-    return (spec.type == "adapt" and method_name != "source-only" and validation is not None
-            and spec.params.compare_source_only)
+def _wants_baseline(spec: JobSpec, method_name: str) -> bool:
+    # with or without validation scenes: without them the label-free signals are the comparison
+    return spec.type == "adapt" and method_name != "source-only" and spec.params.compare_source_only
 
 
 def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, device, log) -> dict:
