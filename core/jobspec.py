@@ -207,9 +207,10 @@ class Params(_Strict):
     predict_targets: bool = Field(default=True, description="adapt jobs also predict their target scenes")
     compare_source_only: bool = Field(
         default=False,
-        description="adapt jobs with validation scenes also train a source-only model (same model, data, "
-        "iterations and seed; twice the training time) and record its scores as metrics.source_only; "
-        "feature-regression jobs always score their source-only teacher",
+        description="adapt jobs also train a source-only model (same model, data, iterations and seed; twice "
+        "the training time) and record its label-free signals as metrics.label_free.source_only and, with "
+        "validation scenes, its scores as metrics.source_only; feature-regression jobs always compare with "
+        "their source-only teacher",
     )
     predict_probabilities: bool = Field(
         default=True,

@@ -27,14 +27,21 @@ def segmentor_predict_fn(segmentor: torch.nn.Module, stats: BandStats, *, pad_to
     def predict(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(normalize(raw, stats, valid))[None].to(device)
         h, w = x.shape[-2:]
-        ph, pw = (-h) % pad_to, (-w) % pad_to
-        if ph or pw:
-            mode = "reflect" if h > ph and w > pw else "replicate"
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-        logits = segmentor.predict_logits(x)[..., :h, :w]
+        logits = segmentor.predict_logits(pad_to_multiple(x, pad_to))[..., :h, :w]
         return logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
 
     return predict
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """(N, C, h, w) padded at the bottom and right to multiples of ``multiple`` (what the backbones'
+    strides need); the caller crops the logits back to (h, w)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if h > ph and w > pw else "replicate"
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def _tiles(region: Window, tile: int):
@@ -43,6 +50,25 @@ def _tiles(region: Window, tile: int):
     for r in range(r0, r0 + h, tile):
         for c in range(c0, c0 + w, tile):
             yield Window(c, r, min(tile, c0 + w - c), min(tile, r0 + h - r))
+
+
+def context_windows(domain, *, tile: int = 256, margin: int = 32, labelled_only: bool = False):
+    """(scene, window, core) for every ``tile`` core of every scene's region: ``window`` is the core
+    widened by ``margin`` pixels of context (clipped to the region), ``core`` the slice of the window's
+    pixels that belong to the core (the only ones scored)."""
+    for item in domain.items:
+        if labelled_only and item.labels is None:
+            continue
+        reg = item.region
+        r_lo, c_lo = int(reg.row_off), int(reg.col_off)
+        r_hi, c_hi = r_lo + int(reg.height), c_lo + int(reg.width)
+        for core in _tiles(reg, tile):
+            cr, cc = int(core.row_off), int(core.col_off)
+            ch, cw = int(core.height), int(core.width)
+            top, left = max(r_lo, cr - margin), max(c_lo, cc - margin)
+            bottom, right = min(r_hi, cr + ch + margin), min(c_hi, cc + cw + margin)
+            yield item, Window(left, top, right - left, bottom - top), np.s_[cr - top: cr - top + ch,
+                                                                               cc - left: cc - left + cw]
 
 
 def evaluate_domain(
@@ -55,23 +81,11 @@ def evaluate_domain(
 ) -> dict:
     """Metrics of ``predict`` over the labelled pixels of every scene's region in ``domain``."""
     cm = ConfusionMatrix(len(class_names), class_names)
-    for item in domain.items:
-        if item.labels is None:
+    for item, win, core in context_windows(domain, tile=tile, margin=margin, labelled_only=True):
+        rw = item.read(win)
+        if not rw.valid.any():
             continue
-        reg = item.region
-        r_lo, c_lo = int(reg.row_off), int(reg.col_off)
-        r_hi, c_hi = r_lo + int(reg.height), c_lo + int(reg.width)
-        for core in _tiles(reg, tile):
-            cr, cc = int(core.row_off), int(core.col_off)
-            ch, cw = int(core.height), int(core.width)
-            top, left = max(r_lo, cr - margin), max(c_lo, cc - margin)
-            bottom, right = min(r_hi, cr + ch + margin), min(c_hi, cc + cw + margin)
-            win = Window(left, top, right - left, bottom - top)
-            rw = item.read(win)
-            if not rw.valid.any():
-                continue
-            ids = predict(rw.data, rw.valid)
-            labels = item.read_labels(win, rw.valid)
-            sl = np.s_[cr - top: cr - top + ch, cc - left: cc - left + cw]
-            cm.update(ids[sl], labels[sl], rw.valid[sl])
+        ids = predict(rw.data, rw.valid)
+        labels = item.read_labels(win, rw.valid)
+        cm.update(ids[core], labels[core], rw.valid[core])
     return cm.compute()

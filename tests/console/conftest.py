@@ -154,7 +154,8 @@ def wait_job(served: Served, job_id: str, timeout_s: float = 150.0) -> dict:
 
 @pytest.fixture(scope="session")
 def nc_job(served) -> str:
-    """A successful tiny NC -> Olinda adapt job: the one the form test submitted, else one submitted here."""
+    """A successful tiny NC -> Olinda adapt job with its source-only baseline: the one the form test submitted,
+    else one submitted here."""
     h = {"Authorization": f"Bearer {served.token}"}
     done = httpx.get(f"{served.url}/v1/jobs?status=successful&type=adapt", headers=h, timeout=10).json()["jobs"]
     if done:
@@ -165,7 +166,7 @@ def nc_job(served) -> str:
             "source": {"scenes": [{"bands": nc["bands"], "labels": nc["labels"]}]},
             "target": {"scenes": [{"image": ol["image"]}]},
             "validation": {"scenes": [{"bands": nc["bands"], "labels": nc["labels"]}]},
-            "params": {"iterations": 3, "batch_size": 2, "crop": 32}}
+            "params": {"iterations": 3, "batch_size": 2, "crop": 32, "compare_source_only": True}}
     r = httpx.post(f"{served.url}/v1/jobs", headers=h, json=spec, timeout=60)
     assert r.status_code == 201, r.text
     assert wait_job(served, r.json()["id"])["status"] == "successful"

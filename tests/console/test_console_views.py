@@ -1,5 +1,6 @@
 """More of the console in headless Chromium: accessibility (axe-core rules incl. contrast, labels, keyboard),
-the page without the map library, a YAML spec submitted and the job cancelled, the training curve."""
+the page without the map library, a YAML spec submitted and the job cancelled, the training curve, the
+label-free signals."""
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ def test_accessibility_rules_hold_on_every_view(served, nc_job, page_for_axe):
     found["datasets"] = _axe(page, "body")
     page.goto(f"{served.url}/#/jobs/{nc_job}")
     page.locator("#metrics-table").wait_for()
+    page.locator("#label-free-table").wait_for()
     page.locator("#job-map-panel .class-legend li").first.wait_for()
     found["job"] = _axe(page, "body")
     page.goto(f"{served.url}/#/map")
@@ -187,3 +189,35 @@ def test_register_a_dataset_by_path_with_the_servers_checks(served, page, tmp_pa
     page.locator("#datasets-table tbody tr", has_text="from the console").wait_for()
     assert page.locator("#datasets-table tbody tr").count() == before + 1
     assert page.locator("#d-image-err").count() == 0
+
+
+def test_job_page_shows_the_label_free_signals_beside_the_source_only_ones(served, nc_job, page):
+    from playwright.sync_api import expect
+
+    h = {"Authorization": f"Bearer {served.token}"}
+    lf = httpx.get(f"{served.url}/v1/jobs/{nc_job}/results", headers=h, timeout=10).json()["metrics"]["label_free"]
+    _login(page, served, f"#/jobs/{nc_job}")
+    table = page.locator("#label-free-table")
+    expect(table).to_be_visible()
+    assert table.locator("thead th").all_text_contents() == ["signal", "source-only", "adapted (st-dasegnet)",
+                                                             "what it tells"]
+    expect(table.locator("caption")).to_contain_text(f"{lf['pixels']['target']:,} target pixels")
+    for key in ("mean_max_prob", "entropy", "entropy_normalised", "agreement", "pseudo_coverage",
+                "pseudo_coverage_0.9", "class_tv"):
+        base, adapted, explained = table.locator(f"tr[data-signal='{key}'] td").all_text_contents()
+        assert float(adapted) == pytest.approx(lf[key], abs=5e-4), key
+        if key in lf["source_only"]:
+            assert float(base) == pytest.approx(lf["source_only"][key], abs=5e-4), key
+        else:  # one network: no agreement to show
+            assert key == "agreement" and base == "–"
+        assert len(explained) > 20, key
+    expect(table.locator("tr[data-signal='agreement'] th")).to_have_text("Agreement (students)")
+    expect(table.locator("tr[data-signal='pseudo_coverage'] th")).to_have_text(f"Coverage ≥ {lf['pseudo_threshold']}")
+    # the predicted class mix on target beside the source's, one row per class
+    mix = page.locator("#class-mix-table")
+    for c in served.classes:
+        row = mix.locator(f"tr[data-class='{c['id']}']")
+        expect(row.locator("th")).to_have_text(c["name"])
+        source, target = row.locator("td").all_text_contents()
+        assert float(source) == pytest.approx(100 * lf["class_distribution"]["source"][str(c["id"])], abs=0.05)
+        assert float(target) == pytest.approx(100 * lf["class_distribution"]["target"][str(c["id"])], abs=0.05)

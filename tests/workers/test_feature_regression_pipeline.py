@@ -46,7 +46,7 @@ def finished_job(bench_domains, tmp_path_factory):
     return out, res, hist
 
 
-def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job):
+def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job, check_label_free):
     out, res, hist = finished_job
     assert res["status"] == "finished"
     # one progress run over both phases: 3 teacher + 3 student iterations
@@ -64,6 +64,12 @@ def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job):
     base, adapted = metrics["source_only"], metrics["validation"]
     assert set(base["per_class"]) == set(adapted["per_class"]) and 0 <= base["miou"] <= 1
     assert base["per_class"] != adapted["per_class"]  # another model's answers
+    # label-free signals of the student (its agreement is with the teacher) and of the teacher alone
+    ids = [c["id"] for c in NC_CLASSES]
+    teacher_lf = metrics["label_free"].pop("source_only")
+    check_label_free(metrics["label_free"], ids, agreement_of="teacher and student")
+    check_label_free(teacher_lf, ids, agreement_of=None)
+    assert metrics["label_free"]["agreement"] < 1  # the student's backbone moved
     t, s = teacher.segmentor.state_dict(), student.segmentor.state_dict()
     # the decoder is the teacher's, reused frozen; the backbone moved
     assert all(torch.equal(t[k], s[k]) for k in t if k.startswith("decode_head."))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.data.nc import NC_CLASSES
-from core.jobspec import load_job_spec
+from core.jobspec import DomainSpec, load_job_spec
+from core.raster.domain import Domain
 from models.bundle import load_bundle
 from models.training.callbacks import History, StopAfter
 from workers.pipelines.train import run_job
@@ -40,7 +41,7 @@ def test_tiny_config_loss_falls_on_real_data(bench_domains, tmp_path):
     assert res["status"] == "finished" and res["metrics"]["validation"] is None
 
 
-def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
+def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path, check_label_free):
     spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet",
                  params={"val_interval": 2, "compare_source_only": True})
     progress = History()
@@ -61,6 +62,15 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
     assert base.method == "source-only" and base.provenance["iterations"] == 4
     assert set(metrics["source_only"]["per_class"]) == set(val["per_class"])
     assert metrics["source_only"] == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["validation"]
+    # label-free signals of both models over the target's training region (every valid pixel: it has few windows)
+    ids = [c["id"] for c in NC_CLASSES]
+    adapted_lf, base_lf = metrics["label_free"], metrics["label_free"].pop("source_only")
+    check_label_free(adapted_lf, ids, agreement_of="students")
+    check_label_free(base_lf, ids, agreement_of=None)
+    assert base_lf == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["label_free"]
+    assert base_lf["mean_max_prob"] != adapted_lf["mean_max_prob"]
+    with Domain.open(DomainSpec.model_validate(bench_domains["target"]), None, labels=False) as target:
+        assert adapted_lf["pixels"]["target"] == sum(int(it.read().valid.sum()) for it in target.items)
 
     b = load_bundle(tmp_path)  # the job output folder works as well as <output>/bundle
     assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.stats) == {"source", "target"}
@@ -69,6 +79,17 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path):
     raw = np.full((6, 48, 48), 80.0, np.float32)
     ids, probs = b.predict(raw)
     assert set(np.unique(ids)) <= {c["id"] for c in NC_CLASSES} and probs.shape == (7, 48, 48)
+
+
+def test_without_validation_scenes_the_source_only_comparison_is_label_free(bench_domains, tmp_path,
+                                                                            check_label_free):
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", validation=False,
+                 params={"iterations": 2, "compare_source_only": True, "predict_targets": False})
+    metrics = run_job(spec)["metrics"]
+    assert "source_only" not in metrics and metrics["validation"] is None  # no labels to score on
+    base = metrics["label_free"]["source_only"]
+    check_label_free(base, [c["id"] for c in NC_CLASSES], agreement_of=None)
+    assert base == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["label_free"]
 
 
 def test_stop_then_resume_finishes_the_same_job(bench_domains, tmp_path):

@@ -9,6 +9,7 @@ Call flow of ``run_feature_regression`` (``run_job`` hands every feature-regress
     PairedSampler(source, target): the target read onto each source window's grid
     FeatureRegression(config of the teacher + the feature-regression block), student = teacher copy
     TrainLoop(<output>/checkpoints): progress / validation / cancel / resume
+    label-free signals of the student (agreement: with the teacher) and of the source-only teacher
     <output>/bundle (the student: adapted backbone + reused decoder), metrics.json, target predictions
 
 Progress of both phases is reported as one run of teacher + student iterations.
@@ -36,7 +37,8 @@ from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
 from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
-from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
+from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
+                                        validation_scorer)
 
 METHOD = "feature-regression"
 
@@ -249,6 +251,12 @@ def run_feature_regression(
                          "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
+        say("computing the label-free signals on target and source windows")
+        metrics["label_free"] = label_free_record(method, cfg, classes, target, stats["target"], source,
+                                                  stats["source"])
+        # the teacher is at hand (no training): its signals are the source-only ones to compare with
+        metrics["label_free"]["source_only"] = label_free_record(method.teacher, cfg, classes, target,
+                                                                 stats["target"], source, stats["source"])
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance, val_metrics or {},

@@ -1,6 +1,7 @@
 """The parts every training pipeline (train.py, feature_regression.py) shares around its own loop:
-labelled validation scenes and the function that scores on them, the bundle's provenance record, and
-the finish (metrics.json, the log lines, the summary, the target maps of an adapt job)."""
+labelled validation scenes and the function that scores on them, the label-free signals of an adapt
+job's model, the bundle's provenance record, and the finish (metrics.json, the log lines, the summary,
+the target maps of an adapt job)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from core.jobspec import DomainSpec, JobSpec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.evaluate import evaluate_domain, segmentor_predict_fn
+from models.label_free import PSEUDO_THRESHOLD, domain_windows, label_free_signals
 from models.metrics import format_metrics
 
 
@@ -44,6 +46,16 @@ def validation_scorer(validation: Domain | None, stats: BandStats, names: list[s
         return evaluate_domain(segmentor_predict_fn(seg, stats), validation, names)
 
     return validate
+
+
+def label_free_record(model, cfg: dict, classes, target: Domain, target_stats: BandStats, source: Domain,
+                      source_stats: BandStats) -> dict:
+    """models.label_free's signals of a trained model (a method or a segmentor) on windows of the target's
+    training region and of the source's, each normalised as the bundle normalises it; no label is read.
+    Coverage is reported at the method's own pseudo-label threshold (ST-DASegNet's 0.975 by default)."""
+    threshold = float((cfg.get("adaptation") or {}).get("pseudo_threshold", PSEUDO_THRESHOLD))
+    return label_free_signals(model, domain_windows(target, target_stats), domain_windows(source, source_stats),
+                              class_ids=[c.id for c in classes], pseudo_threshold=threshold)
 
 
 def domain_record(spec: DomainSpec | None) -> dict | None:

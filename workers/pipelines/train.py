@@ -8,7 +8,8 @@ Call flow of ``run_job`` (train and adapt jobs)::
     seed -> build the method (+ pretrained weights) -> TrainLoop(checkpoints in <output>/checkpoints)
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
     stopped? -> return (a later run_job with the same output resumes)
-    best validated weights (if validated) -> <output>/bundle, <output>/metrics.json
+    best validated weights (if validated) -> label-free signals on target and source windows (adapt jobs)
+        -> <output>/bundle, <output>/metrics.json
     adapt job (unless params.predict_targets is false) -> one class COG per target scene
         (workers.pipelines.predict) under <output>/predictions/
 
@@ -42,7 +43,8 @@ from models.metrics import format_metrics
 from models.pretrained import load_pretrained, pretrained_path
 from models.training.callbacks import Callback, HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
-from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
+from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
+                                        validation_scorer)
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
 TRAIN_KEYS = ("iterations", "batch_size", "crop")
@@ -199,17 +201,24 @@ def run_job(
                          "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
+        if spec.type == "adapt" and target is not None:
+            say("computing the label-free signals on target and source windows")
+            metrics["label_free"] = label_free_record(method, cfg, classes, target, target_stats, source,
+                                                      stats["source"])
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
         default_stats = "target" if ("target" in stats and spec.params.normalization == "per-domain") else "source"
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
                                  band_map=band_map_of(spec.source.scenes[0], bands), default_stats=default_stats)
-        if _wants_baseline(spec, method_name, validation):
+        if _wants_baseline(spec, method_name):
             baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
             if baseline["status"] == "stopped":
                 return baseline
-            metrics["source_only"] = baseline["metrics"]["validation"]
+            if validation is not None:
+                metrics["source_only"] = baseline["metrics"]["validation"]
+            if "label_free" in metrics and baseline["metrics"].get("label_free"):
+                metrics["label_free"]["source_only"] = baseline["metrics"]["label_free"]
         return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
                           predict_targets=spec.type == "adapt" and spec.params.predict_targets)
     finally:
@@ -217,9 +226,9 @@ def run_job(
             d.close()
 
 
-def _wants_baseline(spec: JobSpec, method_name: str, validation: Domain | None) -> bool:
-    return (spec.type == "adapt" and method_name != "source-only" and validation is not None
-            and spec.params.compare_source_only)
+def _wants_baseline(spec: JobSpec, method_name: str) -> bool:
+    # with or without validation scenes: without them the label-free signals are the comparison
+    return spec.type == "adapt" and method_name != "source-only" and spec.params.compare_source_only
 
 
 def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, device, log) -> dict:

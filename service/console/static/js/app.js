@@ -651,6 +651,73 @@
     if (m.mean_over) box.append(h("p", { class: "help" }, `Means over ${m.mean_over}` + (m.classes_absent && m.classes_absent.length ? `; absent from the reference: ${m.classes_absent.join(", ")}.` : ".")));
   }
 
+  // the label-free signals (models/label_free.py): [key, label, what it tells]
+  const LABEL_FREE = [
+    ["mean_max_prob", "Mean confidence", "Average probability of the predicted class on target pixels: how sure the model is (not whether it is right)."],
+    ["entropy", "Entropy (nats)", "Average uncertainty of the prediction; lower is surer, ln K (K classes) is a uniform guess."],
+    ["entropy_normalised", "Entropy ÷ ln K", "The same on a 0–1 scale: 0 certain, 1 a uniform guess."],
+    ["agreement", "Agreement", "Share of target pixels where the two networks pick the same class (ST-DASegNet: its two students; feature regression: teacher and student)."],
+    ["pseudo_coverage", "Coverage", "Share of target pixels predicted with at least the pseudo-label threshold's confidence."],
+    ["pseudo_coverage_0.9", "Coverage ≥ 0.9", "Share of target pixels predicted with at least 0.9 confidence."],
+    ["class_tv", "Class-mix shift", "How far the predicted class mix on the target is from that on the source (total variation: 0 the same, 1 disjoint)."],
+  ];
+
+  function labelFreeTable(metrics, j) {
+    const box = $("#job-label-free");
+    box.textContent = "";
+    const lf = metrics && metrics.label_free;
+    if (!lf) {
+      box.append(h("p", { class: "muted" }, j.type === "adapt"
+        ? "This job recorded no label-free signals (it ran before they were added)."
+        : "Only adaptation jobs report signals without labels."));
+      return;
+    }
+    const models = [];
+    if (lf.source_only) models.push({ label: "source-only", s: lf.source_only });
+    models.push({ label: `adapted (${j.method})`, s: lf });
+    const tbl = h("table", { class: "metrics", id: "label-free-table" });
+    tbl.append(h("caption", {}, `Computed without target labels, on ${((lf.pixels || {}).target ?? 0).toLocaleString()} target pixels`));
+    const head = h("tr", {}, h("th", { scope: "col" }, "signal"));
+    for (const m of models) head.append(h("th", { scope: "col" }, m.label));
+    head.append(h("th", { scope: "col" }, "what it tells"));
+    tbl.append(h("thead", {}, head));
+    const body = h("tbody");
+    const f = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
+    for (const [key, label, help] of LABEL_FREE) {
+      if (!models.some((m) => m.s[key] !== undefined)) continue;
+      let name = label;
+      if (key === "pseudo_coverage") name = `Coverage ≥ ${lf.pseudo_threshold}`;
+      if (key === "agreement") name = `Agreement (${lf.agreement_of})`;
+      const tr = h("tr", { "data-signal": key }, h("th", { scope: "row" }, name));
+      for (const m of models) tr.append(h("td", {}, f(m.s[key])));
+      tr.append(h("td", { class: "help" }, help));
+      body.append(tr);
+    }
+    tbl.append(body);
+    box.append(h("div", { class: "table-wrap" }, tbl));
+
+    // the predicted class mix on target beside the source's (the adapted model's)
+    const dist = lf.class_distribution || {};
+    if (dist.target && dist.source) {
+      const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(1));
+      const mix = h("table", { class: "metrics", id: "class-mix-table" });
+      mix.append(h("caption", {}, "Predicted class mix (%), adapted model"));
+      mix.append(h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "class"), h("th", { scope: "col" }, "source"),
+        h("th", { scope: "col" }, "target"))));
+      const mb = h("tbody");
+      const classes = (j.spec || {}).classes || [];
+      for (const id of Object.keys(dist.target)) {
+        const c = classes.find((x) => String(x.id) === id);
+        const sw = h("span", { class: "swatch", "aria-hidden": "true" });
+        if (c) sw.style.background = c.color;
+        mb.append(h("tr", { "data-class": id }, h("th", { scope: "row" }, sw, c ? c.name : id),
+          h("td", {}, pct(dist.source[id])), h("td", {}, pct(dist.target[id]))));
+      }
+      mix.append(mb);
+      box.append(h("div", { class: "table-wrap" }, mix));
+    }
+  }
+
   function confusion(blocks) {
     const box = $("#job-confusion");
     box.textContent = "";
@@ -747,6 +814,7 @@
     state.metrics = null;
     $("#job-title").textContent = `Job ${short(id)}`;
     for (const [sel, text] of [["#job-metrics", "Metrics appear when the job has finished."],
+      ["#job-label-free", "Adaptation jobs report these when they have finished."],
       ["#job-confusion", "Needs validation labels and a finished job."], ["#job-downloads", "Files appear when the job has finished."],
       ["#job-curve", ""], ["#job-status", "Loading…"]]) {
       $(sel).textContent = "";
@@ -777,7 +845,7 @@
         }
         state.metrics = res && res.metrics;
         const blocks = metricBlocks(res && res.metrics, j);
-        if (res) { metricsTable(blocks, j); confusion(blocks); downloads(res); }
+        if (res) { metricsTable(blocks, j); labelFreeTable(res.metrics, j); confusion(blocks); downloads(res); }
         else $("#job-metrics").textContent = `The job is ${j.status}: no results.`;
         await loadCurve(j);
         await jobMap(j, res);
