@@ -32,6 +32,24 @@ def test_gap_closure_uses_the_better_source_only_row_and_is_unclipped():
     assert m["mean"]["miou"] == pytest.approx(0.21) and m["std"]["miou"] == pytest.approx(0.0141421, rel=1e-4)
 
 
+def test_label_free_signals_are_rank_correlated_with_miou_across_every_run():
+    def run(miou, conf, entropy):
+        return {**_m(miou, [miou, miou]), "label_free": {"mean_max_prob": conf, "entropy": entropy}}
+
+    rows = {  # four runs: confidence ranks them as mIoU does but for one swap; entropy in reverse
+        "source-only": [run(0.10, 0.60, 0.9), run(0.20, 0.80, 0.7)],
+        "st-dasegnet": [run(0.30, 0.70, 0.5), run(0.40, 0.90, 0.3)],
+        "oracle": [_m(0.5, [0.5, 0.5])],  # no signals: left out of the ranking
+    }
+    s = summarise(rows, ["a", "b"], ["st-dasegnet"])
+    # ranks of confidence (1, 3, 2, 4) against (1, 2, 3, 4): rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert s["label_free"]["mean_max_prob"] == pytest.approx(0.8)
+    assert s["label_free"]["entropy"] == pytest.approx(-1.0)
+    assert s["label_free"]["agreement"] is None  # no run has it
+    assert s["methods"]["st-dasegnet"]["label_free"][1]["mean_max_prob"] == 0.90
+    assert "label_free" not in s["methods"]["oracle"]
+
+
 def test_report_shows_how_each_adaptation_run_ended_per_seed():
     late = [{"loss": 1.0, "pseudo_q": 0.0123, "disc_bce": 0.6901}, {"loss": 1.1, "pseudo_q": 0.4567, "disc_bce": 0.5}]
     rows = {
@@ -68,6 +86,8 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
         assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
     assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
+    assert set(report["label_free"]) >= {"mean_max_prob", "entropy", "agreement", "pseudo_coverage"}
+    assert 0 <= report["methods"]["st-dasegnet"]["label_free"][0]["agreement"] <= 1  # two students
     tmp_path = tmp_path / "nc"  # the case's own report and plot
     [late] = report["methods"]["st-dasegnet"]["late_losses"]  # how the run ended: q and the discriminators
     assert 0 <= late["pseudo_q"] <= 1 and late["disc_bce"] > 0

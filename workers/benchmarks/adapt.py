@@ -46,6 +46,7 @@ from models.batchnorm_statistics import reestimate_batchnorm
 from models.bundle import Bundle, load_bundle
 from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
+from models.label_free import SIGNALS, domain_windows, label_free_signals, spearman
 from models.training.callbacks import Callback
 from workers.pipelines.train import run_job, write_json
 
@@ -204,11 +205,18 @@ class BenchContext:
         return {**self.evaluate(job_result["bundle"], stats), "late_losses": late}
 
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
-        """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region."""
+        """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region, with
+        its label-free signals on the target train region (what a user without target labels can see)."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         chosen = b.resolve_stats(stats)
         with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
-            return evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
+            metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
+        with Domain.open(DomainSpec.model_validate(self.domains["target"]), b.classes, labels=False) as tgt, \
+                Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
+            metrics["label_free"] = label_free_signals(
+                b.segmentor, domain_windows(tgt, chosen), domain_windows(src, b.resolve_stats("source")),
+                class_ids=[c.id for c in b.classes])
+        return metrics
 
 
 Runner = Callable[[BenchContext, int], dict[str, dict]]
@@ -395,6 +403,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
         entry["per_class_iou_mean"] = {c: _mean(v) for c, v in entry["per_class_iou"].items()}
         if any(m.get("late_losses") for m in per_seed):  # rows scored from a training run
             entry["late_losses"] = [m.get("late_losses") or {} for m in per_seed]
+        if any(m.get("label_free") for m in per_seed):
+            entry["label_free"] = [{k: (m.get("label_free") or {}).get(k) for k in SIGNALS} for m in per_seed]
         methods[name] = entry
     so = [r for r in SOURCE_ONLY_ROWS if r in methods and methods[r]["mean"]["miou"] is not None]
     best_so = max(so, key=lambda r: methods[r]["mean"]["miou"]) if so else None
@@ -405,7 +415,15 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
             if a in methods:
                 denom = top - base
                 gap[a] = (methods[a]["mean"]["miou"] - base) / denom if abs(denom) > 1e-12 else None
-    return {"methods": methods, "best_source_only": best_so, "gap_closure": gap}
+    return {"methods": methods, "best_source_only": best_so, "gap_closure": gap,
+            "label_free": label_free_correlations(methods)}
+
+
+def label_free_correlations(methods: dict) -> dict[str, float | None]:
+    """Spearman's rank correlation of each label-free signal with the true target mIoU across every run of
+    the case (rows x seeds). Raw sign: entropy and class_tv are expected to fall as mIoU rises."""
+    runs = [(lf, miou) for m in methods.values() for lf, miou in zip(m.get("label_free") or [], m["miou"])]
+    return {k: spearman([lf.get(k) for lf, _ in runs], [miou for _, miou in runs]) for k in SIGNALS}
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -449,6 +467,11 @@ def render_markdown(report: dict) -> str:
         status = "" if goal is None or g is None else (" (goal >= %.2f: %s)" % (goal, "reached" if g >= goal else "not reached"))
         lines.append(f"- {a}: {f(g)}{status}")
     lines += adaptation_diagnostics(report)
+    if report.get("label_free"):
+        lines += ["", "Label-free signals (target train region, no labels read): Spearman rank correlation with the "
+                  "true target mIoU across every run of this case (entropy and class_tv should correlate "
+                  "negatively):", ""]
+        lines += [f"- `{k}`: {f(v)}" for k, v in report["label_free"].items()]
     lines += ["", f"Total time {report['elapsed_s'] / 60:.1f} min on {report['device']} "
               f"({report['threads']} threads).", ""]
     return "\n".join(lines)
