@@ -653,13 +653,16 @@
 
   // the label-free signals (models/label_free.py): [key, label, what it tells]
   const LABEL_FREE = [
-    ["mean_max_prob", "Mean confidence", "Average probability of the predicted class on target pixels: how sure the model is (not whether it is right)."],
+    ["mean_max_prob", "Mean confidence",
+      "Average probability of the predicted class on target pixels: how sure the model is (not whether it is right)."],
     ["entropy", "Entropy (nats)", "Average uncertainty of the prediction; lower is surer, ln K (K classes) is a uniform guess."],
     ["entropy_normalised", "Entropy ÷ ln K", "The same on a 0–1 scale: 0 certain, 1 a uniform guess."],
-    ["agreement", "Agreement", "Share of target pixels where the two networks pick the same class (ST-DASegNet: its two students; feature regression: teacher and student)."],
+    ["agreement", "Agreement", "Share of target pixels where the two networks pick the same class "
+      + "(ST-DASegNet: its two students; feature regression: teacher and student)."],
     ["pseudo_coverage", "Coverage", "Share of target pixels predicted with at least the pseudo-label threshold's confidence."],
     ["pseudo_coverage_0.9", "Coverage ≥ 0.9", "Share of target pixels predicted with at least 0.9 confidence."],
-    ["class_tv", "Class-mix shift", "How far the predicted class mix on the target is from that on the source (total variation: 0 the same, 1 disjoint)."],
+    ["class_tv", "Class-mix shift",
+      "How far the predicted class mix on the target is from that on the source (total variation: 0 the same, 1 disjoint)."],
   ];
 
   function labelFreeTable(metrics, j) {
