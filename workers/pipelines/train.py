@@ -94,6 +94,10 @@ def run_job(
     if spec.type == "evaluate":
         return evaluate_job(spec, log=say)
     method_name = method_for(spec)
+    if method_name == "adabn":  # no training: the bundle's batch-norm statistics re-estimated on the target
+        from workers.pipelines.adabn import run_adabn
+
+        return run_adabn(spec, callbacks, device=device, log=say)
     if method_name not in METHODS:
         raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
                         field="method")
