@@ -18,7 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import BundleError, ConfigError, GeoadaptError, NoBatchNormError, RasterError, UnreadableRasterError
+from core.errors import (
+    BundleError,
+    ConfigError,
+    GeoadaptError,
+    NoBatchNormError,
+    RasterError,
+    SpecError,
+    UnreadableRasterError,
+)
 from core.lru import LRU
 
 #: leading bytes of the raster formats a client may send or name
@@ -129,11 +137,15 @@ def bundle_band_count(manifest: dict) -> int:
         raise BundleError("the model bundle's manifest has no band count", field="bundle") from None
 
 
-def check_adabn_model(manifest: dict, named: str) -> None:
+def check_adabn_model(manifest: dict, named: str, class_ids: list[int]) -> None:
     """AdaBN re-estimates batch-norm statistics: refuse a model with none (``named``: the bundle as the
-    client named it). Bundles written before the manifest counted them are left to the worker's check."""
+    client named it; bundles written before the manifest counted them are left to the worker's check),
+    and a job whose classes are not the model's (AdaBN changes no class)."""
     if manifest.get("batchnorm_layers") == 0:
         raise NoBatchNormError(f"{named} ({manifest.get('config_name')})")
+    model_ids = [c.get("id") for c in manifest.get("classes") or [] if isinstance(c, dict)]
+    if model_ids and model_ids != class_ids:
+        raise SpecError(f"the job's classes {class_ids} differ from the model's {model_ids}", field="classes")
 
 
 def model_id_of(value) -> uuid.UUID | None:
@@ -158,7 +170,7 @@ def check_job_inputs(spec, bundle_as_given: str | None = None) -> dict | None:
         manifest = bundle_manifest(Path(spec.bundle))
         expected = bundle_band_count(manifest)
         if spec.type == "adapt" and spec.method == "adabn":
-            check_adabn_model(manifest, bundle_as_given or str(spec.bundle))
+            check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
     try:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:

@@ -96,6 +96,7 @@ def world(tmp_path_factory):
          "geometry": {"type": "Polygon", "coordinates": [[[-79.0, 36.1], [-78.99, 36.1], [-78.99, 36.11],
                                                           [-79.0, 36.1]]]}}]}))
     f["bundle6"] = write_bundle_manifest(root / "bundle6", 6)
+    f["bundle3"] = write_bundle_manifest(root / "bundle3", 3, batchnorm_layers=5, config_name="segformer-tiny")
     f["bundle_gn"] = write_bundle_manifest(root / "bundle-gn", 3, batchnorm_layers=0, config_name="segformer-tiny")
     settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
                         broker_url="memory://", rate_limit_per_minute=0)
@@ -173,6 +174,11 @@ CASES = [
      lambda f: {"type": "adapt", "method": "adabn", "classes": CLASSES, "bundle": str(f["bundle_gn"]),
                 "target": {"scenes": [{"image": str(f["img"])}]}},
      422, "no_batchnorm", "bundle", ["bundle-gn (segformer-tiny) has no batch-norm layers", "would change nothing"]),
+    ("other-classes-than-the-model/adabn", "jobs",
+     lambda f: {"type": "adapt", "method": "adabn", "bundle": str(f["bundle3"]),
+                "classes": [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 7, "name": "g", "color": "#00ff00"}],
+                "target": {"scenes": [{"image": str(f["img"])}]}},
+     422, "invalid_spec", "classes", ["[1, 7] differ from the model's [1, 2]"]),
     ("unknown-model-id/adabn", "jobs",
      lambda f: {"type": "adapt", "method": "adabn", "classes": CLASSES, "bundle": "0b6c2d5e-7f1a-4c3b-9d8e-1a2b3c4d5e6f",
                 "target": {"scenes": [{"image": str(f["img"])}]}},
