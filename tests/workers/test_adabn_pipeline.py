@@ -149,3 +149,24 @@ def test_geoadapt_run_adapts_and_refuses_a_model_without_batchnorm(bench_domains
     refused = run(no_bn, "refused")
     assert refused.returncode == 2, refused.stderr
     assert "no_batchnorm" in refused.stderr and "has no batch-norm layers" in refused.stderr
+
+
+def test_ctrl_c_in_geoadapt_run_stops_and_writes_nothing(bench_domains, source_model, tmp_path):
+    import signal
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_adabn(bench_domains, source_model, tmp_path / "out", params={"batches": 100_000})))
+    p = subprocess.Popen([sys.executable, "-m", "service.cli", "run", str(job), "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:  # the pipeline's step messages, then the progress bar
+            if "re-estimating" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 3, out
+    assert "nothing written (run the same command again to start over)" in out
+    assert not (tmp_path / "out" / "bundle").exists()
