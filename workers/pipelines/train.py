@@ -12,7 +12,8 @@ Call flow of ``run_job`` (train and adapt jobs)::
     adapt job (unless params.predict_targets is false) -> one class COG per target scene
         (workers.pipelines.predict) under <output>/predictions/
 
-Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
+Adapt jobs of method feature-regression and adabn have pipelines of their own (feature_regression.py,
+adabn.py). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
