@@ -212,6 +212,7 @@ def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
     for gone in ("Source scenes (with labels)", "Model config", "Iterations"):
         expect(page.get_by_label(gone)).to_be_hidden()
     page.get_by_label("Target scenes").select_option([served.olinda])
+    page.get_by_label("Validation scenes (optional)").select_option([served.nc])
     page.get_by_role("button", name="Submit job").click()
     expect(page.locator("#f-bundle-err")).to_contain_text("bundle")  # no model chosen yet
 
@@ -231,5 +232,8 @@ def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
     res = httpx.get(f"{served.url}/v1/jobs/{job_id}/results", headers=h, timeout=10).json()
     assert res["bundle"]["metadata"]["method"] == "adabn"
     assert res["bundle"]["metadata"]["provenance"]["source_model"]["method"] == "st-dasegnet"
+    assert set(res["metrics"]) >= {"baseline", "validation"}  # the ST-DASegNet model before, and after
     expect(page.locator("#job-status .badge")).to_have_text("successful")
     expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
+    heads = page.locator("#metrics-table thead th").all_text_contents()
+    assert heads[1] == "IoU before adaptation" and heads[3] == "IoU adapted (adabn)", heads

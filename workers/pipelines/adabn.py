@@ -128,7 +128,9 @@ def run_adabn(
         provenance["datasets"]["source"] = given.get("source")  # what the source model was trained on
         metrics = {
             "validation": after,
-            "source_only": before,
+            # the unchanged model's scores, under the name other adapt jobs give their source-only baseline
+            # when that is what it is
+            ("source_only" if source_model.method == "source-only" else "baseline"): before,
             "validation_stats": "source" if validation is not None else None,
             "best": None,
             "adabn": {"batches": state["done"], "batch_size": run["batch_size"], "crop": run["crop"],

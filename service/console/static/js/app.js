@@ -623,7 +623,7 @@
     if (metrics.evaluation) return Object.entries(metrics.evaluation).map(([k, m]) => ({ label: `on ${k}`, m }));
     const out = [];
     const baseline = metrics.source_only || metrics.baseline;
-    if (baseline) out.push({ label: "source-only", m: baseline });
+    if (baseline) out.push({ label: metrics.source_only ? "source-only" : "before adaptation", m: baseline });
     if (metrics.validation) out.push({ label: j.type === "adapt" ? `adapted (${j.method})` : "trained", m: metrics.validation });
     return out;
   }
