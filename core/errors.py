@@ -92,3 +92,13 @@ class ConfigError(GeoadaptError):
     """An unknown model config name or an override that does not apply."""
 
     code = "invalid_config"
+
+
+class NoBatchNormError(BundleError):
+    """AdaBN asked of a model that has no BatchNorm layer: there would be nothing to re-estimate."""
+
+    code = "no_batchnorm"
+
+    def __init__(self, model: str, *, field: str | None = "bundle"):
+        super().__init__(f"model {model} has no batch-norm layers; AdaBN re-estimates batch-norm statistics "
+                         "and would change nothing", field=field)

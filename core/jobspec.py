@@ -26,10 +26,12 @@ from pydantic import (
 from core.errors import SpecError
 
 JobType = Literal["adapt", "train", "predict", "evaluate"]
-Method = Literal["st-dasegnet", "feature-regression", "source-only"]
+Method = Literal["st-dasegnet", "feature-regression", "adabn", "source-only"]
 
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: the model config of a spec that names none
+DEFAULT_MODEL = "segformer-tiny"
 #: train ids are stored as uint8 with this value as "ignore"; class ids may be anything else
 IGNORE_INDEX = 255
 
@@ -217,6 +219,10 @@ class Params(_Strict):
         description="predictions also write <name>_probs.tif: per-class probabilities (uint8, p x 254) for "
         "confidence maps and point queries",
     )
+    batches: int = Field(
+        default=100, ge=1, le=100_000,
+        description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over",
+    )
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"
     )
@@ -225,13 +231,14 @@ class Params(_Strict):
 class JobSpec(_Strict):
     type: JobType
     method: Method = "source-only"
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec(config="segformer-tiny"))
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(config=DEFAULT_MODEL))
     classes: list[ClassSpec] = Field(min_length=1, max_length=254)
     source: DomainSpec | None = None
     target: DomainSpec | None = None
     validation: DomainSpec | None = None
     bundle: Path | None = Field(
-        default=None, description="an existing model bundle (predict/evaluate; feature-regression teacher)"
+        default=None,
+        description="an existing model bundle (predict/evaluate; feature-regression teacher; adabn source model)",
     )
     params: Params = Field(default_factory=Params)
     output: Path
@@ -269,6 +276,8 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _domains_for_type(self) -> "JobSpec":
+        if self.type == "adapt" and self.method == "adabn":
+            return self._adabn_inputs()
         need_labels = self.type in ("adapt", "train") or (
             self.type == "evaluate" and self.bundle is None
         )
@@ -282,17 +291,37 @@ class JobSpec(_Strict):
             if self.target is None:
                 raise ValueError("an adapt job needs 'target' scenes")
             if self.method == "source-only":
-                raise ValueError("an adapt job needs an adaptation method: st-dasegnet or feature-regression")
+                raise ValueError("an adapt job needs an adaptation method: st-dasegnet, feature-regression or adabn")
         if self.type in ("predict", "evaluate"):
             if self.bundle is None:
                 raise ValueError(f"a {self.type} job needs 'bundle' (a model bundle path)")
             if self.target is None and self.source is None and self.validation is None:
                 raise ValueError(f"a {self.type} job needs scenes to run on ('target' or 'source')")
+        self._validation_labelled()
+        return self
+
+    def _adabn_inputs(self) -> "JobSpec":
+        """AdaBN starts from a trained model and sees only target imagery: the bundle stands for the model
+        and the source (its weights and the statistics its training crops were normalised with)."""
+        if self.bundle is None:
+            raise ValueError("an adabn job needs 'bundle': the source model whose batch-norm statistics it "
+                             "re-estimates")
+        if self.target is None:
+            raise ValueError("an adabn job needs 'target' scenes (unlabelled) to re-estimate the statistics on")
+        if self.source is not None:
+            raise ValueError("an adabn job takes no 'source' scenes: the bundle's model and statistics stand "
+                             "for the source")
+        # (compared with the default, not model_fields_set: a spec read back from its JSON names every field)
+        if self.model != ModelSpec(config=DEFAULT_MODEL):
+            raise ValueError("an adabn job takes its model from 'bundle'; leave out 'model'")
+        self._validation_labelled()
+        return self
+
+    def _validation_labelled(self) -> None:
         if self.validation is not None:
             for i, s in enumerate(self.validation.scenes):
                 if s.labels is None:
                     raise ValueError(f"validation.scenes.{i}.labels is required (validation scenes are labelled)")
-        return self
 
     # convenience -----------------------------------------------------------------------------
     @property

@@ -14,6 +14,11 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics: what AdaBN re-estimates."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> int:
     """Replace the running statistics of every BatchNorm layer of ``model`` by their plain average over
@@ -22,7 +27,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> int:
 
     Raises ``ValueError`` if ``batches`` is empty: zeroed statistics would be silently wrong.
     """
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    layers = batchnorm_layers(model)
     if not layers:
         return 0
     modes = {m: m.training for m in model.modules()}

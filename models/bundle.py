@@ -5,7 +5,8 @@ Layout (``FORMAT`` 1)::
     bundle/
       bundle.json   format, method, classes (id, name, colour), band_count, band_map,
                     stats {"source": BandStats, "target": ...}, default_stats, inference (how to
-                    rebuild the network), provenance (job, datasets, seed, iterations), metrics
+                    rebuild the network), batchnorm_layers (how many; AdaBN needs some),
+                    provenance (job, datasets, seed, iterations), metrics
       config.json   the resolved training config (model, optimiser, schedule, adaptation)
       weights.pth   state_dict of the inference segmentor (plain tensors)
 
@@ -31,6 +32,7 @@ import models.adaptation  # noqa: F401  (registers the inference segmentors of e
 from core.errors import BandCountMismatchError, BundleError
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.stats import BandStats, normalize
+from models.batchnorm_statistics import batchnorm_layers
 from models.segmentor import build_segmentor
 
 FORMAT = 1
@@ -106,6 +108,8 @@ def save_bundle(
         "default_stats": default_stats,
         "ignore_index": IGNORE_INDEX,
         "inference": inference,
+        # read without torch by the service, which refuses an AdaBN job on a model that has none
+        "batchnorm_layers": len(batchnorm_layers(segmentor)),
         "provenance": dict(provenance or {}),
         "metrics": dict(metrics or {}),
     }

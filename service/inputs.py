@@ -12,12 +12,21 @@ import importlib
 import importlib.util
 import json
 import os
+import uuid
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import BundleError, ConfigError, GeoadaptError, RasterError, UnreadableRasterError
+from core.errors import (
+    BundleError,
+    ConfigError,
+    GeoadaptError,
+    NoBatchNormError,
+    RasterError,
+    SpecError,
+    UnreadableRasterError,
+)
 from core.lru import LRU
 
 #: leading bytes of the raster formats a client may send or name
@@ -99,8 +108,8 @@ def check_model(spec) -> None:
     walk(spec.model.overrides, "model.overrides")
 
 
-def bundle_band_count(path: Path) -> int:
-    """The band count a model bundle (folder, job output folder or zip) was trained on, from its manifest."""
+def bundle_manifest(path: Path) -> dict:
+    """The manifest (bundle.json) of a model bundle: its folder, a job output folder or a zip."""
     manifest = None
     try:
         if path.is_file() and zipfile.is_zipfile(path):
@@ -115,20 +124,53 @@ def bundle_band_count(path: Path) -> int:
                     break
     except (OSError, ValueError, zipfile.BadZipFile):
         raise BundleError("the model bundle's manifest (bundle.json) is unreadable", field="bundle") from None
-    if manifest is None:
+    if not isinstance(manifest, dict):
         raise BundleError("no model bundle there (no bundle.json in it or in its bundle/ folder)", field="bundle")
+    return manifest
+
+
+def bundle_band_count(manifest: dict) -> int:
+    """The band count a model bundle was trained on, from its manifest."""
     try:
         return int(manifest["band_count"])
     except (KeyError, TypeError, ValueError):
         raise BundleError("the model bundle's manifest has no band count", field="bundle") from None
 
 
-def check_job_inputs(spec) -> dict | None:
+def check_adabn_model(manifest: dict, named: str, class_ids: list[int]) -> None:
+    """AdaBN re-estimates batch-norm statistics: refuse a model with none (``named``: the bundle as the
+    client named it; bundles written before the manifest counted them are left to the worker's check),
+    and a job whose classes are not the model's (AdaBN changes no class)."""
+    if manifest.get("batchnorm_layers") == 0:
+        raise NoBatchNormError(f"{named} ({manifest.get('config_name')})")
+    model_ids = [c.get("id") for c in manifest.get("classes") or [] if isinstance(c, dict)]
+    if model_ids and model_ids != class_ids:
+        raise SpecError(f"the job's classes {class_ids} differ from the model's {model_ids}", field="classes")
+
+
+def model_id_of(value) -> uuid.UUID | None:
+    """A job spec's ``bundle`` given as a model id (the id of a train or adapt job), or None for a path."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ident = uuid.UUID(value)
+    except ValueError:
+        return None
+    return ident if str(ident) == value.lower() else None
+
+
+def check_job_inputs(spec, bundle_as_given: str | None = None) -> dict | None:
     """Run the service's own checks, then core.raster.validate on a parsed JobSpec: typed errors
-    (-> 4xx) or a report. The report is None while the validation module is not installed."""
+    (-> 4xx) or a report. The report is None while the validation module is not installed.
+    ``bundle_as_given``: the spec's bundle as the client wrote it (a path or a model id), for messages."""
     check_model(spec)
     check_scene_files(spec)
-    expected = bundle_band_count(Path(spec.bundle)) if spec.bundle is not None else None
+    expected = None
+    if spec.bundle is not None:
+        manifest = bundle_manifest(Path(spec.bundle))
+        expected = bundle_band_count(manifest)
+        if spec.type == "adapt" and spec.method == "adabn":
+            check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
     try:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:

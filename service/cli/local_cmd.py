@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
         finally:
             signal.signal(signal.SIGINT, previous)
         if result["status"] == "stopped":
-            typer.echo(f"stopped at iteration {result['iteration']}/{result['total']}; checkpoint "
-                       f"{result['checkpoint']} (run the same command again to resume)")
+            kept = (f"checkpoint {result['checkpoint']} (run the same command again to resume)"
+                    if result.get("checkpoint") else "nothing written (run the same command again to start over)")
+            typer.echo(f"stopped at iteration {result['iteration']}/{result['total']}; {kept}")
             raise typer.Exit(3)
         if "bundle" in result:
             typer.echo(f"bundle: {result['bundle']}")

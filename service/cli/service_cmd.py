@@ -195,6 +195,7 @@ def register(app: typer.Typer) -> None:
 
         from core.errors import SpecError
         from core.jobspec import load_job_spec
+        from service.inputs import model_id_of
 
         try:
             data = yaml.safe_load(spec_file.read_text())
@@ -209,6 +210,8 @@ def register(app: typer.Typer) -> None:
                              path_resolver=lambda p: p.resolve())  # "../x" -> the real absolute path
         body = spec.to_jsonable()
         body.pop("output", None)
+        if model_id_of(data.get("bundle")) is not None:  # a model id is the server's to resolve, not a path
+            body["bundle"] = data["bundle"]
         job = run_client(lambda: client(url, token).submit(body, idempotency_key))
         typer.echo(f"submitted {job['type']} job ({job['status']}): {job['id']}")
 

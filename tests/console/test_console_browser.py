@@ -191,3 +191,49 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
     assert stddev(png) > 10
     page.locator("#job-map-panel").scroll_into_view_if_needed()
     assert stddev(_shot(page, "job-map")) > 10
+
+
+def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
+    import httpx
+    from playwright.sync_api import expect
+
+    from .conftest import wait_job
+
+    page.goto(served.url + "/")
+    _enter_token(page, served.token)
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.get_by_role("link", name="Submit", exact=True).click()
+    page.get_by_label("Job type").select_option("adapt")
+    expect(page.get_by_label("Source model")).to_be_hidden()
+    page.get_by_label("Method").select_option("adabn")
+    # AdaBN starts from a trained model: its own fields in, the training fields out
+    expect(page.get_by_label("Source model")).to_be_visible()
+    expect(page.get_by_label("Target batches")).to_be_visible()
+    for gone in ("Source scenes (with labels)", "Model config", "Iterations"):
+        expect(page.get_by_label(gone)).to_be_hidden()
+    page.get_by_label("Target scenes").select_option([served.olinda])
+    page.get_by_label("Validation scenes (optional)").select_option([served.nc])
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#f-bundle-err")).to_contain_text("bundle")  # no model chosen yet
+
+    page.get_by_label("Source model").select_option(nc_job)
+    expect(page.get_by_label("Classes", exact=True)).to_have_value(
+        "\n".join(f"{c['id']} {c['name']} {c['color']}" for c in served.classes))  # the model's classes
+    page.get_by_label("Target batches").fill("3")
+    page.get_by_label("Batch size").fill("2")
+    page.get_by_label("Crop (pixels)").fill("32")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    j = wait_job(served, job_id)
+    assert j["status"] == "successful", j
+    assert j["method"] == "adabn" and j["spec"]["params"]["batches"] == 3 and j["spec"]["source"] is None
+    h = {"Authorization": f"Bearer {served.token}"}
+    res = httpx.get(f"{served.url}/v1/jobs/{job_id}/results", headers=h, timeout=10).json()
+    assert res["bundle"]["metadata"]["method"] == "adabn"
+    assert res["bundle"]["metadata"]["provenance"]["source_model"]["method"] == "st-dasegnet"
+    assert set(res["metrics"]) >= {"baseline", "validation"}  # the ST-DASegNet model before, and after
+    expect(page.locator("#job-status .badge")).to_have_text("successful")
+    expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
+    heads = page.locator("#metrics-table thead th").all_text_contents()
+    assert heads[1] == "IoU before adaptation" and heads[3] == "IoU adapted (adabn)", heads

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from core.errors import SpecError
-from core.jobspec import JobSpec, load_job_spec
+from core.jobspec import JobSpec, Params, load_job_spec
 
 EXAMPLE = """
 type: adapt
@@ -143,3 +143,50 @@ def test_model_accepts_a_name_or_a_config_with_overrides(spec_dir):
     spec = load_job_spec(data, base_dir=spec_dir)
     assert spec.model.overrides == {"model.decode_head.channels": 128}
     assert JobSpec.model_json_schema()["properties"]["type"]["enum"] == ["adapt", "train", "predict", "evaluate"]
+
+
+def _adabn(spec_dir, **edits) -> dict:
+    """The example as an adabn job: a bundle and target scenes, no source, no model."""
+    import yaml
+
+    (spec_dir / "model").mkdir(exist_ok=True)
+    data = yaml.safe_load(EXAMPLE)
+    data.update(method="adabn", bundle="model", params={"batches": 5, "batch_size": 2, "crop": 64})
+    del data["source"], data["model"]
+    data.update(edits)
+    return data
+
+
+def test_adabn_job_needs_a_bundle_and_target_scenes_and_survives_its_json(spec_dir):
+    spec = load_job_spec(_adabn(spec_dir), base_dir=spec_dir)
+    assert spec.method == "adabn" and spec.bundle == spec_dir / "model" and spec.source is None
+    assert spec.params.batches == 5 and Params().batches == 100
+    # the worker reads the stored JSON, which names every field (model included)
+    assert load_job_spec(spec.to_jsonable(), base_dir=spec_dir) == spec
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda d: d.pop("bundle"), "needs 'bundle'"),
+        (lambda d: d.pop("target"), "needs 'target'"),
+        (lambda d: d.update(source={"scenes": [{"image": "a/multiband.tif", "labels": "a/labels.tif"}]}),
+         "takes no 'source'"),
+        (lambda d: d.update(model="segformer_mit-b0"), "takes its model from 'bundle'"),
+        (lambda d: d["validation"]["scenes"][0].pop("labels"), "validation.scenes.0.labels is required"),
+    ],
+)
+def test_adabn_job_refuses_what_it_cannot_use(spec_dir, edit, words):
+    data = _adabn(spec_dir)
+    edit(data)
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir)
+    assert words in _problems(excinfo)["(spec)"]
+
+
+def test_adabn_batches_are_bounded(spec_dir):
+    data = _adabn(spec_dir)
+    data["params"]["batches"] = 0
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir)
+    assert "greater than or equal to 1" in _problems(excinfo)["params.batches"]

@@ -73,3 +73,16 @@ def test_small_class_ids_use_uint8(tiny, tmp_path):
     assert ids.dtype == np.uint8 and set(np.unique(ids)) <= {1, 2, 3} and b.default_stats == "source"
     with pytest.raises(BundleError):
         b.predict(np.zeros((2, 20, 20), np.float32), stats="target")
+
+
+def test_manifest_counts_the_batchnorm_layers_adabn_would_reestimate(tiny, tmp_path):
+    classes = [ClassSpec(id=1, name="a", color="#00ff00"), ClassSpec(id=2, name="b", color="#0000ff")]
+    counts = {}
+    for name, overrides in (("bn", {}), ("gn", {"model.decode_head.norm_cfg": {"type": "GN", "num_groups": 8}})):
+        cfg = tiny("source-only", bands=2, classes=2, **overrides)
+        m = build_method(cfg, total_iters=1)
+        save_bundle(tmp_path / name, m.inference_segmentor(), cfg, classes, {"source": _stats(2)},
+                    inference=m.inference_config())
+        counts[name] = load_bundle(tmp_path / name).metadata["batchnorm_layers"]
+    # segformer-tiny: the decoder's four projections and its fusion conv; a GroupNorm decoder has none
+    assert counts == {"bn": 5, "gn": 0}

@@ -216,6 +216,34 @@ def test_results_links_and_files(app, client, auth, settings, tiny_scene):
     assert client.get(f"/v1/models/{jid}", headers=auth).json()["metrics"] == {"miou": 0.5}
 
 
+def test_a_bundle_given_as_a_model_id_is_the_callers_successful_training_job(app, client, auth, settings, tiny_scene):
+    img, lab = tiny_scene
+    spec = train_spec(img, lab)
+    jid = client.post("/v1/jobs", json=spec, headers=auth).json()["id"]
+    adabn = {"type": "adapt", "method": "adabn", "bundle": jid, "classes": spec["classes"],
+             "target": {"scenes": [{"image": str(img)}]}}
+
+    def refused(headers) -> str:
+        r = client.post("/v1/jobs", json=adabn, headers=headers)
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["detail"]
+        assert problem["field"] == "bundle", problem
+        return problem["message"]
+
+    assert f"no model {jid}" in refused(auth)  # accepted, not trained yet
+    out = settings.job_dir(jid) / "output"
+    (out / "bundle").mkdir(parents=True)
+    (out / "bundle" / "bundle.json").write_text(json.dumps(
+        {"format": 1, "band_count": 3, "classes": spec["classes"], "batchnorm_layers": 5}))
+    with session_scope(app.state.sessions) as s:  # finish it the way a worker does
+        job_store.claim(s, jid, "w", previous_run_dead=lambda j: False)
+        job_store.finish(s, uuid.UUID(jid), "w", {"iterations": 2})
+    assert f"no model {jid}" in refused(_token(app))  # another token's model is no model of theirs
+    r = client.post("/v1/jobs", json=adabn, headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["bundle"] == str(out) and r.json()["method"] == "adabn"
+
+
 def test_rate_limit_and_body_limit(tmp_path, settings, tiny_scene):
     app = create_app(settings.model_copy(update={"rate_limit_per_minute": 2, "max_json_bytes": 4096}))
     with TestClient(app) as c:

@@ -98,6 +98,18 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
     assert jid in _ga("jobs", env=env).stdout
     assert "successful" in _ga("status", jid, env=env).stdout
 
+    # an adabn job from that model named by its id: the client leaves a model id for the server to resolve
+    adabn = yaml.safe_load(spec.read_text())
+    target = {**adabn.pop("source"), "region": {"columns": [0.5, 1.0]}}
+    adabn.update(type="adapt", method="adabn", bundle=jid, target=target,
+                 params={"batches": 3, "batch_size": 2, "crop": 32})
+    del adabn["model"]
+    (tmp_path / "specs" / "adabn.yaml").write_text(yaml.safe_dump(adabn))
+    aid = _ga("submit", str(tmp_path / "specs" / "adabn.yaml"), env=env).stdout.split()[-1]
+    assert "successful" in _ga("wait", aid, "--interval", "0.5", "--timeout", "120", env=env, timeout=150).stdout
+    meta = json.loads(_ga("results", aid, env=env).stdout)["bundle"]["metadata"]
+    assert meta["method"] == "adabn" and meta["provenance"]["batches"] == 3
+
     long = _write_spec(tmp_path / "specs" / "long.yaml", nc_data, nc_bands, nc_classes, iterations=20000)
     lid = _ga("submit", str(long), env=env).stdout.split()[-1]
     for _ in range(120):

@@ -65,10 +65,11 @@ def shifted_labels(lab: Path, out: Path, *, x0: float, size: int | None = None, 
     return out
 
 
-def write_bundle_manifest(folder: Path, band_count: int) -> Path:
+def write_bundle_manifest(folder: Path, band_count: int, **fields) -> Path:
     """A model bundle folder as save_bundle writes its manifest; the service reads no more than that."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bundle.json").write_text(json.dumps({"format": 1, "band_count": band_count, "classes": CLASSES}))
+    (folder / "bundle.json").write_text(json.dumps({"format": 1, "band_count": band_count, "classes": CLASSES,
+                                                    **fields}))
     return folder
 
 
@@ -95,6 +96,8 @@ def world(tmp_path_factory):
          "geometry": {"type": "Polygon", "coordinates": [[[-79.0, 36.1], [-78.99, 36.1], [-78.99, 36.11],
                                                           [-79.0, 36.1]]]}}]}))
     f["bundle6"] = write_bundle_manifest(root / "bundle6", 6)
+    f["bundle3"] = write_bundle_manifest(root / "bundle3", 3, batchnorm_layers=5, config_name="segformer-tiny")
+    f["bundle_gn"] = write_bundle_manifest(root / "bundle-gn", 3, batchnorm_layers=0, config_name="segformer-tiny")
     settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
                         broker_url="memory://", rate_limit_per_minute=0)
     app = create_app(settings)
@@ -167,6 +170,19 @@ CASES = [
      lambda f: train_spec(f["img"], f["lab"], type="adapt", method="st-dasegnet",
                           target={"scenes": [{"image": str(f["img_nocrs"])}, {"bands": [str(f["lab"])]}]}),
      422, "band_count_mismatch", "target.scenes.1", ["bands"]),
+    ("model-without-batchnorm/adabn", "jobs",
+     lambda f: {"type": "adapt", "method": "adabn", "classes": CLASSES, "bundle": str(f["bundle_gn"]),
+                "target": {"scenes": [{"image": str(f["img"])}]}},
+     422, "no_batchnorm", "bundle", ["bundle-gn (segformer-tiny) has no batch-norm layers", "would change nothing"]),
+    ("other-classes-than-the-model/adabn", "jobs",
+     lambda f: {"type": "adapt", "method": "adabn", "bundle": str(f["bundle3"]),
+                "classes": [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 7, "name": "g", "color": "#00ff00"}],
+                "target": {"scenes": [{"image": str(f["img"])}]}},
+     422, "invalid_spec", "classes", ["[1, 7] differ from the model's [1, 2]"]),
+    ("unknown-model-id/adabn", "jobs",
+     lambda f: {"type": "adapt", "method": "adabn", "classes": CLASSES, "bundle": "0b6c2d5e-7f1a-4c3b-9d8e-1a2b3c4d5e6f",
+                "target": {"scenes": [{"image": str(f["img"])}]}},
+     422, "invalid_spec", "bundle", ["no model 0b6c2d5e-7f1a-4c3b-9d8e-1a2b3c4d5e6f"]),
     ("no-bundle-there/predict", "jobs",
      lambda f: {"type": "predict", "classes": CLASSES, "bundle": str(f["img"].parent), "target": {"scenes": [{"image": str(f["img"])}]}},
      422, "invalid_bundle", "bundle", ["bundle.json"]),

@@ -169,6 +169,32 @@ def test_train_job_end_to_end(backend, nc_bands, nc_data, nc_classes):
     assert backend.client.get("/health").json()["workers"]["ok"]
 
 
+def test_adabn_job_from_a_model_id_end_to_end(backend, nc_bands, nc_data, nc_classes):
+    source = backend.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=5))
+    assert _final(backend, source)["status"] == "successful", backend.logs()
+    bands = [str(p) for p in nc_bands]
+    spec = {"type": "adapt", "method": "adabn", "bundle": source,  # the model id of the train job
+            "classes": [json.loads(c.model_dump_json()) for c in nc_classes],
+            "target": {"scenes": [{"bands": bands}], "region": {"columns": [0.5, 1.0]}},
+            "validation": {"scenes": [{"bands": bands, "labels": str(nc_data["strata"])}],
+                           "region": {"columns": [0.75, 1.0]}},
+            "params": {"batches": 6, "batch_size": 2, "crop": 32}}
+    jid = backend.submit(spec)
+    j = _final(backend, jid)
+    assert j["status"] == "successful", (j, backend.logs())
+    assert j["progress"] == 100 and len(j["_progress_seen"]) >= 2
+    assert j["spec"]["bundle"] == str(Path(backend.settings.job_dir(source)) / "output")
+    res = backend.client.get(f"/v1/jobs/{jid}/results", headers=backend.auth).json()
+    meta = res["bundle"]["metadata"]
+    assert meta["method"] == "adabn" and meta["provenance"]["source_model"]["method"] == "source-only"
+    assert meta["stats"]["target"] == meta["stats"]["source"]
+    assert res["metrics"]["adabn"]["batches"] == 6 and res["metrics"]["adabn"]["crop"] == 32
+    assert res["metrics"]["validation"]["miou"] is not None and res["metrics"]["source_only"]["miou"] is not None
+    assert {p["kind"] for p in res["predictions"]} == {"classes", "probabilities"}
+    models = backend.client.get("/v1/models", headers=backend.auth).json()
+    assert jid in [m["id"] for m in models["models"]]  # an adapted model like the others: tiles, predict jobs
+
+
 def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_data, nc_classes):
     jid = backend.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=20000))
     wait_for(lambda: (backend.job(jid).get("done") or 0) >= 5, 60, "training to start", backend)

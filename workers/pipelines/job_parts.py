@@ -1,4 +1,4 @@
-"""The parts every training pipeline (train.py, feature_regression.py) shares around its own loop:
+"""The parts every training pipeline (train.py, feature_regression.py, adabn.py) shares around its own loop:
 labelled validation scenes and the function that scores on them, the label-free signals of an adapt
 job's model, the bundle's provenance record, and the finish (metrics.json, the log lines, the summary,
 the target maps of an adapt job)."""

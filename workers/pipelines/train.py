@@ -13,7 +13,8 @@ Call flow of ``run_job`` (train and adapt jobs)::
     adapt job (unless params.predict_targets is false) -> one class COG per target scene
         (workers.pipelines.predict) under <output>/predictions/
 
-Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
+Adapt jobs of method feature-regression and adabn have pipelines of their own (feature_regression.py,
+adabn.py). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ def run_job(
     if spec.type == "evaluate":
         return evaluate_job(spec, log=say)
     method_name = method_for(spec)
+    if method_name == "adabn":  # no training: the bundle's batch-norm statistics re-estimated on the target
+        from workers.pipelines.adabn import run_adabn
+
+        return run_adabn(spec, callbacks, device=device, log=say)
     if method_name not in METHODS:
         raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
                         field="method")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from core.errors import SpecError
 from core.jobspec import JobSpec, load_job_spec
 from service import results as job_results
 from service.api import links
@@ -26,6 +27,7 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from service.api.routes.models import model_output_dir
 from service.api.schemas import (
     ErrorPublic,
     FileEntry,
@@ -39,7 +41,7 @@ from service.api.schemas import (
     ResultsPublic,
 )
 from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
-from service.inputs import check_job_inputs
+from service.inputs import check_job_inputs, model_id_of
 from service.queue import QUEUE_FOR_TYPE, enqueue
 from service.store import jobs as store
 from core.files import write_json
@@ -109,8 +111,16 @@ def submit_job(
     data = dict(body)
     data["output"] = str(job_results.output_dir(job_dir))
     policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
+    bundle_as_given = data.get("bundle")
+    model_id = model_id_of(bundle_as_given)
+    if model_id is not None:  # a model id stands for that job's output folder
+        found = model_output_dir(session, settings, token, model_id)
+        if found is None:
+            raise SpecError(f"no model {model_id}: a model id is the id of a successful train or adapt job of yours",
+                            field="bundle")
+        data["bundle"] = str(found)
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
-    report = check_job_inputs(spec)
+    report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None)
     spec_json = spec.to_jsonable()
 
     state = request.app.state

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -36,6 +37,18 @@ def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
         links=[Link(href=links.model(base, job.id), rel="self", type="application/json"),
                Link(href=links.job(base, job.id), rel="job", type="application/json")],
     )
+
+
+def model_output_dir(session, settings, token, model_id: uuid.UUID) -> Path | None:
+    """The output folder (bundle/ inside) of the caller's model ``model_id``: a successful train or
+    adapt job of theirs that wrote a bundle; None for anything else, another token's job included."""
+    try:
+        job = job_store.get_job(session, model_id, token)
+    except NotFoundError:
+        return None
+    out = job_results.output_dir(settings.job_dir(job.id))
+    ok = job.status == SUCCESSFUL and job.type in _TRAINING and (out / "bundle").is_dir()
+    return out if ok else None
 
 
 @router.get("", response_model=ModelList, responses=_ERRORS)

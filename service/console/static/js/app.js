@@ -293,11 +293,16 @@
     return Array.from(sel.selectedOptions).map((o) => o.value);
   }
 
+  function isAdabn(f) {
+    return f.type.value === "adapt" && f.method.value === "adabn";
+  }
+
   function specFromForm() {
     const f = $("#job-form");
     const byId = Object.fromEntries((state.datasets || []).map((d) => [d.id, d]));
     const type = f.type.value;
     const { classes, problems } = parseClasses(f.classes.value);
+    const adabn = isAdabn(f);
     const spec = {
       type,
       method: type === "train" ? "source-only" : f.method.value,
@@ -306,17 +311,23 @@
       source: { scenes: selected(f.source).map((id) => sceneOf(byId[id], true)) },
       params: {},
     };
+    if (adabn) {  // the model and what stands for the source come from the chosen model
+      delete spec.model;
+      delete spec.source;
+      spec.bundle = f.bundle.value;
+      if (!spec.bundle) problems.push({ field: "bundle", message: "choose the model whose batch-norm statistics to re-estimate" });
+    }
     if (type === "adapt") spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], false)) };
     const val = selected(f.validation);
     if (val.length) spec.validation = { scenes: val.map((id) => sceneOf(byId[id], true)) };
-    for (const k of ["iterations", "batch_size", "crop", "seed"]) {
+    for (const k of adabn ? ["batches", "batch_size", "crop", "seed"] : ["iterations", "batch_size", "crop", "seed"]) {
       const v = f[k].value.trim();
       if (v === "") continue;
       if (!/^\d+$/.test(v)) problems.push({ field: `params.${k}`, message: "must be a whole number" });
       else spec.params[k] = Number(v);
     }
-    if (type === "adapt" && f.compare_source_only.checked) spec.params.compare_source_only = true;
-    if (!spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
+    if (type === "adapt" && !adabn && f.compare_source_only.checked) spec.params.compare_source_only = true;
+    if (spec.source && !spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
     if (type === "adapt" && !spec.target.scenes.length) problems.push({ field: "target", message: "an adapt job needs target scenes" });
     if (!classes.length && !problems.some((p) => p.field.startsWith("classes"))) problems.push({ field: "classes", message: "give at least one class" });
     return { spec, problems };
@@ -369,16 +380,31 @@
     from.textContent = "";
     from.append(h("option", { value: "" }, "—"));
     for (const m of ms) from.append(h("option", { value: m.id }, modelLabel(m)));
-    from.onchange = () => {
-      const m = ms.find((x) => x.id === from.value);
+    const copyClasses = (id) => {
+      const m = ms.find((x) => x.id === id);
       if (m) form.classes.value = m.classes.map((c) => `${c.id} ${c.name} ${c.color}`).join("\n");
     };
+    from.onchange = () => copyClasses(from.value);
+    const keep = form.bundle.value;
+    form.bundle.textContent = "";
+    form.bundle.append(h("option", { value: "" }, ms.length ? "—" : "no model yet: train one first"));
+    for (const m of ms) form.bundle.append(h("option", { value: m.id }, modelLabel(m)));
+    form.bundle.value = ms.some((m) => m.id === keep) ? keep : "";
+    form.bundle.onchange = () => copyClasses(form.bundle.value);  // AdaBN keeps the model's classes
     const syncType = () => {
       const adapt = form.type.value === "adapt";
+      const adabn = isAdabn(form);
       form.target.disabled = !adapt;
       form.method.disabled = !adapt;
+      // AdaBN starts from a trained model: no source scenes, no model config, no training iterations
+      $("#f-bundle-field").hidden = !adabn;
+      $("#f-batches-field").hidden = !adabn;
+      for (const el of [form.source, form.model, form.iterations, form.compare_source_only]) {
+        el.closest(".field").hidden = adabn;
+      }
     };
     form.type.onchange = syncType;
+    form.method.onchange = syncType;
     syncType();
 
     for (const r of document.querySelectorAll("input[name=submit-mode]")) {
@@ -597,7 +623,7 @@
     if (metrics.evaluation) return Object.entries(metrics.evaluation).map(([k, m]) => ({ label: `on ${k}`, m }));
     const out = [];
     const baseline = metrics.source_only || metrics.baseline;
-    if (baseline) out.push({ label: "source-only", m: baseline });
+    if (baseline) out.push({ label: metrics.source_only ? "source-only" : "before adaptation", m: baseline });
     if (metrics.validation) out.push({ label: j.type === "adapt" ? `adapted (${j.method})` : "trained", m: metrics.validation });
     return out;
   }
