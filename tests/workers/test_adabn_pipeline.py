@@ -106,6 +106,10 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
     assert metrics["adabn"]["batches"] == 4 and metrics["validation_stats"] == "source"
     assert 0 <= metrics["source_only"]["miou"] <= 1 and 0 <= metrics["validation"]["miou"] <= 1
     assert metrics["validation"]["per_class"] != metrics["source_only"]["per_class"]  # another model's answers
+    # without labels: the adapted model's signals beside the unchanged model's, on the same target windows
+    after, before = metrics["label_free"], metrics["label_free"]["source_only"]
+    assert after["pixels"]["target"] == before["pixels"]["target"] > 0
+    assert 0 < after["mean_max_prob"] <= 1 and after["mean_max_prob"] != before["mean_max_prob"]
 
     (pred,) = res["predictions"]
     with rasterio.open(pred["path"]) as ds:

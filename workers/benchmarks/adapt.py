@@ -42,9 +42,7 @@ from core.errors import ConfigError
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
-from models.batchnorm_statistics import reestimate_batchnorm
 from models.bundle import Bundle, load_bundle
-from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.label_free import SIGNALS, domain_windows, label_free_signals, spearman
 from models.training.callbacks import Callback
@@ -301,19 +299,19 @@ def _st_dasegnet_source_init(ctx: BenchContext, seed: int) -> dict[str, dict]:
 ADABN_BATCHES = 100
 
 
-def _source_only_adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
-    """AdaBN (models.batchnorm_statistics): this seed's source-only model, unchanged but for its
-    BatchNorm statistics, re-estimated on unlabelled crops of the target train region (normalised, like
-    the model's training crops, with the source statistics). No labels and no training: the cheapest
-    adaptation baseline, and a measure of how much of ST-DASegNet's gain its decoders' BatchNorm layers
-    could give by seeing target batches alone."""
-    b = load_bundle(ctx.source_only_run(seed))
-    stats = b.resolve_stats("source")
+def _adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
+    """AdaBN as the product runs it (``method: adabn``, workers/pipelines/adabn.py): this seed's source-only
+    model, unchanged but for its BatchNorm statistics, re-estimated on unlabelled crops of the target train
+    region (normalised, like the model's training crops, with the source statistics). No labels and no
+    training: the cheapest adaptation baseline."""
     s = ctx.settings
-    with Domain.open(DomainSpec.model_validate(ctx.domains["target"]), b.classes, labels=False) as target:
-        sampler = WindowSampler(target, s.crop, stats, seed=seed, labelled=False)
-        reestimate_batchnorm(b.segmentor, (sampler.sample(s.batch_size)["img"] for _ in range(ADABN_BATCHES)))
-    return {"adabn": ctx.evaluate(b, stats)}
+    body = {"type": "adapt", "method": "adabn", "classes": CASES[s.case].classes,
+            "bundle": str(ctx.source_only_run(seed)), "target": ctx.domains["target"],
+            "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
+                       "predict_targets": False},
+            "output": str(ctx.run_dir(seed, "adabn"))}
+    res = run_job(load_job_spec(body), ctx.callbacks_for("adabn", seed))
+    return {"adabn": ctx.scored(res, "target")}
 
 
 def _st_dasegnet_source_stats(ctx: BenchContext, seed: int) -> dict[str, dict]:
@@ -367,7 +365,7 @@ register_runner("source-only-random", _source_only_random, adaptation=False, cos
                 applies=lambda case: case.pretrained)
 register_runner("st-dasegnet", _st_dasegnet, cost=5.0)
 register_runner("st-dasegnet-faithful", _st_dasegnet_faithful, cost=5.0)
-register_runner("adabn", _source_only_adabn, cost=0.1, needs=("source-only",))
+register_runner("adabn", _adabn, cost=0.1, needs=("source-only",))
 register_runner("st-dasegnet+source-init", _st_dasegnet_source_init, default=False, cost=5.0,
                 needs=("source-only",))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)

@@ -28,6 +28,7 @@ from core.raster.domain import Domain
 from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.bundle import load_bundle, save_bundle
 from models.data.sampler import WindowSampler
+from models.label_free import domain_windows, label_free_signals
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
 from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
 
@@ -102,6 +103,9 @@ def run_adabn(
             say("scoring the source model on the validation scenes")
             before = validate(segmentor.eval())
 
+        class_ids = [c.id for c in classes]
+        # what a user without target labels can compare: the unchanged model's signals, then the adapted one's
+        signals_before = label_free_signals(segmentor.eval(), domain_windows(target, stats), [], class_ids=class_ids)
         say(f"re-estimating {layers} batch-norm layers' statistics on {run['batches']} target batches "
             f"(batch {run['batch_size']}, crop {run['crop']}) on {dev}")
         state = {"done": 0, "stopped": False}
@@ -117,6 +121,7 @@ def run_adabn(
             return {"status": "stopped", "iteration": state["done"], "total": run["batches"], "checkpoint": None}
 
         after = validate(segmentor.eval()) if validate is not None else None
+        signals = label_free_signals(segmentor.eval(), domain_windows(target, stats), [], class_ids=class_ids)
         given = source_model.provenance.get("datasets") or {}
         provenance = provenance_record(
             spec, method=METHOD, config=source_model.config.get("name"), seed=seed, run=run, best=None,
@@ -135,6 +140,8 @@ def run_adabn(
             "best": None,
             "adabn": {"batches": state["done"], "batch_size": run["batch_size"], "crop": run["crop"],
                       "batchnorm_layers": layers, "elapsed_s": round(result.elapsed_s, 1)},
+            "label_free": {**signals,
+                           ("source_only" if source_model.method == "source-only" else "baseline"): signals_before},
         }
         bundle_dir = save_bundle(out / "bundle", segmentor.cpu().eval(), source_model.config, classes,
                                  {"source": stats, "target": stats}, provenance, after or {},

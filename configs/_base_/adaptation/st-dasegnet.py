@@ -11,5 +11,9 @@ adaptation = dict(
     pseudo_class_weight=None,     # cw; None = 1 for every class
     target_class_weight=None,     # CE class weights of D_T; None = the model's (decode_head.loss_decode)
     ema_max_alpha=0.999,
+    # options beside the spec (docs/st-dasegnet.md); their values here are the spec's
+    ema_horizon=None,             # EMA cap from the budget: 1 - 1 / (ema_horizon x iterations); None: ema_max_alpha
+    source_warmup=0.0,            # fraction of the budget trained on the source alone before adapting
+    pseudo_quantile=None,         # CBST-style class-wise thresholds (this quantile per class) decide q
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
 )
