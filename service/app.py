@@ -31,6 +31,9 @@ log = logging.getLogger("geoadapt.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
+    for root in settings.roots_over_state():
+        log.warning("allowed root %s overlaps the state folder %s: paths into the state folder are refused all the "
+                    "same; keep the roots and GEOADAPT_DATA_DIR apart", root, settings.data_dir)
     engine = make_engine(settings.database_url)
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -158,6 +158,23 @@ class Settings(BaseSettings):
             return sqlite
         return self.result_backend_url or sqlite
 
+    @property
+    def state_files(self) -> list[Path]:
+        """The SQLite files of the store, the embedded broker and the tile results, with their journals:
+        state like the data folder, wherever the URLs put them (clients may never name them)."""
+        files = []
+        for url in (self.database_url, self.broker_url, self.tile_result_backend_url):
+            _, sqlite, rest = (url or "").partition("sqlite:///")
+            path = rest.split("?", 1)[0]
+            if sqlite and path:
+                db = Path(path)
+                files += [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))]
+        return files
+
+    def roots_over_state(self) -> list[Path]:
+        """Allowed roots that contain the data folder or lie inside it (paths there are refused all the same)."""
+        return [r for r in self.allowed_roots if self.data_dir.is_relative_to(r) or r.is_relative_to(self.data_dir)]
+
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.jobs_dir, self.datasets_dir):
             d.mkdir(parents=True, exist_ok=True)
