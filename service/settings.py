@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     #: a job whose worker is lost this many times (OOM, kill, hard time limit) fails for good
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    #: a job that succeeded keeps its resume checkpoints (by default only its bundle and results stay)
+    keep_checkpoints: bool = False
 
     # HTTP -------------------------------------------------------------------------------------
     #: base URL used in links (behind a proxy); default: the URL the request came in on
