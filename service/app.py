@@ -20,7 +20,7 @@ from service import job_removal
 from service.api import errors
 from service.api.middleware import BodySizeLimit
 from service.api.ratelimit import RateLimiter
-from service.api.routes import datasets, health, jobs, models, tiles
+from service.api.routes import datasets, health, jobs, models, tiles, usage
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer, warm_producer
 from service.settings import Settings
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
                        upload_paths=("/v1/datasets/upload",))
-    for r in (jobs.router, datasets.router, models.router, tiles.router, health.router):
+    for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router):
         app.include_router(r)
     app.include_router(dataset_tiles.router)
     console.install(app)  # the web console at /, after the API routes

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         default=60, ge=0, description="writes (submit, upload, register) per token per minute; 0 = off"
     )
     max_page_size: int = Field(default=200, ge=1)
+    #: bytes each token's jobs and uploads may take on disk; 0 = no quota (service/usage.py)
+    storage_quota_bytes: int = Field(default=0, ge=0)
 
     # workers ----------------------------------------------------------------------------------
     job_soft_time_limit_s: int = Field(default=24 * 3600, ge=10)

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from core.jobspec import JobSpec, load_job_spec
 from service import job_removal
 from service import results as job_results
+from service import usage
 from service.api import links
 from service.api.deps import (
     BaseUrl,
@@ -79,7 +80,8 @@ def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
     status_code=201,
     response_model=JobPublic,
     responses={200: {"model": JobPublic, "description": "the job an earlier request with this Idempotency-Key created"},
-               409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERRORS},
+               409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic},
+               507: {"model": ErrorPublic, "description": "the token's storage quota is used up"}, **_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _spec_body_schema()}}}},
     dependencies=[RateLimited],
 )
@@ -104,6 +106,7 @@ def submit_job(
             response.status_code = 200
             response.headers["Location"] = links.job(base, earlier.id)
             return to_public(earlier, base)
+    usage.check_submit(session, settings, token.id)
 
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
