@@ -1,6 +1,7 @@
 """Deleting an ended job: its record, its folder (with the model bundle in it) and its model's cached tiles.
 
-    refuse (409) while an accepted or running job's spec names a bundle in this job's folder
+    refuse (409) while an accepted or running job's spec names a bundle in this job's folder, or a
+    dataset is registered on files in it
     one store transaction: delete the record -> rename jobs/<id> to jobs/.deleting-<id> -> commit
     then remove the renamed folder and the model's tile cache
 
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import ConflictError, NotFoundError
 from service.settings import Settings
-from service.store.models import ACCEPTED, FINAL_STATES, RUNNING, Job
+from service.store.models import ACCEPTED, FINAL_STATES, RUNNING, Dataset, Job
 
 log = logging.getLogger("geoadapt.api")
 
@@ -40,12 +41,28 @@ def jobs_using_model(session: Session, job_dir: Path) -> list[Job]:
     return [j for j in active if (j.spec or {}).get("bundle") and Path(j.spec["bundle"]).is_relative_to(folder)]
 
 
+def datasets_in(session: Session, job_dir: Path) -> list[Dataset]:
+    """Datasets registered by path on files inside ``job_dir`` (a job's COG registered as imagery)."""
+    folder = job_dir.resolve()
+
+    def inside(paths: dict) -> bool:
+        files = [paths.get("image"), paths.get("labels"), *(paths.get("bands") or [])]
+        return any(f and Path(f).is_relative_to(folder) for f in files)
+
+    return [d for d in session.scalars(select(Dataset).where(Dataset.kind == "path")) if inside(d.paths or {})]
+
+
 def _refuse_if_used(session: Session, job: Job, job_dir: Path) -> None:
     users = jobs_using_model(session, job_dir)
     if users:
         names = ", ".join(f"{u.id} ({u.status})" for u in users[:5])
         raise ConflictError(f"job {job.id} cannot be deleted: its model is used by job {names}; "
                             "delete it once that job has ended", field="job_id")
+    registered = datasets_in(session, job_dir)
+    if registered:
+        names = ", ".join(f"{d.id} ({d.name})" for d in registered[:5])
+        raise ConflictError(f"job {job.id} cannot be deleted: dataset {names} is registered on its files; "
+                            "delete that dataset first", field="job_id")
 
 
 def delete_ended_job(session: Session, settings: Settings, job: Job, writes=None) -> None:

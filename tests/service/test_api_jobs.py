@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.store import datasets as dataset_store
 from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
@@ -212,6 +213,16 @@ def test_delete_an_ended_job_removes_its_files_record_and_model(app, client, aut
     assert client.get(f"/v1/models/{jid}", headers=auth).status_code == 200
 
     assert client.delete(f"/v1/jobs/{user}", headers=auth).json()["status"] == "dismissed"
+    # a dataset registered on its files: 409 naming it (it would point at nothing)
+    its_file = str(settings.job_dir(jid) / "output" / "predictions" / "scene0_classes.tif")
+    with session_scope(app.state.sessions) as s:  # the job's COG registered as imagery
+        owner = s.get(job_store.Job, uuid.UUID(jid)).owner_id
+        ds = dataset_store.create_dataset(s, dataset_id=uuid.uuid4(), owner_id=owner, name="its map", kind="path",
+                                          paths={"image": its_file})
+        ds_id = str(ds.id)
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 409 and ds_id in r.json()["detail"][0]["message"], r.text
+    assert client.delete(f"/v1/datasets/{ds_id}", headers=auth).status_code == 204
     r = client.delete(f"/v1/jobs/{jid}", headers=auth)
     assert r.status_code == 204, r.text
     for path in (f"/v1/jobs/{jid}", f"/v1/jobs/{jid}/results", f"/v1/models/{jid}",
