@@ -16,10 +16,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
+from service import job_removal
 from service.api import errors
 from service.api.middleware import BodySizeLimit
 from service.api.ratelimit import RateLimiter
-from service.api.routes import datasets, health, jobs, models, tiles
+from service.api.routes import datasets, health, jobs, models, tiles, usage
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer, warm_producer
 from service.settings import Settings
@@ -31,9 +32,13 @@ log = logging.getLogger("geoadapt.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
+    for root in settings.roots_over_state():
+        log.warning("allowed root %s overlaps the state folder %s: paths into the state folder are refused all the "
+                    "same; keep the roots and GEOADAPT_DATA_DIR apart", root, settings.data_dir)
     engine = make_engine(settings.database_url)
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        await run_in_threadpool(_recover_deletions, _app)
         await run_in_threadpool(_warm_up, _app)
         # what is alive once the app is built (modules, routes, schemas: ~130k objects) lives as long
         # as the process; frozen, full collections stop walking it, and their pause, which stalls every
@@ -85,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
                        upload_paths=("/v1/datasets/upload",))
-    for r in (jobs.router, datasets.router, models.router, tiles.router, health.router):
+    for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router):
         app.include_router(r)
     app.include_router(dataset_tiles.router)
     console.install(app)  # the web console at /, after the API routes
@@ -112,3 +117,13 @@ def _warm_up(app: FastAPI) -> None:
         warm_producer(app.state.producer)
     except Exception as e:  # the broker may be down at start; submits answer 503 until it is back
         log.warning("broker not reachable at start (%s); the first submit connects", type(e).__name__)
+
+
+def _recover_deletions(app: FastAPI) -> None:
+    """Job deletions a crash cut short are undone or finished before clients look (service.job_removal)."""
+    try:
+        with app.state.sessions() as session:
+            for what in job_removal.recover_interrupted(session, app.state.settings):
+                log.warning("interrupted job deletion: %s", what)
+    except Exception as e:  # the store may be down at start; the next start looks again
+        log.warning("could not look for interrupted job deletions: %s", type(e).__name__)

@@ -59,8 +59,12 @@ class Client:
     def jobs(self, **params) -> dict:
         return self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None})
 
-    def cancel(self, job_id: str) -> dict:
+    def cancel(self, job_id: str) -> dict | None:
+        """DELETE: a queued or running job is cancelled (its JSON); an ended one is deleted (None)."""
         return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def usage(self) -> dict:
+        return self._call("GET", "/v1/usage")
 
     def results(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/results")

@@ -26,6 +26,18 @@ class PayloadTooLargeError(GeoadaptError):
     code = "payload_too_large"
 
 
+class UploadOverQuotaError(PayloadTooLargeError):
+    """An upload that would take its token past its storage quota."""
+
+    code = "storage_quota_exceeded"
+
+
+class StorageQuotaExceededError(GeoadaptError):
+    """The token's jobs and uploads take its whole storage quota: no new job."""
+
+    code = "storage_quota_exceeded"
+
+
 class RateLimitedError(GeoadaptError):
     code = "rate_limited"
 

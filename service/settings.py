@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         default=60, ge=0, description="writes (submit, upload, register) per token per minute; 0 = off"
     )
     max_page_size: int = Field(default=200, ge=1)
+    #: bytes each token's jobs and uploads may take on disk; 0 = no quota (service/usage.py)
+    storage_quota_bytes: int = Field(default=0, ge=0)
 
     # workers ----------------------------------------------------------------------------------
     job_soft_time_limit_s: int = Field(default=24 * 3600, ge=10)
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     #: a job whose worker is lost this many times (OOM, kill, hard time limit) fails for good
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    #: a job that succeeded keeps its resume checkpoints (by default only its bundle and results stay)
+    keep_checkpoints: bool = False
 
     # HTTP -------------------------------------------------------------------------------------
     #: base URL used in links (behind a proxy); default: the URL the request came in on
@@ -157,6 +161,23 @@ class Settings(BaseSettings):
         if self.embedded_broker:
             return sqlite
         return self.result_backend_url or sqlite
+
+    @property
+    def state_files(self) -> list[Path]:
+        """The SQLite files of the store, the embedded broker and the tile results, with their journals:
+        state like the data folder, wherever the URLs put them (clients may never name them)."""
+        files = []
+        for url in (self.database_url, self.broker_url, self.tile_result_backend_url):
+            _, sqlite, rest = (url or "").partition("sqlite:///")
+            path = rest.split("?", 1)[0]
+            if sqlite and path:
+                db = Path(path)
+                files += [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))]
+        return files
+
+    def roots_over_state(self) -> list[Path]:
+        """Allowed roots that contain the data folder or lie inside it (paths there are refused all the same)."""
+        return [r for r in self.allowed_roots if self.data_dir.is_relative_to(r) or r.is_relative_to(self.data_dir)]
 
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.jobs_dir, self.datasets_dir):

@@ -5,7 +5,8 @@ function with a callback that reports progress/checkpoints and relays cancel, re
       store.claim(job_id, me)        -> spec, or None (finished, dismissed, or alive elsewhere)
       Heartbeat thread               -> store.report(...) every few seconds; reads cancel flag
       PIPELINES[spec.type](spec, callbacks=[StoreReporter])
-      store.succeed | store.dismiss (cancelled, checkpoint kept) | store.fail(error type, message)
+      store.succeed (then its checkpoints go, unless kept) | store.dismiss (cancelled, checkpoint kept)
+        | store.fail(error type, message)
 
 A killed worker's job comes back (acks_late + reject_on_worker_lost, or the orphan sweep when a
 worker starts) and the pipeline resumes from the checkpoint in the job's folder.
@@ -29,6 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import load_job_spec
+from core.resume_state import drop_checkpoints
 from workers.celery_app import DATASET_STATS, RUN_JOB, app
 
 log = logging.getLogger("geoadapt.worker")
@@ -292,8 +294,23 @@ def run_job(self, job_id: str) -> str:
         return "dismissed"
     summary = dict(result) if isinstance(result, dict) else {"result": result}
     summary["run"] = {"attempt": claimed["attempts"], "resumed_from_iteration": reporter.resumed_from}
-    store.succeed(job_id, me, _jsonable(summary))
+    if store.succeed(job_id, me, _jsonable(summary)) and not settings.keep_checkpoints:
+        _drop_resume_state(store, job_id, spec_json.get("output"))
     return "successful"
+
+
+def _drop_resume_state(store, job_id: str, output: str | None) -> None:
+    """A job that succeeded never resumes: its checkpoints (tens of MB per training run) go, its bundle stays."""
+    if not output:
+        return
+    try:
+        dropped = drop_checkpoints(output)
+        store.checkpoint(job_id, None)
+    except Exception as e:  # the job has succeeded all the same; the files are only left behind
+        log.warning("job %s: checkpoints not removed: %s", job_id, type(e).__name__)
+        return
+    if dropped:
+        log.info("job %s: removed %d checkpoint folder(s)", job_id, len(dropped))
 
 
 @app.task(name=DATASET_STATS, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

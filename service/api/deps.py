@@ -76,7 +76,7 @@ async def get_path_policy(settings: SettingsDep, session: SessionDep, token: Cur
         row = session.get(Job if kind == "jobs" else Dataset, ident)
         return row is not None and (token.admin or row.owner_id == token.id)
 
-    return PathPolicy(settings.allowed_roots, data_dir=settings.data_dir, owns=owns)
+    return PathPolicy(settings.allowed_roots, data_dir=settings.data_dir, owns=owns, state_files=settings.state_files)
 
 
 PathPolicyDep = Annotated[PathPolicy, Depends(get_path_policy)]

@@ -24,6 +24,7 @@ from service.errors import (
     PayloadTooLargeError,
     RateLimitedError,
     ServiceUnavailableError,
+    StorageQuotaExceededError,
     UnauthorizedError,
 )
 from service.store.db import StoreUnavailable
@@ -44,6 +45,7 @@ STATUS: dict[type[GeoadaptError], int] = {
     RateLimitedError: 429,
     DataFetchError: 502,
     ServiceUnavailableError: 503,
+    StorageQuotaExceededError: 507,
     GeoadaptError: 400,
 }
 

@@ -156,3 +156,14 @@ class HealthPublic(BaseModel):
     job_store: ComponentHealth
     broker: ComponentHealth
     workers: ComponentHealth
+
+
+class UsagePublic(BaseModel):
+    """Storage the token's jobs and uploads take on the server (files on disk), and its quota."""
+
+    used_bytes: int = Field(description="jobs_bytes + uploads_bytes")
+    quota_bytes: int | None = Field(description="the per-token quota; null: none")
+    jobs: int
+    jobs_bytes: int = Field(description="the files of the token's job folders (results, bundles, checkpoints)")
+    uploads: int
+    uploads_bytes: int = Field(description="the files of the token's uploaded datasets")

@@ -25,7 +25,7 @@ app.add_typer(weights_cmd.app, name="weights")
 local_cmd.register(app)
 predict_cmd.register(app)
 demo_cmd.register(app)
-service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/results/jobs
+service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/delete/results/jobs/usage
 
 #: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures
 EXIT_BAD_INPUT = 2

@@ -1,5 +1,6 @@
 """Service commands: `serve` (API + worker, embedded), `worker`, and the REST client commands
-`submit`, `status`, `wait`, `cancel`, `results`, `jobs`; `token ...` is registered from here too.
+`submit`, `status`, `wait`, `cancel`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
+here too.
 
     geoadapt serve   -> worker subprocess (`python -m service.cli worker`, restarted if it dies)
                      -> uvicorn(create_app(Settings()))
@@ -271,9 +272,45 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
         """Cancel a job: a queued one is dismissed, a running one stops at its next step."""
-        j = run_client(lambda: client(url, token).cancel(job_id))
+        c = client(url, token)
+        _must_be(run_client(lambda: c.job(job_id)), ended=False)  # the API's DELETE would delete an ended job
+        j = run_client(lambda: c.cancel(job_id))
         what = "dismissed" if j["status"] == "dismissed" else "cancel requested (stops at the next step)"
         typer.echo(f"{job_id}: {what}")
+
+    @app.command()
+    def delete(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+        """Delete an ended job with its files and its model (refused while another job uses that model)."""
+        c = client(url, token)
+        _must_be(run_client(lambda: c.job(job_id)), ended=True)  # the API's DELETE would cancel a live job
+        run_client(lambda: c.cancel(job_id))
+        typer.echo(f"{job_id}: deleted, with its files and its model")
+
+    def _must_be(j: dict, *, ended: bool) -> None:
+        from service.errors import ConflictError
+
+        if ended and j["status"] not in _FINAL:
+            raise ConflictError(f"job {j['id']} is {j['status']}: cancel it (geoadapt cancel), then delete it "
+                                "once it has ended", field="job_id")
+        if not ended and j["status"] in _FINAL:
+            raise ConflictError(f"job {j['id']} has already ended ({j['status']}); geoadapt delete removes it",
+                                field="job_id")
+
+    @app.command()
+    def usage(url: Url = DEFAULT_URL, token: Token = None,
+              as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False) -> None:
+        """Show the storage your jobs and uploads take on the server, and your quota."""
+        from service.usage import human
+
+        u = run_client(lambda: client(url, token).usage())
+        if as_json:
+            typer.echo(json.dumps(u, indent=1))
+            return
+        quota = u["quota_bytes"]
+        of = f" of {human(quota)} ({100 * u['used_bytes'] / quota:.0f} %)" if quota else " (no quota)"
+        typer.echo(f"storage: {human(u['used_bytes'])} used{of}")
+        typer.echo(f"  jobs: {u['jobs']} ({human(u['jobs_bytes'])}); uploads: {u['uploads']} "
+                   f"({human(u['uploads_bytes'])})")
 
     @app.command()
     def results(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:

@@ -9,8 +9,11 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
+
+from .conftest import wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +240,41 @@ def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
     expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
     heads = page.locator("#metrics-table thead th").all_text_contents()
     assert heads[1] == "IoU before adaptation" and heads[3] == "IoU adapted (adabn)", heads
+
+
+def test_an_ended_job_offers_delete_not_cancel_and_delete_removes_it(served, page):
+    """Found in #20: the page of a finished job still showed "Cancel job" (the button's style beat its hidden
+    attribute), and nothing deleted a finished job. Now: "Delete job", pressed twice, removes it."""
+    from playwright.sync_api import expect
+
+    h = {"Authorization": f"Bearer {served.token}"}
+    nc = httpx.get(f"{served.url}/v1/datasets/{served.nc}", headers=h, timeout=10).json()["paths"]
+    spec = {"type": "train", "model": "segformer-tiny", "classes": served.classes,
+            "source": {"scenes": [{"bands": nc["bands"], "labels": nc["labels"]}], "region": {"columns": [0.0, 0.5]}},
+            "params": {"iterations": 2, "batch_size": 2, "crop": 32}}
+    r = httpx.post(f"{served.url}/v1/jobs", headers=h, json=spec, timeout=60)
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+    assert wait_job(served, jid)["status"] == "successful"
+    assert (served.data_dir / "jobs" / jid / "output" / "bundle").is_dir()
+
+    page.goto(served.url + "/")
+    _enter_token(page, served.token)
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.goto(f"{served.url}/#/jobs/{jid}")
+    expect(page.locator("#job-status .badge")).to_have_text("successful")
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    delete = page.locator("#job-delete")
+    expect(delete).to_be_visible()
+    expect(delete).to_have_text("Delete job")
+    delete.click()
+    expect(delete).to_have_text("Press again to delete")  # one press does nothing yet
+    assert httpx.get(f"{served.url}/v1/jobs/{jid}", headers=h, timeout=90).status_code == 200
+    delete.click()
+    # the answer may wait behind the map's first live model tiles (about 40 s on two loaded cores)
+    expect(page.locator("#banners")).to_contain_text(f"Job {jid[:8]} deleted", timeout=90_000)
+    expect(page).to_have_url(re.compile(r".*#/jobs$"))
+    expect(page.locator("#view-jobs")).to_be_visible()
+    expect(page.locator(f"tr[data-job='{jid}']")).to_have_count(0)
+    assert httpx.get(f"{served.url}/v1/jobs/{jid}", headers=h, timeout=90).status_code == 404
+    assert not (served.data_dir / "jobs" / jid).exists()

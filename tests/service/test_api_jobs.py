@@ -10,11 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.store import datasets as dataset_store
 from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec
+from .conftest import train_spec, write_tiny_scene
 
 
 @pytest.fixture
@@ -163,12 +164,98 @@ def test_pagination_and_filters(client, auth, tiny_scene):
     assert client.get("/v1/jobs?limit=0", headers=auth).status_code == 422
 
 
-def test_cancel_queued_then_conflict(client, auth, tiny_scene):
+def test_cancel_queued_then_delete_the_dismissed_job(client, auth, settings, tiny_scene):
     jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
     r = client.delete(f"/v1/jobs/{jid}", headers=auth)
     assert r.status_code == 200 and r.json()["status"] == "dismissed"
-    assert client.delete(f"/v1/jobs/{jid}", headers=auth).status_code == 409
     assert client.get(f"/v1/jobs/{jid}/results", headers=auth).status_code == 409
+    # once ended, DELETE deletes: the record and the folder
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 204 and r.content == b""
+    assert client.get(f"/v1/jobs/{jid}", headers=auth).status_code == 404
+    assert client.delete(f"/v1/jobs/{jid}", headers=auth).status_code == 404
+    assert not settings.job_dir(jid).exists() and list(settings.jobs_dir.iterdir()) == []
+
+
+def _finished_train_job(app, client, auth, settings, tiny_scene) -> str:
+    """A successful train job with what a worker leaves: bundle, metrics, a COG, checkpoints."""
+    jid = client.post("/v1/jobs", json=train_spec(*tiny_scene), headers=auth).json()["id"]
+    out = settings.job_dir(jid) / "output"
+    (out / "bundle").mkdir(parents=True)
+    (out / "bundle" / "bundle.json").write_text('{"band_count": 3}')
+    (out / "metrics.json").write_text('{"miou": 0.5}')
+    (out / "predictions").mkdir()
+    (out / "predictions" / "scene0_classes.tif").write_bytes(b"II*\x00" + b"\x00" * 100)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pth").write_bytes(b"x" * 1000)
+    tiles = settings.data_dir / "tiles" / "models" / jid / "some-dataset"
+    tiles.mkdir(parents=True)
+    (tiles / "0.png").write_bytes(b"png")
+    with session_scope(app.state.sessions) as s:
+        job_store.claim(s, jid, "w", previous_run_dead=lambda j: False)
+        job_store.finish(s, uuid.UUID(jid), "w", {"iterations": 2})
+    return jid
+
+
+def test_delete_an_ended_job_removes_its_files_record_and_model(app, client, auth, settings, tiny_scene):
+    jid = _finished_train_job(app, client, auth, settings, tiny_scene)
+    other = _finished_train_job(app, client, auth, settings, tiny_scene)
+    img, _ = tiny_scene
+    predict = {"type": "predict", "classes": train_spec(*tiny_scene)["classes"],
+               "bundle": str(settings.job_dir(jid) / "output" / "bundle"), "target": {"scenes": [{"image": str(img)}]}}
+    user = client.post("/v1/jobs", json=predict, headers=auth).json()["id"]
+    before = sorted(p.relative_to(settings.data_dir) for p in settings.data_dir.rglob("*"))
+
+    # a queued job uses its model: 409 naming that job, nothing touched
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 409 and user in r.json()["detail"][0]["message"], r.text
+    assert sorted(p.relative_to(settings.data_dir) for p in settings.data_dir.rglob("*")) == before
+    assert client.get(f"/v1/models/{jid}", headers=auth).status_code == 200
+
+    assert client.delete(f"/v1/jobs/{user}", headers=auth).json()["status"] == "dismissed"
+    # a dataset registered on its files: 409 naming it (it would point at nothing)
+    its_file = str(settings.job_dir(jid) / "output" / "predictions" / "scene0_classes.tif")
+    with session_scope(app.state.sessions) as s:  # the job's COG registered as imagery
+        owner = s.get(job_store.Job, uuid.UUID(jid)).owner_id
+        ds = dataset_store.create_dataset(s, dataset_id=uuid.uuid4(), owner_id=owner, name="its map", kind="path",
+                                          paths={"image": its_file})
+        ds_id = str(ds.id)
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 409 and ds_id in r.json()["detail"][0]["message"], r.text
+    assert client.delete(f"/v1/datasets/{ds_id}", headers=auth).status_code == 204
+    r = client.delete(f"/v1/jobs/{jid}", headers=auth)
+    assert r.status_code == 204, r.text
+    for path in (f"/v1/jobs/{jid}", f"/v1/jobs/{jid}/results", f"/v1/models/{jid}",
+                 f"/v1/jobs/{jid}/files/metrics.json"):
+        assert client.get(path, headers=auth).status_code == 404, path
+    assert jid not in client.get("/v1/jobs", headers=auth).text
+    assert [m["id"] for m in client.get("/v1/models", headers=auth).json()["models"]] == [other]
+    assert not settings.job_dir(jid).exists()
+    assert not (settings.data_dir / "tiles" / "models" / jid).exists()
+    assert sorted(p.name for p in settings.jobs_dir.iterdir()) == sorted([other, user])  # no trash left
+    with app.state.sessions() as s:
+        assert s.get(job_store.Job, uuid.UUID(jid)) is None
+    # the other model and the dismissed predict job are untouched
+    assert (settings.job_dir(other) / "output" / "bundle" / "bundle.json").is_file()
+    assert client.get(f"/v1/models/{other}", headers=auth).status_code == 200
+    assert client.get(f"/v1/jobs/{user}", headers=auth).json()["status"] == "dismissed"
+
+
+def test_a_deletion_cut_short_is_undone_or_finished_at_start(settings, tiny_scene):
+    """A crash between the folder's rename and the commit leaves the record: the folder comes back. After
+    the commit it leaves no record: the folder goes."""
+    app = create_app(settings)
+    with TestClient(app) as c:
+        auth = _token(app)
+        kept = _finished_train_job(app, c, auth, settings, tiny_scene)
+        gone = _finished_train_job(app, c, auth, settings, tiny_scene)
+        assert c.delete(f"/v1/jobs/{gone}", headers=auth).status_code == 204
+    os.rename(settings.job_dir(kept), settings.jobs_dir / f".deleting-{kept}")
+    write_tiny_scene(settings.jobs_dir / f".deleting-{gone}")  # as if removal had not run
+    app = create_app(settings)
+    with TestClient(app) as c:
+        assert sorted(p.name for p in settings.jobs_dir.iterdir()) == [kept]
+        assert c.get(f"/v1/jobs/{kept}/results", headers=auth).json()["metrics"] == {"miou": 0.5}
 
 
 def test_a_failed_job_reports_its_error_type_and_message(app, client, auth, tiny_scene):

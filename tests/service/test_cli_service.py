@@ -1,5 +1,5 @@
 """The embedded default from the outside: `geoadapt token create`, `geoadapt serve`, and the client
-commands submit / status / wait / jobs / results / cancel, on a real NC training job."""
+commands submit / status / wait / jobs / results / usage / cancel / delete, on a real NC training job."""
 from __future__ import annotations
 
 import json
@@ -97,6 +97,12 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
     assert res["bundle"]["metadata"]["band_count"] == 6
     assert jid in _ga("jobs", env=env).stdout
     assert "successful" in _ga("status", jid, env=env).stdout
+    used = _ga("usage", env=env).stdout
+    assert "used (no quota)" in used and "jobs: 1 (" in used and "uploads: 0 (0 B)" in used, used
+    assert json.loads(_ga("usage", "--json", env=env).stdout)["jobs_bytes"] > 0
+    # cancel does not reach an ended job (the API's DELETE would delete it)
+    r = _ga("cancel", jid, env=env, check=False)
+    assert r.returncode == 2 and "already ended (successful)" in r.stderr and "geoadapt delete" in r.stderr
 
     # an adabn job from that model named by its id: the client leaves a model id for the server to resolve
     adabn = yaml.safe_load(spec.read_text())
@@ -116,9 +122,15 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
         if json.loads(_ga("status", lid, "--json", env=env).stdout).get("done"):
             break
         time.sleep(0.5)
+    r = _ga("delete", lid, env=env, check=False)  # delete does not cancel a running job
+    assert r.returncode == 2 and "is running" in r.stderr, r.stderr
     assert "cancel requested" in _ga("cancel", lid, env=env).stdout
     r = _ga("wait", lid, "--interval", "0.5", "--timeout", "60", env=env, check=False, timeout=90)
     assert r.returncode == 1 and "dismissed" in r.stdout
+    assert "deleted" in _ga("delete", lid, env=env).stdout
+    assert lid not in _ga("jobs", env=env).stdout and jid in _ga("jobs", env=env).stdout
+    assert _ga("status", lid, env=env, check=False).returncode == 2
+    assert "jobs: 1 (" in _ga("usage", env=env).stdout
 
     # a bad spec is refused before it leaves the client; a path outside the roots by the server
     bad = tmp_path / "bad.yaml"

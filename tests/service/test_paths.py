@@ -44,3 +44,24 @@ def test_own_job_and_dataset_folders_only(tmp_path):
                 data / "jobs" / "not-a-uuid" / "x"):
         with pytest.raises(ValueError):
             pol(bad)
+
+
+def test_the_state_folder_is_refused_whatever_the_roots_say(tmp_path):
+    """Roots over the data folder (and over a SQLite store kept elsewhere) open neither: only the caller's
+    own job and dataset folders in it may be named."""
+    data, elsewhere = tmp_path / "state", tmp_path / "db"
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    pol = PathPolicy([tmp_path], data_dir=data, owns=lambda kind, i: i == mine,
+                     state_files=[elsewhere / "store.db", elsewhere / "store.db-wal"])
+    assert pol(data / "jobs" / str(mine) / "output" / "bundle")
+    assert pol(data / "datasets" / str(mine) / "a.tif")
+    assert pol(tmp_path / "inputs" / "scene.tif")
+    assert pol(elsewhere / "notes.tif")  # beside the store's files, not one of them
+    for bad in (data / "jobs" / str(theirs) / "output" / "predictions" / "map.tif",
+                data / "datasets" / str(theirs) / "a.tif", data / "geoadapt.db", data / "broker.db", data / "jobs",
+                data / "tiles" / "models" / str(mine), data, elsewhere / "store.db", elsewhere / "store.db-wal"):
+        with pytest.raises(ValueError, match="state folder"):
+            pol(bad)
+    os.symlink(data / "jobs" / str(theirs), tmp_path / "inputs-link")
+    with pytest.raises(ValueError, match="state folder"):
+        pol(tmp_path / "inputs-link" / "output" / "map.tif")

@@ -314,6 +314,49 @@ def test_symlinked_folder_out_of_a_root_is_refused_by_the_api(world, tmp_path):
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "source.scenes.0.labels"
 
 
+def test_roots_covering_the_state_folder_do_not_open_it(tmp_path, caplog):
+    """The easy mistake: roots /data, state /data/geoadapt. B names A's prediction COG as his dataset and A's
+    bundle in a predict spec; the job store and the embedded broker by path. All 422; A may still name his own
+    job's folder. The start-up log says the roots overlap the state folder."""
+    caplog.set_level("WARNING", logger="geoadapt.api")
+    img, lab = write_tiny_scene(tmp_path / "scene")
+    settings = Settings(data_dir=tmp_path / "state", allowed_roots=[tmp_path], broker_url="memory://",
+                        rate_limit_per_minute=0)
+    app = create_app(settings)
+    assert any("overlaps the state folder" in r.getMessage() for r in caplog.records), caplog.text
+    with session_scope(app.state.sessions) as s:
+        a_rec, a = tokens.create_token(s, name="a")
+        _, b = tokens.create_token(s, name="b")
+        done = uuid.uuid4()
+        spec = load_job_spec(train_spec(img, lab, output=str(settings.job_dir(done) / "output"))).to_jsonable()
+        job_store.create_job(s, job_id=done, owner_id=a_rec.id, spec=spec, queue="gpu")
+    out = settings.job_dir(done) / "output"
+    write_class_cog(out / "predictions" / "scene.tif", size=256)
+    (out / "bundle").mkdir(parents=True)
+    (out / "bundle" / "bundle.json").write_text('{"band_count": 3}')
+    cog = str(out / "predictions" / "scene.tif")
+    predict = {"type": "predict", "classes": spec["classes"], "bundle": str(out / "bundle"),
+               "target": {"scenes": [{"image": str(img)}]}}
+    with TestClient(app) as c:
+        for body, field in (({"name": "mine now", "image": cog}, "image"),
+                            ({"name": "db", "image": str(settings.data_dir / "geoadapt.db")}, "image"),
+                            ({"name": "q", "bands": [str(img), str(settings.data_dir / "broker.db")]}, "bands.1")):
+            r = c.post("/v1/datasets", json=body, headers=_bearer(b))
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (body, r.text)
+            assert "state folder" in r.json()["detail"][0]["message"]
+        r = c.post("/v1/jobs", json=predict, headers=_bearer(b))
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "bundle", r.text
+        assert "state folder" in r.json()["detail"][0]["message"]
+        r = c.post("/v1/jobs", json=train_spec(cog, lab), headers=_bearer(b))
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "source.scenes.0.image", r.text
+        assert c.get("/v1/datasets", headers=_bearer(b)).json()["total"] == 0
+        assert c.get("/v1/jobs", headers=_bearer(b)).json()["total"] == 0
+        # the owner names his own job's bundle and COG as before; files outside the state folder still pass
+        assert c.post("/v1/jobs", json=predict, headers=_bearer(a)).status_code == 201
+        assert c.post("/v1/datasets", json={"name": "own map", "image": cog}, headers=_bearer(a)).status_code == 201
+        assert c.post("/v1/datasets", json={"name": "scene", "image": str(img)}, headers=_bearer(b)).status_code == 201
+
+
 # ---- limits ---------------------------------------------------------------------------------------------
 
 def test_streamed_upload_over_the_limit_is_cut_off_and_leaves_nothing(tmp_path):

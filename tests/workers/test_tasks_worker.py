@@ -44,8 +44,10 @@ def _redis_or_skip() -> str:
 class Backend:
     """Settings for the API in this process + a matching environment for worker processes."""
 
-    def __init__(self, kind: str, root: Path, nc_dir: Path, database_url: str | None = None):
-        """``database_url``: the PostgreSQL store of a "redis" backend (tests/conftest.py's schema fixtures)."""
+    def __init__(self, kind: str, root: Path, nc_dir: Path, database_url: str | None = None,
+                 worker_env: dict | None = None):
+        """``database_url``: the PostgreSQL store of a "redis" backend (tests/conftest.py's schema fixtures);
+        ``worker_env``: more GEOADAPT_* settings for the workers."""
         self.kind, self.root = kind, root
         extra = {}
         if kind == "redis":
@@ -57,7 +59,7 @@ class Backend:
                     "GEOADAPT_DATA_DIR": str(self.settings.data_dir),
                     "GEOADAPT_DATABASE_URL": self.settings.database_url,
                     "GEOADAPT_BROKER_URL": self.settings.broker_url,
-                    "GEOADAPT_ALLOWED_ROOTS": str(nc_dir), "GEOADAPT_HEARTBEAT_INTERVAL_S": "1"}
+                    "GEOADAPT_ALLOWED_ROOTS": str(nc_dir), "GEOADAPT_HEARTBEAT_INTERVAL_S": "1", **(worker_env or {})}
         self.app = create_app(self.settings)
         self.client = TestClient(self.app)
         with session_scope(self.app.state.sessions) as s:
@@ -167,6 +169,29 @@ def test_train_job_end_to_end(backend, nc_bands, nc_data, nc_classes):
     models = backend.client.get("/v1/models", headers=backend.auth).json()
     assert jid in [m["id"] for m in models["models"]]
     assert backend.client.get("/health").json()["workers"]["ok"]
+    # a job that succeeded never resumes: its checkpoints are gone, its bundle and results stay
+    out = backend.settings.job_dir(jid) / "output"
+    assert not (out / "checkpoints").exists() and list(out.rglob("*.pth")) == [out / "bundle" / "weights.pth"]
+    assert (out / "metrics.json").is_file() and _record(backend, jid).checkpoint_path is None
+
+
+def test_keep_checkpoints_setting_keeps_them_after_success(tmp_path, nc_bands, nc_data, nc_classes):
+    b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent, worker_env={"GEOADAPT_KEEP_CHECKPOINTS": "1"})
+    try:
+        b.start_worker()
+        jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=4))
+        assert _final(b, jid)["status"] == "successful", b.logs()
+        ckpt = b.settings.job_dir(jid) / "output" / "checkpoints"
+        assert (ckpt / "last.pth").is_file() and _record(b, jid).checkpoint_path == str(ckpt / "last.pth")
+    finally:
+        b.close()
+
+
+def _record(b: Backend, jid: str):
+    with b.app.state.sessions() as s:
+        from service.store.models import Job
+
+        return s.get(Job, uuid.UUID(jid))
 
 
 def test_adabn_job_from_a_model_id_end_to_end(backend, nc_bands, nc_data, nc_classes):

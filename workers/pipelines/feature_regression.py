@@ -28,6 +28,7 @@ from core.errors import BandCountMismatchError, BundleError, NoOverlapError, Spe
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from core.raster.warp import bounds_in
+from core.resume_state import CHECKPOINTS
 from models.adaptation import build_method
 from models.adaptation.feature_regression import PairedBatches
 from models.adaptation.source_only import class_weight_of
@@ -224,7 +225,7 @@ def run_feature_regression(
             source_only = validate(teacher.segmentor.to(dev).eval())
 
         phase = PhaseCallbacks(callbacks, teacher_iters, grand, last=True)
-        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
+        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
                          callbacks=[HistoryFile(out / "history.jsonl"), phase])
@@ -235,7 +236,7 @@ def run_feature_regression(
             return {"status": "stopped", "phase": "student", "iteration": teacher_iters + result.iterations_done,
                     "total": grand, "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
 
-        best = load_best_weights(method, out / "checkpoints") if validation is not None else None
+        best = load_best_weights(method, out / CHECKPOINTS) if validation is not None else None
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
         provenance = provenance_record(
             spec, method=METHOD, config=cfg.get("name"), seed=seed, run=run, best=best, started=started, t0=t0,

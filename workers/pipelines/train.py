@@ -32,6 +32,7 @@ from core.files import write_json
 from core.jobspec import JobSpec, SceneSpec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
+from core.resume_state import CHECKPOINTS
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
 from models.class_weights import auto_fields, fill_auto_class_weights
@@ -180,7 +181,7 @@ def run_job(
         method.to(dev)
 
         validate = validation_scorer(validation, _val_stats(spec, stats), names)
-        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / "checkpoints",
+        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
                          callbacks=[HistoryFile(out / "history.jsonl"), *(callbacks or [])])
@@ -191,7 +192,7 @@ def run_job(
             return {"status": "stopped", "iteration": result.iterations_done, "total": result.total,
                     "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
 
-        best = load_best_weights(method, out / "checkpoints") if validation is not None else None
+        best = load_best_weights(method, out / CHECKPOINTS) if validation is not None else None
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
         provenance = provenance_record(
             spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=best, started=started, t0=t0,

@@ -18,6 +18,7 @@ from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, Producer, RateLimited, SessionDep, SettingsDep
 from service.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorPublic, Link
 from service.errors import PayloadTooLargeError
+from service import usage
 from service.inputs import describe_dataset
 from service.queue import DATASET_STATS, enqueue
 from service.store import datasets as store
@@ -119,6 +120,9 @@ def upload_dataset(
     """Upload imagery (multipart); stored in the dataset's folder, checked, then registered."""
     if (image is None) == (not bands):
         raise SpecError("upload exactly one of 'image' or 'bands'", field="image")
+    files = [f for f in (image, *(bands or []), labels) if f is not None]
+    usage.check_upload(session, settings, token.id, sum(f.size or 0 for f in files),
+                       field="image" if image is not None else "bands")
     ds_id = uuid.uuid4()
     folder = settings.dataset_dir(ds_id)
     budget = [settings.max_upload_bytes]

@@ -1,4 +1,4 @@
-"""Jobs: submit (idempotent), status, list, cancel, results, result files.
+"""Jobs: submit (idempotent), status, list, cancel or delete, results, result files.
 
 Where a job writes is the server's choice: the spec's `output` is replaced by the job's own
 folder, `<data_dir>/jobs/<id>/output`, whatever the client sent, so no client can make a worker
@@ -16,7 +16,9 @@ from fastapi.responses import FileResponse
 
 from core.errors import SpecError
 from core.jobspec import JobSpec, load_job_spec
+from service import job_removal
 from service import results as job_results
+from service import usage
 from service.api import links
 from service.api.deps import (
     BaseUrl,
@@ -45,7 +47,7 @@ from service.inputs import check_job_inputs, model_id_of
 from service.queue import QUEUE_FOR_TYPE, enqueue
 from service.store import jobs as store
 from core.files import write_json
-from service.store.models import Job
+from service.store.models import FINAL_STATES, Job
 
 log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -80,7 +82,8 @@ def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
     status_code=201,
     response_model=JobPublic,
     responses={200: {"model": JobPublic, "description": "the job an earlier request with this Idempotency-Key created"},
-               409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERRORS},
+               409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic},
+               507: {"model": ErrorPublic, "description": "the token's storage quota is used up"}, **_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _spec_body_schema()}}}},
     dependencies=[RateLimited],
 )
@@ -105,6 +108,7 @@ def submit_job(
             response.status_code = 200
             response.headers["Location"] = links.job(base, earlier.id)
             return to_public(earlier, base)
+    usage.check_submit(session, settings, token.id)
 
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
@@ -185,11 +189,23 @@ def get_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: B
     return to_public(store.get_job(session, job_id, token), base)
 
 
-@router.delete("/{job_id}", response_model=JobPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
-def cancel_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
-    """Dismiss a queued job; ask a running one to stop (it checkpoints, then becomes dismissed)."""
+@router.delete(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "a queued job dismissed, or a running one asked to stop"},
+               204: {"description": "an ended job deleted, with its files and its model"},
+               409: {"model": ErrorPublic}, **_ERRORS},
+)
+def delete_job(job_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+               base: BaseUrl):
+    """Dismiss a queued job, or ask a running one to stop (it checkpoints, then becomes dismissed): 200 with
+    the job. Delete an ended job (successful, failed, dismissed) with its files, its record and its model:
+    204; 409 naming the job that uses its model while one queued or running does."""
     job = store.get_job(session, job_id, token)
-    return to_public(store.request_cancel(session, job), base)
+    if job.status not in FINAL_STATES:
+        return to_public(store.request_cancel(session, job), base)
+    job_removal.delete_ended_job(session, settings, job, writes=request.app.state.store_writes)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/results", response_model=ResultsPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})

@@ -174,6 +174,25 @@
     }
   }
 
+  async function deleteJob(id, btn) {
+    if (btn.dataset.confirm !== "1") {
+      // a second press confirms: the job's files and its model are gone for good
+      btn.dataset.confirm = "1";
+      const old = btn.textContent;
+      btn.textContent = "Press again to delete";
+      setTimeout(() => { btn.dataset.confirm = ""; btn.textContent = old; }, 5000);
+      return;
+    }
+    try {
+      await api.json(`v1/jobs/${id}`, { method: "DELETE" });
+      state.models = null;  // its model went with it
+      banner("action-msg", `Job ${short(id)} deleted, with its files and its model.`, "ok");
+      window.location.hash = "#/jobs";
+    } catch (e) {
+      banner("action-msg", `Could not delete job ${short(id)}: ${e.message}`, "error");
+    }
+  }
+
   function progressCell(j) {
     const pct = Math.round(j.progress || 0);
     return h("div", { class: "prog" },
@@ -549,6 +568,9 @@
     const cancel = $("#job-cancel");
     cancel.hidden = !active || j.cancel_requested;
     cancel.onclick = async () => { await cancelJob(j.id, cancel); };
+    const del = $("#job-delete");
+    del.hidden = active;  // DELETE on an ended job deletes it; on a live one it would cancel
+    del.onclick = async () => { await deleteJob(j.id, del); };
   }
 
   function domainText(d) {
@@ -851,6 +873,7 @@
     }
     $("#job-params").textContent = "";
     $("#job-cancel").hidden = true;
+    $("#job-delete").hidden = true;
     let shownFinal = false, mapShown = false;
     const tick = async () => {
       let j;
