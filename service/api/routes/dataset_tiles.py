@@ -35,6 +35,7 @@ from rio_tiler.models import ImageData
 from core.errors import SpecError, UnreadableRasterError
 from core.lru import LRU
 from core.raster.warp import crs_name
+from core.raster.zooms import raster_native_zoom
 from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep
 from service.api.schemas import ErrorPublic
@@ -349,7 +350,7 @@ def tilejson(im: Imagery, tms_id: str, bidx, rescale) -> dict:
         bands, ranges = _render_params(im.src, bidx, rescale)
         with im.src._reader(0, tms) as r:
             w, s, e, n = r.get_geographic_bounds(tms.rasterio_geographic_crs)
-            minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+            minzoom, maxzoom = int(r.minzoom), raster_native_zoom(r.dataset, tms)
     q = RenderParams(bands, tuple(ranges)).query()
     url = f"{im.href}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}"
     return {"tilejson": "3.0.0", "name": im.name, "version": "1.0.0", "scheme": "xyz", "tiles": [url],
@@ -363,7 +364,7 @@ def info(im: Imagery, tms_id: str) -> dict:
     src = im.src
     with _reading(), src._reader(0, tms) as r:
         geo = list(r.get_geographic_bounds(tms.rasterio_geographic_crs))
-        minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+        minzoom, maxzoom = int(r.minzoom), raster_native_zoom(r.dataset, tms)
         percentiles = src.percentiles()
     names = [p.stem for p in im.files] if len(im.files) > 1 else [f"band {i + 1}" for i in range(src.count)]
     return {"name": im.name, "href": im.href, "count": src.count, "band_names": names, "dtype": src.dtype,

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from core.errors import RasterError
+from core.raster.zooms import raster_native_zoom
 from service import results as job_results
 from service.api import errors, links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
@@ -250,7 +251,7 @@ def model_tilejson(model_id: uuid.UUID, tms_id: TmsId, request: Request, session
         raise NotFoundError(f"dataset {ds.id} has no image", field="dataset")
     with sources.open_reader(Path(images[0]), tms) as r:
         bounds = r.get_geographic_bounds(tms.rasterio_geographic_crs)
-        maxzoom = int(r.maxzoom)
+        maxzoom = raster_native_zoom(r.dataset, tms)
     minzoom = max(tms.minzoom, maxzoom - _options(request).zoom_out_levels)
     url = links.model_tiles(base, job.id, ds.id, tms.id)
     return _tilejson(f"{job.id} on {ds.name}", url, bounds, minzoom, maxzoom)
