@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api import errors
 from service.api.middleware import BodySizeLimit
 from service.api.ratelimit import RateLimiter
+from service.api.signed_urls import TileUrlSigner, load_or_create_secret, redact_access_log
 from service.api.routes import datasets, health, jobs, models, tiles
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer, warm_producer
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.database_url)
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        redact_access_log()  # here, not at import: the server has configured its loggers by now
         await run_in_threadpool(_warm_up, _app)
         # what is alive once the app is built (modules, routes, schemas: ~130k objects) lives as long
         # as the process; frozen, full collections stop walking it, and their pause, which stalls every
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.producer = make_producer(settings)
     app.state.store_writes, app.state.broker_sends = local_writer_locks(settings.database_url, settings.broker_url)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    secret = settings.tile_url_secret.get_secret_value() if settings.tile_url_secret else None
+    app.state.tile_signer = TileUrlSigner(load_or_create_secret(secret, settings.data_dir), settings.tile_url_ttl)
 
     # the store may be down when the API starts: create tables on the first request that works
     lock, ready = threading.Lock(), [False]

@@ -183,7 +183,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base
 
 
 @router.get("/{job_id}/results", response_model=ResultsPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
-def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+def get_results(job_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep, token: CurrentToken,
                 base: BaseUrl) -> ResultsPublic:
     """Bundle, metrics, report and one entry per predicted COG with download and tile links."""
     job = store.get_job(session, job_id, token)
@@ -191,6 +191,7 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
         raise ConflictError(f"job {job.id} is {job.status}: results exist once it is successful")
     desc = job_results.describe(settings.job_dir(job.id))
     jid = job.id
+    signer = request.app.state.tile_signer
     if desc["bundle"]:
         desc["bundle"]["links"] = {"model": links.model(base, jid)}
     if desc["report"]:
@@ -202,7 +203,9 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
         metrics=desc["metrics"],
         report=desc["report"],
         predictions=[
-            PredictionEntry(**p, links=links.result_links(base, jid, p["path"], p["name"], p["kind"]))
+            PredictionEntry(**p, links=links.result_links(
+                base, jid, p["path"], p["name"], p["kind"],
+                signed=signer.query("results", links.result_id(jid, p["name"]), token.id)))
             for p in desc["predictions"]
         ],
         files=[FileEntry(name=f["path"], size=f["size"], links={"download": links.job_file(base, jid, f["path"])})
