@@ -10,7 +10,7 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from service.cli import bench_cmd, data_cmd, demo_cmd, local_cmd, predict_cmd, service_cmd
+from service.cli import bench_cmd, data_cmd, demo_cmd, example_cmd, local_cmd, predict_cmd, service_cmd
 
 app = typer.Typer(
     name="geoadapt",
@@ -24,6 +24,7 @@ app.add_typer(bench_cmd.app, name="bench")
 local_cmd.register(app)
 predict_cmd.register(app)
 demo_cmd.register(app)
+example_cmd.register(app)  # ready specs for the fetched data
 service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/results/jobs
 
 #: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures
