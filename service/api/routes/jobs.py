@@ -41,6 +41,8 @@ from service.api.schemas import (
 from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from service.inputs import check_job_inputs
 from service.queue import QUEUE_FOR_TYPE, enqueue
+from service.spec_datasets import resolve_scene_datasets
+from service.store import datasets
 from service.store import jobs as store
 from core.files import write_json
 from service.store.models import Job
@@ -109,6 +111,7 @@ def submit_job(
     data = dict(body)
     data["output"] = str(job_results.output_dir(job_dir))
     policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
+    data = resolve_scene_datasets(data, lambda ident: dict(datasets.get_dataset(session, ident, token).paths or {}))
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
     report = check_job_inputs(spec)
     spec_json = spec.to_jsonable()
