@@ -108,6 +108,9 @@ def load_or_create_secret(configured: str | None, data_dir: Path) -> bytes:
         os.link(tmp, path)  # a second process making its own at the same moment: the first one wins
     except FileExistsError:
         pass
+    except OSError:  # a filesystem without hard links: a rename, unless another process got there first
+        if not path.exists():
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
