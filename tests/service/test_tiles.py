@@ -471,6 +471,14 @@ def test_live_tiles_match_the_predicted_cog_and_join_without_seams(world, tile_w
           f"{seam:.4f}, across nearby lines inside the tiles {inside:.4f} (the COG's across the joins {cog_seam:.4f})")
     assert seam <= 2.5 * inside + 0.005, (seam, inside)
 
+    # the tilejson's URLs are signed for this model on this dataset: they open with no header at all
+    t = block[0][0]
+    r = c.get(tj["tiles"][0].format(z=t.z, x=t.x, y=t.y))
+    assert "sig=" in tj["tiles"][0] and r.status_code == 200, r.text
+    assert np.array_equal(_class_ids(_rgba(r.content)), live[:256, :256])
+    other = tj["tiles"][0].replace(str(world["dataset"]), str(world["dataset3"]))  # another dataset, same sig
+    assert c.get(other.format(z=t.z, x=t.x, y=t.y)).status_code == 401
+
     # the cache: the same tile again is answered from disk without a worker
     os.killpg(tile_worker.pid, signal.SIGSTOP)
     try:
