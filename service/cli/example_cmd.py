@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON, the body of POST /v1/jobs (for curl)")] = False,
     ) -> None:
         """Fetch the example's data if missing, then print (or write) its job spec with the files' absolute paths."""
-        from core.data.examples import EXAMPLES, example_paths, example_spec, example_yaml, fetch_example_data, get_example
+        from core.data.examples import (EXAMPLES, example_paths, example_spec, example_yaml, fetch_example_data,
+                                        get_example)
 
         if name is None:
             for ex in EXAMPLES.values():

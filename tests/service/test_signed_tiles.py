@@ -45,7 +45,8 @@ def _signature(url: str) -> dict[str, str]:
 
 
 def _tilejson(base: str, world, result: str = COG_NAME, token: str | None = None) -> dict:
-    r = httpx.get(f"{base}/v1/results/{world.job_id}.{result}/{TMS}/tilejson.json", headers=_h(token or world.tokens[-1]))
+    url = f"{base}/v1/results/{world.job_id}.{result}/{TMS}/tilejson.json"
+    r = httpx.get(url, headers=_h(token or world.tokens[-1]))
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -161,6 +162,14 @@ def test_dataset_tilejson_tiles_are_signed_for_that_dataset(served):
     t = morecantile.tms.get(TMS).tile(*[(a + b) / 2 for a, b in zip(tj["bounds"][:2], tj["bounds"][2:])], z)
     r = httpx.get(_tile_url(tj, t.z, t.x, t.y))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    # a job's scene: its own signature, which opens neither the dataset nor another scene of the job
+    scene = f"{base}/v1/jobs/{world.job_id}/scenes/source/0"
+    sj = httpx.get(f"{scene}/{TMS}/tilejson.json", headers=_h(world.tokens[-1])).json()
+    r = httpx.get(_tile_url(sj, t.z, t.x, t.y))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    q = urlsplit(sj["tiles"][0]).query
+    for other in (f"{base}/v1/datasets/{world.dataset_id}", f"{base}/v1/jobs/{world.job_id}/scenes/target/0"):
+        assert httpx.get(f"{other}/tiles/{TMS}/{t.z}/{t.x}/{t.y}.png?{q}").status_code == 401, other
 
 
 def test_the_access_log_holds_no_signature(served):
