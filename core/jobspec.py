@@ -84,10 +84,16 @@ class ClassSpec(_Strict):
 
 
 class SceneSpec(_Strict):
-    """One scene: a multi-band image, or single-band files stacked in order; optional labels."""
+    """One scene: a multi-band image, or single-band files stacked in order, or a dataset registered with
+    the service (which resolves it into its files); optional labels."""
 
     image: Path | None = None
     bands: list[Path] | None = Field(default=None, min_length=1)
+    dataset: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="id of a registered dataset (service only): its image, and its labels in source and "
+        "validation scenes that name none",
+    )
     labels: Path | None = Field(default=None, description="label raster, or GeoJSON/GeoPackage polygons")
     label_property: str | None = Field(
         default=None, description="vector labels: the attribute holding the class id"
@@ -111,9 +117,14 @@ class SceneSpec(_Strict):
         return [_resolve(p, info) for p in v]
 
     @model_validator(mode="after")
-    def _image_or_bands(self) -> "SceneSpec":
-        if (self.image is None) == (self.bands is None):
-            raise ValueError("give exactly one of 'image' (one multi-band file) or 'bands' (a list of files)")
+    def _image_or_bands(self, info: ValidationInfo) -> "SceneSpec":
+        if sum(v is not None for v in (self.image, self.bands, self.dataset)) != 1:
+            raise ValueError("give exactly one of 'image' (one multi-band file), 'bands' (a list of files) "
+                             "or 'dataset' (a registered dataset's id)")
+        if self.dataset is not None and (info.context or {}).get("check_files", True):
+            # the service replaces `dataset` with the files before it checks them; here nothing would
+            raise ValueError(f"dataset {self.dataset!r}: only the service resolves registered datasets "
+                             "(geoadapt submit, POST /v1/jobs); to run here, give 'image' or 'bands'")
         if self.label_property and self.label_class is not None:
             raise ValueError("give at most one of 'label_property' and 'label_class'")
         return self
@@ -284,7 +295,8 @@ class JobSpec(_Strict):
         if self.type in ("adapt", "train"):
             if self.source is None:
                 raise ValueError(f"a {self.type} job needs 'source' scenes with labels")
-            missing = [i for i, s in enumerate(self.source.scenes) if s.labels is None]
+            # a registered dataset may bring its labels: the service checks again once it has resolved it
+            missing = [i for i, s in enumerate(self.source.scenes) if s.labels is None and s.dataset is None]
             if need_labels and missing:
                 raise ValueError(f"source.scenes.{missing[0]}.labels is required for a {self.type} job")
         if self.type == "adapt":
@@ -320,7 +332,7 @@ class JobSpec(_Strict):
     def _validation_labelled(self) -> None:
         if self.validation is not None:
             for i, s in enumerate(self.validation.scenes):
-                if s.labels is None:
+                if s.labels is None and s.dataset is None:
                     raise ValueError(f"validation.scenes.{i}.labels is required (validation scenes are labelled)")
 
     # convenience -----------------------------------------------------------------------------

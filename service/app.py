@@ -21,6 +21,7 @@ from service.api import errors
 from service.api.middleware import BodySizeLimit
 from service.api.ratelimit import RateLimiter
 from service.api.routes import datasets, health, jobs, models, tiles, usage
+from service.api.signed_urls import TileUrlSigner, load_or_create_secret, redact_access_log
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer, warm_producer
 from service.settings import Settings
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await run_in_threadpool(_recover_deletions, _app)
+        redact_access_log()  # here, not at import: the server has configured its loggers by now
         await run_in_threadpool(_warm_up, _app)
         # what is alive once the app is built (modules, routes, schemas: ~130k objects) lives as long
         # as the process; frozen, full collections stop walking it, and their pause, which stalls every
@@ -61,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.producer = make_producer(settings)
     app.state.store_writes, app.state.broker_sends = local_writer_locks(settings.database_url, settings.broker_url)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    secret = settings.tile_url_secret.get_secret_value() if settings.tile_url_secret else None
+    app.state.tile_signer = TileUrlSigner(load_or_create_secret(secret, settings.data_dir), settings.tile_url_ttl)
 
     # the store may be down when the API starts: create tables on the first request that works
     lock, ready = threading.Lock(), [False]

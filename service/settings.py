@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     #: base URL used in links (behind a proxy); default: the URL the request came in on
     public_url: str | None = None
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 503")
+    #: how long a signed tile URL (tilejson `tiles`, for clients that cannot send a header) stays valid
+    tile_url_ttl: int = Field(default=3600, ge=10, le=7 * 86400, description="seconds")
+    #: the HMAC key of signed tile URLs; unset: one generated once and kept in the state folder
+    tile_url_secret: SecretStr | None = None
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from celery import Task
 
 from core.errors import ConfigError, GeoadaptError
 from core.lru import LRU, MISSING
+from core.raster import zooms
 from core.raster.grid import Grid
 from core.raster.warp import crs_name
 from core.tiles import ClassPalette
@@ -321,7 +322,7 @@ def render_tile(request: dict[str, Any]) -> dict[str, Any]:
     images = tuple(request["images"])
     opened = _scenes.get(images, lambda: _OpenScene(images))
     native = opened.native_res(tms.rasterio_crs)
-    native_zoom = tms.zoom_for_res(min(native))
+    native_zoom = zooms.native_zoom(tms, min(native))
     if z < native_zoom - levels:
         return {"status": "out_of_range",
                 "message": f"zoom {z} is too far out for live inference on this image (zoom {native_zoom - levels} "

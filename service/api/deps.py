@@ -9,12 +9,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, AsyncIterator
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.errors import RateLimitedError, UnauthorizedError
+from service.api.signed_urls import resource_of
 from service.paths import PathPolicy
 from service.settings import Settings
 from service.store import tokens
@@ -60,6 +61,37 @@ def current_token(
 
 
 CurrentToken = Annotated[Token, Depends(current_token)]
+
+_SIGNATURE_DOC = "signed tile URLs (from a tilejson asked with a token) carry exp, kid and sig instead of a header"
+
+
+def tile_token(kind: str):
+    """The caller of a tile or tilejson route of `kind`: a bearer token, or a valid signature for exactly
+    the resource this request names (service/api/signed_urls.py); other routes never accept signatures."""
+
+    def dependency(
+        request: Request, session: SessionDep,
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        exp: Annotated[str | None, Query(description="expiry (unix time) of a signed URL")] = None,
+        kid: Annotated[str | None, Query(description="id of the token that signed the URL")] = None,
+        sig: Annotated[str | None, Query(description=_SIGNATURE_DOC)] = None,
+    ) -> Token:
+        if creds is not None or not (exp or kid or sig):
+            return current_token(session, creds)
+        resource = resource_of(kind, request.path_params, request.query_params)
+        tid = request.app.state.tile_signer.check(kind, resource, exp, kid, sig)
+        rec = session.get(Token, tid)
+        if rec is None or rec.revoked:
+            raise UnauthorizedError("the token that signed this URL is revoked", field="kid")
+        return rec
+
+    return dependency
+
+
+ResultTileToken = Annotated[Token, Depends(tile_token("results"))]
+DatasetTileToken = Annotated[Token, Depends(tile_token("datasets"))]
+SceneTileToken = Annotated[Token, Depends(tile_token("scenes"))]
+ModelTileToken = Annotated[Token, Depends(tile_token("models"))]
 
 
 async def rate_limit(request: Request, token: CurrentToken) -> None:

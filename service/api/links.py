@@ -36,8 +36,10 @@ def result(base: str, job_id, name: str) -> str:
     return f"{base}/v1/results/{quote(result_id(job_id, name), safe='')}"
 
 
-def result_links(base: str, job_id, relpath: str, name: str, kind: str = "classes") -> dict[str, str]:
-    """download / info / statistics / preview / tilejson / tiles for one predicted COG (`name`: its id within the job).
+def result_links(base: str, job_id, relpath: str, name: str, kind: str = "classes",
+                 signed: str | None = None) -> dict[str, str]:
+    """download / info / statistics / preview / tilejson / tiles for one predicted COG (`name`: its id within the job),
+    and with `signed` (a signature's query) `tilejson_signed`, which opens with no header until it expires.
 
     A probability COG gets only its download: the tile and point routes read class maps, and a click on
     its class map already reports the probabilities.
@@ -45,7 +47,7 @@ def result_links(base: str, job_id, relpath: str, name: str, kind: str = "classe
     if kind != "classes":
         return {"download": job_file(base, job_id, relpath)}
     r = result(base, job_id, name)
-    return {
+    out = {
         "download": job_file(base, job_id, relpath),
         "info": f"{r}/info",
         "statistics": f"{r}/statistics",
@@ -53,6 +55,9 @@ def result_links(base: str, job_id, relpath: str, name: str, kind: str = "classe
         "tilejson": f"{r}/{DEFAULT_TMS}/tilejson.json",
         "tiles": f"{r}/tiles/{DEFAULT_TMS}/{{z}}/{{x}}/{{y}}.png",
     }
+    if signed:
+        out["tilejson_signed"] = f"{out['tilejson']}?{signed}"
+    return out
 
 
 def jobs_page(base: str, offset: int, limit: int, total: int, **filters) -> list[Link]:

@@ -10,7 +10,8 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from service.cli import bench_cmd, data_cmd, demo_cmd, local_cmd, predict_cmd, service_cmd, weights_cmd
+from service.cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, local_cmd, predict_cmd, service_cmd,
+                         weights_cmd)
 
 app = typer.Typer(
     name="geoadapt",
@@ -25,6 +26,7 @@ app.add_typer(weights_cmd.app, name="weights")
 local_cmd.register(app)
 predict_cmd.register(app)
 demo_cmd.register(app)
+example_cmd.register(app)  # ready specs for the fetched data
 service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/delete/results/jobs/usage
 
 #: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures

@@ -202,9 +202,11 @@ def _print_results(url: str, token: str, job: dict) -> None:
         links = p.get("links") or p
         what = "class map" if p.get("kind", "classes") == "classes" else "class probabilities"
         typer.echo(f"\nOlinda {what} (COG): {p.get('name') or p.get('path')}")
-        for key in ("download", "info", "statistics", "tilejson", "tiles"):
+        for key in ("download", "info", "statistics", "tilejson", "tiles", "tilejson_signed"):
             if links.get(key):
                 typer.echo(f"  {key:<10} {links[key]}")
+        if links.get("tilejson_signed"):
+            typer.echo("  (tilejson_signed opens in QGIS, Leaflet or GDAL with no header, until its exp)")
     typer.echo(f"\nConsole:   {url}/#/jobs/{job['id']}  (paste the token below once)")
     typer.echo(f"API docs:  {url}/docs")
     typer.echo(f"Token:     {token}")

@@ -36,6 +36,7 @@ from rio_tiler.io import Reader
 from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
 from core.raster.warp import crs_name
+from core.raster.zooms import raster_native_zoom
 from core.tiles import ClassPalette
 from service import results as job_results
 from service.api.links import RESULT_SEP
@@ -141,7 +142,7 @@ class CogSource:
         self._lock = threading.Lock()
         self._closed = False
         with self.handle() as h:  # the first handle also tells the zooms and bounds
-            self.minzoom, self.maxzoom = int(h.reader.minzoom), int(h.reader.maxzoom)
+            self.minzoom, self.maxzoom = int(h.reader.minzoom), raster_native_zoom(h.reader.dataset, tms)
             self.geographic_bounds = tuple(h.reader.get_geographic_bounds(tms.rasterio_geographic_crs))
 
     def _open(self) -> _Handle:

@@ -23,6 +23,8 @@ def test_demo_runs_the_real_flow_through_the_embedded_service(tmp_path, nc_data)
     # the service part: a successful adapt job whose Olinda map has tile links and a console
     job_id = re.search(r"Job ([0-9a-f-]{36}) successful", out).group(1)
     assert re.search(r"tilejson\s+http://127\.0\.0\.1:\d+/v1/results/\S+/tilejson\.json", out)
+    # and one that a client with no header opens (signed for that map, until exp)
+    assert re.search(r"tilejson_signed\s+http://127\.0\.0\.1:\d+/v1/results/\S+/tilejson\.json\?exp=\d+&kid=\w+&sig=\S+", out)
     assert re.search(rf"Console:\s+http://127\.0\.0\.1:\d+/#/jobs/{job_id}", out)
     assert re.search(r"Token:\s+ga_\S+", out)
     cog = tmp_path / "state" / "jobs" / job_id / "output" / "predictions" / "target-0-L7_ETMs.tif"

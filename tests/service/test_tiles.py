@@ -159,13 +159,14 @@ def test_result_links_lead_to_tilejson_with_the_cogs_bounds_and_zooms(world):
         expect = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
         res = ds.res[0]
     assert np.allclose(tj["bounds"], expect, atol=1e-6)
-    assert tj["tiles"][0] == links["tiles"]
-    # maxzoom: the zoom whose pixel size is nearest the COG's (28.5 m on the ground; Mercator
-    # stretches it by 1/cos(latitude) at NC's ~35.7 degrees: ~35 m, between z12's 38 m and z13's 19 m)
+    assert tj["tiles"][0].split("?")[0] == links["tiles"] and "&sig=" in tj["tiles"][0]  # signed: opens with no header
+    # maxzoom: the first zoom whose pixels are at least as fine as the COG's (28.5 m on the ground;
+    # Mercator stretches it by 1/cos(latitude) at NC's ~35.7 degrees: ~35 m, between z12's 38 m and
+    # z13's 19 m). The nearest zoom, z12, would never show the native pixels
     lat = (expect[1] + expect[3]) / 2
     native_merc = res / np.cos(np.radians(lat))
     z = tj["maxzoom"]
-    assert z == min(range(25), key=lambda k: abs(np.log(WM.matrix(k).cellSize / native_merc))) == 12
+    assert z == min(k for k in range(25) if WM.matrix(k).cellSize <= native_merc) == 13
     assert 0 <= tj["minzoom"] <= z and tj["center"][2] == tj["minzoom"]
     lon, la = tj["center"][:2]
     assert expect[0] < lon < expect[2] and expect[1] < la < expect[3]
@@ -372,7 +373,7 @@ def test_gdal_tms_client_reads_the_layer_with_only_class_colours(world, live):
     link = next(p["links"]["tilejson"] for p in res["predictions"] if p["name"] == "predictions--nc")
     tj = httpx.get(link, headers=h).json()
     assert tj["tiles"][0].startswith(live)
-    tmpl = tj["tiles"][0].replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}")
+    tmpl = tj["tiles"][0].replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}").replace("&", "&amp;")
     xml = f"""<GDAL_WMS><Service name="TMS"><ServerUrl>{tmpl}</ServerUrl></Service>
 <DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>20037508.34</UpperLeftY>
 <LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY><TileLevel>{tj['maxzoom']}</TileLevel>
@@ -469,6 +470,14 @@ def test_live_tiles_match_the_predicted_cog_and_join_without_seams(world, tile_w
     print(f"live vs COG tiles: {agree:.4f} of opaque pixels agree; class changes across the tile joins "
           f"{seam:.4f}, across nearby lines inside the tiles {inside:.4f} (the COG's across the joins {cog_seam:.4f})")
     assert seam <= 2.5 * inside + 0.005, (seam, inside)
+
+    # the tilejson's URLs are signed for this model on this dataset: they open with no header at all
+    t = block[0][0]
+    r = c.get(tj["tiles"][0].format(z=t.z, x=t.x, y=t.y))
+    assert "sig=" in tj["tiles"][0] and r.status_code == 200, r.text
+    assert np.array_equal(_class_ids(_rgba(r.content)), live[:256, :256])
+    other = tj["tiles"][0].replace(str(world["dataset"]), str(world["dataset3"]))  # another dataset, same sig
+    assert c.get(other.format(z=t.z, x=t.x, y=t.y)).status_code == 401
 
     # the cache: the same tile again is answered from disk without a worker
     os.killpg(tile_worker.pid, signal.SIGSTOP)

@@ -26,7 +26,7 @@ import morecantile
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from fastapi import APIRouter, Path as PathParam, Query, Response
+from fastapi import APIRouter, Path as PathParam, Query, Request, Response
 from rasterio.errors import RasterioError
 from rio_tiler.errors import PointOutsideBounds, RioTilerError, TileOutsideBounds
 from rio_tiler.io import Reader
@@ -35,8 +35,10 @@ from rio_tiler.models import ImageData
 from core.errors import SpecError, UnreadableRasterError
 from core.lru import LRU
 from core.raster.warp import crs_name
+from core.raster.zooms import raster_native_zoom
 from service.api import links
-from service.api.deps import BaseUrl, CurrentToken, SessionDep
+from service.api.deps import BaseUrl, CurrentToken, DatasetTileToken, SceneTileToken, SessionDep
+from service.api.signed_urls import tiles_query
 from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError
 from service.store import datasets as dataset_store
@@ -342,16 +344,17 @@ def tile_png(im: Imagery, tms_id: str, z: int, x: int, y: int, bidx, rescale, sc
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
-def tilejson(im: Imagery, tms_id: str, bidx, rescale) -> dict:
-    """TileJSON 3.0 of the imagery with these render parameters (the default stretch spelled out)."""
+def tilejson(im: Imagery, tms_id: str, bidx, rescale, signed: str) -> dict:
+    """TileJSON 3.0 of the imagery with these render parameters (the default stretch spelled out); `signed`:
+    the signature its tile URLs carry (service/api/signed_urls.py)."""
     tms = _tms(tms_id)
     with _reading():
         bands, ranges = _render_params(im.src, bidx, rescale)
         with im.src._reader(0, tms) as r:
             w, s, e, n = r.get_geographic_bounds(tms.rasterio_geographic_crs)
-            minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+            minzoom, maxzoom = int(r.minzoom), raster_native_zoom(r.dataset, tms)
     q = RenderParams(bands, tuple(ranges)).query()
-    url = f"{im.href}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}"
+    url = f"{im.href}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.png?{q}&{signed}"
     return {"tilejson": "3.0.0", "name": im.name, "version": "1.0.0", "scheme": "xyz", "tiles": [url],
             "minzoom": minzoom, "maxzoom": maxzoom, "bounds": [w, s, e, n],
             "center": [(w + e) / 2, (s + n) / 2, minzoom]}
@@ -363,7 +366,7 @@ def info(im: Imagery, tms_id: str) -> dict:
     src = im.src
     with _reading(), src._reader(0, tms) as r:
         geo = list(r.get_geographic_bounds(tms.rasterio_geographic_crs))
-        minzoom, maxzoom = int(r.minzoom), int(r.maxzoom)
+        minzoom, maxzoom = int(r.minzoom), raster_native_zoom(r.dataset, tms)
         percentiles = src.percentiles()
     names = [p.stem for p in im.files] if len(im.files) > 1 else [f"band {i + 1}" for i in range(src.count)]
     return {"name": im.name, "href": im.href, "count": src.count, "band_names": names, "dtype": src.dtype,
@@ -397,23 +400,25 @@ _SC = "/v1/jobs/{job_id}/scenes/{role}/{index}"
 @router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response, responses=_PNG,
             summary="A dataset imagery tile at a scale (256 px x scale)")
 def dataset_tile_scaled(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, scale: Scale, session: SessionDep,
-                        token: CurrentToken, base: BaseUrl, bidx: BidxQuery = None,
+                        token: DatasetTileToken, base: BaseUrl, bidx: BidxQuery = None,
                         rescale: RescaleQuery = None) -> Response:
     return tile_png(_dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale, scale)
 
 
 @router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
             summary="A dataset imagery tile")
-def dataset_tile(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, token: CurrentToken,
+def dataset_tile(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, token: DatasetTileToken,
                  base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
     """Bands `bidx` of the dataset's image, stretched linearly by `rescale`, as grey or RGB."""
     return tile_png(_dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale)
 
 
 @router.get(_DS + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a dataset's imagery")
-def dataset_tilejson(dataset_id: DatasetId, tms_id: TmsId, session: SessionDep, token: CurrentToken, base: BaseUrl,
-                     bidx: BidxQuery = None, rescale: RescaleQuery = None) -> dict:
-    return tilejson(_dataset_imagery(dataset_id, session, token, base), tms_id, bidx, rescale)
+def dataset_tilejson(dataset_id: DatasetId, tms_id: TmsId, request: Request, session: SessionDep,
+                     token: DatasetTileToken, base: BaseUrl, bidx: BidxQuery = None,
+                     rescale: RescaleQuery = None) -> dict:
+    im = _dataset_imagery(dataset_id, session, token, base)
+    return tilejson(im, tms_id, bidx, rescale, tiles_query(request, "datasets", str(dataset_id), token.id))
 
 
 @router.get(_DS + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a dataset")
@@ -433,15 +438,17 @@ def dataset_point(dataset_id: DatasetId, lon: Lon, lat: Lat, session: SessionDep
 @router.get(_SC + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
             summary="An imagery tile of a job's scene")
 def scene_tile(job_id: JobId, role: Role, index: Index, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep,
-               token: CurrentToken, base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
+               token: SceneTileToken, base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
     """A scene named in a job's spec (e.g. the target it mapped), registered as a dataset or not."""
     return tile_png(_scene_imagery(job_id, role, index, session, token, base), tms_id, z, x, y, bidx, rescale)
 
 
 @router.get(_SC + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a job's scene")
-def scene_tilejson(job_id: JobId, role: Role, index: Index, tms_id: TmsId, session: SessionDep, token: CurrentToken,
-                   base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> dict:
-    return tilejson(_scene_imagery(job_id, role, index, session, token, base), tms_id, bidx, rescale)
+def scene_tilejson(job_id: JobId, role: Role, index: Index, tms_id: TmsId, request: Request, session: SessionDep,
+                   token: SceneTileToken, base: BaseUrl, bidx: BidxQuery = None,
+                   rescale: RescaleQuery = None) -> dict:
+    im = _scene_imagery(job_id, role, index, session, token, base)
+    return tilejson(im, tms_id, bidx, rescale, tiles_query(request, "scenes", f"{job_id}/{role}/{index}", token.id))
 
 
 @router.get(_SC + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a job's scene")

@@ -45,6 +45,8 @@ from service.api.schemas import (
 from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from service.inputs import check_job_inputs, model_id_of
 from service.queue import QUEUE_FOR_TYPE, enqueue
+from service.spec_datasets import resolve_scene_datasets
+from service.store import datasets
 from service.store import jobs as store
 from core.files import write_json
 from service.store.models import FINAL_STATES, Job
@@ -123,6 +125,7 @@ def submit_job(
             raise SpecError(f"no model {model_id}: a model id is the id of a successful train or adapt job of yours",
                             field="bundle")
         data["bundle"] = str(found)
+    data = resolve_scene_datasets(data, lambda ident: dict(datasets.get_dataset(session, ident, token).paths or {}))
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
     report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None)
     spec_json = spec.to_jsonable()
@@ -209,7 +212,7 @@ def delete_job(job_id: uuid.UUID, request: Request, session: SessionDep, setting
 
 
 @router.get("/{job_id}/results", response_model=ResultsPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
-def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+def get_results(job_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep, token: CurrentToken,
                 base: BaseUrl) -> ResultsPublic:
     """Bundle, metrics, report and one entry per predicted COG with download and tile links."""
     job = store.get_job(session, job_id, token)
@@ -217,6 +220,7 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
         raise ConflictError(f"job {job.id} is {job.status}: results exist once it is successful")
     desc = job_results.describe(settings.job_dir(job.id))
     jid = job.id
+    signer = request.app.state.tile_signer
     if desc["bundle"]:
         desc["bundle"]["links"] = {"model": links.model(base, jid)}
     if desc["report"]:
@@ -228,7 +232,9 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
         metrics=desc["metrics"],
         report=desc["report"],
         predictions=[
-            PredictionEntry(**p, links=links.result_links(base, jid, p["path"], p["name"], p["kind"]))
+            PredictionEntry(**p, links=links.result_links(
+                base, jid, p["path"], p["name"], p["kind"],
+                signed=signer.query("results", links.result_id(jid, p["name"]), token.id)))
             for p in desc["predictions"]
         ],
         files=[FileEntry(name=f["path"], size=f["size"], links={"download": links.job_file(base, jid, f["path"])})

@@ -19,9 +19,11 @@ from fastapi import APIRouter, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from core.errors import RasterError
+from core.raster.zooms import raster_native_zoom
 from service import results as job_results
 from service.api import errors, links
-from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
+from service.api.deps import BaseUrl, CurrentToken, ModelTileToken, ResultTileToken, SessionDep, SettingsDep
+from service.api.signed_urls import tiles_query
 from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError, ServiceUnavailableError
 from service.store import datasets as dataset_store
@@ -93,7 +95,7 @@ def _result_source(rid: str, tms_id: str, session, settings, token) -> tuple[Pat
 @router.get("/v1/results/{result_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response,
             responses=_PNG, summary="A result tile at a scale (256 px x scale)")
 def result_tile_scaled(result_id: str, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, settings: SettingsDep,
-                       token: CurrentToken, scale: Annotated[int, PathParam(ge=1, le=4)]) -> Response:
+                       token: ResultTileToken, scale: Annotated[int, PathParam(ge=1, le=4)]) -> Response:
     _, src = _result_source(result_id, tms_id, session, settings, token)
     return _png(src.tile(x, y, z, scale=scale), 300)
 
@@ -101,20 +103,22 @@ def result_tile_scaled(result_id: str, tms_id: TmsId, z: Z, x: XY, y: XY, sessio
 @router.get("/v1/results/{result_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response,
             responses=_PNG, summary="A result tile")
 def result_tile(result_id: str, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, settings: SettingsDep,
-                token: CurrentToken) -> Response:
+                token: ResultTileToken) -> Response:
     """One tile of a predicted class COG: each class in its colour, nodata and outside transparent."""
     _, src = _result_source(result_id, tms_id, session, settings, token)
     return _png(src.tile(x, y, z), 300)
 
 
 @router.get("/v1/results/{result_id}/{tileMatrixSetId}/tilejson.json", responses=_ERRORS)
-def result_tilejson(result_id: str, tms_id: TmsId, session: SessionDep, settings: SettingsDep, token: CurrentToken,
-                    base: BaseUrl, minzoom: Annotated[int | None, Query(ge=0, le=30)] = None,
+def result_tilejson(result_id: str, tms_id: TmsId, request: Request, session: SessionDep, settings: SettingsDep,
+                    token: ResultTileToken, base: BaseUrl, minzoom: Annotated[int | None, Query(ge=0, le=30)] = None,
                     maxzoom: Annotated[int | None, Query(ge=0, le=30)] = None) -> dict:
-    """TileJSON 3.0 of a predicted COG (bounds in the TMS's geographic CRS, zooms from its resolution)."""
+    """TileJSON 3.0 of a predicted COG (bounds in the TMS's geographic CRS, zooms from its resolution);
+    its `tiles` URL is signed, so clients that cannot send a header open it."""
     _, src = _result_source(result_id, tms_id, session, settings, token)
     job_id, name = sources.parse_result_id(result_id)
-    url = f"{links.result(base, job_id, name)}/tiles/{src.tms.id}/{{z}}/{{x}}/{{y}}.png"
+    signed = tiles_query(request, "results", result_id, token.id)
+    url = f"{links.result(base, job_id, name)}/tiles/{src.tms.id}/{{z}}/{{x}}/{{y}}.png?{signed}"
     return _tilejson(name, url, src.geographic_bounds, src.minzoom if minzoom is None else minzoom,
                      src.maxzoom if maxzoom is None else maxzoom)
 
@@ -180,7 +184,7 @@ def _image_files(ds) -> list[str]:
             responses={**_PNG, 422: {"model": ErrorPublic}, 503: {"model": ErrorPublic}},
             summary="Live tile inference")
 def model_tile(model_id: uuid.UUID, tms_id: TmsId, z: Z, x: XY, y: XY, request: Request, session: SessionDep,
-               settings: SettingsDep, token: CurrentToken,
+               settings: SettingsDep, token: ModelTileToken,
                dataset: Annotated[uuid.UUID, Query(description="id of a registered dataset to run the model on")]):
     """The model's classes on one tile of a registered image: predicted from model windows around the tile
     (context beyond its edges, hann-blended on one pixel lattice, so neighbouring tiles join without
@@ -238,7 +242,7 @@ def _answer(status: dict, path: Path):
 
 @router.get("/v1/models/{model_id}/{tileMatrixSetId}/tilejson.json", responses=_ERRORS)
 def model_tilejson(model_id: uuid.UUID, tms_id: TmsId, request: Request, session: SessionDep, settings: SettingsDep,
-                   token: CurrentToken, base: BaseUrl,
+                   token: ModelTileToken, base: BaseUrl,
                    dataset: Annotated[uuid.UUID, Query(description="id of a registered dataset")]) -> dict:
     """TileJSON of live tile inference over a dataset (zooms: its native resolution down by a few levels)."""
     job = job_store.get_job(session, model_id, token)
@@ -250,7 +254,8 @@ def model_tilejson(model_id: uuid.UUID, tms_id: TmsId, request: Request, session
         raise NotFoundError(f"dataset {ds.id} has no image", field="dataset")
     with sources.open_reader(Path(images[0]), tms) as r:
         bounds = r.get_geographic_bounds(tms.rasterio_geographic_crs)
-        maxzoom = int(r.maxzoom)
+        maxzoom = raster_native_zoom(r.dataset, tms)
     minzoom = max(tms.minzoom, maxzoom - _options(request).zoom_out_levels)
-    url = links.model_tiles(base, job.id, ds.id, tms.id)
+    signed = tiles_query(request, "models", f"{job.id}/{ds.id}", token.id)
+    url = f"{links.model_tiles(base, job.id, ds.id, tms.id)}&{signed}"
     return _tilejson(f"{job.id} on {ds.name}", url, bounds, minzoom, maxzoom)

@@ -823,6 +823,12 @@
     return ds.find((d) => d.paths && (scene.image ? d.paths.image === scene.image : samePaths(d.paths.bands, scene.bands))) || null;
   }
 
+  // the job scene a predicted map covers: workers name it <role>-<index>-<file>.tif (workers/pipelines/predict.py)
+  function predictionScene(entry) {
+    const m = /(?:^|\/)(target|validation|source)-(\d+)-([^/]*)\.tif$/.exec(entry.path || "");
+    return m ? { key: `${m[1]}/${m[2]}`, role: m[1], index: Number(m[2]), file: m[3] } : null;
+  }
+
   async function jobMap(j, res) {
     const panel = $("#job-map-panel");
     let ds = [], ms = [];
@@ -840,7 +846,7 @@
     const scene = ((s.target || s.validation || s.source || {}).scenes || [])[0];
     const imagery = datasetOfScene(ds, scene) || ds[0] || null;  // what tile inference runs on
     const predictions = ((res && res.predictions) || []).filter((p) => p.kind === "classes")
-      .map((p) => ({ label: `${short(j.id)} · ${p.name}`, entry: p, job: j }));
+      .map((p) => ({ label: `${short(j.id)} · ${p.name}`, entry: p, job: j, imagery: (predictionScene(p) || {}).key }));
     const modelItems = ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes }));
     const current = state.maps.find((m) => m.jobId === j.id);
     if (current) {  // the job finished while shown: keep the map (and the user's view), add the results
@@ -851,7 +857,8 @@
     state.maps = [];
     const isModel = ms.some((m) => m.id === j.id);
     const mp = new window.geoadaptMap.MapPanel(panel, {
-      datasets: ds, imageries, imagery: imageries.length ? imageries[0].key : null, models: modelItems,
+      datasets: ds, imageries, models: modelItems,
+      imagery: (predictions[0] && predictions[0].imagery) || (imageries.length ? imageries[0].key : null),
       predictions, prediction: predictions.length ? 0 : null,
       model: isModel ? j.id : null, modelDataset: imagery ? imagery.id : null,
       showModel: isModel && !predictions.length && !!imagery,
@@ -923,20 +930,34 @@
       if (e.status !== 401) panel.textContent = `Could not load: ${e.message}`;
       return;
     }
-    const predictions = [];
+    // every prediction comes with the scene it covers, so the map never shows one job's classes over
+    // another's imagery: it opens on the newest job's prediction (or #/map?job=ID's) over its own scene
+    const predictions = [], imageries = [];
     const results = await Promise.all(jobs.map((j) => api.json(`v1/jobs/${j.id}/results`).catch(() => null)));
     results.forEach((res, i) => {
+      const j = jobs[i];
       for (const p of (res && res.predictions) || []) {
-        if (p.kind === "classes") predictions.push({ label: `${short(jobs[i].id)} · ${p.name}`, entry: p, job: jobs[i] });
+        if (p.kind !== "classes") continue;
+        const sc = predictionScene(p), key = sc && `${j.id}/${sc.key}`;
+        if (sc && !imageries.some((x) => x.key === key)) {
+          imageries.push({ key, label: `job ${short(j.id)} · ${sc.role} ${sc.index + 1}: ${sc.file}`,
+            base: `v1/jobs/${j.id}/scenes/${sc.role}/${sc.index}` });
+        }
+        predictions.push({ label: `${short(j.id)} · ${p.name}`, entry: p, job: j, imagery: key });
       }
     });
+    for (const d of ds) imageries.push({ key: d.id, label: `dataset ${d.name}`, base: `v1/datasets/${d.id}` });
     if (gen !== state.gen) return;
-    const want = new URLSearchParams(window.location.hash.split("?")[1] || "").get("dataset");
+    const q = new URLSearchParams(window.location.hash.split("?")[1] || "");
+    const want = q.get("dataset"), wantJob = q.get("job");
+    let first = want ? -1 : predictions.findIndex((p) => !wantJob || p.job.id === wantJob);
+    if (first < 0 && !want && predictions.length) first = 0;
+    const pred = first >= 0 ? predictions[first] : null;
     panel.textContent = "";
     const mp = new window.geoadaptMap.MapPanel(panel, {
-      datasets: ds, models: ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes })),
-      predictions, imagery: want || (ds[0] && ds[0].id) || null, prediction: want ? null : (predictions.length ? 0 : null),
-      model: null, showModel: false,
+      datasets: ds, imageries, models: ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes })),
+      predictions, imagery: want || (pred && pred.imagery) || (ds[0] && ds[0].id) || null,
+      prediction: pred ? first : null, model: null, showModel: false,
     });
     state.maps.push(mp);
   }

@@ -254,6 +254,12 @@
       const p = i === "" ? null : this.opts.predictions[Number(i)];
       this.prediction = p;
       if (!p) { this.setLayer("prediction", null); this.showLegend("prediction", null); return; }
+      // a prediction is shown over the scene it was made from, never over unrelated imagery
+      const sel = this.el.imgSel;
+      if (p.imagery && sel.value !== p.imagery && this.imageries.some((x) => x.key === p.imagery)) {
+        sel.value = p.imagery;
+        this.loadImagery();
+      }
       try {
         const tj = await api.json(api.path(p.entry.links.tilejson));
         // nearest-neighbour look beyond the COG's own zooms: classes must not blur
@@ -297,9 +303,13 @@
       }
       const box = this.legendBox;
       box.textContent = "";
+      const key = (lg) => JSON.stringify(lg.classes.map((c) => [Number(c.id), c.name, String(c.color).toLowerCase()]));
+      const same = (a, b) => a && b && key(a) === key(b);
       for (const k of ["prediction", "model"]) {
         const lg = this.legends[k];
         if (!lg) continue;
+        // tile inference with the classes the prediction already shows: one legend says it all
+        if (k === "model" && same(lg, this.legends.prediction)) continue;
         box.append(h("h3", {}, k === "prediction" ? "Classes" : "Classes (tile inference)"));
         const ul = h("ul", { class: "class-legend", "data-kind": k });
         for (const c of lg.classes) {
