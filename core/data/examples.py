@@ -13,13 +13,15 @@ import yaml
 
 from core.data.demo import TEST_COLUMNS, TRAIN_COLUMNS, shifted_target_path
 from core.data.fetch import DATASETS, NC_BANDS, cache_root
-from core.data.nc import NC_CLASSES
+from core.data.nc import LANDSAT7_BAND_ROLES, NC_CLASSES
 from core.errors import SpecError
 
 #: how the shipped examples/*.yaml name the default data cache (the loader expands ~)
 PORTABLE_ROOT = "~/.cache/geoadapt/data"
 #: training length of the examples: minutes on a CPU; raise it for quality
-ITERATIONS = 300
+ITERATIONS = 200
+#: the examples start from ImageNet weights, Landsat-7's bands mapped onto the RGB stem by role
+MODEL = {"config": "efficientnet-lite0", "band_roles": list(LANDSAT7_BAND_ROLES)}
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def example_spec(name: str, paths: dict) -> dict:
     """The job spec of an example over these file paths (see example_paths)."""
     ex = get_example(name)
     source: dict = {"scenes": [{"bands": list(paths["bands"]), "labels": paths["labels"]}]}
-    spec: dict = {"type": "adapt", "method": ex.method, "model": "segformer-tiny",
+    spec: dict = {"type": "adapt", "method": ex.method, "model": dict(MODEL, band_roles=list(MODEL["band_roles"])),
                   "classes": [dict(c) for c in NC_CLASSES], "source": source}
     if ex.target == "shifted":
         train, test = list(TRAIN_COLUMNS), list(TEST_COLUMNS)
@@ -92,7 +94,7 @@ def example_spec(name: str, paths: dict) -> dict:
                               "region": {"columns": test}}
     else:
         spec["target"] = {"scenes": [{"image": paths["olinda"]}]}
-    spec["params"] = {"iterations": ITERATIONS, "batch_size": 4, "crop": 64, "seed": 0}
+    spec["params"] = {"iterations": ITERATIONS, "batch_size": 4, "crop": 128, "seed": 0}
     spec["output"] = f"out/{name}"
     return spec
 

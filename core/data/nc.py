@@ -26,3 +26,8 @@ def nc_class_specs():
 def nc_band_paths(files: dict[str, Path]) -> list[Path]:
     """The six band files of :func:`core.data.fetch.fetch` ("nc-landsat") in band order."""
     return [Path(files[k]) for k in NC_BANDS]
+
+
+#: STAC eo common names of Landsat-7 ETM+ bands 1, 2, 3, 4, 5, 7 (NC's six files, Olinda's six bands): the
+#: roles that map them onto a pretrained RGB stem
+LANDSAT7_BAND_ROLES = ("blue", "green", "red", "nir", "swir16", "swir22")

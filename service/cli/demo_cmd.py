@@ -140,11 +140,8 @@ def _fail(msg: str) -> int:
     return 1
 
 
-#: STAC eo common names of Landsat-7 ETM+ bands 1, 2, 3, 4, 5, 7 (NC's six files and Olinda's six bands)
-LANDSAT7_BAND_ROLES = ("blue", "green", "red", "nir", "swir16", "swir22")
-
-
 def _submit(url: str, token: str, data: dict, olinda: Path, iterations: int, seed: int) -> dict:
+    from core.data.nc import LANDSAT7_BAND_ROLES
     from service.client import Client
 
     source = data["domains"]["source"]["scenes"][0]
