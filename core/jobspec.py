@@ -37,10 +37,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
 
 
+#: what Linux accepts: one name (a path component) of up to 255 bytes, a whole path under 4096
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path_length(path: str | os.PathLike) -> None:
+    """ValueError naming the limit for a path that no file can have: the OS would only answer
+    "File name too long" from deep inside whatever tried to open it."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValueError("path holds characters that cannot be in a file name") from None
+    if b"\0" in raw:
+        raise ValueError("path holds a NUL character")
+    if len(raw) >= PATH_MAX:
+        raise ValueError(f"path is {len(raw)} bytes long; the limit is {PATH_MAX - 1}")
+    for part in Path(os.fsdecode(raw)).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise ValueError(f"a path component is {size} bytes long ({part[:12]}...); the limit is {NAME_MAX}")
+
+
 def _as_path(value: Any) -> Path:
     # "before" validators see raw JSON: a number or an object here is the client's error, not a crash
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"must be a path (a string), got {type(value).__name__}")
+    check_path_length(value)
     try:
         return Path(value).expanduser()
     except RuntimeError:  # "~name" of a user this machine does not have
@@ -282,6 +304,24 @@ class JobSpec(_Strict):
         return json.loads(self.model_dump_json())
 
 
+#: levels of objects and lists a spec may nest; real ones need ~10 (a GeoJSON multipolygon AOI). Far deeper
+#: ones would exhaust the serialiser's own depth limit after validation, long after the field is known
+MAX_NESTING = 64
+
+
+def check_nesting(data: Any, limit: int = MAX_NESTING) -> None:
+    """SpecError naming the field where `data` nests deeper than `limit` levels (walked without recursion)."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 0)]
+    while stack:
+        value, loc, depth = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in items:
+            if isinstance(child, (dict, list)):
+                if depth + 1 >= limit:  # named by its first levels: the full path is as long as the nesting
+                    raise SpecError(f"nested deeper than {limit} levels", field=_field_name((*loc, key)[:3]))
+                stack.append((child, (*loc, key), depth + 1))
+
+
 def _field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(spec)"
 
@@ -312,6 +352,7 @@ def load_job_spec(
             raise SpecError(f"not valid YAML/JSON: {e}", field="(file)") from None
     if not isinstance(data, dict):
         raise SpecError("a job spec must be a mapping of fields", field="(spec)")
+    check_nesting(data)
     ctx = {"base_dir": base_dir, "check_files": check_files, "path_resolver": path_resolver}
     try:
         return JobSpec.model_validate(data, context=ctx)

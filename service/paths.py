@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from core.jobspec import check_path_length
+
 #: (kind, id) -> whether the caller owns that job ("jobs") or dataset ("datasets")
 OwnsFn = Callable[[str, uuid.UUID], bool]
 
@@ -40,6 +42,7 @@ class PathPolicy:
 
     def resolve(self, path: str | Path) -> Path:
         """The real path if allowed; ValueError (which the spec loader turns into a field error)."""
+        check_path_length(path)
         p = Path(path)
         if not p.is_absolute():
             raise ValueError("paths must be absolute (a folder under an allowed root)")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from core.jobspec import JobSpec, load_job_spec
+from core.jobspec import JobSpec, check_nesting, load_job_spec
 from service import results as job_results
 from service.api import links
 from service.api.deps import (
@@ -92,9 +92,10 @@ def submit_job(
     policy: PathPolicyDep,
     producer: Producer,
     base: BaseUrl,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Validate the spec (paths confined to allowed roots, inputs checked), store it, enqueue it."""
+    check_nesting(body)  # before anything walks the body recursively
     digest = store.body_hash(body)
     if idempotency_key:
         earlier = store.find_by_idempotency_key(session, token.id, idempotency_key)
