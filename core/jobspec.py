@@ -17,6 +17,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -34,6 +37,8 @@ IGNORE_INDEX = 255
 
 
 class _Strict(BaseModel):
+    # numbers and flags use Strict* types: "30" or true for an iteration count is a client's mistake to
+    # name, not to convert (the whole model cannot be strict: paths arrive as JSON strings)
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
 
 
@@ -86,7 +91,7 @@ def _resolve(path: str | Path, info: ValidationInfo) -> Path:
 class ClassSpec(_Strict):
     """One class: its id as stored in label rasters, a name, and a display colour."""
 
-    id: int = Field(ge=0, le=65535, description="value of this class in the label rasters")
+    id: StrictInt = Field(ge=0, le=65535, description="value of this class in the label rasters")
     name: str = Field(min_length=1, max_length=64)
     color: str = Field(description="#rrggbb")
 
@@ -111,7 +116,7 @@ class SceneSpec(_Strict):
     label_property: str | None = Field(
         default=None, description="vector labels: the attribute holding the class id"
     )
-    label_class: int | None = Field(
+    label_class: StrictInt | None = Field(
         default=None, description="vector labels: one class id for every polygon"
     )
 
@@ -145,8 +150,8 @@ class SceneSpec(_Strict):
 class RegionSpec(_Strict):
     """Part of each scene of a domain: fractions of columns/rows, or a GeoJSON AOI."""
 
-    columns: tuple[float, float] | None = None
-    rows: tuple[float, float] | None = None
+    columns: tuple[StrictFloat, StrictFloat] | None = None
+    rows: tuple[StrictFloat, StrictFloat] | None = None
     aoi: dict | Path | None = Field(default=None, description="GeoJSON geometry/feature(collection) or a file")
 
     @field_validator("columns", "rows")
@@ -196,24 +201,24 @@ class ModelSpec(_Strict):
 class Params(_Strict):
     """Run parameters common to every method; method specifics go in the model overrides."""
 
-    iterations: int = Field(default=2000, ge=1, le=10_000_000)
-    batch_size: int = Field(default=4, ge=1, le=1024)
-    crop: int = Field(default=128, ge=16, le=4096)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    val_interval: int | None = Field(default=None, ge=1, description="validate every N iterations")
-    checkpoint_interval: int | None = Field(default=None, ge=1)
-    match_gsd: bool | None = Field(
+    iterations: StrictInt = Field(default=2000, ge=1, le=10_000_000)
+    batch_size: StrictInt = Field(default=4, ge=1, le=1024)
+    crop: StrictInt = Field(default=128, ge=16, le=4096)
+    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+    val_interval: StrictInt | None = Field(default=None, ge=1, description="validate every N iterations")
+    checkpoint_interval: StrictInt | None = Field(default=None, ge=1)
+    match_gsd: StrictBool | None = Field(
         default=None, description="resample the target onto the source GSD; default: when they differ >20%"
     )
-    rare_class_sampling: bool = Field(default=False, description="favour windows with rare classes")
-    predict_targets: bool = Field(default=True, description="adapt jobs also predict their target scenes")
-    compare_source_only: bool = Field(
+    rare_class_sampling: StrictBool = Field(default=False, description="favour windows with rare classes")
+    predict_targets: StrictBool = Field(default=True, description="adapt jobs also predict their target scenes")
+    compare_source_only: StrictBool = Field(
         default=False,
         description="adapt jobs with validation scenes also train a source-only model (same model, data, "
         "iterations and seed; twice the training time) and record its scores as metrics.source_only; "
         "feature-regression jobs always score their source-only teacher",
     )
-    predict_probabilities: bool = Field(
+    predict_probabilities: StrictBool = Field(
         default=True,
         description="predictions also write <name>_probs.tif: per-class probabilities (uint8, p x 254) for "
         "confidence maps and point queries",

@@ -43,6 +43,9 @@ def raster_format(path: Path) -> str | None:
 
 def check_client_file(path: Path, field: str, *, labels: bool = False) -> None:
     """Refuse a file that is missing or not a self-contained image (or vector labels)."""
+    if path.is_dir():
+        expected = "a GeoTIFF or a vector labels file" if labels else "a GeoTIFF"
+        raise UnreadableRasterError(f"{path.name} is a folder; expected {expected}", field=field)
     if not path.is_file():
         raise UnreadableRasterError(f"file not found: {path.name}", field=field)
     if raster_format(path) is not None:

@@ -159,6 +159,10 @@ CASES = [
      422, "raster_too_large", "image", ["100000 x 100000"]),
     ("png-bomb-as-labels/dataset", "datasets", lambda f: {"name": "t", "image": str(f["img"]), "labels": str(f["bomb_png"])},
      422, "raster_too_large", "labels", ["100000 x 100000"]),
+    ("folder-as-image/dataset", "datasets", lambda f: {"name": "t", "image": str(f["img"].parent)},
+     422, "unreadable_raster", "image", ["scene is a folder; expected a GeoTIFF"]),
+    ("folder-as-labels/job", "jobs", lambda f: train_spec(f["img"], f["img"].parent),
+     422, "unreadable_raster", "source.scenes.0.labels", ["is a folder; expected a GeoTIFF or a vector labels file"]),
     # what the data says against the job
     ("wrong-band-count-for-model/predict", "jobs",
      lambda f: {"type": "predict", "classes": CLASSES, "bundle": str(f["bundle6"]), "target": {"scenes": [{"image": str(f["img"])}]}},
@@ -186,6 +190,10 @@ CASES = [
      422, "missing_crs", "target.scenes.0", ["no CRS"]),
     # parameters, methods, configs, keys
     ("param-not-a-number", "jobs", _job(params={"iterations": "many"}), 422, "invalid_spec", "params.iterations", ["integer"]),
+    ("param-number-as-string", "jobs", _job(params={"iterations": "30"}), 422, "invalid_spec", "params.iterations",
+     ["valid integer"]),
+    ("param-boolean-as-count", "jobs", _job(params={"iterations": True, "predict_targets": 1}), 422, "invalid_spec",
+     "params.", ["valid integer", "valid boolean"]),
     ("param-out-of-range", "jobs", _job(params={"crop": 10**9, "batch_size": -1, "seed": 2**40}),
      422, "invalid_spec", "params.", ["less than or equal", "greater than or equal"]),
     ("param-fraction-of-iterations", "jobs", _job(params={"iterations": 1.5}), 422, "invalid_spec", "params.iterations", ["integer"]),
