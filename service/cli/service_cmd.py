@@ -1,5 +1,5 @@
 """Service commands: `serve` (API + worker, embedded), `worker`, and the REST client commands
-`submit`, `status`, `wait`, `cancel`, `results`, `jobs`; `token ...` is registered from here too.
+`submit`, `status`, `wait`, `dismiss`, `results`, `jobs`; `token ...` is registered from here too.
 
     geoadapt serve   -> worker subprocess (`python -m service.cli worker`, restarted if it dies)
                      -> uvicorn(create_app(Settings()))
@@ -265,12 +265,15 @@ def register(app: typer.Typer) -> None:
                 typer.secho(f"error ({j['error']['type']}): {j['error']['message']}", err=True, fg="red")
             raise typer.Exit(1)
 
-    @app.command()
-    def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
-        """Cancel a job: a queued one is dismissed, a running one stops at its next step."""
+    def dismiss(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+        """Dismiss a job: a queued one at once, a running one at its next step (its last checkpoint is kept)."""
         j = run_client(lambda: client(url, token).cancel(job_id))
-        what = "dismissed" if j["status"] == "dismissed" else "cancel requested (stops at the next step)"
+        what = "dismissed" if j["status"] == "dismissed" else "dismissal requested (stops at its next step)"
         typer.echo(f"{job_id}: {what}")
+
+    # one word for it, as in the API's job status; `cancel` still works for scripts written before
+    app.command("dismiss")(dismiss)
+    app.command("cancel", hidden=True)(dismiss)
 
     @app.command()
     def results(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:

@@ -104,9 +104,11 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
         if json.loads(_ga("status", lid, "--json", env=env).stdout).get("done"):
             break
         time.sleep(0.5)
-    assert "cancel requested" in _ga("cancel", lid, env=env).stdout
+    assert "dismissal requested" in _ga("dismiss", lid, env=env).stdout
     r = _ga("wait", lid, "--interval", "0.5", "--timeout", "60", env=env, check=False, timeout=90)
     assert r.returncode == 1 and "dismissed" in r.stdout
+    shown = _ga("status", lid, env=env).stdout
+    assert "dismissed" in shown and "cancel" not in shown  # the API's word, in the status and its message
 
     # a bad spec is refused before it leaves the client; a path outside the roots by the server
     bad = tmp_path / "bad.yaml"
