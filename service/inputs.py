@@ -247,15 +247,15 @@ def _describe_labels(path: Path) -> dict:
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from core.raster.scene import open_raster
+    from core.raster.scene import open_raster, read_problem
     from core.raster.warp import crs_name
 
     with open_raster(path, what="labels") as ds:
         if raster_format(path) in ("TIFF", "BigTIFF"):
             try:
                 ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
-            except RasterioError:
-                raise UnreadableRasterError(f"cannot read pixels of labels {path.name} (truncated or corrupt file?)",
+            except RasterioError as e:
+                raise UnreadableRasterError(f"cannot read pixels of labels {path.name}: {read_problem(e)}",
                                             field="labels") from None
         return {"kind": "raster", "width": ds.width, "height": ds.height,
                 "crs": crs_name(ds.crs)}

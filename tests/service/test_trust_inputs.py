@@ -288,3 +288,44 @@ def test_hostile_uploads_leave_nothing_behind(world):
         assert r.status_code == 422, r.text
         assert r.json()["type"] == kind and words in r.json()["detail"][0]["message"], r.text
     assert snapshot(world) == before  # no dataset row, no folder, no temp file left
+
+
+def _damaged(root: Path, good: Path) -> dict[str, Path]:
+    """Real GeoTIFFs cut short at several points, and a deflate-compressed one with its pixel data overwritten."""
+    out = {}
+    raw = good.read_bytes()
+    for frac in (0.5, 0.8, 0.95):
+        out[f"cut-at-{int(frac * 100)}%"] = root / f"cut{int(frac * 100)}.tif"
+        out[f"cut-at-{int(frac * 100)}%"].write_bytes(raw[: int(len(raw) * frac)])
+    with rasterio.open(good) as ds:
+        prof, arr = ds.profile, ds.read()
+    packed = root / "deflate.tif"
+    with rasterio.open(packed, "w", **{**prof, "compress": "deflate", "tiled": True, "blockxsize": 16,
+                                       "blockysize": 16}) as ds:
+        ds.write(arr)
+    with rasterio.open(packed) as ds:  # where the last block's compressed bytes lie (registration reads that one)
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    data = bytearray(packed.read_bytes())
+    data[offset: offset + 64] = bytes(range(64))
+    out["deflate-block-overwritten"] = root / "garbled.tif"
+    out["deflate-block-overwritten"].write_bytes(bytes(data))
+    return out
+
+
+def test_damaged_files_are_described_in_words_not_libtiff_text(world):
+    c, auth, f = world["client"], world["auth"], world["f"]
+    (world["root"] / "damaged").mkdir(exist_ok=True)
+    damaged = _damaged(world["root"] / "damaged", f["img"])
+    before = snapshot(world)
+    for what, path in damaged.items():
+        for endpoint, body, field in (
+                ("datasets", {"name": "d", "image": str(path)}, "image"),
+                ("jobs", train_spec(path, f["lab"]), "source.scenes.0"),
+                ("jobs", train_spec(f["img"], path), "source.scenes.0")):
+            r = c.post(f"/v1/{endpoint}", json=body, headers=auth)
+            assert r.status_code == 422 and r.json()["type"] == "unreadable_raster", (what, r.text)
+            message = r.json()["detail"][0]["message"]
+            assert path.name in message and ("truncated" in message or "corrupt" in message), (what, message)
+            for raw in ("TIFFRead", "TIFFFetch", "scanline", "4294967295", "Read error", "ZIPDecode", "IReadBlock"):
+                assert raw not in message, (what, message)
+    assert snapshot(world) == before
