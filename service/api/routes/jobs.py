@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from core.jobspec import JobSpec, check_nesting, load_job_spec
 from service import results as job_results
 from service.api import links
+from service.api.server_paths import hide
 from service.api.deps import (
     BaseUrl,
     CurrentToken,
@@ -64,11 +65,13 @@ def job_body_components() -> dict:
     return JobSpec.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
 
 
-def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
+def to_public(j: Job, base: str, data_dir, *, with_spec: bool = True) -> JobPublic:
+    """The job as clients see it: paths in the state folder relative to it (spec, message, error)."""
     out = JobPublic.model_validate(j)
+    out.message = hide(j.message, data_dir) if j.message else j.message
     # a model, not a dict: assignment is not validated, and a dict makes every failed job's response warn
-    out.error = JobError(type=j.error_type, message=j.error_message or "") if j.error_type else None
-    out.spec = j.spec if with_spec else None
+    out.error = JobError(type=j.error_type, message=hide(j.error_message or "", data_dir)) if j.error_type else None
+    out.spec = hide(j.spec, data_dir) if with_spec else None
     out.links = links.job_links(base, j)
     return out
 
@@ -103,7 +106,7 @@ def submit_job(
             store.check_idempotent(earlier, digest)
             response.status_code = 200
             response.headers["Location"] = links.job(base, earlier.id)
-            return to_public(earlier, base)
+            return to_public(earlier, base, settings.data_dir)
 
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
@@ -141,7 +144,7 @@ def submit_job(
     else:
         response.status_code = 200
     response.headers["Location"] = links.job(base, job.id)
-    return to_public(job, base)
+    return to_public(job, base, settings.data_dir)
 
 
 def _undo(session, job: Job, job_dir, why: str) -> None:
@@ -166,21 +169,23 @@ def list_jobs(
     limit = min(limit, settings.max_page_size)
     rows, total = store.list_jobs(session, token, status=status, type=type, limit=limit, offset=offset)
     return JobList(
-        jobs=[to_public(j, base, with_spec=False) for j in rows], total=total, limit=limit, offset=offset,
+        jobs=[to_public(j, base, settings.data_dir, with_spec=False) for j in rows], total=total, limit=limit, offset=offset,
         links=links.jobs_page(base, offset, limit, total, status=status, type=type),
     )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
-    return to_public(store.get_job(session, job_id, token), base)
+def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+            base: BaseUrl) -> JobPublic:
+    return to_public(store.get_job(session, job_id, token), base, settings.data_dir)
 
 
 @router.delete("/{job_id}", response_model=JobPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
-def cancel_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
+def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+               base: BaseUrl) -> JobPublic:
     """Dismiss a queued job; ask a running one to stop (it checkpoints, then becomes dismissed)."""
     job = store.get_job(session, job_id, token)
-    return to_public(store.request_cancel(session, job), base)
+    return to_public(store.request_cancel(session, job), base, settings.data_dir)
 
 
 @router.get("/{job_id}/results", response_model=ResultsPublic, responses={409: {"model": ErrorPublic}, **_ERRORS})
@@ -190,7 +195,7 @@ def get_results(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
     job = store.get_job(session, job_id, token)
     if job.status != "successful":
         raise ConflictError(f"job {job.id} is {job.status}: results exist once it is successful")
-    desc = job_results.describe(settings.job_dir(job.id))
+    desc = hide(job_results.describe(settings.job_dir(job.id)), settings.data_dir)  # metrics name the bundle
     jid = job.id
     if desc["bundle"]:
         desc["bundle"]["links"] = {"model": links.model(base, jid)}
