@@ -89,10 +89,14 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
     """Apply ``{"a.b.c": value}`` or nested ``{"a": {"b": ...}}`` overrides.
 
     The parent of every overridden key must exist and be a mapping (so a typo fails loudly); the
-    key itself may be new (e.g. an mmseg kwarg the base config leaves at its default).
+    key itself must be one the config has, or an argument of the module its section builds (an mmseg
+    kwarg the base config leaves at its default): models/overrides.py.
     """
+    from models.overrides import check_override
+
     out = copy.deepcopy(cfg)
     for key, value in (overrides or {}).items():
+        check_override(out, str(key), value)
         parts = str(key).split(".")
         node = out
         for i, part in enumerate(parts[:-1]):

@@ -48,6 +48,11 @@ def param_groups(
     ]
 
 
+#: optimisers a config's optim block may name, and the keys build_optimizer reads besides torch's own
+OPTIMIZERS = ("AdamW", "Adam", "SGD")
+OPTIMIZER_KEYS = ("lr_mult", "no_decay_keys", "norm_decay")
+
+
 def build_optimizer(modules: Mapping[str, nn.Module], cfg: Mapping) -> torch.optim.Optimizer:
     """``cfg``: dict(type='AdamW'|'Adam'|'SGD', lr=..., weight_decay=..., other torch kwargs,
     lr_mult={module: x}, no_decay_keys=[...], norm_decay=bool)."""
@@ -63,8 +68,8 @@ def build_optimizer(modules: Mapping[str, nn.Module], cfg: Mapping) -> torch.opt
         no_decay_keys=tuple(cfg.pop("no_decay_keys", ())),
         norm_decay=bool(cfg.pop("norm_decay", True)),
     )
-    if kind not in ("AdamW", "Adam", "SGD"):
-        raise ConfigError(f"unsupported optimiser {kind!r} (AdamW, Adam, SGD)", field="optim.type")
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"unsupported optimiser {kind!r} ({', '.join(OPTIMIZERS)})", field="optim.type")
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
     try:
