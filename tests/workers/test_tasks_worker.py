@@ -176,8 +176,20 @@ def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_dat
     assert r.status_code == 200 and r.json()["cancel_requested"]
     j = _final(backend, jid, timeout=30)
     assert j["status"] == "dismissed" and j["done"] < 20000
+    assert j["message"] == "dismissed on request; the last checkpoint is kept"  # the API's word for it
     ckpt = Path(backend.settings.job_dir(jid)) / "output" / "checkpoints"
     assert any(ckpt.glob("*.pth")), "a cancelled job keeps a checkpoint to resume from"
+
+
+def test_an_override_nothing_reads_fails_the_job_naming_it_before_any_training(backend, nc_bands, nc_data,
+                                                                               nc_classes):
+    spec = nc_spec(nc_bands, nc_data, nc_classes, iterations=20000)
+    spec["model"] = {"config": "segformer-tiny", "overrides": {"custom_imports": {"imports": ["os"]}}}
+    jid = backend.submit(spec)
+    j = _final(backend, jid, timeout=60)
+    assert j["status"] == "failed" and j["error"]["type"] == "invalid_config", j
+    assert j["error"]["message"].startswith("model.overrides.custom_imports: no part of the model reads"), j
+    assert not j["done"] and not (Path(backend.settings.job_dir(jid)) / "output" / "bundle").exists()
 
 
 def test_dataset_statistics_computed_on_the_cpu_queue(backend, nc_bands, nc_data):
