@@ -75,6 +75,7 @@ def _registered(name: str):
 
     import models.ddm  # noqa: F401  (registers our modules)
     import models.discriminator  # noqa: F401
+    import models.segmentor  # noqa: F401  (imports mmseg.models, which registers mmseg's)
 
     if "." in name:
         return None

@@ -29,6 +29,9 @@ _RASTER_MAGIC = (
 _VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg")
 #: keys of model.overrides the pipeline reads as file paths or URLs; model.checkpoint is the confined way
 _PATH_OVERRIDES = {"checkpoint", "load_from", "resume_from", "pretrained", "init_cfg"}
+#: keys that make mmengine import modules: refused here already, before a worker resolves the config
+#: (which refuses every key nothing reads: models/overrides.py)
+_IMPORT_OVERRIDES = {"custom_imports", "_base_"}
 
 
 def raster_format(path: Path) -> str | None:
@@ -89,8 +92,15 @@ def check_model(spec) -> None:
     def walk(value, where: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if str(k).split(".")[-1] in _PATH_OVERRIDES:
+                last = str(k).split(".")[-1]
+                if last in _PATH_OVERRIDES:
                     raise ConfigError(f"{k!r} cannot be overridden (use model.checkpoint for pretrained weights)",
+                                      field=f"{where}.{k}")
+                if _IMPORT_OVERRIDES & set(str(k).split(".")):
+                    raise ConfigError(f"{k!r} cannot be overridden: no part of the model reads it",
+                                      field=f"{where}.{k}")
+                if last == "type" and isinstance(v, str) and "." in v:  # the registry would import and call it
+                    raise ConfigError(f"a type is a registered module name, never a dotted path: {v!r}",
                                       field=f"{where}.{k}")
                 walk(v, f"{where}.{k}")
         elif isinstance(value, list):

@@ -184,11 +184,13 @@ def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_dat
 def test_an_override_nothing_reads_fails_the_job_naming_it_before_any_training(backend, nc_bands, nc_data,
                                                                                nc_classes):
     spec = nc_spec(nc_bands, nc_data, nc_classes, iterations=20000)
-    spec["model"] = {"config": "segformer-tiny", "overrides": {"custom_imports": {"imports": ["os"]}}}
+    spec["model"] = {"config": "segformer-tiny", "overrides": {"model.backbone.embed_dim": 32}}  # embed_dims
     jid = backend.submit(spec)
     j = _final(backend, jid, timeout=60)
     assert j["status"] == "failed" and j["error"]["type"] == "invalid_config", j
-    assert j["error"]["message"].startswith("model.overrides.custom_imports: no part of the model reads"), j
+    assert j["error"]["message"].startswith(
+        "model.overrides.model.backbone.embed_dim: no part of the model reads 'model.backbone.embed_dim'"), j
+    assert "embed_dims" in j["error"]["message"]
     assert not j["done"] and not (Path(backend.settings.job_dir(jid)) / "output" / "bundle").exists()
 
 
