@@ -19,6 +19,7 @@ from typing import Iterator
 
 from core.errors import BundleError, ConfigError, GeoadaptError, RasterError, UnreadableRasterError
 from core.lru import LRU
+from core.overrides import apply_overrides
 
 #: leading bytes of the raster formats a client may send or name
 _RASTER_MAGIC = (
@@ -81,9 +82,10 @@ def known_configs() -> list[str]:
     return sorted({p.stem for d in folders for p in Path(d).glob("*.py") if not p.name.startswith("_")})
 
 
-def check_model(spec) -> None:
+def check_model(spec, override_catalogue: Path | None = None) -> None:
     """model.config must name a shipped config (a config file would be Python run by the worker), and
-    model.overrides may not name files or URLs (they would bypass the allowed roots)."""
+    model.overrides may not name files or URLs (they would bypass the allowed roots), nor keys that no
+    part of the model reads (judged with the catalogue the workers write; without one, when the job starts)."""
     name = spec.model.config
     known = known_configs()
     if name not in known:
@@ -110,6 +112,29 @@ def check_model(spec) -> None:
             raise ConfigError("override values may not name files or URLs", field=where)
 
     walk(spec.model.overrides, "model.overrides")
+    catalogue = _catalogue(override_catalogue) if override_catalogue is not None else None
+    config = ((catalogue or {}).get("configs") or {}).get(name, {}).get(spec.method)
+    if config is not None and spec.type in ("train", "adapt"):  # the jobs that build a model from its config
+        apply_overrides(config, spec.model.overrides, catalogue["modules"])
+
+
+#: the parsed catalogue by file identity: a worker that starts rewrites it
+_catalogues = LRU(2)
+
+
+def _catalogue(path: Path) -> dict | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+
+    def read() -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    return _catalogues.get(f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}", read)
 
 
 def bundle_band_count(path: Path) -> int:
@@ -136,10 +161,10 @@ def bundle_band_count(path: Path) -> int:
         raise BundleError("the model bundle's manifest has no band count", field="bundle") from None
 
 
-def check_job_inputs(spec) -> dict | None:
+def check_job_inputs(spec, override_catalogue: Path | None = None) -> dict | None:
     """Run the service's own checks, then core.raster.validate on a parsed JobSpec: typed errors
     (-> 4xx) or a report. The report is None while the validation module is not installed."""
-    check_model(spec)
+    check_model(spec, override_catalogue)
     check_scene_files(spec)
     expected = bundle_band_count(Path(spec.bundle)) if spec.bundle is not None else None
     try:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.overrides import OPTIMIZERS  # what a config may name (core/overrides.py, with the keys read here)
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -46,11 +47,6 @@ def param_groups(
         {"params": ps, "lr": lr * mult, "initial_lr": lr * mult, "weight_decay": decay, "lr_mult": mult}
         for (mult, decay), ps in sorted(groups.items())
     ]
-
-
-#: optimisers a config's optim block may name, and the keys build_optimizer reads besides torch's own
-OPTIMIZERS = ("AdamW", "Adam", "SGD")
-OPTIMIZER_KEYS = ("lr_mult", "no_decay_keys", "norm_decay")
 
 
 def build_optimizer(modules: Mapping[str, nn.Module], cfg: Mapping) -> torch.optim.Optimizer:

@@ -149,6 +149,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
     ) -> None:
         """Run a Celery worker for geoadapt jobs (one job at a time per process)."""
+        from models.overrides import write_catalogue
         from service.queue import prepare_embedded_broker
         from service.store.for_workers import WorkerJobStore
         from workers.celery_app import app as celery, configure
@@ -156,6 +157,10 @@ def register(app: typer.Typer) -> None:
         settings = _settings(data_dir)
         prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
+        try:  # the API checks model.overrides at submit with it; without it, jobs still check when they start
+            write_catalogue(settings.override_catalogue)
+        except OSError as e:
+            typer.secho(f"warning: cannot write {settings.override_catalogue.name}: {e.strerror}", err=True)
         if "tiles" in queues.split(","):
             import workers.tile_tasks  # noqa: F401  (registers the tile inference task)
         argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}",

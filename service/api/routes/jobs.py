@@ -114,7 +114,7 @@ def submit_job(
     data["output"] = str(job_results.output_dir(job_dir))
     policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
-    report = check_job_inputs(spec)
+    report = check_job_inputs(spec, settings.override_catalogue)
     spec_json = spec.to_jsonable()
 
     state = request.app.state
