@@ -377,7 +377,8 @@ def _sample_values(ds, band: int, size: int = 512) -> np.ndarray:
         try:
             v = ds.read(band, out_shape=(h, w), masked=True)
         except (RasterioError, OSError) as e:
-            raise UnreadableRasterError(f"cannot read label pixels of {Path(ds.name).name}: {read_problem(e)}") from None
+            raise UnreadableRasterError(
+                f"cannot read label pixels of {Path(ds.name).name}: {read_problem(e)}") from None
     return np.asarray(v.compressed())
 
 

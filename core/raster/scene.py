@@ -282,7 +282,8 @@ class Scene:
                 else:
                     m = ds.read_masks(idx, window=inner) > 0
         except (RasterioError, OSError) as e:
-            raise UnreadableRasterError(f"cannot read pixels of {Path(self.paths[k]).name}: {read_problem(e)}") from None
+            raise UnreadableRasterError(
+                f"cannot read pixels of {Path(self.paths[k]).name}: {read_problem(e)}") from None
         m &= np.isfinite(d)
         data[:, r0 : r0 + ih, c0 : c0 + iw] = d
         valid[:, r0 : r0 + ih, c0 : c0 + iw] = m

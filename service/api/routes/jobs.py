@@ -169,7 +169,8 @@ def list_jobs(
     limit = min(limit, settings.max_page_size)
     rows, total = store.list_jobs(session, token, status=status, type=type, limit=limit, offset=offset)
     return JobList(
-        jobs=[to_public(j, base, settings.data_dir, with_spec=False) for j in rows], total=total, limit=limit, offset=offset,
+        jobs=[to_public(j, base, settings.data_dir, with_spec=False) for j in rows], total=total, limit=limit,
+        offset=offset,
         links=links.jobs_page(base, offset, limit, total, status=status, type=type),
     )
 
