@@ -27,6 +27,11 @@ class SpecError(GeoadaptError):
         #: one {field, message} per problem, for APIs that show errors next to fields
         self.problems = problems or [{"field": field or "", "message": message}]
 
+    def __str__(self) -> str:
+        # each problem once with its field (the message may already be such a summary: not field + summary)
+        return "; ".join(f"{p['field']}: {p['message']}" if p.get("field") else p["message"]
+                         for p in self.problems[:5])
+
 
 class RasterError(GeoadaptError):
     """Base for problems found while reading or checking raster data."""

@@ -17,6 +17,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,13 +40,37 @@ IGNORE_INDEX = 255
 
 
 class _Strict(BaseModel):
+    # numbers and flags use Strict* types: "30" or true for an iteration count is a client's mistake to
+    # name, not to convert (the whole model cannot be strict: paths arrive as JSON strings)
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
+
+
+#: what Linux accepts: one name (a path component) of up to 255 bytes, a whole path under 4096
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path_length(path: str | os.PathLike) -> None:
+    """ValueError naming the limit for a path that no file can have: the OS would only answer
+    "File name too long" from deep inside whatever tried to open it."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ValueError("path holds characters that cannot be in a file name") from None
+    if b"\0" in raw:
+        raise ValueError("path holds a NUL character")
+    if len(raw) >= PATH_MAX:
+        raise ValueError(f"path is {len(raw)} bytes long; the limit is {PATH_MAX - 1}")
+    for part in Path(os.fsdecode(raw)).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise ValueError(f"a path component is {size} bytes long ({part[:12]}...); the limit is {NAME_MAX}")
 
 
 def _as_path(value: Any) -> Path:
     # "before" validators see raw JSON: a number or an object here is the client's error, not a crash
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"must be a path (a string), got {type(value).__name__}")
+    check_path_length(value)
     try:
         return Path(value).expanduser()
     except RuntimeError:  # "~name" of a user this machine does not have
@@ -67,7 +94,7 @@ def _resolve(path: str | Path, info: ValidationInfo) -> Path:
 class ClassSpec(_Strict):
     """One class: its id as stored in label rasters, a name, and a display colour."""
 
-    id: int = Field(ge=0, le=65535, description="value of this class in the label rasters")
+    id: StrictInt = Field(ge=0, le=65535, description="value of this class in the label rasters")
     name: str = Field(min_length=1, max_length=64)
     color: str = Field(description="#rrggbb")
 
@@ -98,7 +125,7 @@ class SceneSpec(_Strict):
     label_property: str | None = Field(
         default=None, description="vector labels: the attribute holding the class id"
     )
-    label_class: int | None = Field(
+    label_class: StrictInt | None = Field(
         default=None, description="vector labels: one class id for every polygon"
     )
 
@@ -137,8 +164,8 @@ class SceneSpec(_Strict):
 class RegionSpec(_Strict):
     """Part of each scene of a domain: fractions of columns/rows, or a GeoJSON AOI."""
 
-    columns: tuple[float, float] | None = None
-    rows: tuple[float, float] | None = None
+    columns: tuple[StrictFloat, StrictFloat] | None = None
+    rows: tuple[StrictFloat, StrictFloat] | None = None
     aoi: dict | Path | None = Field(default=None, description="GeoJSON geometry/feature(collection) or a file")
 
     @field_validator("columns", "rows")
@@ -207,25 +234,25 @@ class ModelSpec(_Strict):
 class Params(_Strict):
     """Run parameters common to every method; method specifics go in the model overrides."""
 
-    iterations: int = Field(default=2000, ge=1, le=10_000_000)
-    batch_size: int = Field(default=4, ge=1, le=1024)
-    crop: int = Field(default=128, ge=16, le=4096)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    val_interval: int | None = Field(default=None, ge=1, description="validate every N iterations")
-    checkpoint_interval: int | None = Field(default=None, ge=1)
-    match_gsd: bool | None = Field(
+    iterations: StrictInt = Field(default=2000, ge=1, le=10_000_000)
+    batch_size: StrictInt = Field(default=4, ge=1, le=1024)
+    crop: StrictInt = Field(default=128, ge=16, le=4096)
+    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+    val_interval: StrictInt | None = Field(default=None, ge=1, description="validate every N iterations")
+    checkpoint_interval: StrictInt | None = Field(default=None, ge=1)
+    match_gsd: StrictBool | None = Field(
         default=None, description="resample the target onto the source GSD; default: when they differ >20%"
     )
-    rare_class_sampling: bool = Field(default=False, description="favour windows with rare classes")
-    predict_targets: bool = Field(default=True, description="adapt jobs also predict their target scenes")
-    compare_source_only: bool = Field(
+    rare_class_sampling: StrictBool = Field(default=False, description="favour windows with rare classes")
+    predict_targets: StrictBool = Field(default=True, description="adapt jobs also predict their target scenes")
+    compare_source_only: StrictBool = Field(
         default=False,
         description="adapt jobs also train a source-only model (same model, data, iterations and seed; twice "
         "the training time) and record its label-free signals as metrics.label_free.source_only and, with "
         "validation scenes, its scores as metrics.source_only; feature-regression jobs always compare with "
         "their source-only teacher",
     )
-    predict_probabilities: bool = Field(
+    predict_probabilities: StrictBool = Field(
         default=True,
         description="predictions also write <name>_probs.tif: per-class probabilities (uint8, p x 254) for "
         "confidence maps and point queries",
@@ -344,6 +371,24 @@ class JobSpec(_Strict):
         return json.loads(self.model_dump_json())
 
 
+#: levels of objects and lists a spec may nest; real ones need ~10 (a GeoJSON multipolygon AOI). Far deeper
+#: ones would exhaust the serialiser's own depth limit after validation, long after the field is known
+MAX_NESTING = 64
+
+
+def check_nesting(data: Any, limit: int = MAX_NESTING) -> None:
+    """SpecError naming the field where `data` nests deeper than `limit` levels (walked without recursion)."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 0)]
+    while stack:
+        value, loc, depth = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in items:
+            if isinstance(child, (dict, list)):
+                if depth + 1 >= limit:  # named by its first levels: the full path is as long as the nesting
+                    raise SpecError(f"nested deeper than {limit} levels", field=_field_name((*loc, key)[:3]))
+                stack.append((child, (*loc, key), depth + 1))
+
+
 def _field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(spec)"
 
@@ -374,6 +419,7 @@ def load_job_spec(
             raise SpecError(f"not valid YAML/JSON: {e}", field="(file)") from None
     if not isinstance(data, dict):
         raise SpecError("a job spec must be a mapping of fields", field="(spec)")
+    check_nesting(data)
     ctx = {"base_dir": base_dir, "check_files": check_files, "path_resolver": path_resolver}
     try:
         return JobSpec.model_validate(data, context=ctx)

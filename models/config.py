@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from mmengine.config import Config, ConfigDict
 
+from core import overrides as core_overrides
 from core.errors import ConfigError
 
 #: keys a resolved config always has
@@ -75,38 +76,12 @@ def load_config(name_or_path: str | Path) -> dict:
     return out
 
 
-def _merge(base: dict, extra: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
-    """Apply ``{"a.b.c": value}`` or nested ``{"a": {"b": ...}}`` overrides.
+    """Apply ``{"a.b.c": value}`` or nested ``{"a": {"b": ...}}`` overrides; a key must be one the config
+    has, or an argument of the module its section builds (core/overrides.py, with the live registry)."""
+    from models.overrides import module_arguments
 
-    The parent of every overridden key must exist and be a mapping (so a typo fails loudly); the
-    key itself may be new (e.g. an mmseg kwarg the base config leaves at its default).
-    """
-    out = copy.deepcopy(cfg)
-    for key, value in (overrides or {}).items():
-        parts = str(key).split(".")
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {key!r}: {where!r} is not a section of config {cfg.get('name')!r}",
-                                  field=f"model.overrides.{key}")
-            node = node[part]
-        leaf = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = _merge(node[leaf], value)
-        else:
-            node[leaf] = copy.deepcopy(value)
-    return out
+    return core_overrides.apply_overrides(cfg, overrides, module_arguments())
 
 
 def select_adaptation(cfg: dict, method: str) -> dict:
@@ -118,7 +93,7 @@ def select_adaptation(cfg: dict, method: str) -> dict:
         block = _plain(Config.fromfile(str(base_file)).to_dict()).get("adaptation", block)
     leaf_block = cfg.get("adaptation") or {}
     if leaf_block.get("type", method) == method:
-        block = _merge(block, {k: v for k, v in leaf_block.items() if k != "type"})
+        block = core_overrides.merge(block, {k: v for k, v in leaf_block.items() if k != "type"})
     block["type"] = method
     out["adaptation"] = block
     return out

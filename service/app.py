@@ -1,7 +1,7 @@
 """The API's composition root: `create_app(settings)` wires settings, store, queue and routes.
 
-    client -> BodySizeLimit -> routes (deps: token, session, path policy) -> job store
-                                                                          -> broker (send_task by name)
+    client -> RequestIds -> BodySizeLimit -> routes (deps: token, session, path policy) -> job store
+                                                                                       -> broker (send_task by name)
 
 Nothing here imports torch, models or workers: the API starts fast on a CPU-only box.
 """
@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import job_removal
 from service.api import errors
-from service.api.middleware import BodySizeLimit
+from service.api.middleware import BodySizeLimit, RequestIds
 from service.api.ratelimit import RateLimiter
 from service.api.routes import datasets, health, jobs, models, tiles, usage
 from service.api.signed_urls import TileUrlSigner, load_or_create_secret, redact_access_log
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
                        upload_paths=("/v1/datasets/upload",))
+    app.add_middleware(RequestIds)  # added last, so outermost: it also sees what BodySizeLimit raises
     for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router):
         app.include_router(r)
     app.include_router(dataset_tiles.router)

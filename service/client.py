@@ -22,6 +22,9 @@ class ApiError(GeoadaptError):
                             for p in problems if isinstance(p, dict))
         else:
             msg = str(problems or body)
+        if status == 401:
+            msg += ("; give a token with --token or GEOADAPT_TOKEN (an admin of the server makes one with "
+                    "`geoadapt token create`)")
         super().__init__(f"HTTP {status}: {msg}")
 
 

@@ -28,6 +28,7 @@ from core.errors import (
     UnreadableRasterError,
 )
 from core.lru import LRU
+from core.overrides import apply_overrides
 
 #: leading bytes of the raster formats a client may send or name
 _RASTER_MAGIC = (
@@ -38,6 +39,9 @@ _RASTER_MAGIC = (
 _VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg")
 #: keys of model.overrides the pipeline reads as file paths or URLs; model.checkpoint is the confined way
 _PATH_OVERRIDES = {"checkpoint", "load_from", "resume_from", "pretrained", "init_cfg"}
+#: keys that make mmengine import modules: refused here already, before a worker resolves the config
+#: (which refuses every key nothing reads: models/overrides.py)
+_IMPORT_OVERRIDES = {"custom_imports", "_base_"}
 
 
 def raster_format(path: Path) -> str | None:
@@ -52,6 +56,9 @@ def raster_format(path: Path) -> str | None:
 
 def check_client_file(path: Path, field: str, *, labels: bool = False) -> None:
     """Refuse a file that is missing or not a self-contained image (or vector labels)."""
+    if path.is_dir():
+        expected = "a GeoTIFF or a vector labels file" if labels else "a GeoTIFF"
+        raise UnreadableRasterError(f"{path.name} is a folder; expected {expected}", field=field)
     if not path.is_file():
         raise UnreadableRasterError(f"file not found: {path.name}", field=field)
     if raster_format(path) is not None:
@@ -84,9 +91,10 @@ def known_configs() -> list[str]:
     return sorted({p.stem for d in folders for p in Path(d).glob("*.py") if not p.name.startswith("_")})
 
 
-def check_model(spec) -> None:
+def check_model(spec, override_catalogue: Path | None = None) -> None:
     """model.config must name a shipped config (a config file would be Python run by the worker), and
-    model.overrides may not name files or URLs (they would bypass the allowed roots)."""
+    model.overrides may not name files or URLs (they would bypass the allowed roots), nor keys that no
+    part of the model reads (judged with the catalogue the workers write; without one, when the job starts)."""
     name = spec.model.config
     known = known_configs()
     if name not in known:
@@ -95,8 +103,15 @@ def check_model(spec) -> None:
     def walk(value, where: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if str(k).split(".")[-1] in _PATH_OVERRIDES:
+                last = str(k).split(".")[-1]
+                if last in _PATH_OVERRIDES:
                     raise ConfigError(f"{k!r} cannot be overridden (use model.checkpoint for pretrained weights)",
+                                      field=f"{where}.{k}")
+                if _IMPORT_OVERRIDES & set(str(k).split(".")):
+                    raise ConfigError(f"{k!r} cannot be overridden: no part of the model reads it",
+                                      field=f"{where}.{k}")
+                if last == "type" and isinstance(v, str) and "." in v:  # the registry would import and call it
+                    raise ConfigError(f"a type is a registered module name, never a dotted path: {v!r}",
                                       field=f"{where}.{k}")
                 walk(v, f"{where}.{k}")
         elif isinstance(value, list):
@@ -106,6 +121,29 @@ def check_model(spec) -> None:
             raise ConfigError("override values may not name files or URLs", field=where)
 
     walk(spec.model.overrides, "model.overrides")
+    catalogue = _catalogue(override_catalogue) if override_catalogue is not None else None
+    config = ((catalogue or {}).get("configs") or {}).get(name, {}).get(spec.method)
+    if config is not None and spec.type in ("train", "adapt"):  # the jobs that build a model from its config
+        apply_overrides(config, spec.model.overrides, catalogue["modules"])
+
+
+#: the parsed catalogue by file identity: a worker that starts rewrites it
+_catalogues = LRU(2)
+
+
+def _catalogue(path: Path) -> dict | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+
+    def read() -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    return _catalogues.get(f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}", read)
 
 
 def bundle_manifest(path: Path) -> dict:
@@ -159,11 +197,12 @@ def model_id_of(value) -> uuid.UUID | None:
     return ident if str(ident) == value.lower() else None
 
 
-def check_job_inputs(spec, bundle_as_given: str | None = None) -> dict | None:
+def check_job_inputs(spec, bundle_as_given: str | None = None, override_catalogue: Path | None = None
+                     ) -> dict | None:
     """Run the service's own checks, then core.raster.validate on a parsed JobSpec: typed errors
     (-> 4xx) or a report. The report is None while the validation module is not installed.
     ``bundle_as_given``: the spec's bundle as the client wrote it (a path or a model id), for messages."""
-    check_model(spec)
+    check_model(spec, override_catalogue)
     check_scene_files(spec)
     expected = None
     if spec.bundle is not None:
@@ -286,15 +325,15 @@ def _describe_labels(path: Path) -> dict:
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from core.raster.scene import open_raster
+    from core.raster.scene import open_raster, read_problem
     from core.raster.warp import crs_name
 
     with open_raster(path, what="labels") as ds:
         if raster_format(path) in ("TIFF", "BigTIFF"):
             try:
                 ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
-            except RasterioError:
-                raise UnreadableRasterError(f"cannot read pixels of labels {path.name} (truncated or corrupt file?)",
+            except RasterioError as e:
+                raise UnreadableRasterError(f"cannot read pixels of labels {path.name}: {read_problem(e)}",
                                             field="labels") from None
         return {"kind": "raster", "width": ds.width, "height": ds.height,
                 "crs": crs_name(ds.crs)}

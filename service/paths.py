@@ -1,6 +1,7 @@
 """Confinement of client paths: allowed roots, plus the caller's own job and dataset folders.
 
-A path is accepted when it is absolute, has no '..' part, and its real location (symlinks
+A path is accepted when it is absolute (or `jobs/<id>/...`, `datasets/<id>/...`: relative to the state
+folder, as the API shows those), has no '..' part, and its real location (symlinks
 resolved) lies under an allowed root, or under `<data_dir>/jobs/<id>` / `<data_dir>/datasets/<id>`
 of a job/dataset the caller owns (so a predict job can use the bundle of an earlier train job,
 and a job can read an uploaded dataset). The service's state (the data folder and the store's
@@ -13,6 +14,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from core.jobspec import check_path_length
 
 #: (kind, id) -> whether the caller owns that job ("jobs") or dataset ("datasets")
 OwnsFn = Callable[[str, uuid.UUID], bool]
@@ -44,9 +47,13 @@ class PathPolicy:
 
     def resolve(self, path: str | Path) -> Path:
         """The real path if allowed; ValueError (which the spec loader turns into a field error)."""
+        check_path_length(path)
         p = Path(path)
+        if not p.is_absolute() and self.data_dir is not None and p.parts[:1] in (("jobs",), ("datasets",)):
+            p = self.data_dir / p  # as the API shows a job's or an upload's files (service/api/server_paths.py)
         if not p.is_absolute():
-            raise ValueError("paths must be absolute (a folder under an allowed root)")
+            raise ValueError("paths must be absolute (a folder under an allowed root), or jobs/<id>/... or "
+                             "datasets/<id>/... as the API shows them")
         if ".." in p.parts:
             raise ValueError("'..' is not allowed in paths")
         try:

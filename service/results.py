@@ -97,9 +97,9 @@ def safe_file(job_dir: Path, relpath: str) -> Path | None:
     out = output_dir(job_dir).resolve()
     try:
         p = (out / relpath).resolve()
+        if not p.is_relative_to(out) or not p.is_file():  # is_file raises on a name too long
+            return None
     except (OSError, RuntimeError, ValueError):
-        return None
-    if not p.is_relative_to(out) or not p.is_file():
         return None
     rel = p.relative_to(out)
     if any(part in _SKIP_DIRS or part.startswith(".") for part in rel.parts):

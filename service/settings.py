@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         return self.datasets_dir / str(dataset_id)
 
     @property
+    def override_catalogue(self) -> Path:
+        """Written by each worker at start (models/overrides.py): what submit checks model.overrides against."""
+        return self.data_dir / "override-catalogue.json"
+
+    @property
     def result_backend_url(self) -> str | None:
         if self.result_backend == "none":
             return None

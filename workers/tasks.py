@@ -5,7 +5,7 @@ function with a callback that reports progress/checkpoints and relays cancel, re
       store.claim(job_id, me)        -> spec, or None (finished, dismissed, or alive elsewhere)
       Heartbeat thread               -> store.report(...) every few seconds; reads cancel flag
       PIPELINES[spec.type](spec, callbacks=[StoreReporter])
-      store.succeed (then its checkpoints go, unless kept) | store.dismiss (cancelled, checkpoint kept)
+      store.succeed (then its checkpoints go, unless kept) | store.dismiss (on request, checkpoint kept)
         | store.fail(error type, message)
 
 A killed worker's job comes back (acks_late + reject_on_worker_lost, or the orphan sweep when a
@@ -290,7 +290,7 @@ def run_job(self, job_id: str) -> str:
     finally:
         beat.stop()
     if reporter.cancel and _stopped(result, reporter):
-        store.dismiss(job_id, me, "cancelled; the last checkpoint is kept")
+        store.dismiss(job_id, me, "dismissed on request; the last checkpoint is kept")
         return "dismissed"
     summary = dict(result) if isinstance(result, dict) else {"result": result}
     summary["run"] = {"attempt": claimed["attempts"], "resumed_from_iteration": reporter.resumed_from}

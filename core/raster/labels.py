@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from core.errors import LabelValuesError, MissingCRSError, NoOverlapError, UnreadableRasterError
 from core.jobspec import IGNORE_INDEX
 from core.raster.grid import Grid, iter_blocks
-from core.raster.scene import DEFAULT_MAX_PIXELS, Scene, data_band_indexes, gdal_message, open_raster
+from core.raster.scene import DEFAULT_MAX_PIXELS, Scene, data_band_indexes, open_raster, read_problem
 from core.raster.vector import geometry_bounds, read_vector
 from core.raster.warp import bounds_in, covering_window, pixel_grids, reproject_array
 
@@ -273,9 +273,7 @@ class Labels:
                 vals = ds.read(self._bands, window=inner)
                 valid = np.logical_and.reduce(ds.read_masks(self._bands, window=inner) > 0, axis=0)
         except (RasterioError, OSError) as e:
-            raise UnreadableRasterError(
-                f"cannot read label pixels of {self.path.name} (truncated or corrupt file?): {gdal_message(e)}"
-            ) from None
+            raise UnreadableRasterError(f"cannot read label pixels of {self.path.name}: {read_problem(e)}") from None
         if self.kind == "rgb":
             t, o = self.classmap.from_rgb(vals, valid)
         elif self.kind == "palette":
@@ -379,7 +377,8 @@ def _sample_values(ds, band: int, size: int = 512) -> np.ndarray:
         try:
             v = ds.read(band, out_shape=(h, w), masked=True)
         except (RasterioError, OSError) as e:
-            raise UnreadableRasterError(f"cannot read label pixels of {Path(ds.name).name}: {e}") from None
+            raise UnreadableRasterError(
+                f"cannot read label pixels of {Path(ds.name).name}: {read_problem(e)}") from None
     return np.asarray(v.compressed())
 
 

@@ -6,7 +6,9 @@ alpha band, and finite. Invalid pixels hold 0 so nothing downstream sees a senti
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from rasterio.windows import Window
 from core.errors import BandCountMismatchError, RasterTooLargeError, UnreadableRasterError
 from core.raster.grid import Grid, window_intersection
 from core.raster.warp import covering_window, pixel_grids, reproject_array, require_crs
+
+log = logging.getLogger("geoadapt.raster")
 
 #: largest width x height accepted from a header (a guard against decompression bombs); ~65k x 65k
 DEFAULT_MAX_PIXELS = 2**32
@@ -44,11 +48,11 @@ def open_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, what:
     """Open a raster with rasterio, turning every failure into a typed error with a clear message."""
     path = Path(path)
     if not path.exists():
-        raise UnreadableRasterError(f"{what} file not found: {path}")
+        raise UnreadableRasterError(f"{what} file not found: {path.name}")
     if path.is_dir():
-        raise UnreadableRasterError(f"{what} path is a folder, not a file: {path}")
+        raise UnreadableRasterError(f"{what} {path.name} is a folder; expected a GeoTIFF")
     if path.stat().st_size == 0:
-        raise UnreadableRasterError(f"{what} file is empty: {path}")
+        raise UnreadableRasterError(f"{what} file is empty: {path.name}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -57,9 +61,9 @@ def open_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, what:
         msg = str(e)
         if "not recognized as" in msg or "not recognised as" in msg:
             raise UnreadableRasterError(f"{what} is not an image GDAL can read: {path.name}") from None
-        raise UnreadableRasterError(f"cannot open {what} {path.name} (truncated or corrupt file?): {msg}") from None
+        raise UnreadableRasterError(f"cannot open {what} {path.name}: {read_problem(e)}") from None
     except (RasterioError, OSError) as e:
-        raise UnreadableRasterError(f"cannot open {what} {path.name}: {e}") from None
+        raise UnreadableRasterError(f"cannot open {what} {path.name}: {read_problem(e)}") from None
     check_size(ds, path, max_pixels)
     return ds
 
@@ -72,6 +76,30 @@ def gdal_message(e: BaseException) -> str:
         e = e.__cause__ or e.__context__
     useful = [m for m in msgs if m and "see previous exception" not in m.lower()]
     return (useful[-1] if useful else msgs[0]).strip()
+
+
+#: "got 5948 bytes, expected 8064": libtiff's words for a block that the end of the file cut short
+_SHORT_BLOCK = re.compile(r"got (\d+) bytes, expected (\d+)")
+
+
+def read_problem(e: BaseException) -> str:
+    """What is wrong with a file GDAL failed to open or read, in words its owner can act on. GDAL's own
+    text ("TIFFReadEncodedStrip:Read error at scanline 4294967295") goes to the log only."""
+    msg = gdal_message(e)
+    log.info("GDAL/libtiff: %s", msg)
+    low = msg.lower()
+    short = _SHORT_BLOCK.search(msg)
+    if short:
+        return (f"the file is truncated: a block of its pixels holds {short[1]} of its {short[2]} bytes "
+                "(an interrupted copy or download?)")
+    if any(w in low for w in ("read error", "seek error", "short read", "unexpected end", "not enough data",
+                              "truncat", "past end")):
+        return "the file is truncated: it ends before its last pixels (an interrupted copy or download?)"
+    if any(w in low for w in ("decod", "decompress", "corrupt", "lzw", "deflate", "zip", "jpeg", "packbits")):
+        return "the file is corrupt: a compressed block of its pixels cannot be decompressed"
+    if any(w in low for w in ("directory", "header", "offset", "tag")):
+        return "the file is corrupt or truncated: its TIFF header or directory is damaged"
+    return "the file is truncated or corrupt: GDAL cannot read it"
 
 
 def check_size(ds, path: Path | str, max_pixels: int) -> None:
@@ -255,8 +283,7 @@ class Scene:
                     m = ds.read_masks(idx, window=inner) > 0
         except (RasterioError, OSError) as e:
             raise UnreadableRasterError(
-                f"cannot read pixels of {Path(self.paths[k]).name} (truncated or corrupt file?): {gdal_message(e)}"
-            ) from None
+                f"cannot read pixels of {Path(self.paths[k]).name}: {read_problem(e)}") from None
         m &= np.isfinite(d)
         data[:, r0 : r0 + ih, c0 : c0 + iw] = d
         valid[:, r0 : r0 + ih, c0 : c0 + iw] = m

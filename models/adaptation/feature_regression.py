@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from core.errors import ConfigError
 from models.adaptation.base import SingleOptimizerMethod, register_method
 from models.adaptation.source_only import optim_modules_cfg
-from models.config import _merge
+from core.overrides import merge as _merge
 from models.segmentor import Segmentor
 
 PARTS = ("backbone", "neck", "decode_head")

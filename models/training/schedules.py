@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.overrides import OPTIMIZERS  # what a config may name (core/overrides.py, with the keys read here)
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -63,8 +64,8 @@ def build_optimizer(modules: Mapping[str, nn.Module], cfg: Mapping) -> torch.opt
         no_decay_keys=tuple(cfg.pop("no_decay_keys", ())),
         norm_decay=bool(cfg.pop("norm_decay", True)),
     )
-    if kind not in ("AdamW", "Adam", "SGD"):
-        raise ConfigError(f"unsupported optimiser {kind!r} (AdamW, Adam, SGD)", field="optim.type")
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"unsupported optimiser {kind!r} ({', '.join(OPTIMIZERS)})", field="optim.type")
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
     try:

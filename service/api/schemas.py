@@ -28,6 +28,7 @@ class ErrorPublic(BaseModel):
 
     type: str
     detail: list[ErrorItem]
+    request_id: str | None = Field(default=None, description="500s only: the id the server's log files it under")
 
 
 class JobError(BaseModel):

@@ -5,6 +5,7 @@ Command modules import heavy parts (torch, models, workers) inside the command b
 """
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
@@ -27,7 +28,28 @@ local_cmd.register(app)
 predict_cmd.register(app)
 demo_cmd.register(app)
 example_cmd.register(app)  # ready specs for the fetched data
-service_cmd.register(app)  # serve, worker, token, submit/status/wait/cancel/delete/results/jobs/usage
+service_cmd.register(app)  # serve, worker, token, submit/status/wait/dismiss/delete/results/jobs/usage
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """A docstring's paragraphs, each on one line: the source's line breaks are not the terminal's."""
+    return [" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n") if p.strip()]
+
+
+def unwrap_help(typer_app: typer.Typer) -> None:
+    """Help from docstrings re-flowed: the command list shows each command's first paragraph on one row
+    (Typer kept the docstring's line breaks there, splitting sentences across rows), `--help` all of them."""
+    for info in typer_app.registered_commands:
+        doc = info.help or inspect.getdoc(info.callback) or ""
+        paragraphs = _paragraphs(doc)
+        if paragraphs:
+            info.help = "\n\n".join(paragraphs)
+            info.short_help = info.short_help or paragraphs[0]
+    for group in typer_app.registered_groups:
+        unwrap_help(group.typer_instance)
+
+
+unwrap_help(app)
 
 #: exit status for input a user can fix (bad spec, bad raster); 1 stays for unexpected failures
 EXIT_BAD_INPUT = 2

@@ -1,5 +1,5 @@
 """Service commands: `serve` (API + worker, embedded), `worker`, and the REST client commands
-`submit`, `status`, `wait`, `cancel`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
+`submit`, `status`, `wait`, `dismiss`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
 here too.
 
     geoadapt serve   -> worker subprocess (`python -m service.cli worker`, restarted if it dies)
@@ -150,6 +150,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
     ) -> None:
         """Run a Celery worker for geoadapt jobs (one job at a time per process)."""
+        from models.overrides import write_catalogue
         from service.queue import prepare_embedded_broker
         from service.store.for_workers import WorkerJobStore
         from workers.celery_app import app as celery, configure
@@ -157,6 +158,10 @@ def register(app: typer.Typer) -> None:
         settings = _settings(data_dir)
         prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
+        try:  # the API checks model.overrides at submit with it; without it, jobs still check when they start
+            write_catalogue(settings.override_catalogue)
+        except OSError as e:
+            typer.secho(f"warning: cannot write {settings.override_catalogue.name}: {e.strerror}", err=True)
         if "tiles" in queues.split(","):
             import workers.tile_tasks  # noqa: F401  (registers the tile inference task)
         argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}",
@@ -269,14 +274,17 @@ def register(app: typer.Typer) -> None:
                 typer.secho(f"error ({j['error']['type']}): {j['error']['message']}", err=True, fg="red")
             raise typer.Exit(1)
 
-    @app.command()
-    def cancel(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
-        """Cancel a job: a queued one is dismissed, a running one stops at its next step."""
+    def dismiss(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+        """Dismiss a job: a queued one at once, a running one at its next step (its last checkpoint is kept)."""
         c = client(url, token)
         _must_be(run_client(lambda: c.job(job_id)), ended=False)  # the API's DELETE would delete an ended job
         j = run_client(lambda: c.cancel(job_id))
-        what = "dismissed" if j["status"] == "dismissed" else "cancel requested (stops at the next step)"
+        what = "dismissed" if j["status"] == "dismissed" else "dismissal requested (stops at its next step)"
         typer.echo(f"{job_id}: {what}")
+
+    # one word for it, as in the API's job status; `cancel` still works for scripts written before
+    app.command("dismiss")(dismiss)
+    app.command("cancel", hidden=True)(dismiss)
 
     @app.command()
     def delete(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:

@@ -179,12 +179,12 @@ def claim(
         )
         session.commit()
         return None
-    if job.cancel_requested:  # cancelled while queued, or while its dead worker ran it: do not run
+    if job.cancel_requested:  # dismissed while queued, or while its dead worker ran it: do not run
         session.execute(
             update(Job)
             .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == job.status)
             .values(status=DISMISSED, finished_at=now, updated_at=now, eta_s=None,
-                    message="cancelled; the last checkpoint is kept")
+                    message="dismissed on request; the last checkpoint is kept")
         )
         session.commit()
         return None
@@ -241,7 +241,7 @@ def fail(session: Session, job_id: uuid.UUID, worker: str, error_type: str, mess
     return _finish(session, job_id, worker, status=FAILED, error_type=error_type, error_message=message[:4000])
 
 
-def dismiss(session: Session, job_id: uuid.UUID, worker: str, message: str = "cancelled") -> bool:
+def dismiss(session: Session, job_id: uuid.UUID, worker: str, message: str = "dismissed on request") -> bool:
     return _finish(session, job_id, worker, status=DISMISSED, message=message)
 
 

@@ -263,7 +263,7 @@ def test_an_ended_job_offers_delete_not_cancel_and_delete_removes_it(served, pag
     expect(page.locator("#token-status")).to_contain_text("accepted")
     page.goto(f"{served.url}/#/jobs/{jid}")
     expect(page.locator("#job-status .badge")).to_have_text("successful")
-    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(page.get_by_role("button", name="Dismiss job")).to_be_hidden()
     delete = page.locator("#job-delete")
     expect(delete).to_be_visible()
     expect(delete).to_have_text("Delete job")

@@ -141,15 +141,15 @@ def test_yaml_spec_errors_then_submit_then_cancel(served, page):
     text.fill(good.replace(f"labels: {nc['labels']}", "labels: /etc/hostname"))
     page.locator("#spec-submit").click()
     page.wait_for_function("() => document.querySelector('#spec-errors').textContent.includes('source.scenes.0.labels')")
-    # then a good one: it runs, and the job page cancels it
+    # then a good one: it runs, and the job page dismisses it
     text.fill(good)
     page.locator("#spec-submit").click()
     page.wait_for_url("**/#/jobs/*")
     job_id = page.url.rsplit("/", 1)[-1]
     page.locator("#job-status .badge.s-running").wait_for(timeout=90_000)
-    cancel = page.get_by_role("button", name="Cancel job")
-    cancel.click()
-    page.get_by_role("button", name="Press again to cancel").click()
+    dismiss = page.get_by_role("button", name="Dismiss job")  # the API's word for it
+    dismiss.click()
+    page.get_by_role("button", name="Press again to dismiss").click()
     page.locator("#job-status .badge.s-dismissed").wait_for(timeout=60_000)
     assert wait_job(served, job_id, 5)["status"] == "dismissed"
 

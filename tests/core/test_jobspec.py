@@ -70,6 +70,15 @@ def test_json_round_trip_is_the_same_spec(spec_dir):
         (lambda d: d["params"].update(iters=5), "params.iters", "unknown key"),
         (lambda d: d["params"].update(iterations=0), "params.iterations", "greater than or equal to 1"),
         (lambda d: d["params"].update(crop="big"), "params.crop", "integer"),
+        # strict types: numbers in strings, booleans as numbers and numbers as booleans are refused, not converted
+        (lambda d: d["params"].update(iterations="30"), "params.iterations", "valid integer"),
+        (lambda d: d["params"].update(iterations=True), "params.iterations", "valid integer"),
+        (lambda d: d["params"].update(seed=3.0), "params.seed", "valid integer"),
+        (lambda d: d["params"].update(predict_targets="yes"), "params.predict_targets", "valid boolean"),
+        (lambda d: d["params"].update(rare_class_sampling=1), "params.rare_class_sampling", "valid boolean"),
+        (lambda d: d["classes"][0].update(id="1"), "classes.0.id", "valid integer"),
+        (lambda d: d["source"].update(region={"columns": ["0", "0.5"]}), "source.region.columns.0", "valid number"),
+        (lambda d: d.update(classes=[]), "classes", "at least 1 item"),
         (lambda d: d.update(method="magic"), "method", "st-dasegnet"),
         (lambda d: d.update(type="paint"), "type", "adapt"),
         (lambda d: d["classes"][0].update(color="red"), "classes.0.color", "#rrggbb"),
@@ -93,6 +102,7 @@ def test_bad_input_names_the_field_and_the_problem(spec_dir, edit, field, words)
     assert field in problems, problems
     assert words in problems[field], problems[field]
     assert field in str(excinfo.value)
+    assert f"{field}: {field}:" not in str(excinfo.value)  # the field once, as the CLI prints it
 
 
 def test_missing_file_can_be_left_unchecked_for_specs_built_elsewhere(spec_dir):

@@ -24,8 +24,41 @@ def test_names_and_overrides():
         apply_overrides(cfg, {"modle.backbone.depth": 3})
     with pytest.raises(ConfigError, match="unknown model config"):
         resolve_config("segformer-huge")
-    with pytest.raises(ConfigError, match="cannot build"):
+    with pytest.raises(ConfigError, match="no part of the model reads 'model.backbone.no_such_kwarg'"):
         resolve_config("segformer-tiny", overrides={"model.backbone.no_such_kwarg": 1})
+
+
+@pytest.mark.parametrize("overrides, field, words", [
+    # what a job once wrote into its bundle and then ignored
+    ({"custom_imports": {"imports": ["os"]}}, "custom_imports", ["no part of the model reads 'custom_imports'",
+                                                                  "the top level has adaptation, augment"]),
+    ({"a": 1}, "a", ["no part of the model reads 'a'"]),
+    ({"model.backbone.embed_dim": 32}, "model.backbone.embed_dim", ["embed_dims", "MixVisionTransformer also takes"]),
+    ({"lr_schedule.warmup": 5}, "lr_schedule.warmup", ["lr_schedule has min_lr, power, warmup_iters, warmup_ratio"]),
+    ({"model.decode_head.loss_decode": {"type": "FocalLoss", "gama": 2.0}}, "model.decode_head.loss_decode.gama",
+     ["FocalLoss also takes", "gamma"]),
+    # a type is a registered name: a dotted path would be imported and called by the registry
+    ({"model.type": "os.system"}, "model.type", ["not a registered module name"]),
+    ({"model": {"backbone": {"type": "os.system", "command": "true"}}}, "model.backbone.type",
+     ["'os.system' is not a registered", "MixVisionTransformer"]),
+    ({"model.neck": {"type": "subprocess.run"}}, "model.neck.type", ["not a registered module name"]),
+    ({"optim.type": "LBFGS"}, "optim.type", ["AdamW, Adam, SGD"]),
+    ({"adaptation.type": "source-only"}, "adaptation.type", ["the job's method"]),
+])
+def test_an_override_nothing_reads_is_refused_naming_it_and_the_keys_there(overrides, field, words):
+    with pytest.raises(ConfigError) as e:
+        resolve_config("segformer-tiny", method="st-dasegnet", overrides=overrides, in_channels=3, num_classes=2)
+    assert e.value.field == f"model.overrides.{field}"
+    assert all(w in e.value.message for w in words), e.value.message
+
+
+def test_overrides_of_module_arguments_the_config_leaves_at_their_defaults_still_apply():
+    cfg = resolve_config("segformer-tiny", in_channels=3, num_classes=2, overrides={
+        "model.backbone.with_cp": True, "optim.eps": 1e-7, "norm_cfg.momentum": 0.2,
+        "model.decode_head.loss_decode": {"type": "FocalLoss", "gamma": 2.0, "use_sigmoid": True},
+        "model.neck": {"type": "FPN", "in_channels": [16, 32, 80, 128], "out_channels": 64, "num_outs": 4}})
+    assert cfg["model"]["backbone"]["with_cp"] is True and cfg["optim"]["eps"] == 1e-7
+    assert cfg["model"]["decode_head"]["loss_decode"]["gamma"] == 2.0 and cfg["model"]["neck"]["type"] == "FPN"
 
 
 def test_paper_class_weights_must_fit_the_job_classes():

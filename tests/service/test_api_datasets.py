@@ -64,7 +64,10 @@ def test_upload_then_use_in_a_job_and_size_limit(client, app, tmp_path, settings
     assert r.status_code == 201, r.text
     ds = r.json()
     image_path = ds["paths"]["image"]
-    assert image_path.startswith(str(settings.dataset_dir(ds["id"]))) and "evil_name.tif" in image_path
+    # the upload's files as datasets/<id>/<name>: the server's folders stay out of answers, and specs name them so
+    assert image_path == f"datasets/{ds['id']}/evil_name.tif", image_path
+    assert str(settings.data_dir) not in r.text and str(settings.data_dir.resolve()) not in r.text
+    assert client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()["paths"] == ds["paths"]
     # the owner's jobs may read the upload; nobody else's
     spec = {"type": "train", "classes": [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 2, "name": "b", "color": "#00ff00"}],
             "source": {"scenes": [{"image": image_path, "labels": ds["paths"]["labels"]}]},

@@ -60,8 +60,9 @@ def test_submit_status_and_output_confined_to_job_folder(client, auth, settings,
     job = r.json()
     assert r.headers["location"].endswith(f"/v1/jobs/{job['id']}")
     assert job["status"] == "accepted" and job["progress"] == 0
-    # the client's output is replaced by the job's own folder
-    assert job["spec"]["output"] == str(settings.job_dir(job["id"]) / "output")
+    # the client's output is replaced by the job's own folder, shown relative to the state folder
+    assert job["spec"]["output"] == f"jobs/{job['id']}/output"
+    assert str(settings.data_dir) not in r.text and str(settings.data_dir.resolve()) not in r.text
     assert (settings.job_dir(job["id"]) / "spec.json").is_file()
     got = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["id"] == job["id"] and got["links"][0]["rel"] == "self"

@@ -100,7 +100,7 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
     used = _ga("usage", env=env).stdout
     assert "used (no quota)" in used and "jobs: 1 (" in used and "uploads: 0 (0 B)" in used, used
     assert json.loads(_ga("usage", "--json", env=env).stdout)["jobs_bytes"] > 0
-    # cancel does not reach an ended job (the API's DELETE would delete it)
+    # dismiss (or its old name, cancel) does not reach an ended job (the API's DELETE would delete it)
     r = _ga("cancel", jid, env=env, check=False)
     assert r.returncode == 2 and "already ended (successful)" in r.stderr and "geoadapt delete" in r.stderr
 
@@ -122,11 +122,13 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
         if json.loads(_ga("status", lid, "--json", env=env).stdout).get("done"):
             break
         time.sleep(0.5)
-    r = _ga("delete", lid, env=env, check=False)  # delete does not cancel a running job
+    r = _ga("delete", lid, env=env, check=False)  # delete does not dismiss a running job
     assert r.returncode == 2 and "is running" in r.stderr, r.stderr
-    assert "cancel requested" in _ga("cancel", lid, env=env).stdout
+    assert "dismissal requested" in _ga("dismiss", lid, env=env).stdout
     r = _ga("wait", lid, "--interval", "0.5", "--timeout", "60", env=env, check=False, timeout=90)
     assert r.returncode == 1 and "dismissed" in r.stdout
+    shown = _ga("status", lid, env=env).stdout
+    assert "dismissed" in shown and "cancel" not in shown  # the API's word, in the status and its message
     assert "deleted" in _ga("delete", lid, env=env).stdout
     assert lid not in _ga("jobs", env=env).stdout and jid in _ga("jobs", env=env).stdout
     assert _ga("status", lid, env=env, check=False).returncode == 2

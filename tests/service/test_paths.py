@@ -27,7 +27,7 @@ def test_roots_traversal_and_symlink_escape(tmp_path):
         ("/etc/passwd", "outside"),
         (str(root / "link.tif"), "outside"),
         (str(root / "dirlink" / "secret.tif"), "outside"),
-        (f"{root}/a\x00b", "resolve|outside"),
+        (f"{root}/a\x00b", "NUL"),
         (str(root) + "-sibling/x.tif", "outside"),  # a prefix is not a parent
     ]:
         with pytest.raises(ValueError, match=why):

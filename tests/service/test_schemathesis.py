@@ -1,6 +1,8 @@
 """Schemathesis against a live `geoadapt serve` (create_app under uvicorn): generated and mutated requests
-to every operation of the OpenAPI document, aimed part of the time at ids of real objects; none may get
-a 5xx. A short budget here; `geoadapt bench security` runs it longer."""
+to every operation of the OpenAPI document, aimed part of the time at ids of real objects, and part of the
+time carrying what once made 500s (service/schemathesis_hooks.py: path components over 255 bytes, 500-level
+nesting, empty headers, some grafted onto a valid job or dataset); none may get a 5xx. A short budget here;
+`geoadapt bench security` runs it longer."""
 from __future__ import annotations
 
 import pytest

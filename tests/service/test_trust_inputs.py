@@ -162,6 +162,10 @@ CASES = [
      422, "raster_too_large", "image", ["100000 x 100000"]),
     ("png-bomb-as-labels/dataset", "datasets", lambda f: {"name": "t", "image": str(f["img"]), "labels": str(f["bomb_png"])},
      422, "raster_too_large", "labels", ["100000 x 100000"]),
+    ("folder-as-image/dataset", "datasets", lambda f: {"name": "t", "image": str(f["img"].parent)},
+     422, "unreadable_raster", "image", ["scene is a folder; expected a GeoTIFF"]),
+    ("folder-as-labels/job", "jobs", lambda f: train_spec(f["img"], f["img"].parent),
+     422, "unreadable_raster", "source.scenes.0.labels", ["is a folder; expected a GeoTIFF or a vector labels file"]),
     # what the data says against the job
     ("wrong-band-count-for-model/predict", "jobs",
      lambda f: {"type": "predict", "classes": CLASSES, "bundle": str(f["bundle6"]), "target": {"scenes": [{"image": str(f["img"])}]}},
@@ -202,6 +206,10 @@ CASES = [
      422, "missing_crs", "target.scenes.0", ["no CRS"]),
     # parameters, methods, configs, keys
     ("param-not-a-number", "jobs", _job(params={"iterations": "many"}), 422, "invalid_spec", "params.iterations", ["integer"]),
+    ("param-number-as-string", "jobs", _job(params={"iterations": "30"}), 422, "invalid_spec", "params.iterations",
+     ["valid integer"]),
+    ("param-boolean-as-count", "jobs", _job(params={"iterations": True, "predict_targets": 1}), 422, "invalid_spec",
+     "params.", ["valid integer", "valid boolean"]),
     ("param-out-of-range", "jobs", _job(params={"crop": 10**9, "batch_size": -1, "seed": 2**40}),
      422, "invalid_spec", "params.", ["less than or equal", "greater than or equal"]),
     ("param-fraction-of-iterations", "jobs", _job(params={"iterations": 1.5}), 422, "invalid_spec", "params.iterations", ["integer"]),
@@ -223,6 +231,15 @@ CASES = [
      _job(model={"config": "segformer-tiny",
                  "overrides": {"model.backbone.init_cfg": {"type": "Pretrained", "checkpoint": "http://169.254.169.254/x"}}}),
      422, "invalid_config", "model.overrides.model.backbone.init_cfg", ["cannot be overridden"]),
+    ("override-type-as-import-path", "jobs",
+     _job(model={"config": "segformer-tiny", "overrides": {"model.type": "os.system"}}),
+     422, "invalid_config", "model.overrides.model.type", ["never a dotted path", "os.system"]),
+    ("override-nested-type-as-import-path", "jobs",
+     _job(model={"config": "segformer-tiny", "overrides": {"model": {"backbone": {"type": "subprocess.run"}}}}),
+     422, "invalid_config", "model.overrides.model.backbone.type", ["never a dotted path"]),
+    ("override-custom-imports", "jobs",
+     _job(model={"config": "segformer-tiny", "overrides": {"custom_imports": {"imports": ["os"]}}}),
+     422, "invalid_config", "model.overrides.custom_imports", ["no part of the model reads it"]),
     ("extra-key-top", "jobs", _job(surprise=1), 422, "invalid_spec", "surprise", ["unknown key"]),
     ("extra-key-nested", "jobs", lambda f: {**train_spec(f["img"], f["lab"], params={"lr": 0.1}),
                                             "source": {"scenes": [{"image": str(f["img"]), "labels": str(f["lab"]), "nodata": 0}],
@@ -296,3 +313,44 @@ def test_hostile_uploads_leave_nothing_behind(world):
         assert r.status_code == 422, r.text
         assert r.json()["type"] == kind and words in r.json()["detail"][0]["message"], r.text
     assert snapshot(world) == before  # no dataset row, no folder, no temp file left
+
+
+def _damaged(root: Path, good: Path) -> dict[str, Path]:
+    """Real GeoTIFFs cut short at several points, and a deflate-compressed one with its pixel data overwritten."""
+    out = {}
+    raw = good.read_bytes()
+    for frac in (0.5, 0.8, 0.95):
+        out[f"cut-at-{int(frac * 100)}%"] = root / f"cut{int(frac * 100)}.tif"
+        out[f"cut-at-{int(frac * 100)}%"].write_bytes(raw[: int(len(raw) * frac)])
+    with rasterio.open(good) as ds:
+        prof, arr = ds.profile, ds.read()
+    packed = root / "deflate.tif"
+    with rasterio.open(packed, "w", **{**prof, "compress": "deflate", "tiled": True, "blockxsize": 16,
+                                       "blockysize": 16}) as ds:
+        ds.write(arr)
+    with rasterio.open(packed) as ds:  # where the last block's compressed bytes lie (registration reads that one)
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    data = bytearray(packed.read_bytes())
+    data[offset: offset + 64] = bytes(range(64))
+    out["deflate-block-overwritten"] = root / "garbled.tif"
+    out["deflate-block-overwritten"].write_bytes(bytes(data))
+    return out
+
+
+def test_damaged_files_are_described_in_words_not_libtiff_text(world):
+    c, auth, f = world["client"], world["auth"], world["f"]
+    (world["root"] / "damaged").mkdir(exist_ok=True)
+    damaged = _damaged(world["root"] / "damaged", f["img"])
+    before = snapshot(world)
+    for what, path in damaged.items():
+        for endpoint, body, field in (
+                ("datasets", {"name": "d", "image": str(path)}, "image"),
+                ("jobs", train_spec(path, f["lab"]), "source.scenes.0"),
+                ("jobs", train_spec(f["img"], path), "source.scenes.0")):
+            r = c.post(f"/v1/{endpoint}", json=body, headers=auth)
+            assert r.status_code == 422 and r.json()["type"] == "unreadable_raster", (what, r.text)
+            message = r.json()["detail"][0]["message"]
+            assert path.name in message and ("truncated" in message or "corrupt" in message), (what, message)
+            for raw in ("TIFFRead", "TIFFFetch", "scanline", "4294967295", "Read error", "ZIPDecode", "IReadBlock"):
+                assert raw not in message, (what, message)
+    assert snapshot(world) == before

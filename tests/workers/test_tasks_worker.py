@@ -227,8 +227,34 @@ def test_cancel_running_job_stops_it_with_a_checkpoint(backend, nc_bands, nc_dat
     assert r.status_code == 200 and r.json()["cancel_requested"]
     j = _final(backend, jid, timeout=30)
     assert j["status"] == "dismissed" and j["done"] < 20000
+    assert j["message"] == "dismissed on request; the last checkpoint is kept"  # the API's word for it
     ckpt = Path(backend.settings.job_dir(jid)) / "output" / "checkpoints"
     assert any(ckpt.glob("*.pth")), "a cancelled job keeps a checkpoint to resume from"
+
+
+def test_an_override_nothing_reads_is_refused_at_submit_or_fails_the_job_naming_it(backend, nc_bands, nc_data,
+                                                                                   nc_classes):
+    spec = nc_spec(nc_bands, nc_data, nc_classes, iterations=20000)
+    spec["model"] = {"config": "segformer-tiny", "overrides": {"model.backbone.embed_dim": 32}}  # embed_dims
+    expected = "model.overrides.model.backbone.embed_dim: no part of the model reads 'model.backbone.embed_dim'"
+    # the worker published what it judges overrides with: the API refuses at submit
+    catalogue = backend.settings.override_catalogue
+    assert catalogue.is_file()
+    r = backend.client.post("/v1/jobs", json=spec, headers=backend.auth)
+    assert r.status_code == 422 and r.json()["type"] == "invalid_config", r.text
+    assert r.json()["detail"][0]["field"] == "model.overrides.model.backbone.embed_dim"
+    assert "embed_dims" in r.json()["detail"][0]["message"]
+    # without it (an API whose workers have not started yet), the job fails when it starts, before training
+    saved = catalogue.read_bytes()
+    catalogue.unlink()
+    try:
+        jid = backend.submit(spec)
+        j = _final(backend, jid, timeout=60)
+    finally:
+        catalogue.write_bytes(saved)
+    assert j["status"] == "failed" and j["error"]["type"] == "invalid_config", j
+    assert j["error"]["message"].startswith(expected) and "embed_dims" in j["error"]["message"], j
+    assert not j["done"] and not (Path(backend.settings.job_dir(jid)) / "output" / "bundle").exists()
 
 
 def test_dataset_statistics_computed_on_the_cpu_queue(backend, nc_bands, nc_data):

@@ -195,11 +195,14 @@ def test_auto_class_weights_switch_reaches_every_method_and_keeps_its_runs_apart
     plain = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
     auto = BenchContext(BenchSettings(auto_class_weights=True).for_case("nc"), tmp_path, {}, None, print)
     assert plain.run_dir(1, "st-dasegnet") != auto.run_dir(1, "st-dasegnet")
-    for method in ("source-only", "st-dasegnet"):
-        cfg = resolve_config(auto.settings.config, method=method, overrides=auto.settings.model_overrides())
-        # filled from each job's own training labels when it runs
-        assert {"model.decode_head.loss_decode.class_weight", "adaptation.pseudo_class_weight"} <= set(auto_fields(cfg))
-        cfg = resolve_config(plain.settings.config, method=method, overrides=plain.settings.model_overrides())
+    for method in ("source-only", "st-dasegnet", "feature-regression"):
+        cfg = resolve_config(auto.settings.config, method=method, overrides=auto.settings.model_overrides(method))
+        # filled from each job's own training labels when it runs; the adaptation's own where the method has them
+        expected = {"model.decode_head.loss_decode.class_weight"}
+        if method == "st-dasegnet":
+            expected.add("adaptation.pseudo_class_weight")
+        assert expected <= set(auto_fields(cfg))
+        cfg = resolve_config(plain.settings.config, method=method, overrides=plain.settings.model_overrides(method))
         assert auto_fields(cfg) == []
 
 

@@ -50,3 +50,25 @@ def test_run_then_evaluate(nc_data, nc_bands, tmp_path):
 
     bad = runner.invoke(app, args[:-2] + ["--region", "cols=0,1"])
     assert bad.exit_code != 0
+
+
+def test_run_refuses_overrides_nothing_reads_before_writing_anything(tmp_path):
+    """What a job once wrote into its bundle and then ignored: refused, by name, with the keys that exist."""
+    import subprocess
+    import sys
+
+    from tests.service.conftest import train_spec, write_tiny_scene
+
+    img, lab = write_tiny_scene(tmp_path / "scene")
+    for overrides, words in (
+            ({"model.type": "os.system"}, ["model.overrides.model.type", "not a registered module name"]),
+            ({"custom_imports": {"imports": ["os"]}}, ["model.overrides.custom_imports", "no part of the model reads",
+                                                       "the top level has adaptation, augment"]),
+            ({"a": 1}, ["model.overrides.a", "no part of the model reads 'a'"])):
+        job = {**train_spec(img, lab), "output": "out", "model": {"config": "segformer-tiny", "overrides": overrides}}
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+        r = subprocess.run([sys.executable, "-m", "service.cli", "run", str(tmp_path / "job.yaml"), "--threads", "1"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert all(w in r.stderr for w in words), r.stderr
+        assert not (tmp_path / "out" / "bundle").exists()

@@ -148,13 +148,15 @@ class BenchSettings:
                 setattr(out, key, getattr(c, key))
         return out
 
-    def model_overrides(self) -> dict:
-        """Config overrides of every training job: the benchmark's switches, then ``overrides``."""
+    def model_overrides(self, method: str = "st-dasegnet") -> dict:
+        """Config overrides of a training job of `method`: the benchmark's switches, then ``overrides``. The
+        adaptation's own class weights exist in ST-DASegNet's block only (other methods refuse the key)."""
         switches = {"augment.photometric": self.photometric}
         if not self.resize:
             switches["augment.resize"] = False
         if self.auto_class_weights:
-            switches.update({f: "auto" for f in AUTO_WEIGHT_FIELDS})
+            switches.update({f: "auto" for f in AUTO_WEIGHT_FIELDS
+                             if method == "st-dasegnet" or not f.startswith("adaptation.")})
         return {**switches, **self.overrides}
 
 
@@ -186,7 +188,7 @@ class BenchContext:
         """Run one job of the benchmark in its own folder (resumes or reuses what is there)."""
         s = self.settings
         body = {"type": type, "method": method, "classes": CASES[s.case].classes, "source": self.domains[source],
-                "model": {"config": s.config, "overrides": s.model_overrides()},
+                "model": {"config": s.config, "overrides": s.model_overrides(method)},
                 "params": {"iterations": s.iterations, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
                            "val_interval": s.val_interval, "predict_targets": False,  # scored below instead
                            **(params or {})},
@@ -262,7 +264,8 @@ def _source_only(ctx: BenchContext, seed: int) -> dict[str, dict]:
 
 def _source_only_random(ctx: BenchContext, seed: int) -> dict[str, dict]:
     """Source-only from random weights: what the case's pretrained start is worth."""
-    model = {"config": ctx.settings.config, "overrides": {**ctx.settings.model_overrides(), "pretrained": None}}
+    overrides = {**ctx.settings.model_overrides("source-only"), "pretrained": None}
+    model = {"config": ctx.settings.config, "overrides": overrides}
     res = ctx.job("source-only-random", seed, type="train", method="source-only", model=model)
     return {"source-only-random": ctx.scored(res, "source")}
 

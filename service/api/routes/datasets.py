@@ -15,6 +15,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from core.errors import GeoadaptError, SpecError
 from service.api import links
+from service.api.server_paths import hide
 from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, Producer, RateLimited, SessionDep, SettingsDep
 from service.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorPublic, Link
 from service.errors import PayloadTooLargeError
@@ -42,8 +43,10 @@ def _queue_stats(session, producer, ds: Dataset) -> None:
     session.commit()
 
 
-def to_public(ds: Dataset, base: str) -> DatasetPublic:
+def to_public(ds: Dataset, base: str, data_dir) -> DatasetPublic:
+    """The dataset as clients see it: an upload's files as datasets/<id>/<name>, which specs may name."""
     out = DatasetPublic.model_validate(ds)
+    out.paths = hide(ds.paths, data_dir)
     out.links = [Link(href=links.dataset(base, ds.id), rel="self", type="application/json")]
     return out
 
@@ -71,8 +74,8 @@ def _confine(paths: dict, policy) -> dict:
 
 @router.post("", status_code=201, response_model=DatasetPublic, dependencies=[RateLimited],
              responses={422: {"model": ErrorPublic}, **_ERRORS})
-def register_dataset(body: DatasetCreate, response: Response, session: SessionDep, token: CurrentToken,
-                     policy: PathPolicyDep, producer: Producer, base: BaseUrl) -> DatasetPublic:
+def register_dataset(body: DatasetCreate, response: Response, session: SessionDep, settings: SettingsDep,
+                     token: CurrentToken, policy: PathPolicyDep, producer: Producer, base: BaseUrl) -> DatasetPublic:
     """Register files already on the server; 422 naming the field if a path or a file is bad."""
     if (body.image is None) == (body.bands is None):
         raise SpecError("give exactly one of 'image' or 'bands'", field="image")
@@ -82,7 +85,7 @@ def register_dataset(body: DatasetCreate, response: Response, session: SessionDe
                               paths={k: v for k, v in paths.items() if v is not None}, report=report)
     _queue_stats(session, producer, ds)
     response.headers["Location"] = links.dataset(base, ds.id)
-    return to_public(ds, base)
+    return to_public(ds, base, settings.data_dir)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -159,7 +162,7 @@ def upload_dataset(
         raise
     _queue_stats(session, producer, ds)
     response.headers["Location"] = links.dataset(base, ds.id)
-    return to_public(ds, base)
+    return to_public(ds, base, settings.data_dir)
 
 
 @router.get("", response_model=DatasetList, responses=_ERRORS)
@@ -168,12 +171,14 @@ def list_datasets(session: SessionDep, settings: SettingsDep, token: CurrentToke
                   offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> DatasetList:
     limit = min(limit, settings.max_page_size)
     rows, total = store.list_datasets(session, token, limit=limit, offset=offset)
-    return DatasetList(datasets=[to_public(d, base) for d in rows], total=total, limit=limit, offset=offset)
+    return DatasetList(datasets=[to_public(d, base, settings.data_dir) for d in rows], total=total, limit=limit,
+                       offset=offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=_ERRORS)
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> DatasetPublic:
-    return to_public(store.get_dataset(session, dataset_id, token), base)
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+                base: BaseUrl) -> DatasetPublic:
+    return to_public(store.get_dataset(session, dataset_id, token), base, settings.data_dir)
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)

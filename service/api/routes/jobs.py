@@ -15,11 +15,12 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from core.errors import SpecError
-from core.jobspec import JobSpec, load_job_spec
+from core.jobspec import JobSpec, check_nesting, load_job_spec
 from service import job_removal
 from service import results as job_results
 from service import usage
 from service.api import links
+from service.api.server_paths import hide
 from service.api.deps import (
     BaseUrl,
     CurrentToken,
@@ -70,11 +71,13 @@ def job_body_components() -> dict:
     return JobSpec.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
 
 
-def to_public(j: Job, base: str, *, with_spec: bool = True) -> JobPublic:
+def to_public(j: Job, base: str, data_dir, *, with_spec: bool = True) -> JobPublic:
+    """The job as clients see it: paths in the state folder relative to it (spec, message, error)."""
     out = JobPublic.model_validate(j)
+    out.message = hide(j.message, data_dir) if j.message else j.message
     # a model, not a dict: assignment is not validated, and a dict makes every failed job's response warn
-    out.error = JobError(type=j.error_type, message=j.error_message or "") if j.error_type else None
-    out.spec = j.spec if with_spec else None
+    out.error = JobError(type=j.error_type, message=hide(j.error_message or "", data_dir)) if j.error_type else None
+    out.spec = hide(j.spec, data_dir) if with_spec else None
     out.links = links.job_links(base, j)
     return out
 
@@ -99,9 +102,10 @@ def submit_job(
     policy: PathPolicyDep,
     producer: Producer,
     base: BaseUrl,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Validate the spec (paths confined to allowed roots, inputs checked), store it, enqueue it."""
+    check_nesting(body)  # before anything walks the body recursively
     digest = store.body_hash(body)
     if idempotency_key:
         earlier = store.find_by_idempotency_key(session, token.id, idempotency_key)
@@ -109,7 +113,7 @@ def submit_job(
             store.check_idempotent(earlier, digest)
             response.status_code = 200
             response.headers["Location"] = links.job(base, earlier.id)
-            return to_public(earlier, base)
+            return to_public(earlier, base, settings.data_dir)
     usage.check_submit(session, settings, token.id)
 
     job_id = uuid.uuid4()
@@ -127,7 +131,8 @@ def submit_job(
         data["bundle"] = str(found)
     data = resolve_scene_datasets(data, lambda ident: dict(datasets.get_dataset(session, ident, token).paths or {}))
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
-    report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None)
+    report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None,
+                              settings.override_catalogue)
     spec_json = spec.to_jsonable()
 
     state = request.app.state
@@ -157,7 +162,7 @@ def submit_job(
     else:
         response.status_code = 200
     response.headers["Location"] = links.job(base, job.id)
-    return to_public(job, base)
+    return to_public(job, base, settings.data_dir)
 
 
 def _undo(session, job: Job, job_dir, why: str) -> None:
@@ -182,14 +187,16 @@ def list_jobs(
     limit = min(limit, settings.max_page_size)
     rows, total = store.list_jobs(session, token, status=status, type=type, limit=limit, offset=offset)
     return JobList(
-        jobs=[to_public(j, base, with_spec=False) for j in rows], total=total, limit=limit, offset=offset,
+        jobs=[to_public(j, base, settings.data_dir, with_spec=False) for j in rows], total=total, limit=limit,
+        offset=offset,
         links=links.jobs_page(base, offset, limit, total, status=status, type=type),
     )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: uuid.UUID, session: SessionDep, token: CurrentToken, base: BaseUrl) -> JobPublic:
-    return to_public(store.get_job(session, job_id, token), base)
+def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken,
+            base: BaseUrl) -> JobPublic:
+    return to_public(store.get_job(session, job_id, token), base, settings.data_dir)
 
 
 @router.delete(
@@ -206,7 +213,7 @@ def delete_job(job_id: uuid.UUID, request: Request, session: SessionDep, setting
     204; 409 naming the job that uses its model while one queued or running does."""
     job = store.get_job(session, job_id, token)
     if job.status not in FINAL_STATES:
-        return to_public(store.request_cancel(session, job), base)
+        return to_public(store.request_cancel(session, job), base, settings.data_dir)
     job_removal.delete_ended_job(session, settings, job, writes=request.app.state.store_writes)
     return Response(status_code=204)
 
@@ -218,7 +225,7 @@ def get_results(job_id: uuid.UUID, request: Request, session: SessionDep, settin
     job = store.get_job(session, job_id, token)
     if job.status != "successful":
         raise ConflictError(f"job {job.id} is {job.status}: results exist once it is successful")
-    desc = job_results.describe(settings.job_dir(job.id))
+    desc = hide(job_results.describe(settings.job_dir(job.id)), settings.data_dir)  # metrics name the bundle
     jid = job.id
     signer = request.app.state.tile_signer
     if desc["bundle"]:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from service import results as job_results
 from service.api import links
+from service.api.server_paths import hide
 from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
 from service.api.schemas import ErrorPublic, Link, ModelList, ModelPublic
 from service.errors import NotFoundError
@@ -22,7 +23,7 @@ _TRAINING = ("train", "adapt")
 
 
 def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
-    desc = job_results.describe(settings.job_dir(job.id)) if full else None
+    desc = hide(job_results.describe(settings.job_dir(job.id)), settings.data_dir) if full else None
     bundle_dir = job_results.output_dir(settings.job_dir(job.id)) / "bundle"
     if not bundle_dir.is_dir():
         return None

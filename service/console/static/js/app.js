@@ -159,18 +159,18 @@
   // ---- jobs -----------------------------------------------------------------------------------
   async function cancelJob(id, btn) {
     if (btn && btn.dataset.confirm !== "1") {
-      // a second press confirms: cancel is cooperative, but a long run is costly to restart
+      // a second press confirms: dismissal is cooperative, but a long run is costly to restart
       btn.dataset.confirm = "1";
       const old = btn.textContent;
-      btn.textContent = "Press again to cancel";
+      btn.textContent = "Press again to dismiss";
       setTimeout(() => { btn.dataset.confirm = ""; btn.textContent = old; }, 5000);
       return;
     }
     try {
       await api.json(`v1/jobs/${id}`, { method: "DELETE" });
-      banner("action-msg", `Cancel requested for job ${short(id)}.`, "ok");
+      banner("action-msg", `Dismissal requested for job ${short(id)}.`, "ok");
     } catch (e) {
-      banner("action-msg", `Could not cancel job ${short(id)}: ${e.message}`, "error");
+      banner("action-msg", `Could not dismiss job ${short(id)}: ${e.message}`, "error");
     }
   }
 
@@ -221,13 +221,13 @@
       for (const j of list.jobs) {
         const active = !FINAL.includes(j.status);
         const cancel = active && !j.cancel_requested
-          ? h("button", { type: "button", class: "small danger", "aria-label": `Cancel job ${short(j.id)}` }, "Cancel")
+          ? h("button", { type: "button", class: "small danger", "aria-label": `Dismiss job ${short(j.id)}` }, "Dismiss")
           : null;
         if (cancel) cancel.addEventListener("click", () => cancelJob(j.id, cancel));
         tbody.append(h("tr", { "data-job": j.id, "data-status": j.status },
           h("td", {}, h("a", { href: `#/jobs/${j.id}`, class: "mono" }, short(j.id))),
           h("td", {}, `${j.type}${j.method && j.method !== "source-only" ? ` · ${j.method}` : ""}`),
-          h("td", {}, badge(j.status), j.cancel_requested && active ? h("span", { class: "muted" }, " cancelling") : null),
+          h("td", {}, badge(j.status), j.cancel_requested && active ? h("span", { class: "muted" }, " dismissing") : null),
           h("td", { title: j.message || "" }, j.stage || "–"),
           h("td", {}, progressCell(j)),
           h("td", {}, active ? duration(j.eta_s) : "–"),
@@ -554,7 +554,7 @@
     box.append(...[
       h("div", { class: "status-line" }, badge(j.status),
         h("span", { class: "stage" }, j.stage ? `stage: ${j.stage}` : ""),
-        j.cancel_requested && active ? h("span", { class: "muted" }, "cancel requested") : null),
+        j.cancel_requested && active ? h("span", { class: "muted" }, "dismissal requested") : null),
       h("div", { class: "prog big" },
         h("progress", { max: "100", value: String(pct), "aria-label": "Job progress" }),
         h("span", {}, `${pct} %`),

@@ -1,0 +1,115 @@
+"""What the `geoadapt` command says, run as a user runs it (a subprocess) against a live API: how to fix a 401,
+one word ("dismissed") for a dismissed job, bad specs named once per field, help rows that read as text."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import uvicorn
+import yaml
+
+from service.app import create_app
+from service.bench_security import free_port
+from service.settings import Settings
+from service.store import tokens
+from service.store.db import session_scope
+
+from .conftest import train_spec, write_tiny_scene
+
+
+def geoadapt(*args, env: dict, columns: int | None = None) -> subprocess.CompletedProcess:
+    """The command with `env` as its only GEOADAPT_ settings."""
+    e = {**{k: v for k, v in os.environ.items() if not k.startswith("GEOADAPT_")}, **env}
+    if columns:
+        e["COLUMNS"] = str(columns)
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=e, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The API under uvicorn in a thread (memory broker, no worker), a token and a tiny scene."""
+    tmp = tmp_path_factory.mktemp("cli")
+    root = tmp / "root"
+    img, lab = write_tiny_scene(root / "scene")
+    settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
+                        broker_url="memory://", rate_limit_per_minute=0)
+    app = create_app(settings)
+    with session_scope(app.state.sessions) as s:
+        _, plain = tokens.create_token(s, name="cli")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield dict(url=f"http://127.0.0.1:{port}", token=plain, tmp=tmp, img=img, lab=lab)
+    server.should_exit = True
+    th.join(10)
+
+
+@pytest.mark.parametrize("token", [None, "ga_not_a_token"], ids=["no-token", "unknown-token"])
+def test_a_401_says_how_to_give_a_token(live, token):
+    env = {"GEOADAPT_URL": live["url"], **({"GEOADAPT_TOKEN": token} if token else {})}
+    r = geoadapt("jobs", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "HTTP 401" in r.stderr and "GEOADAPT_TOKEN" in r.stderr and "geoadapt token create" in r.stderr, r.stderr
+
+
+def test_a_dismissed_job_is_dismissed_in_every_word_the_cli_prints(live):
+    env = {"GEOADAPT_URL": live["url"], "GEOADAPT_TOKEN": live["token"]}
+    spec = live["tmp"] / "job.yaml"
+    spec.write_text(yaml.safe_dump(train_spec(live["img"], live["lab"])))
+    job_id = geoadapt("submit", str(spec), env=env).stdout.split()[-1]
+    said = geoadapt("dismiss", job_id, env=env).stdout  # queued (no worker): dismissed at once
+    assert said.strip() == f"{job_id}: dismissed"
+    shown = geoadapt("status", job_id, env=env).stdout
+    assert "dismissed" in shown and "cancel" not in shown, shown
+    assert "dismissed" in geoadapt("jobs", "--status", "dismissed", env=env).stdout
+    # the old command name still works, and says the same
+    again = geoadapt("cancel", job_id, env=env)
+    assert again.returncode == 2 and "already dismissed" in again.stderr
+
+
+def test_a_bad_spec_names_each_field_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"type": "train", "classes": [], "params": {"iterations": "30"}, "output": "x"}))
+    r = geoadapt("run", str(bad), env={})
+    assert r.returncode == 2
+    assert "classes: List should have at least 1 item" in r.stderr and "classes: classes" not in r.stderr, r.stderr
+    assert "params.iterations: Input should be a valid integer" in r.stderr, r.stderr
+
+
+def _rows(help_text: str) -> list[list[str]]:
+    """The rows of every Commands panel, each as its lines' text (a row's first line names the command)."""
+    rows, inside = [], False
+    for line in help_text.splitlines():
+        if line.startswith("╭") and "Commands" in line:
+            inside = True
+        elif line.startswith("╰"):
+            inside = False
+        elif inside and line.startswith("│"):
+            body = line[1:-1]
+            if body[1:2].strip():
+                rows.append([body])
+            elif rows:
+                rows[-1].append(body)
+    return rows
+
+
+@pytest.mark.parametrize("group", [[], ["data"], ["bench"], ["token"]], ids=["geoadapt", "data", "bench", "token"])
+def test_help_rows_break_only_where_the_next_word_does_not_fit(group):
+    text = geoadapt(*group, "--help", env={}, columns=100).stdout
+    rows = _rows(text)
+    assert len(rows) >= 3, text
+    for row in rows:
+        for line, following in zip(row, row[1:]):
+            free = len(line) - len(line.rstrip())
+            next_word = following.split()[0]
+            assert free < len(next_word) + 1, f"a row broken early:\n{line}\n{following}"
