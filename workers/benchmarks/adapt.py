@@ -38,6 +38,8 @@ from core.data.demo import TEST_COLUMNS, TRAIN_COLUMNS, benchmark_a_domains, ens
 from core.data.fetch import fetch
 from core.data.nc import NC_CLASSES
 from core.data.neon import NEON_CLASSES, neon_train_test_halves, prepare_neon
+from core.data.neon import TEST_COLUMNS as NEON_TEST_COLUMNS
+from core.data.neon import TRAIN_COLUMNS as NEON_TRAIN_COLUMNS
 from core.errors import ConfigError
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
@@ -58,8 +60,8 @@ AUTO_WEIGHT_FIELDS = ("model.decode_head.loss_decode.class_weight", "adaptation.
 @dataclass(frozen=True)
 class BenchCase:
     """One source -> target pair of Benchmark A: its classes, its default model and schedule, and how its
-    domains are built (``domains(data_dir, log)`` -> DomainSpec-shaped dicts: source, target (train
-    region), target_test, target_labelled (the oracle's training set))."""
+    domains are built (``domains(data_dir, shift_seed, log)`` -> DomainSpec-shaped dicts: source, target
+    (train region), target_test, target_labelled (the oracle's training set))."""
 
     name: str
     title: str
@@ -69,6 +71,8 @@ class BenchCase:
     iterations: int
     crop: int
     batch_size: int
+    train_columns: tuple[float, float]   # of each target scene: adaptation (and the oracle's labels)
+    test_columns: tuple[float, float]    # of each target scene: where every row is scored
     paired: bool = False          # source and target image the same ground (feature regression's case)
     pretrained: bool = False      # the config starts from pretrained weights (a random-start row joins)
     about: str = ""               # what the report must say about the case's data and labels
@@ -93,12 +97,12 @@ def _neon_domains(data_dir, shift_seed: int, log) -> dict:
 
 CASES: dict[str, BenchCase] = {
     "nc": BenchCase("nc", "sensor + atmosphere shift (NC Landsat-7, simulated target)", NC_CLASSES,
-                    lambda d, seed, log: _nc_domains(d, seed, log), "segformer-tiny", 800, 64, 8, paired=True,
+                    _nc_domains, "segformer-tiny", 800, 64, 8, TRAIN_COLUMNS, TEST_COLUMNS, paired=True,
                     about="Labels: NC's 7-class land cover (coarse: a random forest on the six bands scores 0.21 "
                           "mIoU inside the source scene). The oracle trains on the source labels plus the target "
                           "train region's labels, the same rule as every case."),
     "neon": BenchCase("neon", "cross-site trees (NEON RGB: Yellowstone -> OSBS + SOAP)", NEON_CLASSES,
-                      lambda d, seed, log: _neon_domains(d, seed, log), "efficientnet-lite0", 200, 128, 8,
+                      _neon_domains, "efficientnet-lite0", 200, 128, 8, NEON_TRAIN_COLUMNS, NEON_TEST_COLUMNS,
                       pretrained=True,
                       about="Labels: the NEON crown boxes rasterised as tree / not tree on each image's grid (boxes "
                             "overfill round crowns). Targets OSBS_029 and SOAP_061 pooled: each split into a train "
@@ -615,8 +619,8 @@ def run_case(out: Path, s: BenchSettings, *, methods: list[str] | None = None, d
         "settings": asdict(s),
         "seeds": list(range(s.seeds)),
         "classes": class_names,
-        "train_columns": list(TRAIN_COLUMNS) if case.name == "nc" else [0.0, 0.5],
-        "test_columns": list(TEST_COLUMNS) if case.name == "nc" else [0.5, 1.0],
+        "train_columns": list(case.train_columns),
+        "test_columns": list(case.test_columns),
         "mean_over": "classes present in the ground truth of the target test region",
         **summarise(rows, class_names, adaptation),
         "goals": {"st-dasegnet": GAP_CLOSURE_GOAL},
