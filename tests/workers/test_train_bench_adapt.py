@@ -87,6 +87,10 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
     assert set(report["label_free"]) >= {"mean_max_prob", "entropy", "agreement", "pseudo_coverage"}
+    # the shipped default is the faithful method: one set of runs, shown as both rows
+    assert report["faithful_is_default"] and report["methods"]["st-dasegnet-faithful"]["miou"] == \
+        report["methods"]["st-dasegnet"]["miou"]
+    assert "st-dasegnet-faithful" not in report["timing_s"]
     assert 0 <= report["methods"]["st-dasegnet"]["label_free"][0]["agreement"] <= 1  # two students
     tmp_path = tmp_path / "nc"  # the case's own report and plot
     [late] = report["methods"]["st-dasegnet"]["late_losses"]  # how the run ended: q and the discriminators
@@ -226,3 +230,13 @@ def test_source_stats_option_trains_and_scores_the_target_with_the_source_statis
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["target"]) == (name, 1, "st-dasegnet", "target")
     assert kw["params"] == {"normalization": "source"} and scored == ["source"]
+
+
+def test_the_faithful_row_is_the_default_row_only_while_the_default_has_the_specs_values():
+    from workers.benchmarks.adapt import FAITHFUL_ST_DASEGNET, default_is_faithful
+
+    for config in ("segformer-tiny", "efficientnet-lite0"):
+        assert default_is_faithful(config, {})
+        assert default_is_faithful(config, FAITHFUL_ST_DASEGNET)
+    assert not default_is_faithful("efficientnet-lite0", {"adaptation.ema_horizon": 0.1})
+    assert not default_is_faithful("segformer-tiny", {"adaptation.pseudo_threshold": 0.9})
