@@ -76,6 +76,9 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path, check_labe
     assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.stats) == {"source", "target"}
     assert b.default_stats == "target" and b.band_map[0]["file"].startswith("lsat7_2000_10")
     assert b.provenance["method"] == "st-dasegnet" and b.provenance["iterations"] == 4
+    # the variant that ran: the product default, the spec's values (docs/st-dasegnet.md)
+    ran = b.provenance["adaptation"]
+    assert ran["ema_horizon"] is None and ran["source_warmup"] == 0.0 and ran["pseudo_threshold"] == 0.975
     raw = np.full((6, 48, 48), 80.0, np.float32)
     ids, probs = b.predict(raw)
     assert set(np.unique(ids)) <= {c["id"] for c in NC_CLASSES} and probs.shape == (7, 48, 48)

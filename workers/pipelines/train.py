@@ -196,7 +196,9 @@ def run_job(
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
         provenance = provenance_record(
             spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=best, started=started, t0=t0,
-            device=dev, pretrained=pretrained, matched_gsd=target.matched_gsd if target is not None else None)
+            device=dev, pretrained=pretrained, matched_gsd=target.matched_gsd if target is not None else None,
+            # which variant of the method ran (its options and the spec's values alike), beside the weights
+            adaptation=cfg["adaptation"] if method_name != "source-only" else None)
         metrics = {
             "validation": val_metrics,
             "validation_stats": ("target" if validation is not None and "target" in stats
