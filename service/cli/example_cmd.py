@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option("--out", help="write NAME.yaml (or .json) in this folder")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="JSON, the body of POST /v1/jobs (for curl)")] = False,
     ) -> None:
-        """Fetch the example's data if missing, then print (or write) its job spec with the files' absolute paths."""
+        """Fetch the data an example needs if missing, then print (or write) its job spec with absolute file paths."""
         from core.data.examples import (EXAMPLES, example_paths, example_spec, example_yaml, fetch_example_data,
                                         get_example)
 

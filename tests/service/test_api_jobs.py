@@ -329,7 +329,8 @@ def test_a_bundle_given_as_a_model_id_is_the_callers_successful_training_job(app
     assert f"no model {jid}" in refused(_token(app))  # another token's model is no model of theirs
     r = client.post("/v1/jobs", json=adabn, headers=auth)
     assert r.status_code == 201, r.text
-    assert r.json()["spec"]["bundle"] == str(out) and r.json()["method"] == "adabn"
+    # answers show the state folder's paths in their public form (no server paths)
+    assert r.json()["spec"]["bundle"] == f"jobs/{jid}/output" and r.json()["method"] == "adabn"
 
 
 def test_rate_limit_and_body_limit(tmp_path, settings, tiny_scene):

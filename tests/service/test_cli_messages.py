@@ -74,7 +74,7 @@ def test_a_dismissed_job_is_dismissed_in_every_word_the_cli_prints(live):
     assert "dismissed" in geoadapt("jobs", "--status", "dismissed", env=env).stdout
     # the old command name still works, and says the same
     again = geoadapt("cancel", job_id, env=env)
-    assert again.returncode == 2 and "already dismissed" in again.stderr
+    assert again.returncode == 2 and "already ended (dismissed)" in again.stderr
 
 
 def test_a_bad_spec_names_each_field_once(tmp_path):

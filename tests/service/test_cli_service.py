@@ -132,7 +132,7 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
     assert "deleted" in _ga("delete", lid, env=env).stdout
     assert lid not in _ga("jobs", env=env).stdout and jid in _ga("jobs", env=env).stdout
     assert _ga("status", lid, env=env, check=False).returncode == 2
-    assert "jobs: 1 (" in _ga("usage", env=env).stdout
+    assert "jobs: 2 (" in _ga("usage", env=env).stdout  # the training job and the adabn job from its model
 
     # a bad spec is refused before it leaves the client; a path outside the roots by the server
     bad = tmp_path / "bad.yaml"

@@ -208,7 +208,7 @@ def test_adabn_job_from_a_model_id_end_to_end(backend, nc_bands, nc_data, nc_cla
     j = _final(backend, jid)
     assert j["status"] == "successful", (j, backend.logs())
     assert j["progress"] == 100 and len(j["_progress_seen"]) >= 2
-    assert j["spec"]["bundle"] == str(Path(backend.settings.job_dir(source)) / "output")
+    assert j["spec"]["bundle"] == f"jobs/{source}/output"  # the public form of the model's folder
     res = backend.client.get(f"/v1/jobs/{jid}/results", headers=backend.auth).json()
     meta = res["bundle"]["metadata"]
     assert meta["method"] == "adabn" and meta["provenance"]["source_model"]["method"] == "source-only"
