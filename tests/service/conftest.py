@@ -2,6 +2,10 @@
 schema fixtures; skipped if PostgreSQL is absent)."""
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import pytest
 
 from service.settings import Settings
@@ -79,3 +83,25 @@ def train_spec(img, lab, **extra) -> dict:
     }
     spec.update(extra)
     return spec
+
+
+@contextlib.contextmanager
+def served_in_thread(app):
+    """The app over real HTTP: uvicorn in a thread on a free port; yields the port, stops on exit."""
+    import uvicorn
+
+    from service.bench_security import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        th.join(10)

@@ -5,20 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-import uvicorn
 import yaml
 
 from service.app import create_app
-from service.bench_security import free_port
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
+from .conftest import served_in_thread, train_spec, write_tiny_scene
 
 
 def geoadapt(*args, env: dict, columns: int | None = None) -> subprocess.CompletedProcess:
@@ -41,17 +37,8 @@ def live(tmp_path_factory):
     app = create_app(settings)
     with session_scope(app.state.sessions) as s:
         _, plain = tokens.create_token(s, name="cli")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield dict(url=f"http://127.0.0.1:{port}", token=plain, tmp=tmp, img=img, lab=lab)
-    server.should_exit = True
-    th.join(10)
+    with served_in_thread(app) as port:
+        yield dict(url=f"http://127.0.0.1:{port}", token=plain, tmp=tmp, img=img, lab=lab)
 
 
 @pytest.mark.parametrize("token", [None, "ga_not_a_token"], ids=["no-token", "unknown-token"])

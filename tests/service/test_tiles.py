@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -30,6 +28,8 @@ from service.store import tokens
 from service.store.db import session_scope
 from service.store.models import SUCCESSFUL, Job
 from service.tiles.cache import lookup
+
+from .conftest import served_in_thread
 
 WM = morecantile.tms.get("WebMercatorQuad")
 COLOURS = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in NC_CLASSES}
@@ -341,28 +341,11 @@ def test_a_job_that_is_not_finished_has_no_tiles(world):
 
 # ---- a real client: GDAL's TMS driver (what QGIS uses for XYZ layers) -------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(world):
     """The same app over real HTTP (uvicorn in a thread)."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(world["app"], host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    th.join(10)
+    with served_in_thread(world["app"]) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_gdal_tms_client_reads_the_layer_with_only_class_colours(world, live):

@@ -6,19 +6,15 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from service.app import create_app
-from service.bench_security import free_port
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
+from .conftest import served_in_thread, train_spec, write_tiny_scene
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +35,8 @@ def live(tmp_path_factory):
     app.router.routes.insert(0, app.router.routes.pop())
     with session_scope(app.state.sessions) as s:
         _, plain = tokens.create_token(s, name="errors")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield dict(port=port, auth={"Authorization": f"Bearer {plain}"}, root=root, img=img, lab=lab, app=app)
-    server.should_exit = True
-    th.join(10)
+    with served_in_thread(app) as port:
+        yield dict(port=port, auth={"Authorization": f"Bearer {plain}"}, root=root, img=img, lab=lab, app=app)
 
 
 def exchange(live, method: str, path: str, body=None, headers=None) -> list[tuple[int, dict, dict]]:
