@@ -97,6 +97,21 @@ class WorkerProcess:
             self.proc.wait(5)
 
 
+def _wait_for_catalogue(path: Path, *, newer_than: float, timeout: float) -> None:
+    """Wait until the embedded worker has written the override catalogue (it imports torch and mmseg
+    first: seconds); past ``timeout`` the API starts anyway, and jobs check their overrides when they start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if path.stat().st_mtime >= newer_than - 1:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    typer.secho(f"warning: the worker wrote no {path.name} in {timeout:.0f} s; model overrides are checked when "
+                "each job starts", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the service, worker, token and client commands to the top-level app."""
     token_cmd.register(app)
@@ -125,9 +140,12 @@ def register(app: typer.Typer) -> None:
         # tile inference in a worker of its own: a long job in the first one must not stall the map
         tw = WorkerProcess(["--queues", "tiles", "--pool", "solo", "--hostname", "tiles@%h",
                             "--loglevel", log_level]) if worker else None
+        started = time.time()
         for w in (wp, tw):
             if w:
                 w.start()
+        if wp:  # so that the first submissions are checked against it (model.overrides) like every later one
+            _wait_for_catalogue(settings.override_catalogue, newer_than=started, timeout=120)
         # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
         # `finally` below stop the worker instead of killing this process on the spot
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

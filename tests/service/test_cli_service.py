@@ -152,3 +152,33 @@ def test_serve_submit_wait_results_cancel_stop(served, tmp_path, nc_data, nc_ban
     proc.wait(30)
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_serve_checks_model_overrides_from_its_first_request(tmp_path, nc_data, nc_bands, nc_classes):
+    """The embedded worker writes the catalogue of keys a model reads; `serve` opens the API only once it is
+    there, so a submission made the moment /health answers is checked like any later one (it was accepted
+    then, and failed only when the job ran)."""
+    port = _free_port()
+    env = {**os.environ, "GEOADAPT_DATA_DIR": str(tmp_path / "state"),
+           "GEOADAPT_ALLOWED_ROOTS": f"{tmp_path}:{nc_data['strata'].parent}", "OMP_NUM_THREADS": "1"}
+    token = _ga("token", "create", "--name", "first", env=env).stdout.strip().splitlines()[-1].split()[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level",
+                             "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        spec = yaml.safe_load(_write_spec(tmp_path / "job.yaml", nc_data, nc_bands, nc_classes, 2).read_text())
+        spec["source"]["scenes"][0].update(bands=[str(p) for p in nc_bands], labels=str(nc_data["strata"]))
+        spec["model"] = {"config": "segformer-tiny", "overrides": {"no_such_key_anywhere": 1}}
+        r = httpx.post(f"{url}/v1/jobs", json=spec, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert r.status_code == 422 and "no_such_key_anywhere" in r.text, r.text
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
