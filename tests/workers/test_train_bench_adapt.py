@@ -48,6 +48,9 @@ def test_label_free_signals_are_rank_correlated_with_miou_across_every_run():
     assert s["label_free"]["agreement"] is None  # no run has it
     assert s["methods"]["st-dasegnet"]["label_free"][1]["mean_max_prob"] == 0.90
     assert "label_free" not in s["methods"]["oracle"]
+    # a row that shows another row's runs is not counted twice
+    again = summarise({**rows, "copy": rows["st-dasegnet"]}, ["a", "b"], ["st-dasegnet"], copies=("copy",))
+    assert again["label_free"] == s["label_free"]
 
 
 def test_report_shows_how_each_adaptation_run_ended_per_seed():

@@ -420,8 +420,10 @@ def _std(xs):
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0 if xs else None
 
 
-def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: list[str]) -> dict:
-    """Per-method per-seed lists, means/spreads, and gap closure of each adaptation method."""
+def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: list[str],
+              copies: tuple[str, ...] = ()) -> dict:
+    """Per-method per-seed lists, means/spreads, and gap closure of each adaptation method. ``copies``: rows
+    that show another row's runs (counted once in the label-free correlations)."""
     methods = {}
     for name, per_seed in rows.items():
         entry = {
@@ -448,7 +450,7 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
                 denom = top - base
                 gap[a] = (methods[a]["mean"]["miou"] - base) / denom if abs(denom) > 1e-12 else None
     return {"methods": methods, "best_source_only": best_so, "gap_closure": gap,
-            "label_free": label_free_correlations(methods)}
+            "label_free": label_free_correlations({k: m for k, m in methods.items() if k not in copies})}
 
 
 def label_free_correlations(methods: dict) -> dict[str, float | None]:
@@ -649,7 +651,7 @@ def run_case(out: Path, s: BenchSettings, *, methods: list[str] | None = None, d
         "train_columns": list(case.train_columns),
         "test_columns": list(case.test_columns),
         "mean_over": "classes present in the ground truth of the target test region",
-        **summarise(rows, class_names, adaptation),
+        **summarise(rows, class_names, adaptation, copies=("st-dasegnet-faithful",) if same_as_default else ()),
         "goals": {"st-dasegnet": GAP_CLOSURE_GOAL},
         "faithful_is_default": same_as_default,
         "timing_s": timings,
