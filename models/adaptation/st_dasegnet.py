@@ -101,22 +101,19 @@ def pseudo_weights(
     """
     if valid is None:
         valid = torch.ones_like(conf, dtype=torch.bool)
-    n = valid.sum()
-    q = ((conf >= threshold) & valid).sum().float() / n.clamp(min=1)
+    q = ((conf >= threshold) & valid).sum().float() / valid.sum().clamp(min=1)
+    return quality_weights(conf, label, class_weight, q, rare_threshold=rare_threshold, valid=valid), float(q)
+
+
+def quality_weights(conf: Tensor, label: Tensor, class_weight: Sequence[float] | Tensor, q: float | Tensor, *,
+                    rare_threshold: float = 0.8, valid: Tensor | None = None) -> Tensor:
+    """The spec's per-pixel weights for a batch quality q, however q was counted: w = q * cw[label] where
+    p >= ``rare_threshold``, else 0.5 * q; 0 on invalid pixels."""
+    q = torch.as_tensor(q, dtype=conf.dtype, device=conf.device)
     cw = torch.as_tensor(class_weight, dtype=conf.dtype, device=conf.device)
     safe = label.clamp(max=len(cw) - 1)  # ignored pixels index anything; their weight is zeroed
     w = torch.where(conf >= rare_threshold, q * cw[safe], 0.5 * q)
-    w = w * valid.to(w.dtype)
-    return w, float(q)
-
-
-def quality_weights(conf: Tensor, label: Tensor, class_weight: Sequence[float] | Tensor, q: float, *,
-                    rare_threshold: float = 0.8, valid: Tensor | None = None) -> Tensor:
-    """The spec's per-pixel weights for a given q (as :func:`pseudo_weights`, q computed elsewhere)."""
-    cw = torch.as_tensor(class_weight, dtype=conf.dtype, device=conf.device)
-    safe = label.clamp(max=len(cw) - 1)
-    w = torch.where(conf >= rare_threshold, q * cw[safe], torch.full_like(conf, 0.5 * q))
-    return w * (valid.to(w.dtype) if valid is not None else 1.0)
+    return w * valid.to(w.dtype) if valid is not None else w
 
 
 def widen_head_for_ddm(head_cfg: Mapping, level_channels: Sequence[int]) -> dict:
@@ -240,7 +237,6 @@ class STDASegNet(AdaptationMethod):
         self.add_optimizer("discriminator", {"disc_src": self.net["disc_src"], "disc_tgt": self.net["disc_tgt"]},
                            self.cfg.get("disc_optim") or {"type": "Adam", "lr": 1e-5, "betas": (0.9, 0.99)},
                            self.cfg.get("lr_schedule"))
-        self._iteration = 0
         self.train()
 
     # -- modes --
@@ -276,9 +272,9 @@ class STDASegNet(AdaptationMethod):
         ema_update(self.net["teacher_t"], self.net["students"].decoder_t, alpha)
         return alpha
 
-    def student_losses(self, batch: Mapping) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Every term of the student objective, the weighted total under ``loss``, and the
-        detached last-level features the discriminator step needs."""
+    def student_losses(self, batch: Mapping, adapting: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every term of the student objective, the weighted total under ``loss`` (the source terms alone
+        when not ``adapting``), and the detached last-level features the discriminator step needs."""
         a, st = self.a, self.net["students"]
         xs, ys = batch["source"]["img"], batch["source"]["label"]
         xt = batch["target"]["img"]
@@ -298,9 +294,10 @@ class STDASegNet(AdaptationMethod):
             conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt)
             threshold = float(a.get("pseudo_threshold", 0.975))
             rare = float(a.get("pseudo_rare_threshold", 0.8))
-            w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight, threshold=threshold,
-                                  rare_threshold=rare, valid=vt)
-            if a.get("pseudo_quantile") is not None:  # CBST-style class-wise thresholds decide q
+            if a.get("pseudo_quantile") is None:  # the spec: q from the fixed threshold
+                w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight, threshold=threshold,
+                                      rare_threshold=rare, valid=vt)
+            else:  # CBST-style class-wise thresholds decide q
                 q = classwise_quality(conf, yhat, len(self.pseudo_class_weight), threshold=threshold,
                                       quantile=float(a["pseudo_quantile"]), valid=vt)
                 w = quality_weights(conf, yhat, self.pseudo_class_weight, q, rare_threshold=rare, valid=vt)
@@ -313,7 +310,7 @@ class STDASegNet(AdaptationMethod):
             "adv_s": gan_loss(self.net["disc_src"](spatial_softmax(f_ts[-1])), True, size),
             "adv_t": gan_loss(self.net["disc_tgt"](spatial_softmax(f_st[-1])), True, size),
         }
-        terms["loss"] = self.combine(terms, adapting=self._iteration >= self.warmup_iters())
+        terms["loss"] = self.combine(terms, adapting=adapting)
         terms["pseudo_q"] = torch.tensor(q)
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
@@ -343,7 +340,7 @@ class STDASegNet(AdaptationMethod):
         return float(self.a.get("adv_weight", 0.005)) * sum(terms.values())
 
     def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
-        self._iteration = iteration
+        adapting = iteration >= self.warmup_iters()  # False through the source-only warm-up stage
         if iteration > 0:
             self.update_teachers(iteration)
         self.set_lr(iteration)
@@ -353,7 +350,7 @@ class STDASegNet(AdaptationMethod):
         for d in discs:  # frozen for the student's backward
             d.requires_grad_(False)
         opt_s.zero_grad(set_to_none=True)
-        terms, feats = self.student_losses(batch)
+        terms, feats = self.student_losses(batch, adapting)
         terms["loss"].backward()
         opt_s.step()
 
@@ -361,7 +358,7 @@ class STDASegNet(AdaptationMethod):
             d.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
         terms_d = self.discriminator_terms(feats, batch["source"]["img"].shape[-2:])
-        loss_d = self.discriminator_loss(terms_d) * (1.0 if iteration >= self.warmup_iters() else 0.0)
+        loss_d = self.discriminator_loss(terms_d) * (1.0 if adapting else 0.0)
         loss_d.backward()
         opt_d.step()
 

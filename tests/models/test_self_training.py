@@ -117,7 +117,6 @@ def test_source_warmup_keeps_teachers_equal_to_students_and_the_target_terms_off
     for pt, ps in zip(m.net["teacher_s"].parameters(), m.net["students"].decoder_s.parameters()):
         assert torch.equal(pt, ps)
     terms, _ = m.student_losses(batch)
-    m._iteration = 2
     warm = m.combine(terms, adapting=False)
     assert torch.allclose(warm, terms["ce_src_s"] + terms["ce_src_t"])
     assert m.update_teachers(8) == pytest.approx(min(1 - 1 / 4, 0.5))  # after warm-up: t counts from its end
