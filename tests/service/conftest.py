@@ -105,3 +105,22 @@ def served_in_thread(app):
     finally:
         server.should_exit = True
         th.join(10)
+
+
+def read_tms_layer(tilejson: dict, authorization: str | None = None):
+    """What GDAL's TMS driver (QGIS's XYZ layers) reads of a tilejson's first tile URL at its maxzoom over its
+    bounds: a (4, h, w) RGBA array; ``authorization``: the header GDAL sends, None for none at all."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    tmpl = tilejson["tiles"][0].replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}")
+    xml = f"""<GDAL_WMS><Service name="TMS"><ServerUrl>{tmpl.replace("&", "&amp;")}</ServerUrl></Service>
+<DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>20037508.34</UpperLeftY>
+<LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY><TileLevel>{tilejson['maxzoom']}</TileLevel>
+<TileCountX>1</TileCountX><TileCountY>1</TileCountY><YOrigin>top</YOrigin></DataWindow>
+<Projection>EPSG:3857</Projection><BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY>
+<BandsCount>4</BandsCount><ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes></GDAL_WMS>"""
+    headers = f"Authorization: {authorization}" if authorization else None
+    with rasterio.Env(GDAL_HTTP_HEADERS=headers), rasterio.open(xml) as ds:
+        left, bottom, right, top = transform_bounds("EPSG:4326", "EPSG:3857", *tilejson["bounds"])
+        return ds.read(window=ds.window(left, bottom, right, top).round_offsets().round_lengths())

@@ -11,10 +11,11 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
-from rasterio.warp import transform_bounds
 
 from service.api.signed_urls import SECRET_FILE, TileUrlSigner
 from service.bench_security import COG_NAME, TMS, free_port, prepare, start_server, stop_server
+
+from .conftest import read_tms_layer
 
 OTHER = "predictions--other"
 
@@ -64,17 +65,7 @@ def test_gdal_reads_the_signed_tile_layer_with_no_header(served):
     assert sig["kid"] == world.tokens[-1].split("_")[1] and int(sig["exp"]) > time.time() + 3000  # default ttl 1 h
     # the 10 m COG: z14's 9.6 m pixels are the first at least as fine (the nearest zoom, z13, is 19 m)
     assert tj["maxzoom"] == 14
-    tmpl = url.replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}").replace("&", "&amp;")
-    xml = f"""<GDAL_WMS><Service name="TMS"><ServerUrl>{tmpl}</ServerUrl></Service>
-<DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>20037508.34</UpperLeftY>
-<LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY><TileLevel>{tj['maxzoom']}</TileLevel>
-<TileCountX>1</TileCountX><TileCountY>1</TileCountY><YOrigin>top</YOrigin></DataWindow>
-<Projection>EPSG:3857</Projection><BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY>
-<BandsCount>4</BandsCount><ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes></GDAL_WMS>"""
-    with rasterio.Env(GDAL_HTTP_HEADERS=None), rasterio.open(xml) as ds:  # no Authorization header anywhere
-        l, b, r, t = transform_bounds("EPSG:4326", "EPSG:3857", *tj["bounds"])
-        win = ds.window(l, b, r, t).round_offsets().round_lengths()
-        arr = ds.read(window=win)
+    arr = read_tms_layer(tj)  # no Authorization header anywhere
     alpha = arr[3]
     assert (alpha == 255).sum() > 100_000 and set(np.unique(alpha)) <= {0, 255}
     # one tile through /vsicurl/, as GDAL opens any URL

@@ -29,7 +29,7 @@ from service.store.db import session_scope
 from service.store.models import SUCCESSFUL, Job
 from service.tiles.cache import lookup
 
-from .conftest import served_in_thread
+from .conftest import read_tms_layer, served_in_thread
 
 WM = morecantile.tms.get("WebMercatorQuad")
 COLOURS = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in NC_CLASSES}
@@ -356,17 +356,7 @@ def test_gdal_tms_client_reads_the_layer_with_only_class_colours(world, live):
     link = next(p["links"]["tilejson"] for p in res["predictions"] if p["name"] == "predictions--nc")
     tj = httpx.get(link, headers=h).json()
     assert tj["tiles"][0].startswith(live)
-    tmpl = tj["tiles"][0].replace("{z}", "${z}").replace("{x}", "${x}").replace("{y}", "${y}").replace("&", "&amp;")
-    xml = f"""<GDAL_WMS><Service name="TMS"><ServerUrl>{tmpl}</ServerUrl></Service>
-<DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>20037508.34</UpperLeftY>
-<LowerRightX>20037508.34</LowerRightX><LowerRightY>-20037508.34</LowerRightY><TileLevel>{tj['maxzoom']}</TileLevel>
-<TileCountX>1</TileCountX><TileCountY>1</TileCountY><YOrigin>top</YOrigin></DataWindow>
-<Projection>EPSG:3857</Projection><BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY>
-<BandsCount>4</BandsCount><ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes></GDAL_WMS>"""
-    with rasterio.Env(GDAL_HTTP_HEADERS=f"Authorization: {h['Authorization']}"), rasterio.open(xml) as ds:
-        l, b, r, t = transform_bounds("EPSG:4326", "EPSG:3857", *tj["bounds"])
-        win = ds.window(l, b, r, t).round_offsets().round_lengths()
-        arr = ds.read(window=win)
+    arr = read_tms_layer(tj, h["Authorization"])
     rgba = arr.reshape(4, -1).T
     opaque = rgba[rgba[:, 3] > 0]
     assert len(opaque) > 50_000
