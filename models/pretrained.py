@@ -35,7 +35,7 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-#: roles a band may have for the stem mapping (anything else is "other")
+#: the band roles an RGB stem has a filter for, in the weights' channel order (any other role is "other")
 RGB = ("red", "green", "blue")
 
 

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from models.pretrained import RGB as RGB_ROLES
+
 #: stage table of TF's efficientnet_lite_builder: (repeats, kernel, stride, expand ratio, in, out)
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
            (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
 #: width and depth multipliers per variant (TF: efficientnet_lite_params)
 ARCHS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2), "lite3": (1.2, 1.4), "lite4": (1.4, 1.8)}
-#: the band roles a stem filter exists for, in the weights' channel order
-RGB_ROLES = ("red", "green", "blue")
 #: ImageNet's per-channel mean and std (RGB, 0-255), and the lite weights' input scaling (x - 127) / 128
 _IMAGENET_MEAN = (123.675, 116.28, 103.53)
 _IMAGENET_STD = (58.395, 57.12, 57.375)
