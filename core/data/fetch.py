@@ -100,11 +100,12 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _package(name: str) -> Package:
+def _package(name: str, registry: dict[str, Package] | None = None, what: str = "dataset") -> Package:
+    registry = DATASETS if registry is None else registry
     try:
-        return DATASETS[name]
+        return registry[name]
     except KeyError:
-        raise DataFetchError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise DataFetchError(f"unknown {what} {name!r}; known: {', '.join(registry)}") from None
 
 
 def cached(name: str, dir: str | Path | None = None) -> dict[str, Path] | None:
@@ -243,10 +244,7 @@ WEIGHTS: dict[str, Package] = {
 
 
 def _weights_package(name: str) -> Package:
-    try:
-        return WEIGHTS[name]
-    except KeyError:
-        raise DataFetchError(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}") from None
+    return _package(name, WEIGHTS, "weights")
 
 
 def weights_dir(name: str) -> Path:
