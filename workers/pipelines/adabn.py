@@ -131,17 +131,17 @@ def run_adabn(
                           "iterations": source_model.provenance.get("iterations")})
         provenance.update(normalization="source", weights="the source model's; batch-norm statistics re-estimated")
         provenance["datasets"]["source"] = given.get("source")  # what the source model was trained on
+        # the unchanged model's scores and signals, under the name other adapt jobs give their source-only
+        # baseline when that is what it is
+        before_key = "source_only" if source_model.method == "source-only" else "baseline"
         metrics = {
             "validation": after,
-            # the unchanged model's scores, under the name other adapt jobs give their source-only baseline
-            # when that is what it is
-            ("source_only" if source_model.method == "source-only" else "baseline"): before,
+            before_key: before,
             "validation_stats": "source" if validation is not None else None,
             "best": None,
             "adabn": {"batches": state["done"], "batch_size": run["batch_size"], "crop": run["crop"],
                       "batchnorm_layers": layers, "elapsed_s": round(result.elapsed_s, 1)},
-            "label_free": {**signals,
-                           ("source_only" if source_model.method == "source-only" else "baseline"): signals_before},
+            "label_free": {**signals, before_key: signals_before},
         }
         bundle_dir = save_bundle(out / "bundle", segmentor.cpu().eval(), source_model.config, classes,
                                  {"source": stats, "target": stats}, provenance, after or {},
