@@ -614,7 +614,7 @@ def run_case(out: Path, s: BenchSettings, *, methods: list[str] | None = None, d
         torch.set_num_threads(s.threads)
     t0 = time.perf_counter()
     domains = case.domains(data_dir, s.shift_seed, say)
-    with Domain.open(DomainSpec.model_validate(domains["target"]), _class_specs(case), labels=False) as tdom:
+    with Domain.open(DomainSpec.model_validate(domains["target"]), None, labels=False) as tdom:  # no labels read
         target_stats = tdom.stats()
     chosen = [m for m in (methods or [m for m, r in RUNNERS.items() if r.default]) if RUNNERS[m].applies(case)]
     for m in list(chosen):  # a runner's prerequisites run too
@@ -662,12 +662,6 @@ def run_case(out: Path, s: BenchSettings, *, methods: list[str] | None = None, d
     }
     write_report(report, out)
     return report
-
-
-def _class_specs(case: BenchCase):
-    from core.jobspec import ClassSpec
-
-    return [ClassSpec.model_validate(c) for c in case.classes]
 
 
 def _run_task_in(ctx: BenchContext, name: str, seed: int) -> tuple[str, int, dict, float]:
