@@ -16,6 +16,7 @@ from mmengine.config import Config, ConfigDict
 
 from core import overrides as core_overrides
 from core.errors import ConfigError
+from core.files import write_json
 
 #: keys a resolved config always has
 REQUIRED_KEYS = ("model", "optim", "lr_schedule")
@@ -210,3 +211,23 @@ def train_settings(cfg: Mapping, explicit: Mapping[str, Any], defaults: Mapping[
     out.update({k: v for k, v in (cfg.get("train") or {}).items() if k in defaults})
     out.update({k: v for k, v in explicit.items() if k in defaults})
     return out
+
+
+#: methods whose adaptation block a config is resolved with (select_adaptation), in the catalogue
+CATALOGUE_METHODS = ("source-only", "st-dasegnet", "feature-regression")
+
+
+def override_catalogue() -> dict:
+    """What the API needs to judge overrides at submit: module arguments and each config per method."""
+    from models.overrides import module_arguments
+
+    configs = {}
+    for name in list_configs():
+        cfg = load_config(name)
+        configs[name] = {method: select_adaptation(cfg, method) for method in CATALOGUE_METHODS}
+    return {"modules": module_arguments(), "configs": configs}
+
+
+def write_override_catalogue(path: Path) -> Path:
+    """Written whole or not at all (the API may read it at any moment)."""
+    return write_json(path, override_catalogue())

@@ -1,16 +1,11 @@
-"""The model registry's side of core/overrides.py: the arguments of every registered module and optimiser,
-and the catalogue (those plus every shipped config, per method) that workers write for the API."""
+"""The model registry's side of core/overrides.py: the arguments of every registered module and optimiser
+(models.config writes them, with every shipped config per method, into the catalogue the API reads)."""
 from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 
-from core.files import write_json
 from core.overrides import OPTIMIZER_KEYS, OPTIMIZERS
-
-#: methods whose adaptation block a config is resolved with (models.config.select_adaptation)
-METHODS = ("source-only", "st-dasegnet", "feature-regression")
 
 
 @functools.cache
@@ -50,19 +45,3 @@ def init_arguments(obj) -> list[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return sorted(set(names))
-
-
-def catalogue() -> dict:
-    """What the API needs to judge overrides at submit: module arguments and each config per method."""
-    from models.config import list_configs, load_config, select_adaptation
-
-    configs = {}
-    for name in list_configs():
-        cfg = load_config(name)
-        configs[name] = {method: select_adaptation(cfg, method) for method in METHODS}
-    return {"modules": module_arguments(), "configs": configs}
-
-
-def write_catalogue(path: Path) -> Path:
-    """Written whole or not at all (the API may read it at any moment)."""
-    return write_json(path, catalogue())

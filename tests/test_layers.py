@@ -1,7 +1,15 @@
-"""Import direction between the layers (house style): service -> core <- workers -> models.
+"""The import graph of the whole project (house style): which layer may import which, and no cycles.
 
-Checked statically on every module, so a forbidden import fails here even on a code path that no
-other test runs; plus one dynamic check that the CLI entry point does not load torch at start-up.
+    cli ──────────────┐ (composition root: may import every layer)
+    benchmarks ───────┤ (drive the service and the workers from the outside)
+    service ─┐        │
+    workers ─┼─> core │
+    models ──┘        │
+    workers -> models
+
+Checked statically on every module, imports inside functions included, so a forbidden import fails
+here even on a code path no other test runs; plus, in fresh interpreters, that the CLI and the API
+start without torch, mmseg, models or workers.
 """
 import ast
 import subprocess
@@ -11,63 +19,109 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "models", "workers", "service", "benchmarks", "cli", "configs")
 
-#: package -> top-level packages it must never import (anywhere, lazily included)
-FORBIDDEN = {
-    "core": {"torch", "mmseg", "mmcv", "mmengine", "fastapi", "celery", "service", "workers", "models"},
-    "models": {"service", "workers", "fastapi", "celery"},
-    "workers": {"service", "fastapi"},
-    "service": {"workers", "models"},
+#: package -> our packages it may import (itself always)
+ALLOWED = {
+    "core": set(),
+    "models": {"core", "configs"},  # configs: the package of mmseg config files it loads
+    "workers": {"core", "models"},
+    "service": {"core"},
+    "benchmarks": {"core", "models", "workers", "service"},
+    "cli": {"core", "models", "workers", "service", "benchmarks"},
+    "configs": set(),
 }
-#: service may use these only inside functions (CLI commands that run locally), never at import
-SERVICE_LAZY_ONLY = {"torch", "mmseg", "mmcv", "mmengine", "models", "workers"}
+#: package -> third-party packages it must never import
+THIRD_PARTY_FORBIDDEN = {
+    "core": {"torch", "mmseg", "mmcv", "mmengine", "fastapi", "celery"},
+    "models": {"fastapi", "celery"},
+    "workers": {"fastapi"},
+    "service": {"torch", "mmseg", "mmcv", "mmengine"},
+}
+HEAVY = ("torch", "mmseg", "mmcv", "mmengine", "models", "workers")
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def _imports(path: Path):
+    """(line, dotted name) of every absolute import in the file, at any depth."""
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                yield node, a.name.split(".")[0]
+                yield node.lineno, a.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node, node.module.split(".")[0]
+            yield node.lineno, node.module
 
 
-def _module_level(tree_path: Path):
-    tree = ast.parse(tree_path.read_text())
-    top = set()
-    for node in tree.body:
-        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []:
-            if isinstance(sub, ast.Import):
-                top |= {a.name.split(".")[0] for a in sub.names}
-            elif isinstance(sub, ast.ImportFrom) and sub.level == 0 and sub.module:
-                top.add(sub.module.split(".")[0])
-    return top
+def _project_files():
+    for package in PACKAGES:
+        yield from sorted((ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_no_forbidden_imports(package):
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (a name inside a module counts as that module)."""
+    raw = {_module_name(p): {n for _, n in _imports(p) if n.split(".")[0] in PACKAGES} for p in _project_files()}
+
+    def resolve(name: str) -> str:
+        while name not in raw and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    return {m: {resolve(n) for n in names} - {m} for m, names in raw.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return path[path.index(v):] + [v]
+            if v not in state and (found := visit(v)):
+                return found
+        state[u] = 2
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_layer_imports_only_what_it_may(package):
     bad = []
     for path in sorted((ROOT / package).rglob("*.py")):
-        for node, name in _imports(path):
-            if name in FORBIDDEN[package]:
-                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
-    # the local CLI commands (run, predict, evaluate, bench) call workers/models lazily by design
-    if package == "service":
-        bad = [b for b in bad if "/cli/" not in b]
+        for line, name in _imports(path):
+            top = name.split(".")[0]
+            ours_not_allowed = top in PACKAGES and top != package and top not in ALLOWED[package]
+            if ours_not_allowed or top in THIRD_PARTY_FORBIDDEN.get(package, ()):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     assert not bad, "\n".join(bad)
 
 
-def test_service_imports_nothing_heavy_at_module_level():
-    bad = []
-    for path in sorted((ROOT / "service").rglob("*.py")):
-        heavy = _module_level(path) & SERVICE_LAZY_ONLY
-        if heavy:
-            bad.append(f"{path.relative_to(ROOT)} imports {sorted(heavy)} at module level")
-    assert not bad, "\n".join(bad)
+def test_import_graph_has_no_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_cli_starts_without_torch():
-    code = "import sys, service.cli; assert 'torch' not in sys.modules, 'torch loaded'; print('ok')"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+def test_cycle_finder_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", ["cli", "service.app", "service.api.routes.jobs", "service.store.jobs"])
+def test_entry_points_start_without_heavy_modules(module):
+    code = (f"import sys, {module}\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print(heavy)\n"
+            "sys.exit(1 if heavy else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, f"{module} imported {r.stdout.strip()} {r.stderr[-500:]}"

@@ -36,12 +36,7 @@ from workers.celery_app import DATASET_STATS, RUN_JOB, app
 log = logging.getLogger("geoadapt.worker")
 
 #: job type -> "module:function", imported when a job of that type runs (torch loads only then)
-PIPELINES = {
-    "train": "workers.pipelines.train:run_job",
-    "adapt": "workers.pipelines.train:run_job",
-    "evaluate": "workers.pipelines.train:run_job",
-    "predict": "workers.pipelines.predict:run_job",
-}
+PIPELINES = {t: "workers.pipelines.dispatch:run_job" for t in ("train", "adapt", "evaluate", "predict")}
 
 
 # ---- which process runs a job, and is it still alive? -------------------------------------------

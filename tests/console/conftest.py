@@ -85,7 +85,7 @@ class Served:
 
 
 def _ga(env, *args) -> str:
-    r = subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -105,7 +105,7 @@ def served(tmp_path_factory, nc_data, nc_bands, nc_classes):
     token = _ga(env, "token", "create", "--name", "console").strip().splitlines()[-1].split()[-1]
     other = _ga(env, "token", "create", "--name", "someone-else").strip().splitlines()[-1].split()[-1]
     log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -87,7 +87,7 @@ def test_class_counts_of_the_real_nc_region(nc_bands, nc_data, nc_classes):
 def test_a_training_job_writes_the_weights_it_computed_into_its_bundle(tmp_path, nc_bands, nc_data, nc_classes,
                                                                       one_torch_thread):
     from core.jobspec import load_job_spec
-    from workers.pipelines.train import run_job
+    from workers.pipelines.dispatch import run_job
 
     source = {"scenes": [{"bands": [str(p) for p in nc_bands], "labels": str(nc_data["strata"])}],
               "region": {"columns": [0.0, 0.6]}}

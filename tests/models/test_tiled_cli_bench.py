@@ -33,7 +33,7 @@ def _conv_bundle(path, classes, stats):
 
 
 def test_cli_predicts_a_band_stack_into_a_cog(nc_bands, nc_classes, tmp_path):
-    from service.cli import app
+    from cli import app
 
     with Scene.open(nc_bands) as s:
         stats = compute_stats([s])
@@ -54,7 +54,7 @@ def test_cli_predicts_a_band_stack_into_a_cog(nc_bands, nc_classes, tmp_path):
 
 
 def test_naive_baseline_computes_the_same_classes_on_the_nc_mosaic(nc_data, nc_classes, tmp_path):
-    from workers.benchmarks.predict import BenchSettings, build_mosaic, naive_predict
+    from benchmarks.predict import BenchSettings, build_mosaic, naive_predict
 
     path = build_mosaic(640, tmp_path / "mosaic.tif", nc_data["b10"].parent)
     with rasterio.open(path) as ds:

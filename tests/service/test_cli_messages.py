@@ -22,7 +22,7 @@ def geoadapt(*args, env: dict, columns: int | None = None) -> subprocess.Complet
     e = {**{k: v for k, v in os.environ.items() if not k.startswith("GEOADAPT_")}, **env}
     if columns:
         e["COLUMNS"] = str(columns)
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=e, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=e, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def _ga(*args, env, timeout=120, check=True):
-    r = subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
                        timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"geoadapt {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
@@ -40,7 +40,7 @@ def served(tmp_path, nc_data):
     token = _ga("token", "create", "--name", "cli", env=env).stdout.strip().splitlines()[-1].split()[-1]
     env.update(GEOADAPT_URL=f"http://127.0.0.1:{port}", GEOADAPT_TOKEN=token)
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port),
                              "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = env["GEOADAPT_URL"]
@@ -162,7 +162,7 @@ def test_serve_checks_model_overrides_from_its_first_request(tmp_path, nc_data, 
     env = {**os.environ, "GEOADAPT_DATA_DIR": str(tmp_path / "state"),
            "GEOADAPT_ALLOWED_ROOTS": f"{tmp_path}:{nc_data['strata'].parent}", "OMP_NUM_THREADS": "1"}
     token = _ga("token", "create", "--name", "first", env=env).stdout.strip().splitlines()[-1].split()[-1]
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--log-level",
                              "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

@@ -12,7 +12,7 @@ import rasterio
 @pytest.mark.slow
 def test_demo_runs_the_real_flow_through_the_embedded_service(tmp_path, nc_data):
     r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "demo", "--iterations", "2", "--exit", "--state", str(tmp_path / "state")],
+        [sys.executable, "-m", "cli", "demo", "--iterations", "2", "--exit", "--state", str(tmp_path / "state")],
         capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

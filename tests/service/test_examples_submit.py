@@ -20,7 +20,7 @@ from service.store.db import session_scope
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_the_example_json_is_a_job_the_service_accepts(name, tmp_path, nc_data):
-    out = subprocess.run([sys.executable, "-m", "service.cli", "example", name, "--json", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "cli", "example", name, "--json", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     path = tmp_path / f"{name}.json"
@@ -40,6 +40,6 @@ def test_the_example_json_is_a_job_the_service_accepts(name, tmp_path, nc_data):
 
 
 def test_an_unknown_example_exits_2_naming_the_known_ones():
-    r = subprocess.run([sys.executable, "-m", "service.cli", "example", "nc-to-mars"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli", "example", "nc-to-mars"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "nc-to-olinda" in r.stderr

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from core.files import write_json
 from core.raster.cog import class_cog_writer
 from core.raster.scene import gdal_message
-from service.bench_security import CLASSES, write_class_cog
+from benchmarks.security import CLASSES, write_class_cog
 
 
 def _hash_tree(folder: Path) -> dict:
@@ -123,7 +123,7 @@ _CHILD = textwrap.dedent("""
         result["json"] = "written"
     except OSError as e:
         result["json"] = e.errno
-    from service.bench_security import write_class_cog
+    from benchmarks.security import write_class_cog
     try:
         write_class_cog(out / "predictions" / "scene.tif", size=1024)
         result["cog"] = "written"

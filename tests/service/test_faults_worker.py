@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from core.data.nc import NC_CLASSES
 from service.app import create_app
-from service.bench_security import free_port
+from benchmarks.security import free_port
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
@@ -148,7 +148,7 @@ class Rig:
         name = f"f{uuid.uuid4().hex[:6]}"
         log = open(self.root / "worker.log", "ab")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel",
+            [sys.executable, "-m", "cli", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel",
              "info", "--hostname", f"{name}@%h"], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -197,7 +197,7 @@ class Rig:
 def rig(tmp_path_factory, nc_data, nc_bands, pg_module_schema_url):
     from core.raster.scene import Scene
     from core.raster.stats import compute_stats
-    from workers.benchmarks.predict import build_mosaic
+    from benchmarks.predict import build_mosaic
 
     root = tmp_path_factory.mktemp("faults")
     r = Rig(root, Path(nc_data["strata"]).parent, pg_module_schema_url)

@@ -19,7 +19,7 @@ from .conftest import train_spec
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
     path = tmp_path_factory.mktemp("catalogue") / "override-catalogue.json"
-    code = "import sys; from models.overrides import write_catalogue; write_catalogue(sys.argv[1])"
+    code = "import sys; from models.config import write_override_catalogue; write_override_catalogue(sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=300)
     return path.read_bytes()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.bench_security import free_port, prepare, run_schemathesis, schemathesis_bin, start_server, stop_server
+from benchmarks.security import free_port, prepare, run_schemathesis, schemathesis_bin, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

@@ -45,7 +45,7 @@ def world(request, tmp_path_factory, nc_data, nc_bands):
 
     from core.jobspec import load_job_spec
     from models.inference import predict_raster
-    from workers.pipelines.train import run_job
+    from workers.pipelines.dispatch import run_job
 
     root = tmp_path_factory.mktemp("tiles")
     settings = Settings(data_dir=root / "state", allowed_roots=[root, nc_bands[0].parent], rate_limit_per_minute=0)
@@ -93,7 +93,7 @@ def _start_tile_worker(settings, root) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GEOADAPT_DATA_DIR": str(settings.data_dir),
            "GEOADAPT_DATABASE_URL": settings.database_url, "GEOADAPT_BROKER_URL": settings.broker_url}
     with open(root / "tile-worker.log", "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--queues", "tiles", "--pool", "solo",
+        return subprocess.Popen([sys.executable, "-m", "cli", "worker", "--queues", "tiles", "--pool", "solo",
                                  "--loglevel", "info", "--hostname", f"tiles{uuid.uuid4().hex[:6]}@%h"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -45,7 +45,7 @@ def _rgba(png: bytes) -> np.ndarray:
 def test_titiler_and_our_tiles_show_the_same_classes(cog_with_nodata_corner):
     from fastapi.testclient import TestClient
 
-    from service.tiles.reference import create_app
+    from benchmarks.titiler_reference import create_app
 
     src = CogSource(cog_with_nodata_corner, WM)
     colours = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in CLASSES}

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from core.jobspec import load_job_spec
 from service.app import create_app
-from service.bench_security import write_class_cog
-from service.cli import app as cli
+from benchmarks.security import write_class_cog
+from cli import app as cli
 from service.settings import Settings
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.bench_security import (format_report, free_port, lost_jobs, prepare, start_server, stop_server,
+from benchmarks.security import (format_report, free_port, lost_jobs, prepare, start_server, stop_server,
                                     submit_status_load, tile_load)
 
 CLIENTS = 50

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from service.bench_security import free_port, prepare, start_server, stop_server
+from benchmarks.security import free_port, prepare, start_server, stop_server
 
 DB_PASSWORD = "db-pw-" + uuid.uuid4().hex[:12]
 BROKER_PASSWORD = "broker-pw-" + uuid.uuid4().hex[:12]

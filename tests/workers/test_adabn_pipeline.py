@@ -22,7 +22,7 @@ from models.batchnorm_statistics import batchnorm_layers
 from models.bundle import load_bundle
 from models.data.sampler import WindowSampler
 from models.training.callbacks import History, StopAfter
-from workers.pipelines.train import run_job
+from workers.pipelines.dispatch import run_job
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,7 +141,7 @@ def test_geoadapt_run_adapts_and_refuses_a_model_without_batchnorm(bench_domains
     def run(bundle, name):
         job = tmp_path / f"{name}.yaml"
         job.write_text(yaml.safe_dump(_adabn(bench_domains, bundle, tmp_path / name)))
-        return subprocess.run([sys.executable, "-m", "service.cli", "run", str(job), "--threads", "1"],
+        return subprocess.run([sys.executable, "-m", "cli", "run", str(job), "--threads", "1"],
                               capture_output=True, text=True, timeout=300)
 
     ok = run(source_model, "adapted")
@@ -160,7 +160,7 @@ def test_ctrl_c_in_geoadapt_run_stops_and_writes_nothing(bench_domains, source_m
 
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(_adabn(bench_domains, source_model, tmp_path / "out", params={"batches": 100_000})))
-    p = subprocess.Popen([sys.executable, "-m", "service.cli", "run", str(job), "--threads", "1"],
+    p = subprocess.Popen([sys.executable, "-m", "cli", "run", str(job), "--threads", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stderr:  # the pipeline's step messages, then the progress bar

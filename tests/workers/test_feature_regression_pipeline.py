@@ -18,7 +18,7 @@ from core.errors import BandCountMismatchError, NoOverlapError
 from core.jobspec import load_job_spec
 from models.bundle import load_bundle
 from models.training.callbacks import History, StopAfter
-from workers.pipelines.train import run_job
+from workers.pipelines.dispatch import run_job
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core" / "raster"))
 from helpers import warp_copy  # noqa: E402

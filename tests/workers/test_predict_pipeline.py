@@ -14,7 +14,7 @@ from core.errors import BandCountMismatchError
 from core.jobspec import load_job_spec
 from models.training.callbacks import Callback
 from workers.pipelines.predict import run_job as run_predict
-from workers.pipelines.train import run_job as run_train
+from workers.pipelines.dispatch import run_job as run_train
 
 
 class Stages(Callback):

@@ -71,7 +71,7 @@ class Backend:
         name = f"w{uuid.uuid4().hex[:6]}@%h"
         log = open(self.root / f"worker-{len(self.workers)}.log", "wb")
         p = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--pool", pool, "--concurrency", "1",
+            [sys.executable, "-m", "cli", "worker", "--pool", pool, "--concurrency", "1",
              "--loglevel", "info", "--hostname", name],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import morecantile
 
-from workers.benchmarks.service import GOALS, _finish, _pct, load_test, sample_tiles
+from benchmarks.service import GOALS, _finish, _pct, load_test, sample_tiles
 
 WM = morecantile.tms.get("WebMercatorQuad")
 

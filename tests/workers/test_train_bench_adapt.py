@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from service.cli import app
-from workers.benchmarks.adapt import render_markdown, summarise
+from cli import app
+from benchmarks.adapt import render_markdown, summarise
 
 
 def _m(miou, ious):
@@ -127,7 +127,7 @@ def test_bench_adapt_neon_case_smoke(tmp_path):
 
 
 def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path, monkeypatch, capsys):
-    from service.cli import main
+    from cli import main
 
     monkeypatch.setattr("sys.argv", ["geoadapt", "bench", "adapt", "--method", "source-only+target-stats",
                                      "--method", "dann", "--out", str(tmp_path / "out")])
@@ -141,7 +141,7 @@ def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path, monkeyp
 
 def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp_path):
     from models.config import resolve_config
-    from workers.benchmarks.adapt import RUNNERS, ST_DASEGNET_OPTIONS, BenchContext, BenchSettings
+    from benchmarks.adapt import RUNNERS, ST_DASEGNET_OPTIONS, BenchContext, BenchSettings
 
     name = "st-dasegnet+threshold-0.9"
     assert not RUNNERS[name].default and RUNNERS[name].adaptation  # a row when asked for, with a gap closure
@@ -169,7 +169,7 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
 
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
-    from workers.benchmarks.adapt import BenchContext, BenchSettings
+    from benchmarks.adapt import BenchContext, BenchSettings
 
     off = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
     on = BenchContext(BenchSettings(photometric=True).for_case("nc"), tmp_path, {}, None, print)
@@ -184,7 +184,7 @@ def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path)
 
 def test_resize_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
-    from workers.benchmarks.adapt import BenchContext, BenchSettings
+    from benchmarks.adapt import BenchContext, BenchSettings
 
     on = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
     off = BenchContext(BenchSettings(resize=False).for_case("nc"), tmp_path, {}, None, print)
@@ -197,7 +197,7 @@ def test_resize_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
 def test_auto_class_weights_switch_reaches_every_method_and_keeps_its_runs_apart(tmp_path):
     from models.class_weights import auto_fields
     from models.config import resolve_config
-    from workers.benchmarks.adapt import BenchContext, BenchSettings
+    from benchmarks.adapt import BenchContext, BenchSettings
 
     plain = BenchContext(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
     auto = BenchContext(BenchSettings(auto_class_weights=True).for_case("nc"), tmp_path, {}, None, print)
@@ -214,7 +214,7 @@ def test_auto_class_weights_switch_reaches_every_method_and_keeps_its_runs_apart
 
 
 def test_source_stats_option_trains_and_scores_the_target_with_the_source_statistics(tmp_path):
-    from workers.benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
+    from benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
 
     name = "st-dasegnet+source-stats"
     assert not RUNNERS[name].default and RUNNERS[name].adaptation
@@ -236,7 +236,7 @@ def test_source_stats_option_trains_and_scores_the_target_with_the_source_statis
 
 
 def test_the_faithful_row_is_the_default_row_only_while_the_default_has_the_specs_values():
-    from workers.benchmarks.adapt import FAITHFUL_ST_DASEGNET, default_is_faithful
+    from benchmarks.adapt import FAITHFUL_ST_DASEGNET, default_is_faithful
 
     for config in ("segformer-tiny", "efficientnet-lite0"):
         assert default_is_faithful(config, {})

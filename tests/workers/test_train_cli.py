@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from core.data.nc import NC_CLASSES
-from service.cli import app
+from cli import app
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +67,7 @@ def test_run_refuses_overrides_nothing_reads_before_writing_anything(tmp_path):
             ({"a": 1}, ["model.overrides.a", "no part of the model reads 'a'"])):
         job = {**train_spec(img, lab), "output": "out", "model": {"config": "segformer-tiny", "overrides": overrides}}
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-        r = subprocess.run([sys.executable, "-m", "service.cli", "run", str(tmp_path / "job.yaml"), "--threads", "1"],
+        r = subprocess.run([sys.executable, "-m", "cli", "run", str(tmp_path / "job.yaml"), "--threads", "1"],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 2, r.stdout + r.stderr
         assert all(w in r.stderr for w in words), r.stderr

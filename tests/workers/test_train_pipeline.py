@@ -12,7 +12,7 @@ from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from models.bundle import load_bundle
 from models.training.callbacks import History, StopAfter
-from workers.pipelines.train import run_job
+from workers.pipelines.dispatch import run_job
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,6 +1,6 @@
 """AdaBN adapt job: a trained model's batch-norm statistics re-estimated on target windows; no training.
 
-Call flow of ``run_adabn`` (``run_job`` hands every adabn job here)::
+Call flow of ``run_adabn`` (workers.pipelines.dispatch hands every adabn job here)::
 
     load_bundle(spec.bundle): the model, its classes and the statistics its training crops were
         normalised with (its source statistics); no BatchNorm layer -> NoBatchNormError
@@ -58,7 +58,7 @@ def run_adabn(
     device: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run an adabn adapt job; returns run_job's summary shape (status, paths, metrics)."""
+    """Run an adabn adapt job; returns run_training's summary shape (status, paths, metrics)."""
     say = log or (lambda msg: None)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

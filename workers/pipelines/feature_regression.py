@@ -1,6 +1,6 @@
 """Feature-regression adapt job: a source-trained teacher, then a student regressed onto it on paired windows.
 
-Call flow of ``run_feature_regression`` (``run_job`` hands every feature-regression job here)::
+Call flow of ``run_feature_regression`` (workers.pipelines.dispatch hands every feature-regression job here)::
 
     teacher: spec.bundle (band count checked against the scenes)
              or phase 1: a source-only train job of the same spec in <output>/teacher
@@ -40,6 +40,7 @@ from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
+from workers.pipelines.train import TRAIN_KEYS, band_map_of, run_training, seed_everything
 
 METHOD = "feature-regression"
 
@@ -129,9 +130,7 @@ def run_feature_regression(
     device: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run a feature-regression adapt job; returns run_job's summary shape (status, paths, metrics)."""
-    from workers.pipelines.train import TRAIN_KEYS, band_map_of, run_job, seed_everything
-
+    """Run a feature-regression adapt job; returns run_training's summary shape (status, paths, metrics)."""
     say = log or (lambda msg: None)
     if spec.target is None:
         raise SpecError("feature regression needs target scenes", field="target")
@@ -166,7 +165,7 @@ def run_feature_regression(
         tdir = Path(tspec.output)
         if not (tdir / "bundle" / MANIFEST).exists():
             say("phase 1: training the teacher (source-only) on the source labels")
-            res = run_job(tspec, [PhaseCallbacks(callbacks, 0, grand, last=False)], resume=resume, device=device,
+            res = run_training(tspec, [PhaseCallbacks(callbacks, 0, grand, last=False)], resume=resume, device=device,
                           log=say)
             if res["status"] != "finished":
                 return {**res, "phase": "teacher", "total": grand}

@@ -1,20 +1,20 @@
 """Train / adapt / evaluate pipeline: a JobSpec in, a model bundle and metrics.json out.
 
-Call flow of ``run_job`` (train and adapt jobs)::
+Call flow of ``run_training`` (train jobs, and adapt jobs that train through the loop)::
 
     resolve config (name + overrides, fitted to the job's bands and classes)
     open domains: source (labelled), target (adapt; its labels are never read), validation
     statistics per domain -> samplers (source crops, target crops) -> SamplerBatches
     seed -> build the method (+ pretrained weights) -> TrainLoop(checkpoints in <output>/checkpoints)
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
-    stopped? -> return (a later run_job with the same output resumes)
+    stopped? -> return (a later run with the same output resumes)
     best validated weights (if validated) -> label-free signals on target and source windows (adapt jobs)
         -> <output>/bundle, <output>/metrics.json
     adapt job (unless params.predict_targets is false) -> one class COG per target scene
         (workers.pipelines.predict) under <output>/predictions/
 
 Adapt jobs of method feature-regression and adabn have pipelines of their own (feature_regression.py,
-adabn.py). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
+adabn.py; dispatch.py picks). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _val_stats(spec: JobSpec, stats: dict[str, BandStats]) -> BandStats:
     return stats["source"]
 
 
-def run_job(
+def run_training(
     spec: JobSpec,
     callbacks: Sequence[Callback] | None = None,
     *,
@@ -93,22 +93,10 @@ def run_job(
     device: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run a train, adapt or evaluate job; returns a summary (status, paths, metrics)."""
+    """Run a train job, or an adapt job whose method trains through the loop (source-only,
+    st-dasegnet); returns a summary (status, paths, metrics). workers.pipelines.dispatch picks it."""
     say = log or (lambda msg: None)
-    if spec.type == "evaluate":
-        return evaluate_job(spec, log=say)
     method_name = method_for(spec)
-    if method_name == "adabn":  # no training: the bundle's batch-norm statistics re-estimated on the target
-        from workers.pipelines.adabn import run_adabn
-
-        return run_adabn(spec, callbacks, device=device, log=say)
-    if method_name not in METHODS:
-        raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
-                        field="method")
-    if method_name == "feature-regression":  # two phases (teacher, then student) on paired windows
-        from workers.pipelines.feature_regression import run_feature_regression
-
-        return run_feature_regression(spec, callbacks, resume=resume, device=device, log=say)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
@@ -247,7 +235,7 @@ def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, 
     log("training the source-only baseline to compare against")
     params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
     base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / "source-only"})
-    return run_job(base, callbacks, resume=resume, device=device, log=log)
+    return run_training(base, callbacks, resume=resume, device=device, log=log)
 
 
 def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""`geoadapt data fetch|shift|stats` through the Typer app (the commands live in service/cli/data_cmd.py)."""
+"""`geoadapt data fetch|shift|stats` through the Typer app (the commands live in cli/data_cmd.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import shutil
 import rasterio
 from typer.testing import CliRunner
 
-from service.cli.data_cmd import app
+from cli.data_cmd import app
 
 
 def test_fetch_shift_stats_commands(tmp_path, nc_data):

@@ -69,7 +69,7 @@ def test_a_tampered_file_is_refused_and_fetched_again(tmp_path, neon_data):
 
 def test_a_checksum_mismatch_fails_the_cli_with_the_file_named(tmp_path, monkeypatch, capsys):
     from core.data import fetch as f
-    from service.cli import main
+    from cli import main
 
     pkg = f.DATASETS["neon-crowns"]
     files = dict(pkg.files)

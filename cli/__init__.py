@@ -11,7 +11,7 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from service.cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, local_cmd, predict_cmd, service_cmd,
+from cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, local_cmd, predict_cmd, service_cmd,
                          weights_cmd)
 
 app = typer.Typer(

@@ -2,7 +2,7 @@
 `submit`, `status`, `wait`, `dismiss`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
 here too.
 
-    geoadapt serve   -> worker subprocess (`python -m service.cli worker`, restarted if it dies)
+    geoadapt serve   -> worker subprocess (`python -m cli worker`, restarted if it dies)
                      -> uvicorn(create_app(Settings()))
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from service.cli import token_cmd
+from cli import token_cmd
 
 Url = Annotated[str, typer.Option("--url", envvar="GEOADAPT_URL", help="API base URL")]
 Token = Annotated[Optional[str], typer.Option("--token", envvar="GEOADAPT_TOKEN", help="API token",
@@ -55,7 +55,7 @@ class WorkerProcess:
     """The embedded worker: started, restarted after a crash, stopped with the API."""
 
     def __init__(self, args: list[str]):
-        self.cmd = [sys.executable, "-m", "service.cli", "worker", *args]
+        self.cmd = [sys.executable, "-m", "cli", "worker", *args]
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="state folder (GEOADAPT_DATA_DIR)")] = None,
     ) -> None:
         """Run a Celery worker for geoadapt jobs (one job at a time per process)."""
-        from models.overrides import write_catalogue
+        from models.config import write_override_catalogue
         from service.queue import prepare_embedded_broker
         from service.store.for_workers import WorkerJobStore
         from workers.celery_app import app as celery, configure
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
         try:  # the API checks model.overrides at submit with it; without it, jobs still check when they start
-            write_catalogue(settings.override_catalogue)
+            write_override_catalogue(settings.override_catalogue)
         except OSError as e:
             typer.secho(f"warning: cannot write {settings.override_catalogue.name}: {e.strerror}", err=True)
         if "tiles" in queues.split(","):
@@ -194,12 +194,12 @@ def register(app: typer.Typer) -> None:
     # ---- REST client commands ----------------------------------------------------------------
 
     def client(url: str, token: str | None):
-        from service.client import Client
+        from client import Client
 
         return Client(url, token)
 
     def run_client(fn):
-        from service.client import ServerError
+        from client import ServerError
 
         try:
             return fn()

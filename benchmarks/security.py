@@ -2,7 +2,7 @@
 
     prepare(folder)        -> state folder: tokens, a tiny scene under an allowed root, a finished job
                               whose output holds a class COG (for tiles), written through the job store
-    start_server(world)    -> `python -m service.cli serve --no-worker` (embedded SQLite store + queue)
+    start_server(world)    -> `python -m cli serve --no-worker` (embedded SQLite store + queue)
     submit_status_load()   -> N clients, each with its own token: submit a job, read its status and
                               the job list, again, for a bounded time; every answer must be 2xx
     lost_jobs()            -> every 201 is a job row of its token and one message in the queue
@@ -182,7 +182,7 @@ def start_server(world: World, port: int, *, log: Path, env: dict | None = None,
     e = {**os.environ, "GEOADAPT_DATA_DIR": str(world.data_dir), "GEOADAPT_ALLOWED_ROOTS": str(world.root),
          "GEOADAPT_RATE_LIMIT_PER_MINUTE": "0", **(env or {})}
     fh = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--no-worker", "--port", str(port),
                              "--log-level", log_level], env=e, stdout=fh, stderr=subprocess.STDOUT)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 60:

@@ -111,7 +111,7 @@ class Procs:
 
 
 def _cli(*args: str) -> list[str]:
-    return ["-m", "service.cli", *args]
+    return ["-m", "cli", *args]
 
 
 def _wait_http(url: str, timeout: float, what: str, procs: Procs, name: str) -> None:
@@ -173,7 +173,7 @@ def _crop(src: Path, dst: Path, size: int = 64) -> Path:
 def prepare_data(out: Path, cog_size: int, log: Callable[[str], None]) -> dict:
     from core.data.fetch import fetch
     from core.data.nc import nc_band_paths
-    from workers.benchmarks.predict import build_mosaic
+    from benchmarks.predict import build_mosaic
 
     data = out / "data"
     nc = fetch("nc-landsat")
@@ -431,7 +431,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
         report["tiles"] = {}
         ref_port = _free_port()
         ref = f"http://127.0.0.1:{ref_port}"
-        procs.start("titiler", ["-m", "uvicorn", "--factory", "service.tiles.reference:create_app", "--host",
+        procs.start("titiler", ["-m", "uvicorn", "--factory", "benchmarks.titiler_reference:create_app", "--host",
                                 "127.0.0.1", "--port", str(ref_port), "--log-level", "warning"])
         _wait_http(f"{ref}/docs", 60, "TiTiler (pip install '.[bench]')", procs, "titiler")
         for p in (p for p in results["predictions"] if p["kind"] == "classes"):

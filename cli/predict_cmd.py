@@ -20,7 +20,7 @@ def parse_predict_region(text: str | None):
                                      param_hint="--region") from None
         return (c, r, w, h)
     from core.jobspec import RegionSpec
-    from service.cli.local_cmd import parse_region
+    from cli.local_cmd import parse_region
 
     return RegionSpec.model_validate(parse_region(text), context={"base_dir": Path.cwd()})
 

@@ -287,7 +287,7 @@ def _child(kind: str, bundle: str, raster: str, settings: str, out: str) -> None
 
 
 def _run_child(kind: str, bundle: Path, raster: Path, s: BenchSettings, out: Path, log) -> dict:
-    code = "import sys; from workers.benchmarks.predict import _child; _child(*sys.argv[1:6])"
+    code = "import sys; from benchmarks.predict import _child; _child(*sys.argv[1:6])"
     args = [sys.executable, "-c", code, kind, str(bundle), str(raster), json.dumps(asdict(s)), str(out)]
     t = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True)

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from models.training.callbacks import StopFlag, TqdmProgress
-        from workers.pipelines.train import run_job
+        from workers.pipelines.dispatch import run_job
 
         if threads:
             torch.set_num_threads(threads)

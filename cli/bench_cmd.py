@@ -35,7 +35,7 @@ def adapt_benchmark(
     the case starts pretrained), AdaBN, ST-DASegNet (product default and faithful), feature regression (nc)
     and oracle; prints mIoU per method and case, and the gap closure.
     Named options run only when asked for, e.g. --method st-dasegnet+ema-budget."""
-    from workers.benchmarks.adapt import BenchSettings, run_benchmark
+    from benchmarks.adapt import BenchSettings, run_benchmark
 
     s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize, auto_class_weights=auto_class_weights)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
@@ -71,7 +71,7 @@ def predict_benchmark(
 ) -> None:
     """Benchmark B: model-only forward throughput, our end-to-end predict and a naive whole-array baseline
     on a large raster tiled from the real NC scene, plus predict's peak RSS at two raster sizes."""
-    from workers.benchmarks.predict import BenchSettings, run_predict_benchmark
+    from benchmarks.predict import BenchSettings, run_predict_benchmark
 
     s = BenchSettings(size=size, small=small, window=window, overlap=overlap, batch_size=batch_size, blend=blend,
                       precision=precision, streams=streams, threads=threads, model_seconds=model_seconds,
@@ -102,7 +102,7 @@ def service_benchmark(
 ) -> None:
     """Benchmark C: result tiles vs TiTiler on the same COGs, live-tile cache hits, submit/status latency
     under concurrent clients, and queued jobs across a SIGKILLed worker (none may be lost)."""
-    from workers.benchmarks.service import BenchSettings, run_service_benchmark
+    from benchmarks.service import BenchSettings, run_service_benchmark
 
     s = BenchSettings(jobs=jobs, clients=clients, think_s=think, saturation_jobs=saturation_jobs, tiles=tiles,
                       hits=hits, cog_size=cog_size, job_concurrency=job_concurrency, broker_url=broker_url,
@@ -141,7 +141,7 @@ def security_benchmark(
 ) -> None:
     """Schemathesis on a live `geoadapt serve` (no 5xx allowed), then submission+status and tiles under
     concurrent clients: p50/p99 latencies, errors, and jobs lost (every 201 must be a stored, queued job)."""
-    from service.bench_security import format_report, run
+    from benchmarks.security import format_report, run
 
     r = run(out, clients=clients, seconds=seconds, st_examples=examples, st_max_time=max_time or None,
             say=lambda m: typer.echo(m, err=True))

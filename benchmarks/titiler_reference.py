@@ -1,6 +1,6 @@
 """TiTiler (titiler.core, the `bench` extra) serving COGs by path: the reference tile server of Benchmark C.
 
-    python -m uvicorn --factory service.tiles.reference:create_app
+    python -m uvicorn --factory benchmarks.titiler_reference:create_app
     GET /cog/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png?url=<path of a COG>
 
 Stock TilerFactory, no auth, the COG's own colour table (as TiTiler renders a paletted COG by default):

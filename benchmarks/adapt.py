@@ -41,6 +41,7 @@ from core.data.neon import NEON_CLASSES, neon_train_test_halves, prepare_neon
 from core.data.neon import TEST_COLUMNS as NEON_TEST_COLUMNS
 from core.data.neon import TRAIN_COLUMNS as NEON_TRAIN_COLUMNS
 from core.errors import ConfigError
+from core.files import write_json
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
@@ -48,7 +49,7 @@ from models.bundle import Bundle, load_bundle
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.label_free import SIGNALS, domain_windows, label_free_signals, spearman
 from models.training.callbacks import Callback
-from workers.pipelines.train import run_job, write_json
+from workers.pipelines.dispatch import run_job
 
 #: the goal the issue sets for ST-DASegNet
 GAP_CLOSURE_GOAL = 0.5

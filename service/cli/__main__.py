@@ -1,4 +1,0 @@
-"""`python -m service.cli ...` = `geoadapt ...` (how `geoadapt serve` starts its worker process)."""
-from service.cli import main
-
-main()
