@@ -20,15 +20,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmarks.common import free_port, latency_summary
 
 #: the classes of the tiny scene and of the COG served as tiles
 CLASSES = [{"id": 1, "name": "water", "color": "#1f77b4"}, {"id": 2, "name": "forest", "color": "#2ca02c"},
@@ -77,12 +77,6 @@ def train_spec(image: Path, labels: Path, seed: int = 0) -> dict:
 def token_id(plain: str) -> str:
     """The public part of a token (ga_<id>_<secret>), which is what the job store records as owner."""
     return plain.split("_", 2)[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the data the server starts with ---------------------------------------------------------------
@@ -210,17 +204,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 # ---- load ------------------------------------------------------------------------------------------
 
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def summary(latencies: list[float]) -> dict:
-    ms = [x * 1000 for x in latencies]
-    return {"n": len(ms), "p50_ms": _pct(ms, 0.5), "p99_ms": _pct(ms, 0.99), "max_ms": max(ms) if ms else None,
-            "mean_ms": statistics.fmean(ms) if ms else None}
+    """Latencies in seconds -> their summary in milliseconds."""
+    return latency_summary([x * 1000 for x in latencies])
 
 
 async def _submit_status_client(base: str, token: str, spec_of, until: float, out: dict) -> None:

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from benchmarks.common import free_port, latency_summary
 
 GOALS = {"tile_p50_ratio": 1.0, "cache_hit_p50_ms": 10.0, "submit_status_p99_ms": 50.0, "lost_jobs": 0}
 TMS = "WebMercatorQuad"
@@ -64,12 +65,6 @@ class BenchSettings:
 
 
 # ---- processes -------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Procs:
     """Child processes of this run, each in its own process group (killing one kills its pool too)."""
@@ -187,15 +182,6 @@ def prepare_data(out: Path, cog_size: int, log: Callable[[str], None]) -> dict:
 
 # ---- measurements ----------------------------------------------------------------------------------
 
-def _pct(ms: list[float]) -> dict:
-    a = np.asarray(ms, dtype=np.float64)
-    if not len(a):
-        return {"n": 0}
-    return {"n": int(len(a)), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "mean_ms": round(float(a.mean()), 2),
-            "max_ms": round(float(a.max()), 2)}
-
-
 def _png_colours(png: bytes) -> set[tuple[int, int, int]]:
     import io
 
@@ -242,7 +228,8 @@ def measure_tiles(ours: str, ours_headers: dict, ref: str, tiles: list, warm: in
                 sizes[who].append(len(r.content))
                 if i % 25 == 0:
                     colours[who] |= _png_colours(r.content)
-    out = {who: {**_pct(times[who]), "errors": bad[who], "mean_bytes": int(np.mean(sizes[who])) if sizes[who] else 0,
+    out = {who: {**latency_summary(times[who]), "errors": bad[who],
+                 "mean_bytes": int(np.mean(sizes[who])) if sizes[who] else 0,
                  "colours": sorted(colours[who])} for who in times}
     p50o, p50r = out["ours"].get("p50_ms"), out["titiler"].get("p50_ms")
     out["ratio_p50"] = round(p50o / p50r, 3) if p50o and p50r else None
@@ -343,8 +330,8 @@ def load_test(base: str, tokens: list[str], spec: dict, jobs: int, clients: int,
     seconds = time.perf_counter() - t0
     both = submit_ms + status_ms
     return {"clients": clients, "think_s": think_s, "jobs": len(ids), "seconds": round(seconds, 2),
-            "requests_per_s": round(len(both) / seconds, 1), "submit": _pct(submit_ms), "status": _pct(status_ms),
-            "submit_status": _pct(both), "errors": len(errors), "error_samples": errors[:5], "ids": ids}
+            "requests_per_s": round(len(both) / seconds, 1), "submit": latency_summary(submit_ms),
+            "status": latency_summary(status_ms), "submit_status": latency_summary(both), "errors": len(errors), "error_samples": errors[:5], "ids": ids}
 
 
 def _final_counts(api: Api, ids: list[str]) -> dict:
@@ -389,7 +376,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         procs.start("api", _cli("serve", "--no-worker", "--port", str(port), "--data-dir", str(state),
                                 "--log-level", "warning"))
@@ -429,7 +416,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
 
         # 2 tiles: ours vs TiTiler on the same COGs --------------------------------------------------
         report["tiles"] = {}
-        ref_port = _free_port()
+        ref_port = free_port()
         ref = f"http://127.0.0.1:{ref_port}"
         procs.start("titiler", ["-m", "uvicorn", "--factory", "benchmarks.titiler_reference:create_app", "--host",
                                 "127.0.0.1", "--port", str(ref_port), "--log-level", "warning"])
@@ -473,7 +460,7 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
             t0 = time.perf_counter()
             api.call("GET", tj["tiles"][0].format(z=z, x=x, y=y))
             hits.append((time.perf_counter() - t0) * 1000)
-        report["live_tiles"] = {"misses_s": misses, "hits": _pct(hits)}
+        report["live_tiles"] = {"misses_s": misses, "hits": latency_summary(hits)}
         log(f"live tiles: misses {misses} s, cache hit p50 {report['live_tiles']['hits']['p50_ms']} ms")
 
         # 4 load: queued jobs submitted by concurrent clients -----------------------------------------

@@ -90,7 +90,7 @@ def served_in_thread(app):
     """The app over real HTTP: uvicorn in a thread on a free port; yields the port, stops on exit."""
     import uvicorn
 
-    from benchmarks.security import free_port
+    from benchmarks.common import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

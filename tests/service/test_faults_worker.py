@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from core.data.nc import NC_CLASSES
 from service.app import create_app
-from benchmarks.security import free_port
+from benchmarks.common import free_port
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope

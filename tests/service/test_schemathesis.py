@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.security import free_port, prepare, run_schemathesis, schemathesis_bin, start_server, stop_server
+from benchmarks.common import free_port
+from benchmarks.security import prepare, run_schemathesis, schemathesis_bin, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 import rasterio
 
 from service.api.signed_urls import SECRET_FILE, TileUrlSigner
-from benchmarks.security import COG_NAME, TMS, free_port, prepare, start_server, stop_server
+from benchmarks.common import free_port
+from benchmarks.security import COG_NAME, TMS, prepare, start_server, stop_server
 
 from .conftest import read_tms_layer
 

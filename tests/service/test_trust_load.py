@@ -7,8 +7,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from benchmarks.security import (format_report, free_port, lost_jobs, prepare, start_server, stop_server,
-                                    submit_status_load, tile_load)
+from benchmarks.common import free_port
+from benchmarks.security import (format_report, lost_jobs, prepare, start_server, stop_server, submit_status_load,
+                                 tile_load)
 
 CLIENTS = 50
 

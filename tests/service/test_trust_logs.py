@@ -9,7 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from benchmarks.security import free_port, prepare, start_server, stop_server
+from benchmarks.common import free_port
+from benchmarks.security import prepare, start_server, stop_server
 
 DB_PASSWORD = "db-pw-" + uuid.uuid4().hex[:12]
 BROKER_PASSWORD = "broker-pw-" + uuid.uuid4().hex[:12]

@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import morecantile
 
-from benchmarks.service import GOALS, _finish, _pct, load_test, sample_tiles
+from benchmarks.common import latency_summary
+from benchmarks.service import GOALS, _finish, load_test, sample_tiles
 
 WM = morecantile.tms.get("WebMercatorQuad")
 
@@ -25,9 +26,9 @@ def test_sample_tiles_stay_on_the_layer_and_span_zooms():
 
 
 def test_percentiles():
-    p = _pct([float(i) for i in range(1, 101)])
+    p = latency_summary([float(i) for i in range(1, 101)])
     assert p["n"] == 100 and p["p50_ms"] == 50.5 and p["p99_ms"] == 99.01 and p["max_ms"] == 100
-    assert _pct([]) == {"n": 0}
+    assert latency_summary([]) == {"n": 0, "p50_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
 
 
 def test_figures_against_goals_are_written_even_for_a_partial_run(tmp_path):
