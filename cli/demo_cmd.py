@@ -118,7 +118,7 @@ def _create_token(state_dir: Path) -> str:
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout_s: float = 120.0) -> None:
-    from client import Client, ServerError
+    from service.client import Client, ServerError
 
     client = Client(url, None, timeout=5.0)
     t0 = time.monotonic()
@@ -142,7 +142,7 @@ def _fail(msg: str) -> int:
 
 def _submit(url: str, token: str, data: dict, olinda: Path, iterations: int, seed: int) -> dict:
     from core.data.nc import LANDSAT7_BAND_ROLES
-    from client import Client
+    from service.client import Client
 
     source = data["domains"]["source"]["scenes"][0]
     spec = {
@@ -163,7 +163,7 @@ def _submit(url: str, token: str, data: dict, olinda: Path, iterations: int, see
 def _follow(url: str, token: str, job_id: str) -> dict:
     from tqdm import tqdm
 
-    from client import Client
+    from service.client import Client
 
     client = Client(url, token)
     with tqdm(total=100.0, desc="adapt", unit="%", dynamic_ncols=True,
@@ -184,7 +184,7 @@ def _follow(url: str, token: str, job_id: str) -> dict:
 
 
 def _print_results(url: str, token: str, job: dict) -> None:
-    from client import Client
+    from service.client import Client
 
     res = Client(url, token).results(job["id"])
     typer.echo(f"\nJob {job['id']} successful.")

@@ -194,12 +194,12 @@ def register(app: typer.Typer) -> None:
     # ---- REST client commands ----------------------------------------------------------------
 
     def client(url: str, token: str | None):
-        from client import Client
+        from service.client import Client
 
         return Client(url, token)
 
     def run_client(fn):
-        from client import ServerError
+        from service.client import ServerError
 
         try:
             return fn()
