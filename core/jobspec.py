@@ -3,6 +3,9 @@
 Load with :func:`load_job_spec` (YAML or JSON file, or a mapping). Relative paths resolve against
 ``base_dir`` (the spec file's folder by default). Every problem becomes a :class:`SpecError`
 naming the field (``source.scenes.0.labels``) and what is wrong with it.
+
+The rules of each job type (which methods it takes, which scenes, labels and bundle it needs) are
+checked here and nowhere else: the API, the CLI and the worker all get them by loading the spec.
 """
 from __future__ import annotations
 
@@ -30,6 +33,12 @@ from core.errors import SpecError
 
 JobType = Literal["adapt", "train", "predict", "evaluate"]
 Method = Literal["st-dasegnet", "feature-regression", "adabn", "source-only"]
+#: the methods a job of each type may name; predict and evaluate jobs run a bundle's model as it was
+#: trained, so they take any method and ignore it
+METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
+    "train": ("source-only",),
+    "adapt": ("st-dasegnet", "feature-regression", "adabn"),
+}
 
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -37,6 +46,19 @@ _BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 DEFAULT_MODEL = "segformer-tiny"
 #: train ids are stored as uint8 with this value as "ignore"; class ids may be anything else
 IGNORE_INDEX = 255
+
+
+def _a(job_type: str) -> str:
+    return f"an {job_type}" if job_type[0] in "aeiou" else f"a {job_type}"
+
+
+class RuleError(ValueError):
+    """A rule of the job spec broken, with the field it is about: pydantic places what a model validator
+    raises at the model itself, so load_job_spec moves it to this field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class _Strict(BaseModel):
@@ -313,56 +335,87 @@ class JobSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _domains_for_type(self) -> "JobSpec":
+    def _rules_of_its_type(self) -> "JobSpec":
+        """What a job of this type needs and refuses: checked here, once, so the API (422), the CLI (exit 2)
+        and the worker refuse the same specs, and no job fails late on its own spec."""
+        self._method_fits_type()
         if self.type == "adapt" and self.method == "adabn":
-            return self._adabn_inputs()
-        need_labels = self.type in ("adapt", "train") or (
-            self.type == "evaluate" and self.bundle is None
-        )
-        if self.type in ("adapt", "train"):
-            if self.source is None:
-                raise ValueError(f"a {self.type} job needs 'source' scenes with labels")
-            # a registered dataset may bring its labels: the service checks again once it has resolved it
-            missing = [i for i, s in enumerate(self.source.scenes) if s.labels is None and s.dataset is None]
-            if need_labels and missing:
-                raise ValueError(f"source.scenes.{missing[0]}.labels is required for a {self.type} job")
-        if self.type == "adapt":
-            if self.target is None:
-                raise ValueError("an adapt job needs 'target' scenes")
-            if self.method == "source-only":
-                raise ValueError("an adapt job needs an adaptation method: st-dasegnet, feature-regression or adabn")
-        if self.type in ("predict", "evaluate"):
-            if self.bundle is None:
-                raise ValueError(f"a {self.type} job needs 'bundle' (a model bundle path)")
-            if self.target is None and self.source is None and self.validation is None:
-                raise ValueError(f"a {self.type} job needs scenes to run on ('target' or 'source')")
+            self._adabn_inputs()
+        elif self.type in ("train", "adapt"):
+            self._training_inputs()
+        else:
+            self._bundle_run_inputs()
         self._validation_labelled()
         return self
 
-    def _adabn_inputs(self) -> "JobSpec":
+    def _method_fits_type(self) -> None:
+        allowed = METHODS_OF_TYPE.get(self.type)
+        if allowed is None or self.method in allowed:
+            return
+        if self.type == "train":
+            raise RuleError("method", f"a train job trains a plain segmentor (source-only); use type 'adapt' for "
+                                      f"{self.method}")
+        raise RuleError("method", f"{_a(self.type)} job needs an adaptation method: {', '.join(allowed[:-1])} or "
+                                  f"{allowed[-1]}")
+
+    def _training_inputs(self) -> None:
+        """Train and adapt jobs (but adabn) learn from labelled source scenes; adapt jobs also see the target."""
+        if self.source is None:
+            raise RuleError("source", f"{_a(self.type)} job needs 'source' scenes with labels")
+        # a registered dataset may bring its labels: the service checks again once it has resolved it
+        self._labelled("source", f"labels is required for {_a(self.type)} job (source scenes are labelled)")
+        if self.type == "adapt" and self.target is None:
+            raise RuleError("target", "an adapt job needs 'target' scenes")
+
+    def _adabn_inputs(self) -> None:
         """AdaBN starts from a trained model and sees only target imagery: the bundle stands for the model
         and the source (its weights and the statistics its training crops were normalised with)."""
         if self.bundle is None:
-            raise ValueError("an adabn job needs 'bundle': the source model whose batch-norm statistics it "
-                             "re-estimates")
+            raise RuleError("bundle", "an adabn job needs 'bundle': the source model whose batch-norm statistics "
+                                      "it re-estimates")
         if self.target is None:
-            raise ValueError("an adabn job needs 'target' scenes (unlabelled) to re-estimate the statistics on")
+            raise RuleError("target", "an adabn job needs 'target' scenes (unlabelled) to re-estimate the "
+                                      "statistics on")
         if self.source is not None:
-            raise ValueError("an adabn job takes no 'source' scenes: the bundle's model and statistics stand "
-                             "for the source")
+            raise RuleError("source", "an adabn job takes no 'source' scenes: the bundle's model and statistics "
+                                      "stand for the source")
         # (compared with the default, not model_fields_set: a spec read back from its JSON names every field)
         if self.model != ModelSpec(config=DEFAULT_MODEL):
-            raise ValueError("an adabn job takes its model from 'bundle'; leave out 'model'")
-        self._validation_labelled()
-        return self
+            raise RuleError("model", "an adabn job takes its model from 'bundle'; leave out 'model'")
+
+    def _bundle_run_inputs(self) -> None:
+        """Predict and evaluate jobs run a trained model on scenes; evaluate jobs score it against their labels."""
+        if self.bundle is None:
+            raise RuleError("bundle", f"{_a(self.type)} job needs 'bundle' (a model bundle path)")
+        if self.target is None and self.source is None and self.validation is None:
+            raise RuleError("target", f"{_a(self.type)} job needs scenes to run on ('target' or 'source')")
+        if self.type == "evaluate":
+            for domain in ("target", "source"):
+                self._labelled(domain, "labels is required for an evaluate job (it scores the model against them)")
 
     def _validation_labelled(self) -> None:
-        if self.validation is not None:
-            for i, s in enumerate(self.validation.scenes):
-                if s.labels is None and s.dataset is None:
-                    raise ValueError(f"validation.scenes.{i}.labels is required (validation scenes are labelled)")
+        self._labelled("validation", "labels is required (validation scenes are labelled)")
+
+    def _labelled(self, domain: str, message: str) -> None:
+        """Every scene of `domain` (when given) names its labels, or a registered dataset that may hold them."""
+        spec = getattr(self, domain)
+        for i, s in enumerate(spec.scenes if spec is not None else []):
+            if s.labels is None and s.dataset is None:
+                raise RuleError(f"{domain}.scenes.{i}.labels", message)
 
     # convenience -----------------------------------------------------------------------------
+    @property
+    def training_method(self) -> Method | None:
+        """The method a train or adapt job trains its model with; None for predict and evaluate jobs, which
+        run a bundle's model as it is (their `method` is ignored)."""
+        return self.method if self.type in ("train", "adapt") else None
+
+    @property
+    def predicts_targets(self) -> bool:
+        """Whether the job ends by predicting its target scenes (adapt jobs, unless params.predict_targets
+        is false)."""
+        return self.type == "adapt" and self.params.predict_targets
+
     @property
     def class_ids(self) -> list[int]:
         return [c.id for c in self.classes]
@@ -429,7 +482,9 @@ def load_job_spec(
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            problems.append({"field": _field_name(err["loc"]), "message": msg})
+            rule = (err.get("ctx") or {}).get("error")
+            loc = (*err["loc"], rule.field) if isinstance(rule, RuleError) else err["loc"]
+            problems.append({"field": _field_name(loc), "message": msg})
         first = problems[0]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
         raise SpecError(summary, field=first["field"], problems=problems) from None

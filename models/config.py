@@ -213,18 +213,16 @@ def train_settings(cfg: Mapping, explicit: Mapping[str, Any], defaults: Mapping[
     return out
 
 
-#: methods whose adaptation block a config is resolved with (select_adaptation), in the catalogue
-CATALOGUE_METHODS = ("source-only", "st-dasegnet", "feature-regression")
-
-
 def override_catalogue() -> dict:
-    """What the API needs to judge overrides at submit: module arguments and each config per method."""
+    """What the API needs to judge overrides at submit: module arguments and each config per method that
+    builds a model from it (the registered adaptation wrappers; adabn re-estimates a bundle's model)."""
+    from models.adaptation import METHODS
     from models.overrides import module_arguments
 
     configs = {}
     for name in list_configs():
         cfg = load_config(name)
-        configs[name] = {method: select_adaptation(cfg, method) for method in CATALOGUE_METHODS}
+        configs[name] = {method: select_adaptation(cfg, method) for method in sorted(METHODS)}
     return {"modules": module_arguments(), "configs": configs}
 
 

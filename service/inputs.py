@@ -122,8 +122,10 @@ def check_model(spec, override_catalogue: Path | None = None) -> None:
 
     walk(spec.model.overrides, "model.overrides")
     catalogue = _catalogue(override_catalogue) if override_catalogue is not None else None
-    config = ((catalogue or {}).get("configs") or {}).get(name, {}).get(spec.method)
-    if config is not None and spec.type in ("train", "adapt"):  # the jobs that build a model from its config
+    # the catalogue holds a config per method that builds a model from it: predict, evaluate and adabn jobs
+    # (whose training method is None or adabn) find none
+    config = ((catalogue or {}).get("configs") or {}).get(name, {}).get(spec.training_method)
+    if config is not None:
         apply_overrides(config, spec.model.overrides, catalogue["modules"])
 
 
@@ -208,7 +210,7 @@ def check_job_inputs(spec, bundle_as_given: str | None = None, override_catalogu
     if spec.bundle is not None:
         manifest = bundle_manifest(Path(spec.bundle))
         expected = bundle_band_count(manifest)
-        if spec.type == "adapt" and spec.method == "adabn":
+        if spec.training_method == "adabn":
             check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
     try:
         mod = importlib.import_module("core.raster.validate")

@@ -29,7 +29,7 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import ConfigError, GeoadaptError
-from core.jobspec import load_job_spec
+from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
 from workers.celery_app import DATASET_STATS, RUN_JOB, app
 
@@ -260,28 +260,21 @@ def run_job(self, job_id: str) -> str:
     if claimed is None:
         log.info("job %s: not run here (finished, dismissed, or running elsewhere)", job_id)
         return "skipped"
-    spec_json = claimed["spec"]
-    # the share of the progress bar that training fills; prediction fills the rest up to 99%
-    job_type = spec_json.get("type")
-    predict_after = job_type == "adapt" and (spec_json.get("params") or {}).get("predict_targets", True)
-    trained = 0.0 if job_type == "predict" else (90.0 if predict_after else 99.0)
-    reporter = StoreReporter(store, job_id, me, span=(0.0, trained))
+    try:
+        spec = load_job_spec(claimed["spec"], check_files=True)  # the spec's rules, as at submission
+    except Exception as e:  # a spec stored before a rule was added, or an input file gone since
+        return _failed(store, job_id, me, e, output=None)
+    reporter = StoreReporter(store, job_id, me, span=(0.0, _training_share(spec)))
     beat = Heartbeat(reporter, settings.heartbeat_interval_s)
     beat.start()
     log.info("job %s: attempt %s on %s", job_id, claimed["attempts"], me)
     try:
-        spec = load_job_spec(spec_json, check_files=True)
         result = _pipeline(spec.type)(spec, callbacks=[reporter], log=reporter.on_log)
     except SoftTimeLimitExceeded:
         store.fail(job_id, me, "time_limit_exceeded", f"the job ran past {settings.job_soft_time_limit_s} s")
         return "failed"
-    except GeoadaptError as e:
-        store.fail(job_id, me, e.code, str(e))
-        return "failed"
-    except Exception as e:  # a bug or an environment problem: the job fails, the worker lives on
-        log.exception("job %s failed", job_id)
-        store.fail(job_id, me, *failure_reason(e, spec_json.get("output")))
-        return "failed"
+    except Exception as e:
+        return _failed(store, job_id, me, e, output=spec.output)
     finally:
         beat.stop()
     if reporter.cancel and _stopped(result, reporter):
@@ -290,8 +283,25 @@ def run_job(self, job_id: str) -> str:
     summary = dict(result) if isinstance(result, dict) else {"result": result}
     summary["run"] = {"attempt": claimed["attempts"], "resumed_from_iteration": reporter.resumed_from}
     if store.succeed(job_id, me, _jsonable(summary)) and not settings.keep_checkpoints:
-        _drop_resume_state(store, job_id, spec_json.get("output"))
+        _drop_resume_state(store, job_id, str(spec.output))
     return "successful"
+
+
+def _training_share(spec: JobSpec) -> float:
+    """The share of the progress bar that training fills; predicting windows fills the rest, up to 99%."""
+    if spec.type == "predict":
+        return 0.0
+    return 90.0 if spec.predicts_targets else 99.0
+
+
+def _failed(store, job_id: str, me: str, e: Exception, *, output: Path | None) -> str:
+    """Record a job's failure: a user's input (a typed error) as it says, anything else with its reason."""
+    if isinstance(e, GeoadaptError):
+        store.fail(job_id, me, e.code, str(e))
+    else:  # a bug or an environment problem: the job fails, the worker lives on
+        log.exception("job %s failed", job_id)
+        store.fail(job_id, me, *failure_reason(e, str(output) if output is not None else None))
+    return "failed"
 
 
 def _drop_resume_state(store, job_id: str, output: str | None) -> None:

@@ -86,9 +86,10 @@ def test_json_round_trip_is_the_same_spec(spec_dir):
         (lambda d: d["source"]["scenes"][0].update(labels="a/missing.tif"), "source.scenes.0.labels", "file not found"),
         (lambda d: d["source"].update(region={"columns": [0.7, 0.2]}), "source.region.columns", "fractions"),
         (lambda d: d["target"]["scenes"][0].update(image="b/scene.tif"), "target.scenes.0", "exactly one of"),
-        (lambda d: d.pop("target"), "(spec)", "needs 'target'"),
-        (lambda d: d.update(method="source-only"), "(spec)", "adaptation method"),
-        (lambda d: d["source"]["scenes"][0].pop("labels"), "(spec)", "labels is required"),
+        # the rules of the job's type name the field they are about, not the spec as a whole
+        (lambda d: d.pop("target"), "target", "needs 'target'"),
+        (lambda d: d.update(method="source-only"), "method", "adaptation method"),
+        (lambda d: d["source"]["scenes"][0].pop("labels"), "source.scenes.0.labels", "labels is required"),
     ],
 )
 def test_bad_input_names_the_field_and_the_problem(spec_dir, edit, field, words):
@@ -176,22 +177,22 @@ def test_adabn_job_needs_a_bundle_and_target_scenes_and_survives_its_json(spec_d
 
 
 @pytest.mark.parametrize(
-    "edit, words",
+    "edit, field, words",
     [
-        (lambda d: d.pop("bundle"), "needs 'bundle'"),
-        (lambda d: d.pop("target"), "needs 'target'"),
+        (lambda d: d.pop("bundle"), "bundle", "needs 'bundle'"),
+        (lambda d: d.pop("target"), "target", "needs 'target'"),
         (lambda d: d.update(source={"scenes": [{"image": "a/multiband.tif", "labels": "a/labels.tif"}]}),
-         "takes no 'source'"),
-        (lambda d: d.update(model="segformer_mit-b0"), "takes its model from 'bundle'"),
-        (lambda d: d["validation"]["scenes"][0].pop("labels"), "validation.scenes.0.labels is required"),
+         "source", "takes no 'source'"),
+        (lambda d: d.update(model="segformer_mit-b0"), "model", "takes its model from 'bundle'"),
+        (lambda d: d["validation"]["scenes"][0].pop("labels"), "validation.scenes.0.labels", "labels is required"),
     ],
 )
-def test_adabn_job_refuses_what_it_cannot_use(spec_dir, edit, words):
+def test_adabn_job_refuses_what_it_cannot_use(spec_dir, edit, field, words):
     data = _adabn(spec_dir)
     edit(data)
     with pytest.raises(SpecError) as excinfo:
         load_job_spec(data, base_dir=spec_dir)
-    assert words in _problems(excinfo)["(spec)"]
+    assert words in _problems(excinfo)[field]
 
 
 def test_adabn_batches_are_bounded(spec_dir):
@@ -200,3 +201,109 @@ def test_adabn_batches_are_bounded(spec_dir):
     with pytest.raises(SpecError) as excinfo:
         load_job_spec(data, base_dir=spec_dir)
     assert "greater than or equal to 1" in _problems(excinfo)["params.batches"]
+
+
+# ---- the rules of each job type: one place (JobSpec), so the API, the CLI and the worker agree ----------
+
+LABELLED = {"scenes": [{"image": "a/multiband.tif", "labels": "a/labels.tif"}]}
+UNLABELLED = {"scenes": [{"image": "b/scene.tif"}]}
+CLASSES = [{"id": 1, "name": "developed", "color": "#e31a1c"}]
+
+
+def _job(spec_dir, type, **fields) -> dict:
+    """The least a job of `type` needs (method, scenes, bundle), with `fields` on top."""
+    (spec_dir / "model").mkdir(exist_ok=True)
+    needs = {
+        "train": {"source": LABELLED},
+        "adapt": {"method": "st-dasegnet", "source": LABELLED, "target": UNLABELLED},
+        "predict": {"bundle": "model", "target": UNLABELLED},
+        "evaluate": {"bundle": "model", "target": LABELLED},
+    }[type]
+    data = {"type": type, "classes": CLASSES, "output": "out", **needs, **fields}
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _refused(data: dict, spec_dir) -> dict:
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir)
+    problems = _problems(excinfo)
+    assert len(problems) == 1, problems
+    return problems
+
+
+@pytest.mark.parametrize("method", ["source-only", "st-dasegnet", "feature-regression", "adabn"])
+def test_a_train_job_takes_only_source_only(spec_dir, method):
+    data = _job(spec_dir, "train", method=method)
+    if method == "source-only":
+        assert load_job_spec(data, base_dir=spec_dir).training_method == "source-only"
+        assert load_job_spec(_job(spec_dir, "train"), base_dir=spec_dir).training_method == "source-only"
+        return
+    problems = _refused(data, spec_dir)
+    assert f"use type 'adapt' for {method}" in problems["method"], problems
+
+
+@pytest.mark.parametrize("method", ["st-dasegnet", "feature-regression", "adabn", "source-only"])
+def test_an_adapt_job_takes_an_adaptation_method(spec_dir, method):
+    data = _job(spec_dir, "adapt", method=method)
+    if method == "adabn":
+        data = _job(spec_dir, "adapt", method=method, source=None, bundle="model")
+    if method == "source-only":
+        problems = _refused(data, spec_dir)
+        assert "st-dasegnet, feature-regression or adabn" in problems["method"], problems
+        return
+    assert load_job_spec(data, base_dir=spec_dir).training_method == method
+
+
+@pytest.mark.parametrize("type", ["predict", "evaluate"])
+@pytest.mark.parametrize("method", ["source-only", "st-dasegnet", "feature-regression", "adabn"])
+def test_predict_and_evaluate_jobs_ignore_the_method(spec_dir, type, method):
+    spec = load_job_spec(_job(spec_dir, type, method=method), base_dir=spec_dir)
+    assert spec.method == method and spec.training_method is None and not spec.predicts_targets
+
+
+@pytest.mark.parametrize(
+    "type, edits, field, words",
+    [
+        ("train", {"source": None}, "source", "a train job needs 'source' scenes with labels"),
+        ("adapt", {"source": None}, "source", "an adapt job needs 'source' scenes"),
+        ("train", {"source": UNLABELLED}, "source.scenes.0.labels", "labels is required for a train job"),
+        ("adapt", {"target": None}, "target", "an adapt job needs 'target' scenes"),
+        ("predict", {"bundle": None}, "bundle", "a predict job needs 'bundle'"),
+        ("evaluate", {"bundle": None}, "bundle", "an evaluate job needs 'bundle'"),
+        ("predict", {"target": None}, "target", "needs scenes to run on"),
+        ("evaluate", {"target": None}, "target", "needs scenes to run on"),
+        ("evaluate", {"target": UNLABELLED}, "target.scenes.0.labels", "scores the model against them"),
+        ("evaluate", {"target": None, "source": {"scenes": [LABELLED["scenes"][0], UNLABELLED["scenes"][0]]}},
+         "source.scenes.1.labels", "labels is required for an evaluate job"),
+        ("train", {"validation": UNLABELLED}, "validation.scenes.0.labels", "validation scenes are labelled"),
+        ("predict", {"validation": UNLABELLED}, "validation.scenes.0.labels", "validation scenes are labelled"),
+    ],
+)
+def test_each_type_names_the_field_it_is_missing(spec_dir, type, edits, field, words):
+    problems = _refused(_job(spec_dir, type, **edits), spec_dir)
+    assert words in problems.get(field, ""), problems
+
+
+def test_what_each_type_needs_and_nothing_more_is_accepted(spec_dir):
+    for type in ("train", "adapt", "predict", "evaluate"):
+        load_job_spec(_job(spec_dir, type), base_dir=spec_dir)
+    # predict jobs run on unlabelled scenes of any domain; a registered dataset may bring its labels
+    load_job_spec(_job(spec_dir, "predict", target=None, source=UNLABELLED), base_dir=spec_dir)
+    scene = {"scenes": [{"dataset": "ds-1"}]}
+    load_job_spec(_job(spec_dir, "train", source=scene, validation=scene), base_dir=spec_dir, check_files=False)
+
+
+def test_a_broken_rule_is_said_once_with_its_field(spec_dir):
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(_job(spec_dir, "train", method="st-dasegnet"), base_dir=spec_dir)
+    assert excinfo.value.field == "method"
+    assert str(excinfo.value) == ("method: a train job trains a plain segmentor (source-only); "
+                                  "use type 'adapt' for st-dasegnet")
+
+
+def test_only_adapt_jobs_predict_their_targets_and_only_when_asked(spec_dir):
+    adapt = load_job_spec(_job(spec_dir, "adapt"), base_dir=spec_dir)
+    assert adapt.predicts_targets
+    quiet = load_job_spec(_job(spec_dir, "adapt", params={"predict_targets": False}), base_dir=spec_dir)
+    assert not quiet.predicts_targets
+    assert not load_job_spec(_job(spec_dir, "train"), base_dir=spec_dir).predicts_targets

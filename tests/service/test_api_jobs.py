@@ -137,6 +137,42 @@ def test_validation_errors_are_422_naming_fields(client, auth, tiny_scene):
     assert client.post("/v1/jobs", json=[1, 2], headers=auth).status_code == 422
 
 
+def _bad_combination(img, lab, case: str) -> dict:
+    target = {"scenes": [{"image": str(img)}]}
+    return {
+        "train-st-dasegnet": lambda: train_spec(img, lab, method="st-dasegnet"),
+        "train-feature-regression": lambda: train_spec(img, lab, method="feature-regression"),
+        "train-adabn": lambda: train_spec(img, lab, method="adabn"),
+        "adapt-source-only": lambda: train_spec(img, lab, type="adapt", target=target),
+        "adapt-without-target": lambda: train_spec(img, lab, type="adapt", method="st-dasegnet"),
+        "adabn-without-bundle": lambda: {**train_spec(img, lab, type="adapt", method="adabn", target=target),
+                                         "source": None, "model": None},
+        "predict-without-bundle": lambda: {**train_spec(img, lab, type="predict", target=target), "source": None},
+        "evaluate-unlabelled": lambda: {**train_spec(img, lab, type="evaluate", target=target, bundle=str(img)),
+                                        "source": None},
+    }[case]()
+
+
+@pytest.mark.parametrize("case, field, words", [
+    ("train-st-dasegnet", "method", "use type 'adapt' for st-dasegnet"),
+    ("train-feature-regression", "method", "use type 'adapt' for feature-regression"),
+    ("train-adabn", "method", "use type 'adapt' for adabn"),
+    ("adapt-source-only", "method", "needs an adaptation method"),
+    ("adapt-without-target", "target", "needs 'target' scenes"),
+    ("adabn-without-bundle", "bundle", "needs 'bundle'"),
+    ("predict-without-bundle", "bundle", "needs 'bundle'"),
+    ("evaluate-unlabelled", "target.scenes.0.labels", "labels is required"),
+])
+def test_a_type_and_method_or_fields_that_do_not_fit_are_422_at_submit(client, auth, tiny_scene, case, field, words):
+    body = {k: v for k, v in _bad_combination(*tiny_scene, case).items() if v is not None}
+    r = client.post("/v1/jobs", json=body, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["type"] == "invalid_spec"
+    assert r.json()["detail"] == [{"field": field, "message": r.json()["detail"][0]["message"]}]
+    assert words in r.json()["detail"][0]["message"], r.json()
+    assert client.get("/v1/jobs", headers=auth).json()["total"] == 0  # nothing queued to fail in a worker
+
+
 def test_path_escape_refused(client, auth, tiny_scene, roots, tmp_path):
     img, lab = tiny_scene
     root, outside = roots

@@ -73,6 +73,17 @@ def test_a_bad_spec_names_each_field_once(tmp_path):
     assert "params.iterations: Input should be a valid integer" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_method_the_job_type_does_not_take_is_exit_2_naming_it(tmp_path, command):
+    img, lab = write_tiny_scene(tmp_path / "scene")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({**train_spec(img, lab, method="st-dasegnet"), "output": str(tmp_path / "out")}))
+    r = geoadapt(command, str(spec), env={"GEOADAPT_URL": "http://127.0.0.1:9"})  # refused before any request
+    assert r.returncode == 2, r.stderr
+    assert "method: a train job trains a plain segmentor (source-only); use type 'adapt' for st-dasegnet" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _rows(help_text: str) -> list[list[str]]:
     """The rows of every Commands panel, each as its lines' text (a row's first line names the command)."""
     rows, inside = [], False

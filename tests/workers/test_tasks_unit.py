@@ -23,10 +23,11 @@ def store(tmp_path):
     return WorkerJobStore(settings)
 
 
-def _job(store) -> str:
+def _job(store, spec: dict | None = None) -> str:
+    """A job put in the store as it is, without the API's checks (as one stored before a rule was added)."""
     with session_scope(store.sessions) as s:
         tok, _ = tokens.create_token(s)
-        job, _ = jobs.create_job(s, job_id=uuid.uuid4(), owner_id=tok.id, spec={"type": "train"}, queue="gpu")
+        job, _ = jobs.create_job(s, job_id=uuid.uuid4(), owner_id=tok.id, spec=spec or {"type": "train"}, queue="gpu")
         return str(job.id)
 
 
@@ -93,3 +94,53 @@ def test_api_and_workers_agree_on_names_and_reliability_settings(tmp_path):
     assert tasks.run_job.acks_late and tasks.run_job.reject_on_worker_lost
     embedded = celery_app.celery_config(Settings(data_dir=tmp_path))
     assert "visibility_timeout" not in embedded["broker_transport_options"]  # the SQL transport takes engine args
+
+
+def _spec_files(tmp_path, **fields) -> dict:
+    for name in ("img.tif", "lab.tif", "tgt.tif"):
+        (tmp_path / name).write_bytes(b"")
+    return {"type": "train", "classes": [{"id": 1, "name": "a", "color": "#ff0000"}],
+            "source": {"scenes": [{"image": str(tmp_path / "img.tif"), "labels": str(tmp_path / "lab.tif")}]},
+            "output": str(tmp_path / "out"), **fields}
+
+
+@pytest.fixture
+def worker_app(store, tmp_path, monkeypatch):
+    """The task's app with a store and settings, and a pipeline that records what it is given."""
+    monkeypatch.setattr(celery_app.app, "job_store", store)
+    monkeypatch.setattr(celery_app.app, "settings", Settings(data_dir=tmp_path, broker_url="memory://"))
+    ran = []
+
+    def pipeline(spec, callbacks, log):
+        ran.append((spec, callbacks[0].span))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(tasks, "_pipeline", lambda job_type: pipeline)
+    return ran
+
+
+def test_the_worker_refuses_a_stored_spec_that_breaks_a_rule_before_any_pipeline(store, tmp_path, worker_app):
+    job_id = _job(store, _spec_files(tmp_path, method="st-dasegnet"))
+    assert tasks.run_job(job_id) == "failed"
+    row = _row(store, job_id)
+    assert row.status == "failed" and row.error_type == "invalid_spec"
+    assert row.error_message.startswith("method: a train job trains a plain segmentor"), row.error_message
+    assert worker_app == []
+
+
+@pytest.mark.parametrize("fields, trained", [
+    ({}, 99.0),
+    ({"type": "adapt", "method": "st-dasegnet", "target": {"scenes": [{"image": "tgt.tif"}]}}, 90.0),
+    ({"type": "adapt", "method": "st-dasegnet", "target": {"scenes": [{"image": "tgt.tif"}]},
+      "params": {"predict_targets": False}}, 99.0),
+])
+def test_the_worker_runs_the_validated_spec_with_the_share_training_fills(store, tmp_path, worker_app, fields,
+                                                                          trained):
+    data = _spec_files(tmp_path, **fields)
+    if "target" in fields:
+        data["target"] = {"scenes": [{"image": str(tmp_path / "tgt.tif")}]}
+    job_id = _job(store, data)
+    assert tasks.run_job(job_id) == "successful"
+    [(spec, span)] = worker_app
+    assert spec.type == data["type"] and spec.training_method == data.get("method", "source-only")
+    assert span == (0.0, trained)

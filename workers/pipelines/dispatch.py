@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from core.errors import SpecError
 from core.jobspec import JobSpec
-from models.adaptation import METHODS
 from models.training.callbacks import Callback
 from workers.pipelines import predict
 from workers.pipelines.adabn import run_adabn
 from workers.pipelines.feature_regression import run_feature_regression
-from workers.pipelines.train import evaluate_job, method_for, run_training
+from workers.pipelines.train import evaluate_job, run_training
 
 
 def run_job(
@@ -31,18 +29,15 @@ def run_job(
     device: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run any job; returns its summary (status, paths, metrics)."""
+    """Run any job of a validated spec (its type and method fit: core.jobspec); returns its summary (status,
+    paths, metrics)."""
     say = log or (lambda msg: None)
     if spec.type == "evaluate":
         return evaluate_job(spec, log=say)
     if spec.type == "predict":
         return predict.run_job(spec, callbacks, log=say)
-    method_name = method_for(spec)
-    if method_name == "adabn":
+    if spec.training_method == "adabn":
         return run_adabn(spec, callbacks, device=device, log=say)
-    if method_name not in METHODS:
-        raise SpecError(f"method {method_name!r} is not available in this build (known: {sorted(METHODS)})",
-                        field="method")
-    if method_name == "feature-regression":
+    if spec.training_method == "feature-regression":
         return run_feature_regression(spec, callbacks, resume=resume, device=device, log=say)
     return run_training(spec, callbacks, resume=resume, device=device, log=say)

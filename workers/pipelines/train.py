@@ -66,17 +66,6 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
     return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
 
 
-def method_for(spec: JobSpec) -> str:
-    if spec.type == "adapt":
-        return spec.method
-    if spec.type == "train":
-        if spec.method not in ("source-only",):
-            raise SpecError(f"a train job trains a plain segmentor; use type 'adapt' for {spec.method}",
-                            field="method")
-        return "source-only"
-    raise SpecError(f"run_job trains or evaluates; a {spec.type} job goes to the predict pipeline", field="type")
-
-
 def _val_stats(spec: JobSpec, stats: dict[str, BandStats]) -> BandStats:
     """Validation scenes are target-like (labelled target scenes): target statistics when the job
     normalises per domain and has a target, else the source statistics."""
@@ -96,7 +85,7 @@ def run_training(
     """Run a train job, or an adapt job whose method trains through the loop (source-only,
     st-dasegnet); returns a summary (status, paths, metrics). workers.pipelines.dispatch picks it."""
     say = log or (lambda msg: None)
-    method_name = method_for(spec)
+    method_name = spec.training_method
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
@@ -216,7 +205,7 @@ def run_training(
             if "label_free" in metrics and baseline["metrics"].get("label_free"):
                 metrics["label_free"]["source_only"] = baseline["metrics"]["label_free"]
         return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
-                          predict_targets=spec.type == "adapt" and spec.params.predict_targets)
+                          predict_targets=spec.predicts_targets)
     finally:
         for d in domains:
             d.close()
@@ -249,9 +238,7 @@ def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> 
         dspec = getattr(spec, name)
         if dspec is None:
             continue
-        with Domain.open(dspec, classes, field=name) as dom:
-            if not dom.labelled:
-                raise SpecError(f"{name} scenes need labels to be evaluated", field=name)
+        with Domain.open(dspec, classes, field=name) as dom:  # labelled: the spec's rule for evaluate jobs
             if dom.band_count != bundle.band_count:
                 raise BandCountMismatchError(
                     f"{name} scenes have {dom.band_count} bands, the model takes {bundle.band_count}", field=name)
