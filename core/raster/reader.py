@@ -51,9 +51,10 @@ MAX_OPEN_READERS = 32
 MAX_IDLE_HANDLES = 8
 #: the TMS of reads that need none (bounds, statistics): rio-tiler's own default
 DEFAULT_TMS = "WebMercatorQuad"
-#: lattice pixels a side of the blocks read for live inference, and how many blocks a reader keeps
+#: lattice pixels a side of the blocks read for live inference, and how many blocks the process keeps
+#: (of all its images: a bound on memory whatever the number of readers)
 READ_BLOCK = 512
-MAX_BLOCKS = 16
+MAX_BLOCKS = 128
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
@@ -122,29 +123,58 @@ class ImageReader:
         if not files:
             raise UnreadableRasterError("imagery needs at least one file")
         self.files = tuple(Path(p) for p in files)
+        self.version = file_version(self.files)
         for p in self.files:  # a missing, empty or corrupt file is a typed error naming it
             open_raster(p, what="image").close()
-        if len(self.files) == 1:
-            self._sources = [str(self.files[0])]
-        elif same_grid(self.files):
-            self._sources = [stack_vrt(self.files)]
-        else:
-            self._sources = [str(p) for p in self.files]
         self._lock = threading.Lock()
         self._memo_lock = threading.RLock()
         self._idle: dict[tuple, list[_Handle]] = {}
         self._memo: dict = {}
         self._closed = False
-        self._scene = None
+        self._scene: Scene | None = None
         self._scene_lock = threading.Lock()  # GDAL handles must not be used by two threads at once
-        self._blocks = LRU(MAX_BLOCKS)
-        with self.tiler() as r:
-            ds = r.dataset
-            self.count = len(self.files) if len(self.files) > 1 else ds.count
-            self.dtype = ds.dtypes[0]
-            self.nodata = ds.nodata
-            self.crs = crs_name(ds.crs)
-            self.bounds = list(r.bounds)
+
+    @property
+    def _sources(self) -> list[str]:
+        """What rio-tiler opens: the one file, a VRT stacking band files of one grid, or each band file.
+        Decided when first needed: live inference reads through a Scene and never needs it."""
+        def decide() -> list[str]:
+            if len(self.files) == 1:
+                return [str(self.files[0])]
+            return [stack_vrt(self.files)] if same_grid(self.files) else [str(p) for p in self.files]
+
+        return self.memo("sources", decide)
+
+    def _describe(self) -> dict:
+        def read() -> dict:
+            with self.tiler() as r:
+                ds = r.dataset
+                return {"count": len(self.files) if len(self.files) > 1 else ds.count, "dtype": ds.dtypes[0],
+                        "nodata": ds.nodata, "crs": crs_name(ds.crs), "bounds": list(r.bounds)}
+
+        return self.memo("description", read)
+
+    @property
+    def count(self) -> int:
+        return self._describe()["count"]
+
+    @property
+    def dtype(self) -> str:
+        return self._describe()["dtype"]
+
+    @property
+    def nodata(self) -> float | None:
+        return self._describe()["nodata"]
+
+    @property
+    def crs(self) -> str | None:
+        """The image's CRS by name (EPSG:xxxx where it has one)."""
+        return self._describe()["crs"]
+
+    @property
+    def bounds(self) -> list[float]:
+        """(left, bottom, right, top) in the image's CRS."""
+        return self._describe()["bounds"]
 
     @property
     def stacked(self) -> bool:
@@ -289,7 +319,7 @@ class ImageReader:
                 grid = lattice.grid(bx * READ_BLOCK, by * READ_BLOCK, READ_BLOCK, READ_BLOCK)
                 return self._scene_handle().read(onto=grid, resampling=resampling)
 
-        return self._blocks.get((lattice.key, resampling, bx, by), read)
+        return _blocks.get((self.version, lattice.key, resampling, bx, by), read)
 
     def lattice_pixels(self, lattice: Lattice, c0: int, r0: int, c1: int, r1: int,
                        resampling: str = "nearest") -> tuple[np.ndarray, np.ndarray]:
@@ -301,17 +331,17 @@ class ImageReader:
         let GDAL's approximate reprojection pick another pixel).
         """
         B = READ_BLOCK
-        data = np.zeros((self.count, r1 - r0, c1 - c0), np.float32)
+        blocks = [(bx, by, self._block(lattice, bx, by, resampling))
+                  for by in range(r0 // B, (r1 - 1) // B + 1) for bx in range(c0 // B, (c1 - 1) // B + 1)]
+        data = np.zeros((blocks[0][2].data.shape[0], r1 - r0, c1 - c0), np.float32)
         valid = np.zeros((r1 - r0, c1 - c0), bool)
-        for by in range(r0 // B, (r1 - 1) // B + 1):
-            for bx in range(c0 // B, (c1 - 1) // B + 1):
-                blk = self._block(lattice, bx, by, resampling)
-                x0, x1 = max(c0, bx * B), min(c1, (bx + 1) * B)
-                y0, y1 = max(r0, by * B), min(r1, (by + 1) * B)
-                src = (slice(y0 - by * B, y1 - by * B), slice(x0 - bx * B, x1 - bx * B))
-                dst = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
-                data[(slice(None), *dst)] = blk.data[(slice(None), *src)]
-                valid[dst] = blk.valid[src]
+        for bx, by, blk in blocks:
+            x0, x1 = max(c0, bx * B), min(c1, (bx + 1) * B)
+            y0, y1 = max(r0, by * B), min(r1, (by + 1) * B)
+            src = (slice(y0 - by * B, y1 - by * B), slice(x0 - bx * B, x1 - bx * B))
+            dst = (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
+            data[(slice(None), *dst)] = blk.data[(slice(None), *src)]
+            valid[dst] = blk.valid[src]
         return data, valid
 
 
@@ -326,6 +356,7 @@ def file_version(files: Sequence[str | Path]) -> tuple:
 
 
 _readers = LRU(MAX_OPEN_READERS, close=lambda reader: reader.close())
+_blocks = LRU(MAX_BLOCKS)
 
 
 def open_imagery(files: Sequence[str | Path]) -> ImageReader:

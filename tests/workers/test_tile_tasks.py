@@ -16,6 +16,7 @@ from core.raster.scene import Scene
 from core.raster.stats import compute_stats
 from service.settings import Settings
 from service.tiles import queue as api_queue
+from core.raster import reader as imagery_reader
 from core.raster.lattice import Lattice
 from core.raster.reader import ImageReader
 from core.raster.tiling import WindowPlan
@@ -104,7 +105,7 @@ def test_a_pixel_gets_the_same_class_whatever_area_asks_for_it(bundle_dir, opene
     whole = predict_area(b, opened, lat, 64, (c0, r0, c0 + 150, r0 + 120), "nearest", ("whole",))
     left = predict_area(b, opened, lat, 64, (c0, r0, c0 + 77, r0 + 120), "nearest", ("parts",))
     tile_windows._items.clear()  # the right part reads and predicts its windows afresh
-    opened._blocks._items.clear()
+    imagery_reader._blocks._items.clear()
     right = predict_area(b, opened, lat, 64, (c0 + 77, r0, c0 + 150, r0 + 120), "nearest", ("parts",))
     assert np.array_equal(np.concatenate([left, right], axis=1), whole)
     assert len(np.unique(whole[whole != 255])) >= 2  # a real class map, not one class
