@@ -1,40 +1,27 @@
-"""Predicted COGs as tile sources: one-segment result ids (links.result_id), pooled warped readers (rio-tiler), class areas.
+"""Predicted COGs as tile sources: one-segment result ids (links.result_id), class tiles, info, points, class areas.
 
     GET .../tiles/{tms}/{z}/{x}/{y}.png
       result id -> (job, COG name) -> owner-scoped job -> COG path         (results.prediction_files rules)
-      get_source(path, tms): CogSource, cached per (file version, TMS)
-        .tile(): a pooled handle = rasterio dataset -> WarpedVRT onto the TMS CRS (built once)
+      class_source(path, tms): CogSource over the COG's reader (core.raster.reader.open_imagery: one per
+                               file version per process, its classes and zooms kept with it)
+        .tile(): the reader's pooled handle warped onto the TMS CRS (nearest, built once)
                  -> rio-tiler Reader.tile (nearest) -> ClassPalette.png (class colours, nodata transparent)
-
-Why the pooled warped VRT: opening a COG and building the transformer from its CRS to the TMS CRS
-costs more than reading a tile (tens of ms for CRSs whose datum shift PROJ resolves through grids,
-e.g. NAD83(HARN) State Plane), and rio-tiler pays it on every tile when handed a path. A handle keeps
-that transformer; rio-tiler then reads tiles from a dataset already in the TMS CRS. GDAL datasets
-must not be shared between threads, so each request takes a handle from the pool and gives it back.
 """
 from __future__ import annotations
 
 import math
-import threading
 import uuid
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import morecantile
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
-from rio_tiler.io import Reader
 
-from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
+from core.raster.reader import open_imagery, tile_matrix_set
 from core.raster.warp import crs_name
 from core.raster.zooms import raster_native_zoom
 from core.tiles import ClassPalette
@@ -43,10 +30,6 @@ from service.api.links import RESULT_SEP
 from service.errors import NotFoundError
 
 _UUID_LEN = 36
-#: idle reader handles kept per source (more are opened under load and closed when given back)
-MAX_IDLE_HANDLES = 8
-#: sources (COG x TMS) kept open
-MAX_SOURCES = 32
 #: mean Earth radius (m), for the areas of pixels in geographic coordinates
 _EARTH_RADIUS_M = 6_371_008.8
 
@@ -79,22 +62,13 @@ def find_cog(job_dir: Path, name: str) -> Path | None:
     return job_results.prediction_files(job_dir).get(name)
 
 
-_tms_cache: dict[str, morecantile.TileMatrixSet] = {}
-
-
 def get_tms(tms_id: str) -> morecantile.TileMatrixSet:
-    """A tile matrix set by id, kept: morecantile.tms.get deep-copies the whole set on every call,
-    which costs more than serving a cached tile."""
-    tms = _tms_cache.get(tms_id)
-    if tms is not None:
-        return tms
+    """A tile matrix set by id (one kept per process); NotFound for an unknown id."""
     try:
-        tms = morecantile.tms.get(tms_id)
+        return tile_matrix_set(tms_id)
     except Exception:  # morecantile's InvalidIdentifier; any failure means the same to a client
         known = ", ".join(morecantile.tms.list())
         raise NotFoundError(f"unknown tile matrix set {tms_id!r}; known: {known}", field="tileMatrixSetId") from None
-    _tms_cache[tms_id] = tms
-    return tms
 
 
 def classes_of(ds) -> list[ClassStyle]:
@@ -111,79 +85,30 @@ def classes_of(ds) -> list[ClassStyle]:
             for v, rgba in sorted(cmap.items()) if v != nodata and rgba[3] > 0 and any(rgba[:3])]
 
 
-@dataclass
-class _Handle:
-    src: Any
-    vrt: Any
-    reader: Reader
-
-    def close(self) -> None:
-        self.reader.close()
-        if self.vrt is not None:
-            self.vrt.close()
-        self.src.close()
-
-
 class CogSource:
-    """One class COG seen through one tile matrix set: its classes, palette, bounds, zooms and readers."""
+    """One class COG seen through one tile matrix set: its classes, palette, bounds, zooms and tiles."""
 
     def __init__(self, path: Path, tms: morecantile.TileMatrixSet):
         self.path = Path(path)
         self.tms = tms
-        with rasterio.open(self.path) as ds:
+        self.reader = open_imagery([self.path])
+        self.classes, self.nodata = self.reader.memo("classes", self._classes)
+        self.palette = ClassPalette(self.classes)
+        self.minzoom, self.maxzoom, self.geographic_bounds = self.reader.memo(("zooms", tms.id), self._zooms)
+
+    def _classes(self) -> tuple[list[ClassStyle], Any]:
+        with self.reader.dataset() as ds:
             if ds.count != 1 or ds.dtypes[0] not in ("uint8", "uint16"):
                 raise NotFoundError(f"{self.path.name} is not a class map (one uint8/uint16 band)", field="id")
-            self.classes = classes_of(ds)
-            self.nodata = ds.nodata
-        if not self.classes:
+            classes, nodata = classes_of(ds), ds.nodata
+        if not classes:
             raise NotFoundError(f"{self.path.name} records no classes (no CLASSES tag or colour table)", field="id")
-        self.palette = ClassPalette(self.classes)
-        self._idle: list[_Handle] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        with self.handle() as h:  # the first handle also tells the zooms and bounds
-            self.minzoom, self.maxzoom = int(h.reader.minzoom), raster_native_zoom(h.reader.dataset, tms)
-            self.geographic_bounds = tuple(h.reader.get_geographic_bounds(tms.rasterio_geographic_crs))
+        return classes, nodata
 
-    def _open(self) -> _Handle:
-        src = rasterio.open(self.path)
-        try:
-            vrt = None
-            ds = src
-            if src.crs != self.tms.rasterio_crs:
-                vrt = WarpedVRT(src, crs=self.tms.rasterio_crs, resampling=Resampling.nearest,
-                                src_nodata=src.nodata, nodata=src.nodata)
-                ds = vrt
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rio-tiler's "no overviews" note on small rasters
-                reader = Reader(str(self.path), dataset=ds, tms=self.tms, colormap={})
-            return _Handle(src, vrt, reader)
-        except BaseException:
-            src.close()
-            raise
-
-    @contextmanager
-    def handle(self) -> Iterator[_Handle]:
-        with self._lock:
-            h = self._idle.pop() if self._idle else None
-        if h is None:
-            h = self._open()
-        try:
-            yield h
-        finally:
-            with self._lock:
-                keep = not self._closed and len(self._idle) < MAX_IDLE_HANDLES
-                if keep:
-                    self._idle.append(h)
-            if not keep:
-                h.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for h in idle:
-            h.close()
+    def _zooms(self) -> tuple[int, int, tuple]:
+        with self.reader.tiler(self.tms, warp=True) as r:
+            return (int(r.minzoom), raster_native_zoom(r.dataset, self.tms),
+                    tuple(r.get_geographic_bounds(self.tms.rasterio_geographic_crs)))
 
     def tile(self, x: int, y: int, z: int, scale: int = 1) -> bytes:
         """A paletted PNG of one tile (``scale`` x the TMS's tile size a side); NotFound when the tile
@@ -191,12 +116,11 @@ class CogSource:
         if not self.tms.is_valid(x, y, z):
             raise NotFoundError(f"no tile {z}/{x}/{y} in {self.tms.id}", field="tile")
         size = self.tms.matrix(z).tileWidth * scale if scale != 1 else None
-        with self.handle() as h:
-            try:
-                img = h.reader.tile(x, y, z, tilesize=size, resampling_method="nearest",
-                                    reproject_method="nearest")
-            except TileOutsideBounds:
-                raise NotFoundError(f"tile {z}/{x}/{y} is outside the result's bounds", field="tile") from None
+        try:
+            img = self.reader.tile(x, y, z, self.tms, tilesize=size, warp=True, resampling_method="nearest",
+                                   reproject_method="nearest")
+        except TileOutsideBounds:
+            raise NotFoundError(f"tile {z}/{x}/{y} is outside the result's bounds", field="tile") from None
         arr = img.array
         return self.palette.png(arr.data[0], ~np.ma.getmaskarray(arr)[0])
 
@@ -207,27 +131,16 @@ class CogSource:
         return None
 
 
-_sources = LRU(MAX_SOURCES, close=lambda src: src.close())
-
-
-def get_source(path: Path, tms: morecantile.TileMatrixSet) -> CogSource:
-    """The cached source of a COG (a rewritten file, with a new mtime or size, is a new source)."""
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size, tms.id)
-    return _sources.get(key, lambda: CogSource(path, tms))
+def class_source(path: Path, tms: morecantile.TileMatrixSet) -> CogSource:
+    """The class COG at ``path`` through ``tms`` (its reader, classes and zooms kept per file version)."""
+    return CogSource(path, tms)
 
 
 # ---- whole-file products: info, preview, point, class areas --------------------------------------
 
-def open_reader(path: Path, tms: morecantile.TileMatrixSet | None = None) -> Reader:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Reader(str(path), tms=tms or get_tms("WebMercatorQuad"))
-
-
 def info(path: Path, src: CogSource) -> dict:
     """rio-tiler's dataset info plus the classes, the WGS84 bounds and the zooms of the TMS."""
-    with open_reader(path, src.tms) as r:
+    with src.reader.tiler(src.tms) as r:
         out = r.info().model_dump(mode="json", exclude_none=True)
     out["classes"] = [{"id": c.id, "name": c.name, "color": c.color} for c in src.classes]
     out["geographic_bounds"] = list(src.geographic_bounds)
@@ -238,14 +151,14 @@ def info(path: Path, src: CogSource) -> dict:
 
 def preview(path: Path, src: CogSource, max_size: int) -> bytes:
     """The whole COG, its longest side at most ``max_size`` pixels (in the COG's own CRS, as TiTiler)."""
-    with open_reader(path, src.tms) as r:
+    with src.reader.tiler(src.tms) as r:
         img = r.preview(max_size=max_size, resampling_method="nearest")
     arr = img.array
     return src.palette.png(arr.data[0], ~np.ma.getmaskarray(arr)[0])
 
 
 def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
-    with open_reader(path, src.tms) as r:
+    with src.reader.tiler(src.tms) as r:
         try:
             pt = r.point(lon, lat)
         except PointOutsideBounds:
@@ -271,7 +184,7 @@ def _probabilities_at(class_path: Path, lon: float, lat: float) -> dict[str, flo
     p = probability_path_for(class_path)
     if not p.is_file():
         return None
-    with rasterio.open(p) as ds:
+    with open_imagery([p]).dataset() as ds:
         xs, ys = transform_coords("EPSG:4326", ds.crs, [lon], [lat])
         row, col = ds.index(xs[0], ys[0])
         if not (0 <= row < ds.height and 0 <= col < ds.width):
@@ -312,18 +225,14 @@ def _row_areas_geographic(ds) -> np.ndarray:
     return _EARTH_RADIUS_M**2 * dlon * np.abs(np.diff(np.sin(lat)))
 
 
-_class_areas = LRU(64)
-
-
 def class_areas(path: Path, src: CogSource) -> dict:
-    """Pixels and area of every class over the whole COG at full resolution (cached per file version)."""
-    st = path.stat()
-    return _class_areas.get((str(path), st.st_mtime_ns, st.st_size), lambda: _count_class_areas(path, src))
+    """Pixels and area of every class over the whole COG at full resolution (kept with its reader)."""
+    return src.reader.memo("class_areas", lambda: _count_class_areas(src))
 
 
-def _count_class_areas(path: Path, src: CogSource) -> dict:
+def _count_class_areas(src: CogSource) -> dict:
     """Streamed block by block."""
-    with rasterio.open(path) as ds:
+    with src.reader.dataset() as ds:
         nodata = ds.nodata
         size = 256 if ds.dtypes[0] == "uint8" else 65536
         counts = np.zeros(size, np.int64)

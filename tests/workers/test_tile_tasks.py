@@ -1,5 +1,5 @@
-"""Tile inference worker code on the real NC scene with a real (small, untrained) bundle: the lattice and its
-hann windows, areas that agree pixel for pixel whatever tile asks, rendered tiles, empty/zoomed-out/bad
+"""Tile inference worker code on the real NC scene with a real (small, untrained) bundle: the lattice and the
+hann weights of its windows, areas that agree pixel for pixel whatever tile asks, rendered tiles, empty/zoomed-out/bad
 inputs, and the names and result backend shared with the API."""
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ from core.raster.scene import Scene
 from core.raster.stats import compute_stats
 from service.settings import Settings
 from service.tiles import queue as api_queue
+from core.raster import reader as imagery_reader
+from core.raster.lattice import Lattice
+from core.raster.reader import ImageReader
+from core.raster.tiling import WindowPlan
+from models.inference.context import lattice_windows
 from workers import tile_tasks
-from workers.tile_tasks import Lattice, _OpenScene, hann, make_lattice, predict_area, render_model_tile, render_tile
+from workers.tile_tasks import predict_area, render_model_tile, render_tile
 
 WM = morecantile.tms.get("WebMercatorQuad")
 _BN = dict(type="BN", requires_grad=True)
@@ -49,9 +54,14 @@ def bundle_dir(tmp_path_factory, nc_bands, nc_classes):
 
 @pytest.fixture(scope="module")
 def opened(nc_bands):
-    o = _OpenScene(tuple(str(p) for p in nc_bands))
+    o = ImageReader(nc_bands)
     yield o
-    o.scene.close()
+    o.close()
+
+
+def hann(window: int) -> np.ndarray:
+    """(window, window) weights of a lattice window: those of an inner window of the predictor's plan."""
+    return WindowPlan(2 * window, 2 * window, window, window // 2, "hann").weights(1, 1)
 
 
 def test_hann_windows_shifted_by_half_sum_to_one():
@@ -65,14 +75,14 @@ def test_hann_windows_shifted_by_half_sum_to_one():
 
 
 def test_lattice_spans_and_windows_cover_every_pixel():
-    lat = Lattice(WM.rasterio_crs, -100.0, 100.0, 2.0, 2.0, 16)
+    lat = Lattice(WM.rasterio_crs, -100.0, 100.0, 2.0, 2.0)
     assert lat.span(-100.0, 90.0, -90.0, 100.0) == (0, 0, 5, 5)
     assert lat.span(-99.0, 90.5, -89.5, 99.5) == (0, 0, 6, 5)
     g = lat.grid(3, 4, 10, 8)
     assert g.transform.c == -94.0 and g.transform.f == 92.0 and (g.width, g.height) == (10, 8)
     c0, r0, c1, r1 = 13, 5, 40, 22
     cover = np.zeros((r1 - r0, c1 - c0))
-    for kx, ky in lat.windows(c0, r0, c1, r1):
+    for kx, ky in lattice_windows((c0, r0, c1, r1), 16):
         xs = np.arange(max(c0, kx * 8), min(c1, kx * 8 + 16))
         ys = np.arange(max(r0, ky * 8), min(r1, ky * 8 + 16))
         assert len(xs) and len(ys)  # every listed window touches the area
@@ -87,16 +97,16 @@ def test_a_pixel_gets_the_same_class_whatever_area_asks_for_it(bundle_dir, opene
     from models.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
-    lat = make_lattice(WM, opened.native_res(WM.rasterio_crs), 64)
+    lat = Lattice.for_tms(WM, opened.native_res(WM.rasterio_crs))
     t = WM.tile(-78.69, 35.75, 12)
     c0, r0, _, _ = lat.span(*WM.xy_bounds(t))
-    tile_windows = tile_tasks._windows
+    tile_windows = tile_tasks._window_cache()
     tile_windows._items.clear()
-    whole = predict_area(b, opened, lat, c0, r0, c0 + 150, r0 + 120, "nearest", ("whole",))
-    left = predict_area(b, opened, lat, c0, r0, c0 + 77, r0 + 120, "nearest", ("parts",))
+    whole = predict_area(b, opened, lat, 64, (c0, r0, c0 + 150, r0 + 120), "nearest", ("whole",))
+    left = predict_area(b, opened, lat, 64, (c0, r0, c0 + 77, r0 + 120), "nearest", ("parts",))
     tile_windows._items.clear()  # the right part reads and predicts its windows afresh
-    opened._blocks._items.clear()
-    right = predict_area(b, opened, lat, c0 + 77, r0, c0 + 150, r0 + 120, "nearest", ("parts",))
+    imagery_reader._blocks._items.clear()
+    right = predict_area(b, opened, lat, 64, (c0 + 77, r0, c0 + 150, r0 + 120), "nearest", ("parts",))
     assert np.array_equal(np.concatenate([left, right], axis=1), whole)
     assert len(np.unique(whole[whole != 255])) >= 2  # a real class map, not one class
 

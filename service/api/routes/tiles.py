@@ -1,7 +1,7 @@
 """Map tiles, TiTiler-compatible paths: predicted COGs (/v1/results/{id}/...) and live tile inference
 (/v1/models/{id}/tiles/...?dataset=...). Both owner-scoped like jobs: another token's ids answer 404.
 
-    results: token -> job (owner, successful) -> COG -> sources.get_source -> rio-tiler -> paletted PNG
+    results: token -> job (owner, successful) -> COG -> sources.class_source -> rio-tiler -> paletted PNG
     models:  token -> job with a bundle + dataset (owner) -> cache.lookup(key) -> hit: the PNG from disk
                                                                              -> miss: TileClient.render
              (Celery "tiles" queue, workers/tile_tasks.py predicts and writes the cache) -> the PNG
@@ -19,6 +19,7 @@ from fastapi import APIRouter, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from core.errors import RasterError
+from core.raster.reader import open_imagery
 from core.raster.zooms import raster_native_zoom
 from service import results as job_results
 from service.api import errors, links
@@ -89,7 +90,7 @@ def _result_cog(rid: str, session, settings, token) -> Path:
 
 def _result_source(rid: str, tms_id: str, session, settings, token) -> tuple[Path, sources.CogSource]:
     path = _result_cog(rid, session, settings, token)
-    return path, sources.get_source(path, sources.get_tms(tms_id))
+    return path, sources.class_source(path, sources.get_tms(tms_id))
 
 
 @router.get("/v1/results/{result_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response,
@@ -252,7 +253,7 @@ def model_tilejson(model_id: uuid.UUID, tms_id: TmsId, request: Request, session
     images = _image_files(ds)
     if not images:
         raise NotFoundError(f"dataset {ds.id} has no image", field="dataset")
-    with sources.open_reader(Path(images[0]), tms) as r:
+    with open_imagery([Path(images[0])]).tiler(tms) as r:
         bounds = r.get_geographic_bounds(tms.rasterio_geographic_crs)
         maxzoom = raster_native_zoom(r.dataset, tms)
     minzoom = max(tms.minzoom, maxzoom - _options(request).zoom_out_levels)
