@@ -224,10 +224,8 @@ def _predict_windows(bundle, opened: "_OpenScene", lat: Lattice, keys: list[tupl
     """
     import torch
 
-    from core.raster.stats import normalize
-
     s, w = lat.stride, lat.window
-    stats = bundle.resolve_stats(None)
+    normalizer = bundle.normalization.for_prediction()
     weights = hann(w)
     out: dict = {}
     for k in keys:
@@ -235,7 +233,7 @@ def _predict_windows(bundle, opened: "_OpenScene", lat: Lattice, keys: list[tupl
         if not valid.any():
             out[k] = None
             continue
-        x = torch.from_numpy(normalize(data, stats, valid)[None])
+        x = torch.from_numpy(normalizer(data, valid)[None])
         probs = bundle.predict_logits(x).softmax(dim=1)[0].cpu().numpy()
         wv = weights * valid
         out[k] = ((probs * wv).astype(np.float16), wv)
