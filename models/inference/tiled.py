@@ -223,11 +223,11 @@ def predict_raster(
 
     ``bundle``: a bundle path (or a job output folder holding ``bundle/``), a loaded Bundle, or any
     object with ``segmentor`` (``predict_logits``), ``classes`` (ClassSpec-like: id, name, color) and
-    ``normalization`` (a models.normalization.Normalization, which picks the statistics ``stats`` names). ``input``: a raster path, a list of single-band
-    files stacked in order, a SceneSpec or a Scene. Options: :class:`PredictOptions` fields, given as
-    ``options`` and/or keyword overrides. ``progress(done, total)`` (windows) is called from the
-    calling thread; ``should_stop()`` returning True stops the run with :class:`PredictionCancelled`
-    and leaves nothing at the output paths.
+    ``normalization`` (a models.normalization.Normalization: the statistics the ``stats`` option chooses
+    among). ``input``: a raster path, a list of single-band files stacked in order, a SceneSpec or a
+    Scene. Options: :class:`PredictOptions` fields, given as ``options`` and/or keyword overrides.
+    ``progress(done, total)`` (windows) is called from the calling thread; ``should_stop()`` returning
+    True stops the run with :class:`PredictionCancelled` and leaves nothing at the output paths.
     """
     t0 = time.perf_counter()
     opts = replace(options or PredictOptions(), **overrides).validate()

@@ -98,7 +98,8 @@ def _corr(a, b, v):
 
 
 def test_paired_sampler_aligns_ground_across_crs_and_gsd(source, warped_target):
-    ps = PairedSampler(source, warped_target, 64, Normalization({"source": source.stats(), "target": warped_target.stats()}), seed=0)
+    norm = Normalization({"source": source.stats(), "target": warped_target.stats()})
+    ps = PairedSampler(source, warped_target, 64, norm, seed=0)
     b = ps.sample(12)
     assert b["source"].shape == b["target"].shape == (12, 6, 64, 64) and b["label"].shape == (12, 64, 64)
     tscene = warped_target.items[0].scene

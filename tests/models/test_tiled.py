@@ -48,7 +48,8 @@ class CountingPerPixel(torch.nn.Module):
 
 
 def _bundle(model, classes, stats):
-    return SimpleNamespace(segmentor=model, classes=classes, normalization=Normalization({"source": stats}), band_count=6)
+    return SimpleNamespace(segmentor=model, classes=classes, normalization=Normalization({"source": stats}),
+                           band_count=6)
 
 
 @pytest.fixture(scope="module")

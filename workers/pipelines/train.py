@@ -148,8 +148,8 @@ def run_training(
         if needs_target:
             if target is None:
                 raise SpecError(f"method {method_name} needs target scenes", field="target")
-            tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=seed + 1, labelled=False,
-                                        photometric=photometric)
+            tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=seed + 1,
+                                        labelled=False, photometric=photometric)
         batches = SamplerBatches(src_sampler, tgt_sampler, run["batch_size"],
                                  flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=seed, device=dev)
 
@@ -195,7 +195,8 @@ def run_training(
         seg = method.inference_segmentor().cpu().eval()
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
-                                 band_map=band_map_of(spec.source.scenes[0], bands), default_stats=normalization.default)
+                                 band_map=band_map_of(spec.source.scenes[0], bands),
+                                 default_stats=normalization.default)
         if _wants_baseline(spec, method_name):
             baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
             if baseline["status"] == "stopped":
