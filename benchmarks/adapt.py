@@ -48,6 +48,7 @@ from core.raster.stats import BandStats
 from models.bundle import Bundle, load_bundle
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.label_free import SIGNALS, domain_windows, label_free_signals, spearman
+from models.normalization import SOURCE
 from models.training.callbacks import Callback
 from workers.pipelines.dispatch import run_job
 
@@ -222,13 +223,13 @@ class BenchContext:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region, with
         its label-free signals on the target train region (what a user without target labels can see)."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        chosen = b.resolve_stats(stats)
+        chosen = b.normalization.for_prediction(stats)
         with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
             metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
         with Domain.open(DomainSpec.model_validate(self.domains["target"]), b.classes, labels=False) as tgt, \
                 Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
             metrics["label_free"] = label_free_signals(
-                b.segmentor, domain_windows(tgt, chosen), domain_windows(src, b.resolve_stats("source")),
+                b.segmentor, domain_windows(tgt, chosen), domain_windows(src, b.normalization.for_domain(SOURCE)),
                 class_ids=[c.id for c in b.classes])
         return metrics
 

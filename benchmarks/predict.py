@@ -142,18 +142,16 @@ def _sample_batches(bundle, path: Path, s: BenchSettings, n: int) -> list[np.nda
     from rasterio.windows import Window
 
     from core.raster.scene import Scene
-    from core.raster.stats import normalize
-    from models.inference.tiled import _choose_stats
 
+    normalizer = bundle.normalization.for_prediction("auto")
     xs = []
     with Scene.open(path) as scene:
-        stats, _ = _choose_stats(bundle, "auto", scene, scene.grid.full_window())
         step = s.window - s.overlap
         for r in range(0, scene.grid.height - s.window, step):
             for c in range(0, scene.grid.width - s.window, step):
                 rw = scene.read(Window(c, r, s.window, s.window))
                 if rw.valid.any():
-                    xs.append(normalize(rw.data, stats, rw.valid))
+                    xs.append(normalizer(rw.data, rw.valid))
                 if len(xs) >= n * s.batch_size:
                     return [np.stack(xs[i : i + s.batch_size]) for i in range(0, len(xs), s.batch_size)]
     return [np.stack(xs[i : i + s.batch_size]) for i in range(0, len(xs), s.batch_size)]
@@ -219,17 +217,15 @@ def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
 
     from core.raster.cog import class_cog_writer, class_encoding
     from core.raster.scene import Scene
-    from core.raster.stats import normalize
     from core.raster.tiling import WindowPlan
-    from models.inference.tiled import WindowModel, _choose_stats
+    from models.inference.tiled import WindowModel
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
     with Scene.open(path) as scene:
         rw = scene.read()
-        stats, _ = _choose_stats(bundle, "auto", scene, scene.grid.full_window())
         grid = scene.grid
-    x = normalize(rw.data, stats, rw.valid)
+    x = bundle.normalization.for_prediction("auto")(rw.data, rw.valid)
     valid = rw.valid
     del rw
     stages["read_normalise"] = time.perf_counter() - t0

@@ -113,13 +113,9 @@ def register(app: typer.Typer) -> None:
 
                 raise BandCountMismatchError(f"the image has {dom.band_count} bands, the model takes {b.band_count}",
                                              field="--image")
-            if stats == "own":
-                chosen, which = dom.stats(), "own"
-            else:
-                which = b.default_stats if stats == "default" else stats
-                chosen = b.resolve_stats(which)
-            metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
-        metrics["stats"] = which
+            normalizer = b.normalization.for_prediction(None if stats == "default" else stats, input_stats=dom.stats)
+            metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, normalizer), dom, [c.name for c in b.classes])
+        metrics["stats"] = normalizer.name
         metrics["bundle"] = str(b.path)
         metrics["image"] = [str(p) for p in image]
         metrics["region"] = reg

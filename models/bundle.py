@@ -11,8 +11,9 @@ Layout (``FORMAT`` 1)::
       weights.pth   state_dict of the inference segmentor (plain tensors)
 
 ``load_bundle(path)`` accepts the bundle folder, a job output folder holding ``bundle/``, or a zip of
-either; the returned :class:`Bundle` predicts on raw arrays (normalisation inside) and knows
-nothing of how the model was trained.
+either; the returned :class:`Bundle` predicts on raw arrays with its own normalisation
+(:attr:`Bundle.normalization`, from the manifest's ``stats`` and ``default_stats``) and knows nothing of how
+the model was trained.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from torch import nn
 import models.adaptation  # noqa: F401  (registers the inference segmentors of every method)
 from core.errors import BandCountMismatchError, BundleError
 from core.jobspec import IGNORE_INDEX, ClassSpec
-from core.raster.stats import BandStats, normalize
+from core.raster.stats import BandStats
 from models.batchnorm_statistics import batchnorm_layers
+from models.normalization import Normalization
 from models.segmentor import build_segmentor
 
 FORMAT = 1
@@ -83,20 +85,15 @@ def save_bundle(
 
     ``inference``: dict(type=<registered segmentor>, ...) rebuilding ``segmentor``; defaults to
     ``config["inference"]``. ``default_stats``: which statistics ``predict`` uses unless told
-    ("target" when present, else "source").
+    ("target" when present, else "source"; see models.normalization).
     """
     directory = Path(directory)
     classes = [c if isinstance(c, ClassSpec) else ClassSpec.model_validate(c) for c in classes]
     inference = dict(inference or config.get("inference") or {})
     if not inference:
         raise BundleError("save_bundle needs the inference segmentor's config (inference=...)")
-    if "source" not in stats:
-        raise BundleError("a bundle needs at least the source statistics")
+    normalization = Normalization(stats, default=default_stats)
     band_count = int(next(iter(stats.values())).bands)
-    if default_stats is None:
-        default_stats = "target" if "target" in stats else "source"
-    if default_stats not in stats:
-        raise BundleError(f"default_stats {default_stats!r} is not among the statistics {sorted(stats)}")
     manifest = {
         "format": FORMAT,
         "method": method or (config.get("adaptation") or {}).get("type", "source-only"),
@@ -104,8 +101,7 @@ def save_bundle(
         "classes": [c.model_dump() for c in classes],
         "band_count": band_count,
         "band_map": list(band_map) if band_map else [{"index": i, "name": f"band {i + 1}"} for i in range(band_count)],
-        "stats": {k: v.to_dict() for k, v in stats.items()},
-        "default_stats": default_stats,
+        **normalization.manifest_entries(),
         "ignore_index": IGNORE_INDEX,
         "inference": inference,
         # read without torch by the service, which refuses an AdaBN job on a model that has none
@@ -154,8 +150,7 @@ class Bundle:
         self.classes = [ClassSpec.model_validate(c) for c in manifest["classes"]]
         self.band_count = int(manifest["band_count"])
         self.band_map = manifest.get("band_map", [])
-        self.stats = {k: BandStats.from_dict(v) for k, v in manifest["stats"].items()}
-        self.default_stats = manifest.get("default_stats", "source")
+        self.normalization = Normalization.from_manifest(manifest)
         self.method = manifest.get("method")
         self.provenance = manifest.get("provenance", {})
         self.metrics = manifest.get("metrics", {})
@@ -172,19 +167,6 @@ class Bundle:
     @property
     def class_ids(self) -> list[int]:
         return [c.id for c in self.classes]
-
-    def resolve_stats(self, stats: str | BandStats | None) -> BandStats:
-        if isinstance(stats, BandStats):
-            chosen = stats
-        else:
-            name = stats or self.default_stats
-            if name not in self.stats:
-                raise BundleError(f"this bundle has no {name!r} statistics (it has {sorted(self.stats)}); "
-                                  f"pass the image's own statistics instead")
-            chosen = self.stats[name]
-        if chosen.bands != self.band_count:
-            raise BandCountMismatchError(f"statistics for {chosen.bands} bands, the model takes {self.band_count}")
-        return chosen
 
     def to_class_ids(self, train_ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Train ids (0..K-1) -> class ids of the class list; nodata where not valid."""
@@ -215,7 +197,7 @@ class Bundle:
             raise BandCountMismatchError(f"the window has {window.shape[0]} bands, the model takes {self.band_count}")
         if valid is None:
             valid = np.ones(window.shape[1:], dtype=bool)
-        x = normalize(window, self.resolve_stats(stats), valid)
+        x = self.normalization.for_prediction(stats)(window, valid)
         probs = self.predict_logits(torch.from_numpy(x)[None]).softmax(dim=1)[0].cpu().numpy()
         ids = probs.argmax(axis=0).astype(np.uint8)
         ids[~valid] = IGNORE_INDEX
@@ -227,7 +209,7 @@ class Bundle:
         """(class ids (H, W), probabilities (K, H, W) float32) of a raw (C, H, W) window.
 
         Class ids are the job's (not train ids); invalid pixels get :attr:`class_nodata` and zero
-        probabilities. ``stats``: "target", "source" or a BandStats (default: :attr:`default_stats`).
+        probabilities. ``stats``: "target", "source" or a BandStats (default: the bundle's default statistics).
         """
         ids, probs = self.predict_train_ids(window, valid, stats)
         valid_out = ids != IGNORE_INDEX

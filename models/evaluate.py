@@ -12,20 +12,21 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.raster.stats import BandStats, normalize
 from models.metrics import ConfusionMatrix
+from models.normalization import Normalizer
 
 #: (raw window (C, h, w), valid (h, w)) -> train ids (h, w)
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def segmentor_predict_fn(segmentor: torch.nn.Module, stats: BandStats, *, pad_to: int = 32) -> PredictFn:
-    """A PredictFn around any inference segmentor (``predict_logits``), normalising with ``stats``."""
+def segmentor_predict_fn(segmentor: torch.nn.Module, normalizer: Normalizer, *, pad_to: int = 32) -> PredictFn:
+    """A PredictFn around any inference segmentor (``predict_logits``), its raw windows normalised by
+    ``normalizer`` (the model's, for the domain scored)."""
     device = next(segmentor.parameters()).device
 
     @torch.no_grad()
     def predict(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(normalize(raw, stats, valid))[None].to(device)
+        x = torch.from_numpy(normalizer(raw, valid))[None].to(device)
         h, w = x.shape[-2:]
         logits = segmentor.predict_logits(pad_to_multiple(x, pad_to))[..., :h, :w]
         return logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)

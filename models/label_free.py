@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.raster.stats import BandStats, normalize
 from models.adaptation.base import AdaptationMethod
 from models.adaptation.feature_regression import FeatureRegression
 from models.adaptation.st_dasegnet import DualSegmentor
 from models.evaluate import context_windows, pad_to_multiple
+from models.normalization import Normalizer
 from models.segmentor import decode, upsample
 
 #: the scalar signals, in display order (each one the benchmark correlates with the target mIoU)
@@ -45,10 +45,11 @@ LOOSE_THRESHOLD = 0.9
 LabelFreeWindow = tuple[Tensor, Tensor]
 
 
-def domain_windows(domain, stats: BandStats, *, max_windows: int = MAX_WINDOWS, tile: int = 256,
+def domain_windows(domain, normalizer: Normalizer, *, max_windows: int = MAX_WINDOWS, tile: int = 256,
                    margin: int = 32) -> Iterator[LabelFreeWindow]:
     """Evaluation's windows of every scene's region (cores with context), at most ``max_windows`` of
-    them spread evenly over the plan, normalised with ``stats``; labels are never read."""
+    them spread evenly over the plan, normalised by ``normalizer`` (the model's, for this domain);
+    labels are never read."""
     plan = list(context_windows(domain, tile=tile, margin=margin))
     if len(plan) > max_windows:  # spread over the whole region rather than its first rows
         plan = [plan[i] for i in np.unique(np.linspace(0, len(plan) - 1, max_windows).round().astype(int))]
@@ -57,7 +58,7 @@ def domain_windows(domain, stats: BandStats, *, max_windows: int = MAX_WINDOWS, 
         counted = np.zeros_like(rw.valid)
         counted[core] = rw.valid[core]
         if counted.any():
-            yield torch.from_numpy(normalize(rw.data, stats, rw.valid)), torch.from_numpy(counted)
+            yield torch.from_numpy(normalizer(rw.data, rw.valid)), torch.from_numpy(counted)
 
 
 class _Networks:

@@ -110,12 +110,11 @@ def predict_area(bundle, reader: ImageReader, lattice: Lattice, window: int, are
     """Class ids (train ids; 255 = no data) of lattice pixels ``area`` = (c0, r0, c1, r1), blended from the
     windows around them. The same pixel gets the same class whatever area is asked for."""
     from core.jobspec import IGNORE_INDEX
-    from core.raster.stats import normalize
     from models.inference.context import context_span, predict_with_context
     from models.inference.tiled import WindowModel
 
     data, valid = reader.lattice_pixels(lattice, *context_span(area, window), resampling)
-    x = normalize(data, bundle.resolve_stats(None), valid)
+    x = bundle.normalization.for_prediction()(data, valid)  # the bundle's own default statistics
     model = WindowModel(bundle, device=bundle.device)
     probs, has_class = predict_with_context(model, x, valid, area, window, bundle.num_classes,
                                             cache=_window_cache(), cache_key=(*cache_key, *lattice.key, window))

@@ -141,7 +141,10 @@ def _region(scene, region) -> tuple[Window, np.ndarray | None]:
 
 
 def normalize(data: np.ndarray, stats: BandStats, valid: np.ndarray | None = None) -> np.ndarray:
-    """(..., C, H, W) raw values -> float32 (x - mean) / std; invalid pixels (if given) become 0."""
+    """(..., C, H, W) raw values -> float32 (x - mean) / std; invalid pixels (if given) become 0.
+
+    The numeric primitive: models call it through their normaliser (models.normalization), which also
+    decides which statistics apply."""
     c = data.shape[-3]
     if c != stats.bands:
         raise BandCountMismatchError(f"data has {c} bands but the statistics describe {stats.bands}")

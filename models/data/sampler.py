@@ -19,10 +19,10 @@ from core.errors import EmptyRegionError
 from core.jobspec import IGNORE_INDEX
 from core.raster.domain import Domain, DomainScene, accumulate_cells, cell_areas
 from core.raster.grid import iter_blocks
-from core.raster.stats import BandStats, normalize
 from core.raster.warp import bounds_in
 from models.data.photometric import PhotometricDistortion, PhotometricSettings
 from models.data.rescale import RandomRescale, RescaleSettings
+from models.normalization import SOURCE, TARGET, Normalization, Normalizer
 
 #: DAFormer's rare-class sampling temperature: p(c) ~ exp((1 - f_c) / T)
 RCS_TEMPERATURE = 0.01
@@ -89,7 +89,8 @@ class _Base:
 
 
 class WindowSampler(_Base):
-    """Random ``crop`` x ``crop`` windows over the valid area of a domain's region, normalised.
+    """Random ``crop`` x ``crop`` windows over the valid area of a domain's region, normalised by
+    ``normalizer`` (the model's for this domain: models.normalization).
 
     ``rare_class_bias`` (0-1): the share of windows drawn around a pixel of a class chosen with
     DAFormer's rare-class distribution p(c) ~ exp((1 - f_c) / T) over the region's class
@@ -106,7 +107,7 @@ class WindowSampler(_Base):
         self,
         domain: Domain,
         crop: int,
-        stats: BandStats,
+        normalizer: Normalizer,
         *,
         seed: int,
         labelled: bool = True,
@@ -121,7 +122,7 @@ class WindowSampler(_Base):
             raise ValueError("a labelled sampler needs labels on every scene of the domain")
         if not 0.0 <= rare_class_bias <= 1.0:
             raise ValueError("rare_class_bias is a probability (0-1)")
-        self.domain, self.crop, self.stats = domain, int(crop), stats
+        self.domain, self.crop, self.normalizer = domain, int(crop), normalizer
         self.labelled, self.min_valid, self.rare_class_bias = labelled, float(min_valid), float(rare_class_bias)
         self.cell = cell or _default_cell(self.crop)
         self.index = [
@@ -134,7 +135,7 @@ class WindowSampler(_Base):
             self._init_rare_classes()
         # its own generator: the crop positions stay those of the same seed without distortion
         self.photometric = None if photometric is None else PhotometricDistortion(
-            stats, photometric, seed=int(seed) + 104_729)
+            normalizer.stats, photometric, seed=int(seed) + 104_729)
         self.rescale = None if rescale is None else RandomRescale(rescale, self.crop, seed=int(seed) + 130_363)
 
     def state_dict(self) -> dict:
@@ -202,7 +203,7 @@ class WindowSampler(_Base):
                 )
             self.last_windows.append((idx.item.index, win))
             data = rw.data if self.photometric is None else self.photometric(rw.data)
-            img, valid = normalize(data, self.stats, rw.valid), rw.valid
+            img, valid = self.normalizer(data, rw.valid), rw.valid
             if self.labelled:
                 label = idx.item.read_labels(win, valid)
             else:
@@ -224,7 +225,8 @@ class PairedSampler(_Base):
     window's grid (reprojected and resampled from whatever CRS and GSD it has).
 
     ``valid`` is True where both are valid and the ground lies in both regions. ``label`` (source
-    labels, 255 = ignore) is included when the source domain is labelled.
+    labels, 255 = ignore) is included when the source domain is labelled. Each side is normalised as
+    ``normalization`` (the model's) normalises its domain.
     """
 
     def __init__(
@@ -232,8 +234,7 @@ class PairedSampler(_Base):
         source: Domain,
         target: Domain,
         crop: int,
-        source_stats: BandStats,
-        target_stats: BandStats,
+        normalization: Normalization,
         *,
         seed: int,
         min_valid: float = 0.5,
@@ -242,7 +243,8 @@ class PairedSampler(_Base):
     ):
         super().__init__(seed)
         self.source, self.target, self.crop = source, target, int(crop)
-        self.source_stats, self.target_stats = source_stats, target_stats
+        self.source_normalizer = normalization.for_domain(SOURCE)
+        self.target_normalizer = normalization.for_domain(TARGET)
         self.min_valid, self.resampling = float(min_valid), resampling
         self.cell = cell or _default_cell(self.crop)
         self.partners: list[list[DomainScene]] = []
@@ -305,8 +307,8 @@ class PairedSampler(_Base):
                     f"found in {_MAX_TRIES} tries"
                 )
             self.last_windows.append((idx.item.index, win))
-            srcs.append(normalize(s.data, self.source_stats, both))
-            tgts.append(normalize(t.data, self.target_stats, both))
+            srcs.append(self.source_normalizer(s.data, both))
+            tgts.append(self.target_normalizer(t.data, both))
             valids.append(both)
             if labelled:
                 labels.append(idx.item.read_labels(win, both))

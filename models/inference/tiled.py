@@ -47,8 +47,9 @@ from core.raster.cog import (
     probability_path_for,
 )
 from core.raster.scene import Scene
-from core.raster.stats import BandStats, compute_stats, normalize
+from core.raster.stats import compute_stats
 from core.raster.tiling import PredictOptions, StreamingBlender, WindowPlan, aoi_mask, resolve_region
+from models.normalization import Normalizer
 
 
 class PredictionCancelled(Exception):
@@ -222,11 +223,11 @@ def predict_raster(
 
     ``bundle``: a bundle path (or a job output folder holding ``bundle/``), a loaded Bundle, or any
     object with ``segmentor`` (``predict_logits``), ``classes`` (ClassSpec-like: id, name, color) and
-    ``stats`` ({"source": BandStats, "target": ...}). ``input``: a raster path, a list of single-band
-    files stacked in order, a SceneSpec or a Scene. Options: :class:`PredictOptions` fields, given as
-    ``options`` and/or keyword overrides. ``progress(done, total)`` (windows) is called from the
-    calling thread; ``should_stop()`` returning True stops the run with :class:`PredictionCancelled`
-    and leaves nothing at the output paths.
+    ``normalization`` (a models.normalization.Normalization: the statistics the ``stats`` option chooses
+    among). ``input``: a raster path, a list of single-band files stacked in order, a SceneSpec or a
+    Scene. Options: :class:`PredictOptions` fields, given as ``options`` and/or keyword overrides.
+    ``progress(done, total)`` (windows) is called from the calling thread; ``should_stop()`` returning
+    True stops the run with :class:`PredictionCancelled` and leaves nothing at the output paths.
     """
     t0 = time.perf_counter()
     opts = replace(options or PredictOptions(), **overrides).validate()
@@ -245,7 +246,9 @@ def predict_raster(
                     f"{scene.name} has {scene.count} bands but the model was trained on {expected}"
                 )
             region, geoms = resolve_region(scene.grid, opts.region)
-            stats, stats_name = _choose_stats(bundle, opts.stats, scene, region)
+            # a streaming pass over the input's valid pixels in the region, only if asked for
+            normalizer = bundle.normalization.for_prediction(
+                opts.stats, input_stats=lambda: compute_stats([scene], [region]))
             out_grid = scene.grid.window(region)
         plan = WindowPlan(int(region.height), int(region.width), opts.window, opts.overlap, opts.blend)
         model = WindowModel(
@@ -270,7 +273,7 @@ def predict_raster(
             workers = [
                 threading.Thread(
                     target=_read_windows, name="predict-reader", daemon=True,
-                    args=(pipe, q_in, open_scene, plan, region, geoms, stats, opts.batch_size),
+                    args=(pipe, q_in, open_scene, plan, region, geoms, normalizer, opts.batch_size),
                 ),
                 *(
                     threading.Thread(target=_forward, name=f"predict-model-{i}", daemon=True,
@@ -310,7 +313,7 @@ def predict_raster(
     return PredictionResult(
         output=output, probabilities=probs_path, windows=len(plan), predicted=pipe.predicted,
         skipped=pipe.skipped, pixels=int(region.width) * int(region.height), valid_pixels=pipe.valid_pixels,
-        stats=stats_name, seconds=seconds, timings={k: round(v, 3) for k, v in pipe.busy.items()},
+        stats=normalizer.name, seconds=seconds, timings={k: round(v, 3) for k, v in pipe.busy.items()},
         options={**opts.as_dict(), "streams": n_streams, "threads": n_threads, "device": str(model.device)},
     )
 
@@ -357,7 +360,8 @@ def _span(run: list) -> Window:
     return Window(first.col_off, first.row_off, last.col_off + last.width - first.col_off, first.height)
 
 
-def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms, stats, batch: int):
+def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms,
+                  normalizer: Normalizer, batch: int):
     """Reader thread: read chunks of windows, mask, skip all-nodata windows, normalise and stack batches."""
     try:
         with pipe.gdal:
@@ -382,7 +386,7 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
                 chunk_valid = chunk.valid
                 if geoms is not None:
                     chunk_valid &= aoi_mask(geoms, chunk.grid)
-                x_chunk = normalize(chunk.data, stats, chunk_valid)
+                x_chunk = normalizer(chunk.data, chunk_valid)
                 del chunk
                 pipe.add("read", time.perf_counter() - t)
                 for pw in windows:
@@ -563,23 +567,3 @@ def _probability_path(output: Path, probabilities: Any) -> Path | None:
     if isinstance(probabilities, (str, os.PathLike)):
         return Path(probabilities)
     return probability_path_for(output)
-
-
-def _choose_stats(bundle: Any, choice: Any, scene: Scene, region: Window) -> tuple[BandStats, str]:
-    """The statistics that normalise the input, and their name for the record."""
-    if not isinstance(choice, str):
-        return (choice if hasattr(choice, "mean") else BandStats.from_dict(choice)), "custom"
-    if choice == "input":  # a streaming pass over the input's valid pixels in the region
-        return compute_stats([scene], [region]), "input"
-    have = dict(getattr(bundle, "stats", None) or {})
-    if choice == "auto":  # the bundle's own default, else target statistics when it has them
-        default = getattr(bundle, "default_stats", None)
-        choice = default if default in have else ("target" if "target" in have else "source")
-    if choice not in have:
-        raise ConfigError(
-            f"the model bundle has no {choice} statistics (it has: {', '.join(have) or 'none'}); "
-            "use stats=input to normalise with the input's own",
-            field="stats",
-        )
-    s = have[choice]
-    return (s if hasattr(s, "mean") else BandStats.from_dict(s)), choice

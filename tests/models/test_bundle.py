@@ -49,7 +49,7 @@ def test_round_trip_predicts_the_same_and_maps_class_ids(tiny, method, tmp_path)
         pad = torch.nn.functional.pad(x[None], (0, 28, 0, 24), mode="reflect")  # to 64 x 64
         ref = seg.predict_logits(pad)[..., :40, :36].softmax(1)[0].numpy()
     assert np.allclose(probs[:, valid], ref[:, valid], atol=1e-5)
-    assert b.stats["target"].mean[0] == 15.0 and b.default_stats == "target"
+    assert b.normalization.stats["target"].mean[0] == 15.0 and b.normalization.default == "target"
     assert b.metadata["provenance"]["job"] == "t1" and b.metrics["miou"] == 0.5
 
     zpath = shutil.make_archive(str(tmp_path / "bundle"), "zip", out)
@@ -70,7 +70,7 @@ def test_small_class_ids_use_uint8(tiny, tmp_path):
                 inference=m.inference_config())
     b = load_bundle(tmp_path / "b")
     ids, _ = b.predict(np.zeros((2, 20, 20), np.float32))
-    assert ids.dtype == np.uint8 and set(np.unique(ids)) <= {1, 2, 3} and b.default_stats == "source"
+    assert ids.dtype == np.uint8 and set(np.unique(ids)) <= {1, 2, 3} and b.normalization.default == "source"
     with pytest.raises(BundleError):
         b.predict(np.zeros((2, 20, 20), np.float32), stats="target")
 

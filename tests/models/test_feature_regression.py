@@ -12,6 +12,7 @@ from models.adaptation import build_method
 from models.adaptation.feature_regression import PairedBatches, level_loss
 from models.data.sampler import PairedSampler, WindowSampler
 from models.config import resolve_config
+from models.normalization import Normalization, Normalizer
 
 
 def _fr(**overrides):
@@ -44,14 +45,14 @@ def nc_pair(nc_source, nc_bands, nc_classes, tmp_path_factory):
 def test_loss_is_zero_when_target_is_source_and_student_is_teacher(nc_source, tol):
     m = _fr(**{"adaptation.tolerance": {"type": tol, "radius": 1}})
     m.set_teacher(m.teacher.state_dict())
-    b = WindowSampler(nc_source, 64, nc_source.stats(), seed=0).sample(2)
+    b = WindowSampler(nc_source, 64, Normalizer(nc_source.stats()), seed=0).sample(2)
     batch = {"source": {"img": b["img"], "valid": b["valid"]}, "target": {"img": b["img"].clone(), "valid": b["valid"]}}
     m.train()
     losses = m.losses(batch)
     assert float(losses["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
     assert set(losses) == {"loss", "feat_l0", "feat_l1", "feat_l2", "feat_l3"}
     # and not vacuously: another target window gives a clearly positive loss
-    other = WindowSampler(nc_source, 64, nc_source.stats(), seed=5).sample(2)["img"]
+    other = WindowSampler(nc_source, 64, Normalizer(nc_source.stats()), seed=5).sample(2)["img"]
     batch["target"]["img"] = other
     assert float(m.losses(batch)["loss"].detach()) > 0.1
 
@@ -87,8 +88,9 @@ def test_student_features_move_towards_the_teachers_on_the_real_nc_pair(nc_pair)
     torch.manual_seed(0)
     m = _fr(**{"adaptation.optim.lr": 1e-3})
     m.set_teacher(m.teacher.state_dict())  # a random teacher is still a fixed map to regress onto
-    ps = PairedSampler(src, tgt, 48, src.stats(), tgt.stats(), seed=0)
-    held_out = PairedBatches(PairedSampler(src, tgt, 48, src.stats(), tgt.stats(), seed=123), 4).next(0)
+    ps = PairedSampler(src, tgt, 48, Normalization({"source": src.stats(), "target": tgt.stats()}), seed=0)
+    norm = Normalization({"source": src.stats(), "target": tgt.stats()})
+    held_out = PairedBatches(PairedSampler(src, tgt, 48, norm, seed=123), 4).next(0)
     batches = PairedBatches(ps, 4)
     decoder = {k: v.clone() for k, v in m.student.decode_head.state_dict().items()}
     teacher = {k: v.clone() for k, v in m.teacher.state_dict().items()}
@@ -114,7 +116,7 @@ def test_student_features_move_towards_the_teachers_on_the_real_nc_pair(nc_pair)
 
 def test_state_dict_round_trip_continues_identically(nc_pair):
     src, tgt = nc_pair
-    ps = PairedSampler(src, tgt, 32, src.stats(), tgt.stats(), seed=2)
+    ps = PairedSampler(src, tgt, 32, Normalization({"source": src.stats(), "target": tgt.stats()}), seed=2)
     batch = PairedBatches(ps, 2).next(0)
     a = _fr()
     a.train_step(batch, 0)

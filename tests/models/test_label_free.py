@@ -12,6 +12,7 @@ from torch import nn
 
 from models.adaptation import build_method
 from models.label_free import domain_windows, label_free_signals, spearman
+from models.normalization import Normalizer
 
 
 class LogitsAreInput(nn.Module):
@@ -119,7 +120,7 @@ def test_feature_regression_compares_teacher_and_student(tiny):
 
 
 def test_domain_windows_count_every_valid_region_pixel_once(source):
-    stats = source.stats()
+    stats = Normalizer(source.stats())
     valid = sum(int(it.read().valid.sum()) for it in source.items)
     wins = list(domain_windows(source, stats, tile=64, margin=16))
     assert len(wins) == 35  # 443 rows x 293 columns in 64-px cores

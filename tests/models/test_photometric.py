@@ -11,6 +11,7 @@ from core.raster.stats import BandStats
 from models.config import resolve_config
 from models.data.photometric import PhotometricDistortion, PhotometricSettings
 from models.data.sampler import WindowSampler
+from models.normalization import Normalizer
 
 LO = np.array([0.0, 100.0, 1000.0])
 HI = np.array([255.0, 200.0, 5000.0])
@@ -133,7 +134,7 @@ def test_config_switch_and_a_bad_value_named():
 
 
 def test_sampler_distorts_the_same_crops_and_resumes_exactly(source):
-    stats = source.stats()
+    stats = Normalizer(source.stats())
     plain = WindowSampler(source, 48, stats, seed=4)
     jitter = WindowSampler(source, 48, stats, seed=4, photometric=PhotometricSettings())
     a, b = plain.sample(8), jitter.sample(8)

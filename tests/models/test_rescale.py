@@ -11,6 +11,7 @@ from core.errors import ConfigError
 from models.config import resolve_config
 from models.data.rescale import RandomRescale, RescaleSettings
 from models.data.sampler import WindowSampler
+from models.normalization import Normalizer
 
 BOUNDS = (10, 20, 300, 400)  # row_off, col_off, height, width of a region
 
@@ -78,7 +79,7 @@ def test_config_switch_and_a_bad_value_named():
 
 
 def test_sampler_returns_crop_sized_rescaled_crops_of_the_ground_it_read(source):
-    stats = source.stats()
+    stats = Normalizer(source.stats())
     s = WindowSampler(source, 32, stats, seed=5, rescale=RescaleSettings((0.5, 0.5)))
     batch = s.sample(6)
     assert batch["img"].shape == (6, 6, 32, 32) and batch["label"].shape == (6, 32, 32)
@@ -91,7 +92,7 @@ def test_sampler_returns_crop_sized_rescaled_crops_of_the_ground_it_read(source)
 
 
 def test_sampler_with_rescale_resumes_exactly(source):
-    stats = source.stats()
+    stats = Normalizer(source.stats())
     a = WindowSampler(source, 32, stats, seed=6, rescale=RescaleSettings())
     a.sample(4)
     state = a.state_dict()

@@ -14,6 +14,7 @@ from rasterio.windows import Window
 from core.jobspec import IGNORE_INDEX, DomainSpec
 from core.raster.domain import Domain
 from models.data.sampler import PairedSampler, WindowSampler
+from models.normalization import Normalization, Normalizer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core" / "raster"))
 from helpers import warp_copy  # noqa: E402
@@ -22,7 +23,7 @@ torch.set_num_threads(1)
 
 
 def test_windows_are_never_mostly_nodata_and_labels_line_up(source, nc_data):
-    s = WindowSampler(source, 64, source.stats(), seed=0, min_valid=0.5)
+    s = WindowSampler(source, 64, Normalizer(source.stats()), seed=0, min_valid=0.5)
     with rasterio.open(nc_data["strata"]) as ds:
         strata = ds.read(1)
     fracs = []
@@ -47,17 +48,17 @@ def test_windows_are_never_mostly_nodata_and_labels_line_up(source, nc_data):
 
 
 def test_stricter_min_valid_is_honoured(source):
-    s = WindowSampler(source, 96, source.stats(), seed=1, min_valid=0.95)
+    s = WindowSampler(source, 96, Normalizer(source.stats()), seed=1, min_valid=0.95)
     fr = torch.cat([s.sample(8)["valid"].float().mean(dim=(1, 2)) for _ in range(5)])
     assert fr.min() >= 0.95
 
 
 def test_state_dict_resumes_exactly(source):
-    a = WindowSampler(source, 48, source.stats(), seed=3)
+    a = WindowSampler(source, 48, Normalizer(source.stats()), seed=3)
     a.sample(4)
     state = a.state_dict()
     x = a.sample(4)
-    b = WindowSampler(source, 48, source.stats(), seed=99)
+    b = WindowSampler(source, 48, Normalizer(source.stats()), seed=99)
     b.load_state_dict(state)
     y = b.sample(4)
     assert torch.equal(x["img"], y["img"]) and torch.equal(x["label"], y["label"])
@@ -71,8 +72,8 @@ def test_rare_class_bias_favours_rare_classes(source):
             counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=7)[:7]
         return counts / counts.sum()
 
-    uniform = share(WindowSampler(source, 64, source.stats(), seed=5))
-    biased_sampler = WindowSampler(source, 64, source.stats(), seed=5, rare_class_bias=1.0)
+    uniform = share(WindowSampler(source, 64, Normalizer(source.stats()), seed=5))
+    biased_sampler = WindowSampler(source, 64, Normalizer(source.stats()), seed=5, rare_class_bias=1.0)
     biased = share(biased_sampler)
     rare = int(np.argmin(biased_sampler.class_freq))  # sediment: 0.08% of the region
     assert biased[rare] > 3 * uniform[rare]
@@ -80,7 +81,7 @@ def test_rare_class_bias_favours_rare_classes(source):
 
 
 def test_unlabelled_sampler_returns_ignore_labels(source):
-    b = WindowSampler(source, 32, source.stats(), seed=0, labelled=False).sample(2)
+    b = WindowSampler(source, 32, Normalizer(source.stats()), seed=0, labelled=False).sample(2)
     assert (b["label"] == IGNORE_INDEX).all()
 
 
@@ -97,7 +98,8 @@ def _corr(a, b, v):
 
 
 def test_paired_sampler_aligns_ground_across_crs_and_gsd(source, warped_target):
-    ps = PairedSampler(source, warped_target, 64, source.stats(), warped_target.stats(), seed=0)
+    norm = Normalization({"source": source.stats(), "target": warped_target.stats()})
+    ps = PairedSampler(source, warped_target, 64, norm, seed=0)
     b = ps.sample(12)
     assert b["source"].shape == b["target"].shape == (12, 6, 64, 64) and b["label"].shape == (12, 64, 64)
     tscene = warped_target.items[0].scene
@@ -120,7 +122,7 @@ def test_paired_sampler_with_the_shifted_benchmark_target(tmp_path, source, nc_b
     p = build_shifted_target(nc_bands, tmp_path / "t.tif", seed=0)
     spec = DomainSpec.model_validate({"scenes": [{"image": str(p)}], "region": {"columns": [0.0, 0.6]}})
     with Domain.open(spec, nc_classes) as tgt:
-        ps = PairedSampler(source, tgt, 64, source.stats(), tgt.stats(), seed=0)
+        ps = PairedSampler(source, tgt, 64, Normalization({"source": source.stats(), "target": tgt.stats()}), seed=0)
         b = ps.sample(4)
         state = ps.state_dict()
         x = ps.sample(2)

@@ -24,6 +24,7 @@ from core.raster.stats import compute_stats
 from core.raster.tiling import WindowPlan
 from models.inference import PredictionCancelled, predict_raster
 from models.inference.tiled import read_chunks
+from models.normalization import Normalization
 
 
 class CountingPerPixel(torch.nn.Module):
@@ -47,7 +48,8 @@ class CountingPerPixel(torch.nn.Module):
 
 
 def _bundle(model, classes, stats):
-    return SimpleNamespace(segmentor=model, classes=classes, stats={"source": stats}, band_count=6)
+    return SimpleNamespace(segmentor=model, classes=classes, normalization=Normalization({"source": stats}),
+                           band_count=6)
 
 
 @pytest.fixture(scope="module")
@@ -287,13 +289,15 @@ _CAPPED = textwrap.dedent(
     from core.jobspec import ClassSpec
     from core.raster.scene import Scene
     from models.inference import predict_raster
+    from models.normalization import Normalization
 
     path, out, budget_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
     classes = [ClassSpec(id=i + 1, name=f"c{i}", color="#000000") for i in range(7)]
     stats = types.SimpleNamespace(mean=[100.0] * 6, std=[50.0] * 6, bands=6)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(6, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 7, 1))
-    bundle = types.SimpleNamespace(segmentor=net, classes=classes, stats={"source": stats}, band_count=6)
+    bundle = types.SimpleNamespace(segmentor=net, classes=classes, normalization=Normalization({"source": stats}),
+                                   band_count=6)
     kw = dict(window=256, overlap=32, batch_size=2, cache_mb=16, prefetch=2)
     predict_raster(bundle, path, out + ".warm.tif", region=(0, 0, 300, 300), **kw)  # threads, arenas, imports
     data_kb = int([l for l in open("/proc/self/status") if l.startswith("VmData")][0].split()[1])
@@ -344,11 +348,12 @@ _FRESH = textwrap.dedent("""
     from types import SimpleNamespace
     import numpy as np, rasterio, torch
     from models.inference import predict_raster
+    from models.normalization import Normalization
     src, out = sys.argv[1], sys.argv[2]
     model = torch.nn.Sequential(torch.nn.Conv2d(6, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 7, 1))
     classes = [SimpleNamespace(id=i, name=str(i), color="#000000") for i in range(1, 8)]
     stats = SimpleNamespace(mean=[127.0] * 6, std=[70.0] * 6, bands=6)
-    b = SimpleNamespace(segmentor=model, classes=classes, stats={"source": stats}, band_count=6)
+    b = SimpleNamespace(segmentor=model, classes=classes, normalization=Normalization({"source": stats}), band_count=6)
     predict_raster(b, src, out, window=128, overlap=32)
     with rasterio.open(src) as s, rasterio.open(out) as o:
         valid = (s.read() != s.nodata).all(axis=0)

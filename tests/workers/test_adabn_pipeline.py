@@ -60,13 +60,13 @@ def adapted(bench_domains, source_model, tmp_path_factory):
     return out, run_job(load_job_spec(body), [hist]), hist
 
 
-def _batchnorm_inputs_mean(segmentor, domain: Domain, stats, crop: int) -> list[torch.Tensor]:
+def _batchnorm_inputs_mean(segmentor, domain: Domain, normalizer, crop: int) -> list[torch.Tensor]:
     """Per layer, the channel means of what each BatchNorm layer receives on fresh target windows."""
     seen: dict[int, list[torch.Tensor]] = {}
     layers = batchnorm_layers(segmentor)
     hooks = [m.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, []).append(a[0].mean((0, 2, 3))))
              for i, m in enumerate(layers)]
-    sampler = WindowSampler(domain, crop, stats, seed=99, labelled=False)
+    sampler = WindowSampler(domain, crop, normalizer, seed=99, labelled=False)
     with torch.no_grad():
         for _ in range(6):
             segmentor.eval()(sampler.sample(4)["img"])
@@ -80,9 +80,10 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
     assert res["status"] == "finished"
     assert [p.iteration for p in hist.progress] == [1, 2, 3, 4] and {p.total for p in hist.progress} == {4}
     before, after = load_bundle(source_model), load_bundle(out)
-    assert after.method == "adabn" and after.default_stats == "target"
+    assert after.method == "adabn" and after.normalization.default == "target"
     # predicting the target normalises as the re-estimation did: with the source model's statistics
-    assert after.stats["source"].mean == after.stats["target"].mean == before.stats["source"].mean
+    assert (after.normalization.stats["source"].mean == after.normalization.stats["target"].mean
+            == before.normalization.stats["source"].mean)
 
     old, new = before.segmentor.state_dict(), after.segmentor.state_dict()
     running = [k for k in old if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
@@ -92,7 +93,7 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
 
     # each layer's new mean is nearer to what target windows actually give it than the source mean was
     with Domain.open(DomainSpec.model_validate(bench_domains["target"]), before.classes, labels=False) as target:
-        observed = _batchnorm_inputs_mean(before.segmentor, target, before.stats["source"], 32)
+        observed = _batchnorm_inputs_mean(before.segmentor, target, before.normalization.for_domain("source"), 32)
     for obs, b_layer, a_layer in zip(observed, batchnorm_layers(before.segmentor), batchnorm_layers(after.segmentor)):
         assert (a_layer.running_mean - obs).abs().mean() < (b_layer.running_mean - obs).abs().mean()
 

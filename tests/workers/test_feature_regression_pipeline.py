@@ -17,6 +17,7 @@ from core.data.nc import NC_CLASSES
 from core.errors import BandCountMismatchError, NoOverlapError
 from core.jobspec import load_job_spec
 from models.bundle import load_bundle
+from models.normalization import Normalization
 from models.training.callbacks import History, StopAfter
 from workers.pipelines.dispatch import run_job
 
@@ -56,7 +57,7 @@ def test_job_trains_teacher_then_student_and_bundles_the_student(finished_job, c
     teacher = load_bundle(out / "teacher")
     student = load_bundle(out)
     assert teacher.method == "source-only" and student.method == "feature-regression"
-    assert set(student.stats) == {"source", "target"} and student.default_stats == "target"
+    assert set(student.normalization.stats) == {"source", "target"} and student.normalization.default == "target"
     assert student.provenance["teacher"]["method"] == "source-only"
     assert student.metadata["metrics"]["miou"] is not None  # validated on the target test region
     # the source-only baseline beside it: the teacher scored on the same validation scenes
@@ -120,7 +121,8 @@ def test_pairs_align_across_crs_and_resolution(bench_domains, nc_bands, nc_class
     s_spec = DomainSpec.model_validate(bench_domains["source"])
     t_spec = DomainSpec.model_validate({"scenes": [{"image": str(warped)}]})
     with Domain.open(s_spec, nc_classes) as src, Domain.open(t_spec, nc_classes) as tgt:
-        b = PairedBatches(PairedSampler(src, tgt, 48, src.stats(), tgt.stats(), seed=4), 6).next(0)
+        norm = Normalization({"source": src.stats(), "target": tgt.stats()})
+        b = PairedBatches(PairedSampler(src, tgt, 48, norm, seed=4), 6).next(0)
     x, y, v = b["source"]["img"].numpy(), b["target"]["img"].numpy(), b["source"]["valid"].numpy()
     assert v.mean() > 0.5 and np.array_equal(v, b["target"]["valid"].numpy())
     corr = [np.corrcoef(x[k, c][v[k]], y[k, c][v[k]])[0, 1] for k in range(6) for c in range(6)]

@@ -73,8 +73,8 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path, check_labe
         assert adapted_lf["pixels"]["target"] == sum(int(it.read().valid.sum()) for it in target.items)
 
     b = load_bundle(tmp_path)  # the job output folder works as well as <output>/bundle
-    assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.stats) == {"source", "target"}
-    assert b.default_stats == "target" and b.band_map[0]["file"].startswith("lsat7_2000_10")
+    assert b.method == "st-dasegnet" and b.band_count == 6 and set(b.normalization.stats) == {"source", "target"}
+    assert b.normalization.default == "target" and b.band_map[0]["file"].startswith("lsat7_2000_10")
     assert b.provenance["method"] == "st-dasegnet" and b.provenance["iterations"] == 4
     # the variant that ran: the product default, the spec's values (docs/st-dasegnet.md)
     ran = b.provenance["adaptation"]

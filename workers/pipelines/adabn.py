@@ -29,6 +29,7 @@ from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.bundle import load_bundle, save_bundle
 from models.data.sampler import WindowSampler
 from models.label_free import domain_windows, label_free_signals
+from models.normalization import SOURCE, TARGET, Normalization
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
 from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
 
@@ -79,7 +80,9 @@ def run_adabn(
     seed = spec.params.seed
     # the statistics the model's training crops were normalised with: the re-estimation and every later
     # prediction on the target normalise with them, so the new statistics describe what the model will see
-    stats = source_model.resolve_stats("source")
+    stats = source_model.normalization.stats[SOURCE]
+    normalization = Normalization({SOURCE: stats}, normalization=SOURCE)
+    target_normalizer = normalization.for_domain(TARGET)
 
     domains: list[Domain] = []
     try:
@@ -95,9 +98,9 @@ def run_adabn(
         out.mkdir(parents=True, exist_ok=True)
 
         say("indexing target windows")
-        sampler = WindowSampler(target, run["crop"], stats, seed=seed, labelled=False)
+        sampler = WindowSampler(target, run["crop"], target_normalizer, seed=seed, labelled=False)
         segmentor = source_model.segmentor.to(dev)
-        validate = validation_scorer(validation, stats, names)
+        validate = validation_scorer(validation, normalization, names)
         before = None
         if validate is not None:
             say("scoring the source model on the validation scenes")
@@ -105,7 +108,8 @@ def run_adabn(
 
         class_ids = [c.id for c in classes]
         # what a user without target labels can compare: the unchanged model's signals, then the adapted one's
-        signals_before = label_free_signals(segmentor.eval(), domain_windows(target, stats), [], class_ids=class_ids)
+        signals_before = label_free_signals(segmentor.eval(), domain_windows(target, target_normalizer), [],
+                                            class_ids=class_ids)
         say(f"re-estimating {layers} batch-norm layers' statistics on {run['batches']} target batches "
             f"(batch {run['batch_size']}, crop {run['crop']}) on {dev}")
         state = {"done": 0, "stopped": False}
@@ -121,7 +125,8 @@ def run_adabn(
             return {"status": "stopped", "iteration": state["done"], "total": run["batches"], "checkpoint": None}
 
         after = validate(segmentor.eval()) if validate is not None else None
-        signals = label_free_signals(segmentor.eval(), domain_windows(target, stats), [], class_ids=class_ids)
+        signals = label_free_signals(segmentor.eval(), domain_windows(target, target_normalizer), [],
+                                     class_ids=class_ids)
         given = source_model.provenance.get("datasets") or {}
         provenance = provenance_record(
             spec, method=METHOD, config=source_model.config.get("name"), seed=seed, run=run, best=None,
@@ -137,7 +142,7 @@ def run_adabn(
         metrics = {
             "validation": after,
             before_key: before,
-            "validation_stats": "source" if validation is not None else None,
+            "validation_stats": normalization.for_domain("validation").name if validation is not None else None,
             "best": None,
             "adabn": {"batches": state["done"], "batch_size": run["batch_size"], "crop": run["crop"],
                       "batchnorm_layers": layers, "elapsed_s": round(result.elapsed_s, 1)},

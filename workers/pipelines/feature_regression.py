@@ -36,6 +36,7 @@ from models.bundle import MANIFEST, Bundle, load_bundle, save_bundle
 from models.class_weights import fill_auto_class_weights
 from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
+from models.normalization import Normalization
 from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
@@ -200,12 +201,14 @@ def run_feature_regression(
         seed = spec.params.seed
 
         say("computing band statistics")
-        # the teacher saw source windows normalised with its own source statistics
-        stats = {"source": teacher.stats["source"]}
-        per_domain = spec.params.normalization == "per-domain"
-        stats["target"] = target.stats(store=out / "stats") if per_domain else stats["source"]
+        # the teacher saw source windows normalised with its own source statistics; the target's own are
+        # computed only when the job normalises per domain (else its windows get the source's)
+        source_stats = teacher.normalization.stats["source"]
+        target_stats = (target.stats(store=out / "stats") if spec.params.normalization == "per-domain"
+                        else source_stats)
+        normalization = Normalization({"source": source_stats, "target": target_stats}, spec.params.normalization)
         say("indexing the ground shared by source and target")
-        sampler = PairedSampler(source, target, run["crop"], stats["source"], stats["target"], seed=seed)
+        sampler = PairedSampler(source, target, run["crop"], normalization, seed=seed)
         batches = PairedBatches(sampler, run["batch_size"], device=dev)
 
         seed_everything(seed)
@@ -213,7 +216,7 @@ def run_feature_regression(
         method.set_teacher(teacher.segmentor.state_dict())
         method.to(dev)
 
-        validate = validation_scorer(validation, stats["target"], names)
+        validate = validation_scorer(validation, normalization, names)
         source_only = None
         if validate is not None:
             # the baseline the adaptation is judged against: the source-only teacher on the same
@@ -242,7 +245,7 @@ def run_feature_regression(
         metrics = {
             "validation": val_metrics,
             "source_only": source_only,
-            "validation_stats": ("target" if per_domain else "source") if validation is not None else None,
+            "validation_stats": normalization.for_domain("validation").name if validation is not None else None,
             "best": result.best,
             "teacher": teacher.metrics or None,
             "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
@@ -250,17 +253,16 @@ def run_feature_regression(
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
         say("computing the label-free signals on target and source windows")
-        metrics["label_free"] = label_free_record(method, cfg, classes, target, stats["target"], source,
-                                                  stats["source"])
+        metrics["label_free"] = label_free_record(method, cfg, classes, target, source, normalization)
         # the teacher is at hand (no training): its signals are the source-only ones to compare with
-        metrics["label_free"]["source_only"] = label_free_record(method.teacher, cfg, classes, target,
-                                                                 stats["target"], source, stats["source"])
+        metrics["label_free"]["source_only"] = label_free_record(method.teacher, cfg, classes, target, source,
+                                                                 normalization)
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
-        bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance, val_metrics or {},
+        bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, normalization.stats, provenance, val_metrics or {},
                                  inference=cfg["inference"], method=METHOD,
                                  band_map=teacher.band_map or band_map_of(spec.source.scenes[0], bands),
-                                 default_stats="target" if per_domain else "source")
+                                 default_stats=normalization.default)
         return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
                           predict_targets=spec.params.predict_targets)
     finally:

@@ -17,10 +17,10 @@ from core.errors import BandCountMismatchError
 from core.files import write_json
 from core.jobspec import DomainSpec, JobSpec
 from core.raster.domain import Domain
-from core.raster.stats import BandStats
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.label_free import PSEUDO_THRESHOLD, domain_windows, label_free_signals
 from models.metrics import format_metrics
+from models.normalization import SOURCE, TARGET, Normalization
 
 
 def open_validation(spec: JobSpec, classes, source: Domain, bands: int, expected_by: str) -> Domain | None:
@@ -37,24 +37,28 @@ def open_validation(spec: JobSpec, classes, source: Domain, bands: int, expected
     return validation
 
 
-def validation_scorer(validation: Domain | None, stats: BandStats, names: list[str]) -> Callable | None:
-    """segmentor -> metrics on the validation scenes (normalised with ``stats``), or None without them."""
+def validation_scorer(validation: Domain | None, normalization: Normalization, names: list[str]) -> Callable | None:
+    """segmentor -> metrics on the validation scenes (normalised as ``normalization`` normalises validation
+    scenes), or None without them."""
     if validation is None:
         return None
+    normalizer = normalization.for_domain("validation")
 
     def validate(seg):
-        return evaluate_domain(segmentor_predict_fn(seg, stats), validation, names)
+        return evaluate_domain(segmentor_predict_fn(seg, normalizer), validation, names)
 
     return validate
 
 
-def label_free_record(model, cfg: dict, classes, target: Domain, target_stats: BandStats, source: Domain,
-                      source_stats: BandStats) -> dict:
+def label_free_record(model, cfg: dict, classes, target: Domain, source: Domain,
+                      normalization: Normalization) -> dict:
     """models.label_free's signals of a trained model (a method or a segmentor) on windows of the target's
-    training region and of the source's, each normalised as the bundle normalises it; no label is read.
-    Coverage is reported at the method's own pseudo-label threshold (ST-DASegNet's 0.975 by default)."""
+    training region and of the source's, each normalised as ``normalization`` (the bundle's) normalises
+    its domain; no label is read. Coverage is reported at the method's own pseudo-label threshold
+    (ST-DASegNet's 0.975 by default)."""
     threshold = float((cfg.get("adaptation") or {}).get("pseudo_threshold", PSEUDO_THRESHOLD))
-    return label_free_signals(model, domain_windows(target, target_stats), domain_windows(source, source_stats),
+    return label_free_signals(model, domain_windows(target, normalization.for_domain(TARGET)),
+                              domain_windows(source, normalization.for_domain(SOURCE)),
                               class_ids=[c.id for c in classes], pseudo_threshold=threshold)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from core.jobspec import DomainSpec, JobSpec, SceneSpec
 from models.bundle import load_bundle
 from models.inference.tiled import PredictionCancelled, predict_raster
+from models.normalization import prediction_choice
 from core.files import write_json
 from core.raster.cog import remove_stale_temporaries
 
@@ -70,10 +71,9 @@ def predict_domains(
         stage = f"predicting {role} scene {i + 1}/{sum(1 for t in todo if t[0] == role)}"
         say(f"{stage} -> {output.name}")
         _stage(callbacks, stage, 0, None)
-        stats = "source" if role == "source" else "auto"
         try:
             result = predict_raster(
-                bundle, scene, output, stats=stats, region=region, **(options or {}),
+                bundle, scene, output, stats=prediction_choice(role), region=region, **(options or {}),
                 progress=lambda done, total, s=stage: _stage(callbacks, s, done, total),
                 should_stop=lambda: _should_stop(callbacks),
             )

@@ -31,7 +31,6 @@ from core.errors import BandCountMismatchError, SpecError
 from core.files import write_json
 from core.jobspec import JobSpec, SceneSpec
 from core.raster.domain import Domain
-from core.raster.stats import BandStats
 from core.resume_state import CHECKPOINTS
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
@@ -42,6 +41,7 @@ from models.data.rescale import rescale_of
 from models.data.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
+from models.normalization import SOURCE, TARGET, Normalization
 from models.pretrained import load_pretrained, pretrained_path
 from models.training.callbacks import Callback, HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
@@ -64,14 +64,6 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
         return [{"index": i, "name": Path(p).stem, "file": Path(p).name} for i, p in enumerate(scene.bands)]
     name = Path(scene.image).name if scene.image else "image"
     return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
-
-
-def _val_stats(spec: JobSpec, stats: dict[str, BandStats]) -> BandStats:
-    """Validation scenes are target-like (labelled target scenes): target statistics when the job
-    normalises per domain and has a target, else the source statistics."""
-    if spec.params.normalization == "per-domain" and "target" in stats:
-        return stats["target"]
-    return stats["source"]
 
 
 def run_training(
@@ -131,21 +123,22 @@ def run_training(
         stats = {"source": source.stats(store=stats_store)}
         if target is not None:
             stats["target"] = target.stats(store=stats_store)
-        target_stats = stats.get("target") if spec.params.normalization == "per-domain" else stats["source"]
+        # which statistics normalise which domain's windows, in training and in the bundle alike
+        normalization = Normalization(stats, spec.params.normalization)
 
         say("indexing training windows")
         # the spec's augmentation (checked by resolve_config): photometric distortion of source crops and
         # target images alike, random resize of source crops only
         photometric = photometric_of(cfg)
-        src_sampler = WindowSampler(source, run["crop"], stats["source"], seed=seed, labelled=True,
+        src_sampler = WindowSampler(source, run["crop"], normalization.for_domain(SOURCE), seed=seed, labelled=True,
                                     rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0,
                                     photometric=photometric, rescale=rescale_of(cfg))
         tgt_sampler = None
         if needs_target:
             if target is None:
                 raise SpecError(f"method {method_name} needs target scenes", field="target")
-            tgt_sampler = WindowSampler(target, run["crop"], target_stats, seed=seed + 1, labelled=False,
-                                        photometric=photometric)
+            tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=seed + 1,
+                                        labelled=False, photometric=photometric)
         batches = SamplerBatches(src_sampler, tgt_sampler, run["batch_size"],
                                  flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=seed, device=dev)
 
@@ -157,7 +150,7 @@ def run_training(
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
 
-        validate = validation_scorer(validation, _val_stats(spec, stats), names)
+        validate = validation_scorer(validation, normalization, names)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
@@ -178,9 +171,7 @@ def run_training(
             adaptation=cfg["adaptation"] if method_name != "source-only" else None)
         metrics = {
             "validation": val_metrics,
-            "validation_stats": ("target" if validation is not None and "target" in stats
-                                 and spec.params.normalization == "per-domain" else "source")
-            if validation is not None else None,
+            "validation_stats": normalization.for_domain("validation").name if validation is not None else None,
             "best": result.best,
             "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
                          "late_losses": result.late_losses,
@@ -188,14 +179,13 @@ def run_training(
         }
         if spec.type == "adapt" and target is not None:
             say("computing the label-free signals on target and source windows")
-            metrics["label_free"] = label_free_record(method, cfg, classes, target, target_stats, source,
-                                                      stats["source"])
+            metrics["label_free"] = label_free_record(method, cfg, classes, target, source, normalization)
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
-        default_stats = "target" if ("target" in stats and spec.params.normalization == "per-domain") else "source"
         bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
-                                 band_map=band_map_of(spec.source.scenes[0], bands), default_stats=default_stats)
+                                 band_map=band_map_of(spec.source.scenes[0], bands),
+                                 default_stats=normalization.default)
         if _wants_baseline(spec, method_name):
             baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
             if baseline["status"] == "stopped":
@@ -242,23 +232,14 @@ def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> 
             if dom.band_count != bundle.band_count:
                 raise BandCountMismatchError(
                     f"{name} scenes have {dom.band_count} bands, the model takes {bundle.band_count}", field=name)
-            stats, which = evaluation_stats(bundle, dom, name, spec.params.normalization, out / "stats")
-            say(f"evaluating on the {name} scenes ({which} statistics)")
-            m = evaluate_domain(segmentor_predict_fn(bundle.segmentor, stats), dom, [c.name for c in classes])
-            m["stats"] = which
+            # the job's normalization over the bundle's; scenes without target statistics to use: their own
+            normalizer = bundle.normalization.for_domain(name, normalization=spec.params.normalization,
+                                                         own=lambda: dom.stats(store=out / "stats"))
+            say(f"evaluating on the {name} scenes ({normalizer.name} statistics)")
+            m = evaluate_domain(segmentor_predict_fn(bundle.segmentor, normalizer), dom, [c.name for c in classes])
+            m["stats"] = normalizer.name
             results[name] = m
             say(f"{name}:\n{format_metrics(m)}")
     metrics_path = write_json(out / "metrics.json", {"evaluation": results, "bundle": str(bundle.path)})
     return {"status": "finished", "metrics_path": str(metrics_path), "metrics": results}
 
-
-def evaluation_stats(bundle, domain: Domain, role: str, normalization: str, store: Path | None = None
-                     ) -> tuple[BandStats, str]:
-    """Source scenes: the bundle's source statistics. Target-like scenes: the bundle's target
-    statistics when it has them, else the scenes' own (per-domain normalisation); with
-    ``normalization='source'`` always the source statistics."""
-    if role == "source" or normalization == "source":
-        return bundle.stats["source"], "source"
-    if "target" in bundle.stats:
-        return bundle.stats["target"], "target"
-    return domain.stats(store=store), "own"
