@@ -40,14 +40,12 @@ from core.lru import LRU, MISSING
 from core.raster import zooms
 from core.raster.grid import Grid
 from core.raster.warp import crs_name
+from core.task_names import RENDER_MODEL_TILE
 from core.tiles import ClassPalette
 from workers.celery_app import app
 
 log = logging.getLogger("geoadapt.tiles")
 
-#: must equal service/tiles/queue.py (a test checks they agree)
-RENDER_MODEL_TILE = "geoadapt.render_model_tile"
-TILES_QUEUE = "tiles"
 #: bundles and scenes kept per worker process
 MAX_BUNDLES = 4
 MAX_SCENES = 8
