@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import token_cmd
+from core.task_names import JOB_QUEUES, TILES_QUEUE
 
 Url = Annotated[str, typer.Option("--url", envvar="GEOADAPT_URL", help="API base URL")]
 Token = Annotated[Optional[str], typer.Option("--token", envvar="GEOADAPT_TOKEN", help="API token",
@@ -138,7 +139,7 @@ def register(app: typer.Typer) -> None:
         api = create_app(settings)  # creates the tables before the worker needs them
         wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
         # tile inference in a worker of its own: a long job in the first one must not stall the map
-        tw = WorkerProcess(["--queues", "tiles", "--pool", "solo", "--hostname", "tiles@%h",
+        tw = WorkerProcess(["--queues", TILES_QUEUE, "--pool", "solo", "--hostname", "tiles@%h",
                             "--loglevel", log_level]) if worker else None
         started = time.time()
         for w in (wp, tw):
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("worker")
     def worker_cmd(
-        queues: Annotated[str, typer.Option(help="comma-separated queues to consume")] = "gpu,cpu",
+        queues: Annotated[str, typer.Option(help="comma-separated queues to consume")] = ",".join(JOB_QUEUES),
         concurrency: Annotated[Optional[int], typer.Option(help="processes (default GEOADAPT_WORKER_CONCURRENCY)")] = None,
         pool: Annotated[str, typer.Option(help="prefork | solo | threads")] = "prefork",
         loglevel: Annotated[str, typer.Option(help="Celery log level")] = "info",
@@ -180,7 +181,7 @@ def register(app: typer.Typer) -> None:
             write_override_catalogue(settings.override_catalogue)
         except OSError as e:
             typer.secho(f"warning: cannot write {settings.override_catalogue.name}: {e.strerror}", err=True)
-        if "tiles" in queues.split(","):
+        if TILES_QUEUE in queues.split(","):
             import workers.tile_tasks  # noqa: F401  (registers the tile inference task)
         argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}",
                 f"--concurrency={concurrency or settings.worker_concurrency}"]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-#: the folder, under a training run's output, where its loop writes checkpoints (last.pth, best.pth)
-CHECKPOINTS = "checkpoints"
+from core.job_layout import CHECKPOINTS
 
 
 def checkpoint_dirs(output: str | Path) -> list[Path]:

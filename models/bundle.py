@@ -1,19 +1,10 @@
 """Model bundle: everything needed to predict with a trained model, in one directory (or zip).
 
-Layout (``FORMAT`` 1)::
-
-    bundle/
-      bundle.json   format, method, classes (id, name, colour), band_count, band_map,
-                    stats {"source": BandStats, "target": ...}, default_stats, inference (how to
-                    rebuild the network), batchnorm_layers (how many; AdaBN needs some),
-                    provenance (job, datasets, seed, iterations), metrics
-      config.json   the resolved training config (model, optimiser, schedule, adaptation)
-      weights.pth   state_dict of the inference segmentor (plain tensors)
-
-``load_bundle(path)`` accepts the bundle folder, a job output folder holding ``bundle/``, or a zip of
-either; the returned :class:`Bundle` predicts on raw arrays with its own normalisation
-(:attr:`Bundle.normalization`, from the manifest's ``stats`` and ``default_stats``) and knows nothing of how
-the model was trained.
+The files and the manifest (bundle.json) are core.bundle_manifest's: this module saves and loads the
+weights around them. ``load_bundle(path)`` accepts the bundle folder, a job output folder holding
+``bundle/``, or a zip of either; the returned :class:`Bundle` predicts on raw arrays with its own
+normalisation (:attr:`Bundle.normalization`, from the manifest's ``stats`` and ``default_stats``) and knows
+nothing of how the model was trained.
 """
 from __future__ import annotations
 
@@ -30,17 +21,14 @@ import torch
 from torch import nn
 
 import models.adaptation  # noqa: F401  (registers the inference segmentors of every method)
+from core.bundle_manifest import CONFIG, MANIFEST, WEIGHTS, BundleManifest, bundle_dir_of, manifest_member
 from core.errors import BandCountMismatchError, BundleError
+from core.job_layout import BUNDLE
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.stats import BandStats
 from models.batchnorm_statistics import batchnorm_layers
 from models.normalization import Normalization
 from models.segmentor import build_segmentor
-
-FORMAT = 1
-MANIFEST = "bundle.json"
-WEIGHTS = "weights.pth"
-CONFIG = "config.json"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -92,30 +80,20 @@ def save_bundle(
     inference = dict(inference or config.get("inference") or {})
     if not inference:
         raise BundleError("save_bundle needs the inference segmentor's config (inference=...)")
-    normalization = Normalization(stats, default=default_stats)
-    band_count = int(next(iter(stats.values())).bands)
-    manifest = {
-        "format": FORMAT,
-        "method": method or (config.get("adaptation") or {}).get("type", "source-only"),
-        "config_name": config.get("name"),
-        "classes": [c.model_dump() for c in classes],
-        "band_count": band_count,
-        "band_map": list(band_map) if band_map else [{"index": i, "name": f"band {i + 1}"} for i in range(band_count)],
-        **normalization.manifest_entries(),
-        "ignore_index": IGNORE_INDEX,
-        "inference": inference,
-        # read without torch by the service, which refuses an AdaBN job on a model that has none
-        "batchnorm_layers": len(batchnorm_layers(segmentor)),
-        "provenance": dict(provenance or {}),
-        "metrics": dict(metrics or {}),
-    }
+    normalization = Normalization(stats, default=default_stats)  # checks the statistics and the default
+    manifest = BundleManifest.create(
+        classes=classes, stats=normalization.stats, inference=inference, default_stats=normalization.default,
+        band_map=band_map, method=method or (config.get("adaptation") or {}).get("type", "source-only"),
+        config_name=config.get("name"), batchnorm_layers=len(batchnorm_layers(segmentor)),
+        provenance=provenance, metrics=metrics,
+    )
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in segmentor.state_dict().items()}
         torch.save(state, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(_jsonable(config), indent=1))
-        (tmp / MANIFEST).write_text(json.dumps(_jsonable(manifest), indent=1))
+        (tmp / MANIFEST).write_text(json.dumps(_jsonable(manifest.data), indent=1))
         if directory.exists():
             old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
             os.replace(directory, old)
@@ -129,31 +107,21 @@ def save_bundle(
     return directory
 
 
-def find_bundle_dir(path: str | Path) -> Path:
-    """The bundle folder for a bundle folder or a job output folder (``<output>/bundle``)."""
-    p = Path(path)
-    if (p / MANIFEST).is_file():
-        return p
-    if (p / "bundle" / MANIFEST).is_file():
-        return p / "bundle"
-    raise BundleError(f"no model bundle at {path} (expected {MANIFEST} there or in {Path(path) / 'bundle'})")
-
-
 class Bundle:
     """A loaded model bundle. ``predict`` takes a raw (C, H, W) window, returns class ids and probabilities."""
 
-    def __init__(self, path: Path, manifest: dict, config: dict, segmentor: nn.Module, *, device: str = "cpu",
-                 _tmp: tempfile.TemporaryDirectory | None = None):
+    def __init__(self, path: Path, manifest: BundleManifest, config: dict, segmentor: nn.Module, *,
+                 device: str = "cpu", _tmp: tempfile.TemporaryDirectory | None = None):
         self.path = path
-        self.metadata = manifest
+        self.metadata = manifest.data
         self.config = config
-        self.classes = [ClassSpec.model_validate(c) for c in manifest["classes"]]
-        self.band_count = int(manifest["band_count"])
-        self.band_map = manifest.get("band_map", [])
-        self.normalization = Normalization.from_manifest(manifest)
-        self.method = manifest.get("method")
-        self.provenance = manifest.get("provenance", {})
-        self.metrics = manifest.get("metrics", {})
+        self.classes = manifest.classes
+        self.band_count = manifest.band_count
+        self.band_map = manifest.band_map
+        self.normalization = Normalization.of_bundle(manifest)
+        self.method = manifest.method
+        self.provenance = manifest.provenance
+        self.metrics = manifest.metrics
         self.segmentor = segmentor.eval()
         self.device = torch.device(device)
         self.class_dtype, self.class_nodata = class_output(self.classes)
@@ -224,33 +192,29 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> Bund
         tmp = tempfile.TemporaryDirectory(prefix="geoadapt-bundle-")
         with zipfile.ZipFile(p) as zf:
             root = Path(tmp.name).resolve()
-            for name in zf.namelist():  # refuse entries that would land outside the folder
+            names = zf.namelist()
+            for name in names:  # refuse entries that would land outside the folder
                 if not (root / name).resolve().is_relative_to(root):
                     raise BundleError(f"unsafe path in bundle zip: {name}")
+            member = manifest_member(names)
+            if member is None:
+                raise BundleError(f"{path}: the zip holds no {MANIFEST}")
             zf.extractall(root)
-        candidates = [root] + [d for d in root.iterdir() if d.is_dir()]
-        for c in candidates:
-            try:
-                p = find_bundle_dir(c)
-                break
-            except BundleError:
-                continue
-        else:
-            raise BundleError(f"{path}: the zip holds no {MANIFEST}")
+        p = root / Path(member).parent
     elif not p.exists():
         raise BundleError(f"no model bundle at {path}")
-    d = find_bundle_dir(p)
+    d = bundle_dir_of(p)
+    if d is None:
+        raise BundleError(f"no model bundle at {path} (expected {MANIFEST} there or in {Path(path) / BUNDLE})")
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
+        manifest = BundleManifest.read(d)
+        manifest.check_loadable()
         config = json.loads((d / CONFIG).read_text()) if (d / CONFIG).exists() else {}
+    except BundleError as e:
+        raise BundleError(f"{d}: {e.message}") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"{d}: unreadable bundle manifest: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{d}: bundle format {manifest.get('format')!r} is not supported (expected {FORMAT})")
-    for key in ("classes", "band_count", "stats", "inference"):
-        if key not in manifest:
-            raise BundleError(f"{d}: bundle manifest lacks {key!r}")
-    segmentor = build_segmentor(manifest["inference"])
+        raise BundleError(f"{d}: unreadable bundle config: {e}") from None
+    segmentor = build_segmentor(manifest.inference)
     try:
         state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
         segmentor.load_state_dict(state)

@@ -94,17 +94,13 @@ class Normalization:
             raise BundleError(f"default_stats {self.default!r} is not among the statistics {sorted(self.stats)}")
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping) -> "Normalization":
-        """A bundle's normalisation from its manifest (bundles without ``default_stats`` use the source's)."""
-        stats = {k: BandStats.from_dict(v) for k, v in manifest["stats"].items()}
-        default = manifest.get("default_stats", SOURCE)
+    def of_bundle(cls, manifest: Any) -> "Normalization":
+        """A saved bundle's normalisation, from its manifest (core.bundle_manifest.BundleManifest: ``stats``
+        and ``default_stats``, which is the source's for bundles saved without one)."""
+        stats, default = manifest.stats, manifest.default_stats
         # the training choice that gives this default, so windows by role get what the bundle's default says
         normalization = SOURCE if default == SOURCE and TARGET in stats else "per-domain"
         return cls(stats, normalization, default)
-
-    def manifest_entries(self) -> dict:
-        """``stats`` and ``default_stats`` as a bundle's manifest stores them."""
-        return {"stats": {k: v.to_dict() for k, v in self.stats.items()}, "default_stats": self.default}
 
     @property
     def band_count(self) -> int:

@@ -13,13 +13,12 @@ import importlib.util
 import json
 import os
 import uuid
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from core.bundle_manifest import BundleManifest
 from core.errors import (
-    BundleError,
     ConfigError,
     GeoadaptError,
     NoBatchNormError,
@@ -148,42 +147,13 @@ def _catalogue(path: Path) -> dict | None:
     return _catalogues.get(f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}", read)
 
 
-def bundle_manifest(path: Path) -> dict:
-    """The manifest (bundle.json) of a model bundle: its folder, a job output folder or a zip."""
-    manifest = None
-    try:
-        if path.is_file() and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "bundle.json" and n.count("/") <= 2]
-                if names:
-                    manifest = json.loads(zf.read(min(names, key=len)))
-        else:
-            for p in (path / "bundle.json", path / "bundle" / "bundle.json"):
-                if p.is_file():
-                    manifest = json.loads(p.read_text())
-                    break
-    except (OSError, ValueError, zipfile.BadZipFile):
-        raise BundleError("the model bundle's manifest (bundle.json) is unreadable", field="bundle") from None
-    if not isinstance(manifest, dict):
-        raise BundleError("no model bundle there (no bundle.json in it or in its bundle/ folder)", field="bundle")
-    return manifest
-
-
-def bundle_band_count(manifest: dict) -> int:
-    """The band count a model bundle was trained on, from its manifest."""
-    try:
-        return int(manifest["band_count"])
-    except (KeyError, TypeError, ValueError):
-        raise BundleError("the model bundle's manifest has no band count", field="bundle") from None
-
-
-def check_adabn_model(manifest: dict, named: str, class_ids: list[int]) -> None:
+def check_adabn_model(manifest: BundleManifest, named: str, class_ids: list[int]) -> None:
     """AdaBN re-estimates batch-norm statistics: refuse a model with none (``named``: the bundle as the
     client named it; bundles written before the manifest counted them are left to the worker's check),
     and a job whose classes are not the model's (AdaBN changes no class)."""
-    if manifest.get("batchnorm_layers") == 0:
-        raise NoBatchNormError(f"{named} ({manifest.get('config_name')})")
-    model_ids = [c.get("id") for c in manifest.get("classes") or [] if isinstance(c, dict)]
+    if manifest.batchnorm_layers == 0:
+        raise NoBatchNormError(f"{named} ({manifest.config_name})")
+    model_ids = manifest.class_ids
     if model_ids and model_ids != class_ids:
         raise SpecError(f"the job's classes {class_ids} differ from the model's {model_ids}", field="classes")
 
@@ -208,8 +178,8 @@ def check_job_inputs(spec, bundle_as_given: str | None = None, override_catalogu
     check_scene_files(spec)
     expected = None
     if spec.bundle is not None:
-        manifest = bundle_manifest(Path(spec.bundle))
-        expected = bundle_band_count(manifest)
+        manifest = BundleManifest.read(spec.bundle)
+        expected = manifest.band_count
         if spec.training_method == "adabn":
             check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
     try:

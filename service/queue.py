@@ -7,19 +7,16 @@ import uuid
 
 from kombu import Exchange, Queue
 
+from core.task_names import GPU_QUEUE, JOB_QUEUES, RUN_JOB
+
 log = logging.getLogger("geoadapt.queue")
 
-#: task names shared by the API (sender) and workers/tasks.py (implementation)
-RUN_JOB = "geoadapt.run_job"
-DATASET_STATS = "geoadapt.dataset_stats"
-
-#: jobs that run a network go to "gpu"; light work (checks, stats) to "cpu"
-QUEUES = ("gpu", "cpu")
-QUEUE_FOR_TYPE = {"adapt": "gpu", "train": "gpu", "predict": "gpu", "evaluate": "gpu"}
+#: every job type runs a network
+QUEUE_FOR_TYPE = {"adapt": GPU_QUEUE, "train": GPU_QUEUE, "predict": GPU_QUEUE, "evaluate": GPU_QUEUE}
 
 
 def task_queues() -> list[Queue]:
-    return [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES]
+    return [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in JOB_QUEUES]
 
 
 def prepare_embedded_broker(settings) -> None:

@@ -1,23 +1,20 @@
 """What a finished job left in its folder: bundle, metrics, report, predicted COGs, other files.
 
-The job folder is `<data_dir>/jobs/<id>/`: `spec.json` (the spec as run) and `output/` (the
-spec's `output`, where the pipeline writes). Read from disk, so results written by any worker
-on a shared artefact store are seen the same way.
+Where each lies is core.job_layout's to say. Read from disk, so results written by any worker on a
+shared artefact store are seen the same way.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-#: folders of intermediate state, not results
-_SKIP_DIRS = {"checkpoints", "checkpoint", "ckpt", "work_dirs", "tmp", ".cache"}
-_COG_SUFFIXES = (".tif", ".tiff")
+from core.bundle_manifest import MANIFEST
+from core.job_layout import BUNDLE, METRICS, REPORTS, is_intermediate, is_prediction, is_probabilities, output_dir
+
 _MAX_JSON = 4 * 1024 * 1024
 _MAX_FILES = 1000
-
-
-def output_dir(job_dir: Path) -> Path:
-    return job_dir / "output"
+#: the bundle's metadata shown with the results: its manifest, or the metadata file of a bundle made elsewhere
+_BUNDLE_METADATA = ("metadata.json", MANIFEST, "meta.json")
 
 
 def _read_json(p: Path) -> dict | None:
@@ -33,8 +30,7 @@ def _read_json(p: Path) -> dict | None:
 def _files(out: Path) -> list[Path]:
     found = []
     for p in sorted(out.rglob("*")):
-        rel = p.relative_to(out)
-        if any(part in _SKIP_DIRS or part.startswith(".") for part in rel.parts):
+        if is_intermediate(p.relative_to(out)):
             continue
         if p.is_file():
             found.append(p)
@@ -56,9 +52,8 @@ def prediction_files(job_dir: Path) -> dict[str, Path]:
     preds = {}
     for p in _files(out):
         rel = p.relative_to(out)
-        if rel.parts[0] == "bundle" or p.suffix.lower() not in _COG_SUFFIXES:
-            continue
-        preds[prediction_name(rel)] = p
+        if is_prediction(rel):
+            preds[prediction_name(rel)] = p
     return preds
 
 
@@ -68,24 +63,24 @@ def describe(job_dir: Path) -> dict:
     res: dict = {"bundle": None, "metrics": None, "report": None, "predictions": [], "files": []}
     if not out.is_dir():
         return res
-    bundle = out / "bundle"
+    bundle = out / BUNDLE
     if bundle.is_dir():
-        res["bundle"] = {"path": "bundle", "metadata": _bundle_metadata(bundle)}
-    res["metrics"] = _read_json(out / "metrics.json")
-    for name in ("report.json", "report.html", "report.md"):
+        res["bundle"] = {"path": BUNDLE, "metadata": _bundle_metadata(bundle)}
+    res["metrics"] = _read_json(out / METRICS)
+    for name in REPORTS:
         if (out / name).is_file():
             res["report"] = {"path": name, "content": _read_json(out / name) if name.endswith(".json") else None}
             break
     for name, p in prediction_files(job_dir).items():
         rel = p.relative_to(out).as_posix()
-        kind = "probabilities" if "prob" in p.name.lower() else "classes"
+        kind = "probabilities" if is_probabilities(p) else "classes"
         res["predictions"].append({"name": name, "path": rel, "kind": kind})
     res["files"] = [{"path": p.relative_to(out).as_posix(), "size": p.stat().st_size} for p in _files(out)]
     return res
 
 
 def _bundle_metadata(bundle: Path) -> dict | None:
-    for name in ("metadata.json", "bundle.json", "meta.json"):
+    for name in _BUNDLE_METADATA:
         data = _read_json(bundle / name)
         if data is not None:
             return data
@@ -101,7 +96,4 @@ def safe_file(job_dir: Path, relpath: str) -> Path | None:
             return None
     except (OSError, RuntimeError, ValueError):
         return None
-    rel = p.relative_to(out)
-    if any(part in _SKIP_DIRS or part.startswith(".") for part in rel.parts):
-        return None
-    return p
+    return None if is_intermediate(p.relative_to(out)) else p

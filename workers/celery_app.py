@@ -15,10 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-#: must equal service.queue's names (the API sends by these names; a test checks they agree)
-RUN_JOB = "geoadapt.run_job"
-DATASET_STATS = "geoadapt.dataset_stats"
-QUEUES = ("gpu", "cpu")
+from core.task_names import GPU_QUEUE, JOB_QUEUES
 
 
 class GeoadaptCelery(Celery):
@@ -41,8 +38,8 @@ def celery_config(settings) -> dict:
         broker_url=settings.broker_url,
         result_backend=settings.result_backend_url,
         task_ignore_result=settings.result_backend_url is None,  # the job store is the source of truth
-        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
-        task_default_queue="gpu",
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in JOB_QUEUES],
+        task_default_queue=GPU_QUEUE,
         # ack only after the job ran, and requeue if the process running it died: a lost worker's
         # job runs again (and resumes from its checkpoint) instead of vanishing
         task_acks_late=True,

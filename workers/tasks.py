@@ -31,7 +31,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
-from workers.celery_app import DATASET_STATS, RUN_JOB, app
+from core.task_names import DATASET_STATS, RUN_JOB
+from workers.celery_app import app
 
 log = logging.getLogger("geoadapt.worker")
 

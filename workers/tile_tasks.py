@@ -34,14 +34,12 @@ from core.lru import LRU
 from core.raster import zooms
 from core.raster.lattice import Lattice
 from core.raster.reader import ImageReader, open_imagery, tile_matrix_set
+from core.task_names import RENDER_MODEL_TILE
 from core.tiles import ClassPalette
 from workers.celery_app import app
 
 log = logging.getLogger("geoadapt.tiles")
 
-#: must equal service/tiles/queue.py (a test checks they agree)
-RENDER_MODEL_TILE = "geoadapt.render_model_tile"
-TILES_QUEUE = "tiles"
 #: bundles kept per worker process
 MAX_BUNDLES = 4
 #: predicted windows kept per worker process, unless GEOADAPT_TILE_WINDOW_CACHE says otherwise

@@ -209,12 +209,6 @@ def class_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: 
     )
 
 
-def probability_path_for(class_path: str | Path) -> Path:
-    """Where a class COG's per-class probabilities go: ``<stem>_probs.tif`` beside it."""
-    class_path = Path(class_path)
-    return class_path.with_name(f"{class_path.stem}_probs{class_path.suffix or '.tif'}")
-
-
 def probability_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: Any) -> CogWriter:
     """A writer for per-class probabilities as uint8 (p * 254; 255 = no prediction), one band per class."""
     styles = [ClassStyle.of(c) for c in classes]

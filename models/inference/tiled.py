@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from core.errors import BandCountMismatchError, ConfigError
+from core.job_layout import probability_path_for
 from core.raster.cog import (
     PROB_NODATA,
     PROB_SCALE,
@@ -44,7 +45,6 @@ from core.raster.cog import (
     class_encoding,
     gdal_cache_limit,
     probability_cog_writer,
-    probability_path_for,
 )
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats

@@ -15,9 +15,7 @@ import threading
 import time
 import uuid
 
-#: must equal workers/tile_tasks.py (a test checks they agree)
-RENDER_MODEL_TILE = "geoadapt.render_model_tile"
-TILES_QUEUE = "tiles"
+from core.task_names import RENDER_MODEL_TILE, TILES_QUEUE
 
 
 class TileClient:

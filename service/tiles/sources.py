@@ -20,7 +20,8 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
 
-from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, probability_path_for, read_class_tags
+from core.job_layout import is_prediction, output_dir, probability_path_for
+from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, read_class_tags
 from core.raster.reader import open_imagery, tile_matrix_set
 from core.raster.warp import crs_name
 from core.raster.zooms import raster_native_zoom
@@ -56,8 +57,8 @@ def find_cog(job_dir: Path, name: str) -> Path | None:
     for suffix in (".tif", ".tiff", ".TIF", ".TIFF"):
         p = job_results.safe_file(job_dir, base + suffix)
         if p is not None:
-            rel = p.relative_to(job_results.output_dir(job_dir).resolve())
-            if rel.parts[0] != "bundle" and job_results.prediction_name(rel) == name:
+            rel = p.relative_to(output_dir(job_dir).resolve())
+            if is_prediction(rel) and job_results.prediction_name(rel) == name:
                 return p
     return job_results.prediction_files(job_dir).get(name)
 

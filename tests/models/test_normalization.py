@@ -1,10 +1,14 @@
 """The one rule for which statistics normalise which windows, and the normaliser that applies them."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from core.bundle_manifest import BundleManifest
 from core.errors import BandCountMismatchError, BundleError, ConfigError
+from core.jobspec import ClassSpec
 from core.raster.stats import BandStats
 from models.normalization import (MissingStatisticsError, Normalization, Normalizer, prediction_choice,
                                   stats_for)
@@ -105,10 +109,12 @@ def test_a_model_needs_source_statistics_and_a_default_it_has():
 
 def test_manifest_round_trip_and_bundles_without_a_default():
     n = Normalization(BOTH, "source")
-    back = Normalization.from_manifest(n.manifest_entries())
+    saved = BundleManifest.create(classes=[ClassSpec(id=1, name="a")], stats=n.stats, default_stats=n.default,
+                                  inference={}, method="source-only")
+    back = Normalization.of_bundle(BundleManifest(json.loads(json.dumps(saved.data))))  # as written and read
     assert back.default == "source" and back.stats["target"].mean == TGT.mean
     assert back.for_domain("target").name == "source"  # consistent with the stored default
-    old = Normalization.from_manifest({"stats": {"source": SRC.to_dict(), "target": TGT.to_dict()}})
+    old = Normalization.of_bundle(BundleManifest({"stats": {"source": SRC.to_dict(), "target": TGT.to_dict()}}))
     assert old.default == "source" and old.for_prediction().stats.mean == SRC.mean
 
 

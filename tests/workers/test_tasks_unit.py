@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from core import task_names
 from service import queue as service_queue
 from service.settings import Settings
 from service.store import jobs, tokens
@@ -81,16 +82,15 @@ def test_liveness_of_the_process_recorded_on_a_job():
 
 
 def test_api_and_workers_agree_on_names_and_reliability_settings(tmp_path):
-    assert celery_app.RUN_JOB == service_queue.RUN_JOB == tasks.run_job.name
-    assert celery_app.DATASET_STATS == service_queue.DATASET_STATS == tasks.dataset_stats.name
-    assert celery_app.QUEUES == service_queue.QUEUES
+    # the API sends by core's names (it imports no worker code): the tasks must be registered under them
+    assert tasks.run_job.name == task_names.RUN_JOB and tasks.dataset_stats.name == task_names.DATASET_STATS
     s = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", job_soft_time_limit_s=100,
                  job_hard_time_limit_s=200)
     conf = celery_app.celery_config(s)
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf["task_soft_time_limit"]
-    assert {q.name for q in conf["task_queues"]} == {"gpu", "cpu"}
+    assert {q.name for q in conf["task_queues"]} == {"gpu", "cpu"} == {q.name for q in service_queue.task_queues()}
     assert tasks.run_job.acks_late and tasks.run_job.reject_on_worker_lost
     embedded = celery_app.celery_config(Settings(data_dir=tmp_path))
     assert "visibility_timeout" not in embedded["broker_transport_options"]  # the SQL transport takes engine args

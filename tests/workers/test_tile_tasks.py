@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from core import task_names
 from core.data.nc import NC_CLASSES
-from core.raster.scene import Scene
-from core.raster.stats import compute_stats
-from service.settings import Settings
-from service.tiles import queue as api_queue
 from core.raster import reader as imagery_reader
 from core.raster.lattice import Lattice
 from core.raster.reader import ImageReader
+from core.raster.scene import Scene
+from core.raster.stats import compute_stats
 from core.raster.tiling import WindowPlan
 from models.inference.context import lattice_windows
+from service.settings import Settings
 from workers import tile_tasks
 from workers.tile_tasks import predict_area, render_model_tile, render_tile
 
@@ -151,8 +151,7 @@ def test_the_task_turns_input_errors_into_a_status(bundle_dir, nc_bands, tmp_pat
     ("amqp://guest@localhost//", "none", "sqlite"),
 ])
 def test_api_and_worker_agree_on_names_and_result_backend(tmp_path, broker, result_backend, expected):
-    assert api_queue.RENDER_MODEL_TILE == tile_tasks.RENDER_MODEL_TILE
-    assert api_queue.TILES_QUEUE == tile_tasks.TILES_QUEUE
+    assert render_model_tile.name == task_names.RENDER_MODEL_TILE  # the name the API's TileClient sends
     s = Settings(data_dir=tmp_path, result_backend=result_backend, **({"broker_url": broker} if broker else {}))
     want = {"sqlite": f"db+sqlite:///{tmp_path / 'tile-results.db'}", "broker": broker,
             "jobs-db": f"db+sqlite:///{tmp_path / 'geoadapt.db'}"}[expected]

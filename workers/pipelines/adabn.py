@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from core.errors import BandCountMismatchError, NoBatchNormError, SpecError
+from core.job_layout import BUNDLE
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
@@ -148,7 +149,7 @@ def run_adabn(
                       "batchnorm_layers": layers, "elapsed_s": round(result.elapsed_s, 1)},
             "label_free": {**signals, before_key: signals_before},
         }
-        bundle_dir = save_bundle(out / "bundle", segmentor.cpu().eval(), source_model.config, classes,
+        bundle_dir = save_bundle(out / BUNDLE, segmentor.cpu().eval(), source_model.config, classes,
                                  {"source": stats, "target": stats}, provenance, after or {},
                                  inference=source_model.metadata["inference"], method=METHOD,
                                  band_map=source_model.band_map, default_stats="target")

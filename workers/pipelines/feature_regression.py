@@ -24,15 +24,16 @@ from typing import Callable, Sequence
 
 import torch
 
+from core.bundle_manifest import MANIFEST
 from core.errors import BandCountMismatchError, BundleError, NoOverlapError, SpecError
+from core.job_layout import BUNDLE, CHECKPOINTS, HISTORY, TEACHER
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from core.raster.warp import bounds_in
-from core.resume_state import CHECKPOINTS
 from models.adaptation import build_method
 from models.adaptation.feature_regression import PairedBatches
 from models.adaptation.source_only import class_weight_of
-from models.bundle import MANIFEST, Bundle, load_bundle, save_bundle
+from models.bundle import Bundle, load_bundle, save_bundle
 from models.class_weights import fill_auto_class_weights
 from models.config import resolve_config, train_settings
 from models.data.sampler import PairedSampler
@@ -108,7 +109,7 @@ def teacher_spec(spec: JobSpec) -> JobSpec:
     overrides = {k: v for k, v in (spec.model.overrides or {}).items() if not str(k).startswith("adaptation")}
     body = spec.model_dump(mode="json")
     body.update(type="train", method="source-only", target=None, bundle=None,
-                output=str(Path(spec.output) / "teacher"))
+                output=str(Path(spec.output) / TEACHER))
     body["model"]["overrides"] = overrides
     return JobSpec.model_validate(body)
 
@@ -162,7 +163,7 @@ def run_feature_regression(
         student_iters = int(train_settings(fcfg, explicit, defaults)["iterations"])
         grand = teacher_iters + student_iters
         tdir = Path(tspec.output)
-        if not (tdir / "bundle" / MANIFEST).exists():
+        if not (tdir / BUNDLE / MANIFEST).exists():
             say("phase 1: training the teacher (source-only) on the source labels")
             res = run_training(tspec, [PhaseCallbacks(callbacks, 0, grand, last=False)], resume=resume, device=device,
                           log=say)
@@ -228,7 +229,7 @@ def run_feature_regression(
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
-                         callbacks=[HistoryFile(out / "history.jsonl"), phase])
+                         callbacks=[HistoryFile(out / HISTORY), phase])
         say(f"phase 2: regressing target features onto the teacher's ({run['iterations']} iterations, "
             f"batch {run['batch_size']}, crop {run['crop']}) on {dev}")
         result = loop.run(resume=resume)
@@ -259,7 +260,7 @@ def run_feature_regression(
                                                                  normalization)
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
-        bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, normalization.stats, provenance, val_metrics or {},
+        bundle_dir = save_bundle(out / BUNDLE, seg, cfg, classes, normalization.stats, provenance, val_metrics or {},
                                  inference=cfg["inference"], method=METHOD,
                                  band_map=teacher.band_map or band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)

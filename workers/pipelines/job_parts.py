@@ -15,6 +15,7 @@ import torch
 
 from core.errors import BandCountMismatchError
 from core.files import write_json
+from core.job_layout import METRICS
 from core.jobspec import DomainSpec, JobSpec
 from core.raster.domain import Domain
 from models.evaluate import evaluate_domain, segmentor_predict_fn
@@ -94,7 +95,7 @@ def finish_job(spec: JobSpec, out: Path, bundle_dir: Path, metrics: dict, proven
                callbacks, say: Callable[[str], None], *, predict_targets: bool) -> dict:
     """metrics.json, the log lines and the summary; then, for an adapt job that asks for them, one class
     COG per target scene (workers.pipelines.predict) under <output>/predictions/."""
-    metrics_path = write_json(out / "metrics.json", metrics)
+    metrics_path = write_json(out / METRICS, metrics)
     say(f"bundle written to {bundle_dir}")
     if metrics.get("validation"):
         say(format_metrics(metrics["validation"]))

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.jobspec import DomainSpec, JobSpec, SceneSpec
+from core.job_layout import PREDICTIONS, PREDICTIONS_INDEX
 from models.bundle import load_bundle
 from models.inference.tiled import PredictionCancelled, predict_raster
 from models.normalization import prediction_choice
 from core.files import write_json
 from core.raster.cog import remove_stale_temporaries
-
-#: where predictions go under a job's output folder (the service lists COGs found there)
-PREDICTIONS_DIR = "predictions"
 
 
 def scene_output_name(role: str, index: int, scene: SceneSpec) -> str:
@@ -60,7 +58,7 @@ def predict_domains(
     """
     say = log or (lambda msg: None)
     callbacks = list(callbacks or [])
-    pred_dir = Path(out_dir) / PREDICTIONS_DIR
+    pred_dir = Path(out_dir) / PREDICTIONS
     pred_dir.mkdir(parents=True, exist_ok=True)
     for p in remove_stale_temporaries(pred_dir):  # an earlier attempt of this job was killed mid-write
         say(f"removed {p.name}, left by an interrupted attempt")
@@ -80,7 +78,7 @@ def predict_domains(
         except PredictionCancelled:
             return {"status": "stopped", "predictions": written}
         written.append({"role": role, "scene": i, "path": str(output), **_figures(result)})
-    write_json(Path(out_dir) / "predictions.json", {"predictions": written})
+    write_json(Path(out_dir) / PREDICTIONS_INDEX, {"predictions": written})
     return {"status": "finished", "predictions": written}
 
 

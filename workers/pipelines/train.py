@@ -29,9 +29,9 @@ import torch
 
 from core.errors import BandCountMismatchError, SpecError
 from core.files import write_json
+from core.job_layout import BUNDLE, CHECKPOINTS, HISTORY, METRICS, SOURCE_ONLY
 from core.jobspec import JobSpec, SceneSpec
 from core.raster.domain import Domain
-from core.resume_state import CHECKPOINTS
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
 from models.class_weights import auto_fields, fill_auto_class_weights
@@ -154,7 +154,7 @@ def run_training(
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
-                         callbacks=[HistoryFile(out / "history.jsonl"), *(callbacks or [])])
+                         callbacks=[HistoryFile(out / HISTORY), *(callbacks or [])])
         say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
             f"crop {run['crop']}) on {dev}")
         result = loop.run(resume=resume)
@@ -182,7 +182,7 @@ def run_training(
             metrics["label_free"] = label_free_record(method, cfg, classes, target, source, normalization)
         cfg["inference"] = method.inference_config()
         seg = method.inference_segmentor().cpu().eval()
-        bundle_dir = save_bundle(out / "bundle", seg, cfg, classes, stats, provenance,
+        bundle_dir = save_bundle(out / BUNDLE, seg, cfg, classes, stats, provenance,
                                  val_metrics or {}, inference=cfg["inference"], method=method_name,
                                  band_map=band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)
@@ -213,7 +213,7 @@ def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, 
     """
     log("training the source-only baseline to compare against")
     params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
-    base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / "source-only"})
+    base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / SOURCE_ONLY})
     return run_training(base, callbacks, resume=resume, device=device, log=log)
 
 
@@ -240,6 +240,6 @@ def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> 
             m["stats"] = normalizer.name
             results[name] = m
             say(f"{name}:\n{format_metrics(m)}")
-    metrics_path = write_json(out / "metrics.json", {"evaluation": results, "bundle": str(bundle.path)})
+    metrics_path = write_json(out / METRICS, {"evaluation": results, "bundle": str(bundle.path)})
     return {"status": "finished", "metrics_path": str(metrics_path), "metrics": results}
 

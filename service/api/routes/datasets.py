@@ -21,7 +21,8 @@ from service.api.schemas import DatasetCreate, DatasetList, DatasetPublic, Error
 from service.errors import PayloadTooLargeError
 from service import usage
 from service.inputs import describe_dataset
-from service.queue import DATASET_STATS, enqueue
+from core.task_names import CPU_QUEUE, DATASET_STATS
+from service.queue import enqueue
 from service.store import datasets as store
 from core.files import atomic_writer
 from service.store.models import Dataset
@@ -35,7 +36,7 @@ _CHUNK = 1024 * 1024
 def _queue_stats(session, producer, ds: Dataset) -> None:
     """Band statistics are a streaming pass over the data: a job for the cpu queue."""
     try:
-        enqueue(producer, ds.id, "cpu", task=DATASET_STATS)
+        enqueue(producer, ds.id, CPU_QUEUE, task=DATASET_STATS)
         ds.stats = {"status": "pending"}
     except Exception as e:  # the dataset is registered all the same; only its statistics wait
         log.warning("could not queue statistics of dataset %s: %s", ds.id, type(e).__name__)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from core.errors import SpecError
+from core.job_layout import INPUTS_REPORT, JOB_SPEC, output_dir
 from core.jobspec import JobSpec, check_nesting, load_job_spec
 from service import job_removal
 from service import results as job_results
@@ -119,7 +120,7 @@ def submit_job(
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
     data = dict(body)
-    data["output"] = str(job_results.output_dir(job_dir))
+    data["output"] = str(output_dir(job_dir))
     policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
     bundle_as_given = data.get("bundle")
     model_id = model_id_of(bundle_as_given)
@@ -145,9 +146,9 @@ def submit_job(
         # disk full or broker down: undo the row and the folder, so that nothing half-made stays and a
         # retry with the same Idempotency-Key submits again
         try:
-            write_json(job_dir / "spec.json", spec_json)
+            write_json(job_dir / JOB_SPEC, spec_json)
             if report is not None:
-                write_json(job_dir / "inputs-report.json", report)
+                write_json(job_dir / INPUTS_REPORT, report)
         except OSError as e:
             with state.store_writes:
                 _undo(session, job, job_dir, f"cannot write the job folder: {type(e).__name__}")

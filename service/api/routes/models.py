@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from core.job_layout import BUNDLE, output_dir
 from service import results as job_results
 from service.api import links
 from service.api.server_paths import hide
@@ -24,7 +25,7 @@ _TRAINING = ("train", "adapt")
 
 def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
     desc = hide(job_results.describe(settings.job_dir(job.id)), settings.data_dir) if full else None
-    bundle_dir = job_results.output_dir(settings.job_dir(job.id)) / "bundle"
+    bundle_dir = output_dir(settings.job_dir(job.id)) / BUNDLE
     if not bundle_dir.is_dir():
         return None
     spec = job.spec or {}
@@ -47,8 +48,8 @@ def model_output_dir(session, settings, token, model_id: uuid.UUID) -> Path | No
         job = job_store.get_job(session, model_id, token)
     except NotFoundError:
         return None
-    out = job_results.output_dir(settings.job_dir(job.id))
-    ok = job.status == SUCCESSFUL and job.type in _TRAINING and (out / "bundle").is_dir()
+    out = output_dir(settings.job_dir(job.id))
+    ok = job.status == SUCCESSFUL and job.type in _TRAINING and (out / BUNDLE).is_dir()
     return out if ok else None
 
 

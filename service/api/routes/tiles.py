@@ -18,10 +18,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from core.bundle_manifest import MANIFEST, WEIGHTS
 from core.errors import RasterError
 from core.raster.reader import open_imagery
+from core.job_layout import BUNDLE, output_dir
 from core.raster.zooms import raster_native_zoom
-from service import results as job_results
 from service.api import errors, links
 from service.api.deps import BaseUrl, CurrentToken, ModelTileToken, ResultTileToken, SessionDep, SettingsDep
 from service.api.signed_urls import tiles_query
@@ -170,8 +171,8 @@ _MODEL_TYPES = ("train", "adapt")
 
 
 def _bundle_dir(job: Job, settings) -> Path:
-    d = job_results.output_dir(settings.job_dir(job.id)) / "bundle"
-    if job.status != SUCCESSFUL or job.type not in _MODEL_TYPES or not (d / "bundle.json").is_file():
+    d = output_dir(settings.job_dir(job.id)) / BUNDLE
+    if job.status != SUCCESSFUL or job.type not in _MODEL_TYPES or not (d / MANIFEST).is_file():
         raise NotFoundError(f"no model {job.id}", field="id")
     return d
 
@@ -199,7 +200,7 @@ def model_tile(model_id: uuid.UUID, tms_id: TmsId, z: Z, x: XY, y: XY, request: 
     opts = _options(request)
     images = _image_files(ds)
     options = {"window": opts.window, "zoom_out_levels": opts.zoom_out_levels}
-    version = cache.tile_version([bundle / "bundle.json", bundle / "weights.pth"], map(Path, images), options)
+    version = cache.tile_version([bundle / MANIFEST, bundle / WEIGHTS], map(Path, images), options)
     path = cache.tile_path(settings.data_dir, job.id, ds.id, tms.id, version, z, x, y)
     hit = cache.lookup(path)
     if hit is None:

@@ -1,0 +1,19 @@
+"""Celery task and queue names: the API sends by these names and the workers register and consume
+under them, so neither side imports the other (the API never loads worker code)."""
+from __future__ import annotations
+
+#: run one job (adapt, train, predict, evaluate) by its id: workers/tasks.py
+RUN_JOB = "geoadapt.run_job"
+#: compute a registered dataset's statistics by its id: workers/tasks.py
+DATASET_STATS = "geoadapt.dataset_stats"
+#: render one map tile through a model: workers/tile_tasks.py
+RENDER_MODEL_TILE = "geoadapt.render_model_tile"
+
+#: jobs that run a network
+GPU_QUEUE = "gpu"
+#: light work: checks, statistics
+CPU_QUEUE = "cpu"
+#: live tile inference, served by a worker of its own so that a long job never stalls the map
+TILES_QUEUE = "tiles"
+#: the queues of jobs and dataset work (the tile queue is declared by its own client and worker)
+JOB_QUEUES = (GPU_QUEUE, CPU_QUEUE)
