@@ -109,7 +109,7 @@ def test_a_model_needs_source_statistics_and_a_default_it_has():
 
 def test_manifest_round_trip_and_bundles_without_a_default():
     n = Normalization(BOTH, "source")
-    saved = BundleManifest.create(classes=[ClassSpec(id=1, name="a")], stats=n.stats, default_stats=n.default,
+    saved = BundleManifest.create(classes=[ClassSpec(id=1, name="a", color="#00ff00")], stats=n.stats, default_stats=n.default,
                                   inference={}, method="source-only")
     back = Normalization.of_bundle(BundleManifest(json.loads(json.dumps(saved.data))))  # as written and read
     assert back.default == "source" and back.stats["target"].mean == TGT.mean
