@@ -162,7 +162,7 @@ def measure_model(bundle_path: Path, path: Path, s: BenchSettings) -> dict:
     import torch
 
     from models.bundle import load_bundle
-    from models.inference.tiled import WindowModel, default_streams
+    from models.inference.windowed import WindowModel, default_streams
 
     bundle = load_bundle(bundle_path)
     model = WindowModel(bundle.segmentor, device=s.device, precision=s.precision)
@@ -217,8 +217,8 @@ def naive_predict(bundle, path: Path, out: Path, s: BenchSettings) -> dict:
 
     from core.raster.cog import class_cog_writer, class_encoding
     from core.raster.scene import Scene
-    from core.raster.tiling import WindowPlan
-    from models.inference.tiled import WindowModel
+    from core.raster.prediction_windows import WindowPlan
+    from models.inference.windowed import WindowModel
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
@@ -305,7 +305,7 @@ def _loadavg() -> list[float] | None:
 def run_predict_benchmark(out: str | Path, s: BenchSettings | None = None, *, data_dir: Path | None = None,
                           log: Callable[[str], None] = print) -> dict:
     """Run Benchmark B and write report.json + report.md into ``out``."""
-    from core.raster.tiling import WindowPlan
+    from core.raster.prediction_windows import WindowPlan
 
     from core.raster.cog import gdal_cache_limit
 

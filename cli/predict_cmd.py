@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict a raster of any size into a tiled COG with overviews: class ids, the class colours and
         names, nodata where the input has no valid data, the input's CRS and transform."""
-        from core.raster.tiling import PredictOptions
+        from core.raster.prediction_windows import PredictOptions
 
         opts = PredictOptions(
             window=window, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, precision=precision,

@@ -178,8 +178,8 @@ def _check_class_weights(cfg: dict, k: int) -> None:
 
 
 def _check_augment(cfg: dict) -> None:
-    from models.data.photometric import photometric_of
-    from models.data.rescale import rescale_of
+    from models.sampling.photometric import photometric_of
+    from models.sampling.rescale import rescale_of
 
     for name, read in (("photometric", photometric_of), ("resize", rescale_of)):
         try:

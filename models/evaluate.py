@@ -1,4 +1,4 @@
-"""Evaluate a model on the labelled scenes of a domain: tiled prediction with context, pooled confusion matrix.
+"""Evaluate a model on the labelled scenes of a domain: windowed prediction with context, pooled confusion matrix.
 
 The region of each scene is cut into ``tile`` x ``tile`` cores; each core is predicted from a window
 widened by ``margin`` pixels of context (clipped to the region) and only the core is scored, so tile

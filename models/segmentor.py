@@ -1,7 +1,7 @@
 """Plain segmentor (backbone + decode head from mmseg config dicts) and the inference-segmentor registry.
 
 Every inference segmentor exposes ``predict_logits(x) -> (N, K, H, W)`` at the input resolution;
-the tiled predictor, the bundle and evaluation only ever call that, so they never know how a model
+the windowed predictor, the bundle and evaluation only ever call that, so they never know how a model
 was trained (house style: inference always goes through the plain segmentor interface).
 """
 from __future__ import annotations

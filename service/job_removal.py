@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import ConflictError, NotFoundError
 from service.settings import Settings
-from service.store.models import ACCEPTED, FINAL_STATES, RUNNING, Dataset, Job
+from service.store.tables import ACCEPTED, FINAL_STATES, RUNNING, Dataset, Job
 
 log = logging.getLogger("geoadapt.api")
 

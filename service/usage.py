@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import StorageQuotaExceededError, UploadOverQuotaError
 from service.settings import Settings
-from service.store.models import Dataset, Job
+from service.store.tables import Dataset, Job
 
 
 @dataclass

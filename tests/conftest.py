@@ -1,5 +1,6 @@
-"""Shared fixtures: the real North Carolina Landsat-7 scene and NEON crowns (fetched once into the data cache), and
-PostgreSQL schemas of their own for the job-store tests of every package."""
+"""Shared fixtures: the real North Carolina Landsat-7 scene and NEON crowns (fetched once into the data cache),
+PostgreSQL schemas of their own for the job-store tests of every package, and a real job store (SQLite and
+PostgreSQL) with settings, allowed roots and a tiny scene for the service and CLI tests."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,10 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
+
+from service.settings import Settings
+from service.store.db import init_db, make_engine, session_factory
+from tests.helpers import write_tiny_scene
 
 PG_URL = os.environ.get("GEOADAPT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -101,3 +106,47 @@ def pg_module_schema_url():
     """As pg_schema_url, for a module's fixtures (a worker process and the API share one store)."""
     with fresh_pg_schema() as url:
         yield url
+
+
+# ---- a real job store on SQLite and on PostgreSQL (skipped if PostgreSQL is absent), for the service and CLI
+# tests ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def roots(tmp_path):
+    """An allowed root with a file in it, and a folder outside every root."""
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    return root, outside
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, roots):
+    return Settings(
+        data_dir=tmp_path / "state",
+        allowed_roots=[roots[0]],
+        database_url=database_url,
+        broker_url="memory://",
+        rate_limit_per_minute=0,
+    )
+
+
+@pytest.fixture
+def session_maker(settings):
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def tiny_scene(roots):
+    return write_tiny_scene(roots[0] / "scene")

@@ -109,7 +109,7 @@ def predict_area(bundle, reader: ImageReader, lattice: Lattice, window: int, are
     windows around them. The same pixel gets the same class whatever area is asked for."""
     from core.jobspec import IGNORE_INDEX
     from models.inference.context import context_span, predict_with_context
-    from models.inference.tiled import WindowModel
+    from models.inference.windowed import WindowModel
 
     data, valid = reader.lattice_pixels(lattice, *context_span(area, window), resampling)
     x = bundle.normalization.for_prediction()(data, valid)  # the bundle's own default statistics

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from core.lru import LRU, MISSING
-from core.raster.tiling import StreamingBlender, WindowPlan
-from models.inference.tiled import WindowModel
+from core.raster.prediction_windows import StreamingBlender, WindowPlan
+from models.inference.windowed import WindowModel
 
 Area = tuple[int, int, int, int]  # (col0, row0, col1, row1), end exclusive, in the origin's pixels
 

@@ -19,7 +19,7 @@ from service.api.signed_urls import resource_of
 from service.paths import PathPolicy
 from service.settings import Settings
 from service.store import tokens
-from service.store.models import Dataset, Job, Token
+from service.store.tables import Dataset, Job, Token
 
 
 async def get_settings(request: Request) -> Settings:

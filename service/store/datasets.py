@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
-from service.store.models import Dataset, Token
+from service.store.tables import Dataset, Token
 
 
 def create_dataset(session: Session, *, dataset_id: uuid.UUID, owner_id: str, name: str, kind: str,

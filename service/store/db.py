@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import sqlalchemy_url
-from service.store.models import Base
+from service.store.tables import Base
 
 
 class StoreUnavailable(Exception):

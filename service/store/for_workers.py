@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.store import jobs, workers
 from service.store.db import init_db, make_engine, session_factory, session_scope
-from service.store.models import Dataset, Job
+from service.store.tables import Dataset, Job
 
 
 class _ForkGuard:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import ConflictError, NotFoundError
-from service.store.models import (
+from service.store.tables import (
     ACCEPTED,
     DISMISSED,
     FAILED,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
-from service.store.models import Token, utcnow
+from service.store.tables import Token, utcnow
 
 PREFIX = "ga"
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import WorkerRecord, utcnow
+from service.store.tables import WorkerRecord, utcnow
 
 
 def beat(session: Session, name: str, *, queues: str, pid: int, stopped: bool = False) -> None:

@@ -9,7 +9,7 @@ from service.app import create_app
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
+from tests.helpers import train_spec, write_tiny_scene
 
 
 def _token(app) -> dict:

@@ -22,6 +22,7 @@ from core.files import write_json
 from core.raster.cog import class_cog_writer
 from core.raster.scene import gdal_message
 from benchmarks.security import CLASSES, write_class_cog
+from tests.helpers import fill
 
 
 def _hash_tree(folder: Path) -> dict:
@@ -41,20 +42,6 @@ def tiny_fs(tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(fs: Path, leave: int = 16 * 1024) -> Path:
-    """Write a ballast file until the filesystem is full, then give back `leave` bytes."""
-    ballast = fs / "ballast"
-    with open(ballast, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush (and fail) on close
-        try:
-            while True:
-                fh.write(b"\x00" * 65536)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-    with open(ballast, "r+b") as fh:
-        fh.truncate(max(0, ballast.stat().st_size - leave))
-    return ballast
 
 
 def _tiny_bundle(folder: Path, seed: int) -> Path:

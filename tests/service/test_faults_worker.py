@@ -27,9 +27,9 @@ from benchmarks.common import free_port
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
-from service.store.models import Job, WorkerRecord
+from service.store.tables import Job, WorkerRecord
+from tests.helpers import fill
 
-from .test_faults_files import fill
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

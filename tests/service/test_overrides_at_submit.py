@@ -13,7 +13,7 @@ from service.app import create_app
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec
+from tests.helpers import train_spec
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec
+from tests.helpers import train_spec
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from service.api.signed_urls import SECRET_FILE, TileUrlSigner
 from benchmarks.common import free_port
 from benchmarks.security import COG_NAME, TMS, prepare, start_server, stop_server
 
-from .conftest import read_tms_layer
+from tests.helpers import read_tms_layer
 
 OTHER = "predictions--other"
 

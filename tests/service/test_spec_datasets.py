@@ -11,9 +11,9 @@ from core.jobspec import load_job_spec
 from service.app import create_app
 from service.store import tokens
 from service.store.db import session_scope
-from service.store.models import Job
+from service.store.tables import Job
 
-from .conftest import train_spec
+from tests.helpers import train_spec
 
 
 @pytest.fixture

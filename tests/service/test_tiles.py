@@ -26,10 +26,10 @@ from service.store import datasets as dataset_store
 from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
-from service.store.models import SUCCESSFUL, Job
+from service.store.tables import SUCCESSFUL, Job
 from service.tiles.cache import lookup
 
-from .conftest import read_tms_layer, served_in_thread
+from tests.helpers import read_tms_layer, served_in_thread
 
 WM = morecantile.tms.get("WebMercatorQuad")
 COLOURS = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in NC_CLASSES}

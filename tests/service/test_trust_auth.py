@@ -29,7 +29,7 @@ from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
+from tests.helpers import train_spec, write_tiny_scene
 
 #: routes that answer without a token: liveness, the API's own description, the console page (it holds no
 #: data; it asks for a token and calls the API with it)

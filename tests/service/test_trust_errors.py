@@ -14,7 +14,7 @@ from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import served_in_thread, train_spec, write_tiny_scene
+from tests.helpers import served_in_thread, train_spec, write_tiny_scene
 
 
 @pytest.fixture(scope="module")

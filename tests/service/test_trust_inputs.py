@@ -21,7 +21,7 @@ from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
+from tests.helpers import train_spec, write_tiny_scene
 
 CLASSES = [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 2, "name": "b", "color": "#00ff00"}]
 

@@ -44,7 +44,7 @@ def _copy_world_to(world, url: str) -> None:
     from sqlalchemy import select
 
     from service.store.db import init_db, make_engine, session_factory, session_scope
-    from service.store.models import Dataset, Job, Token
+    from service.store.tables import Dataset, Job, Token
 
     src = session_factory(make_engine(f"sqlite:///{world.data_dir / 'geoadapt.db'}"))
     engine = make_engine(url)

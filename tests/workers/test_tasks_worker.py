@@ -19,7 +19,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
-from service.store.models import WorkerRecord
+from service.store.tables import WorkerRecord
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def test_keep_checkpoints_setting_keeps_them_after_success(tmp_path, nc_bands, n
 
 def _record(b: Backend, jid: str):
     with b.app.state.sessions() as s:
-        from service.store.models import Job
+        from service.store.tables import Job
 
         return s.get(Job, uuid.UUID(jid))
 
@@ -292,7 +292,7 @@ def _kill_mid_job(b: Backend, jid: str) -> None:
 
 def _ckpt(b: Backend, jid: str) -> bool:
     with b.app.state.sessions() as s:
-        from service.store.models import Job
+        from service.store.tables import Job
 
         return s.get(Job, uuid.UUID(jid)).checkpoint_path is not None
 
@@ -322,7 +322,7 @@ def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_ba
 
 def _results_row(b: Backend, jid: str) -> dict:
     with b.app.state.sessions() as s:
-        from service.store.models import Job
+        from service.store.tables import Job
 
         return s.get(Job, uuid.UUID(jid)).results
 
@@ -336,7 +336,7 @@ def test_sigkill_of_the_pool_process_requeues_and_resumes(tmp_path, nc_bands, nc
         jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=400, checkpoint_interval=10))
         _kill_mid_job(b, jid)
         with b.app.state.sessions() as s:
-            from service.store.models import Job
+            from service.store.tables import Job
 
             child_pid = int(s.get(Job, uuid.UUID(jid)).worker.rsplit(":", 2)[1])
         assert child_pid != w.pid

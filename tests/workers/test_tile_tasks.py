@@ -18,7 +18,7 @@ from core.raster.lattice import Lattice
 from core.raster.reader import ImageReader
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from core.raster.tiling import WindowPlan
+from core.raster.prediction_windows import WindowPlan
 from models.inference.context import lattice_windows
 from service.settings import Settings
 from workers import tile_tasks

@@ -28,7 +28,7 @@ from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.bundle import load_bundle, save_bundle
-from models.data.sampler import WindowSampler
+from models.sampling.sampler import WindowSampler
 from models.label_free import domain_windows, label_free_signals
 from models.normalization import SOURCE, TARGET, Normalization
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress

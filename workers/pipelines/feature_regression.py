@@ -36,7 +36,7 @@ from models.adaptation.source_only import class_weight_of
 from models.bundle import Bundle, load_bundle, save_bundle
 from models.class_weights import fill_auto_class_weights
 from models.config import resolve_config, train_settings
-from models.data.sampler import PairedSampler
+from models.sampling.sampler import PairedSampler
 from models.normalization import Normalization
 from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights

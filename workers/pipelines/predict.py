@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from core.jobspec import DomainSpec, JobSpec, SceneSpec
 from core.job_layout import PREDICTIONS, PREDICTIONS_INDEX
 from models.bundle import load_bundle
-from models.inference.tiled import PredictionCancelled, predict_raster
+from models.inference.windowed import PredictionCancelled, predict_raster
 from models.normalization import prediction_choice
 from core.files import write_json
 from core.raster.cog import remove_stale_temporaries

@@ -36,9 +36,9 @@ from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
 from models.class_weights import auto_fields, fill_auto_class_weights
 from models.config import resolve_config, train_settings
-from models.data.photometric import photometric_of
-from models.data.rescale import rescale_of
-from models.data.sampler import WindowSampler
+from models.sampling.photometric import photometric_of
+from models.sampling.rescale import rescale_of
+from models.sampling.sampler import WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization

@@ -25,7 +25,7 @@ from core.task_names import CPU_QUEUE, DATASET_STATS
 from service.queue import enqueue
 from service.store import datasets as store
 from core.files import atomic_writer
-from service.store.models import Dataset
+from service.store.tables import Dataset
 
 log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

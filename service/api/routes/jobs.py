@@ -51,7 +51,7 @@ from service.spec_datasets import resolve_scene_datasets
 from service.store import datasets
 from service.store import jobs as store
 from core.files import write_json
-from service.store.models import FINAL_STATES, Job
+from service.store.tables import FINAL_STATES, Job
 
 log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -16,7 +16,7 @@ from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
 from service.api.schemas import ErrorPublic, Link, ModelList, ModelPublic
 from service.errors import NotFoundError
 from service.store import jobs as job_store
-from service.store.models import SUCCESSFUL, Job
+from service.store.tables import SUCCESSFUL, Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 _ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}

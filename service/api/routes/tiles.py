@@ -30,7 +30,7 @@ from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError, ServiceUnavailableError
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
-from service.store.models import SUCCESSFUL, Job
+from service.store.tables import SUCCESSFUL, Job
 from service.tiles import cache, sources
 from service.tiles.queue import TileClient
 

@@ -20,8 +20,8 @@ from core.jobspec import IGNORE_INDEX
 from core.raster.domain import Domain, DomainScene, accumulate_cells, cell_areas
 from core.raster.grid import iter_blocks
 from core.raster.warp import bounds_in
-from models.data.photometric import PhotometricDistortion, PhotometricSettings
-from models.data.rescale import RandomRescale, RescaleSettings
+from models.sampling.photometric import PhotometricDistortion, PhotometricSettings
+from models.sampling.rescale import RandomRescale, RescaleSettings
 from models.normalization import SOURCE, TARGET, Normalization, Normalizer
 
 #: DAFormer's rare-class sampling temperature: p(c) ~ exp((1 - f_c) / T)
@@ -97,9 +97,9 @@ class WindowSampler(_Base):
     frequencies f_c; the rest are uniform over admissible positions.
 
     ``photometric``: mmseg-style photometric distortion of each crop's raw values before it is
-    normalised (see models.data.photometric); None leaves crops as read.
+    normalised (see models.sampling.photometric); None leaves crops as read.
 
-    ``rescale``: mmseg-style random resize of each crop (see models.data.rescale): the window read is
+    ``rescale``: mmseg-style random resize of each crop (see models.sampling.rescale): the window read is
     ``crop / r`` px of ground, resized to ``crop`` px; None reads ``crop`` px as they are.
     """
 

@@ -4,8 +4,6 @@ and the clear errors (no shared ground, band counts)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +19,7 @@ from models.normalization import Normalization
 from models.training.callbacks import History, StopAfter
 from workers.pipelines.dispatch import run_job
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core" / "raster"))
-from helpers import warp_copy  # noqa: E402
+from tests.core.raster.helpers import warp_copy
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,7 +112,7 @@ def test_pairs_align_across_crs_and_resolution(bench_domains, nc_bands, nc_class
     from core.jobspec import DomainSpec
     from core.raster.domain import Domain
     from models.adaptation.feature_regression import PairedBatches
-    from models.data.sampler import PairedSampler
+    from models.sampling.sampler import PairedSampler
 
     warped = warp_copy(nc_bands, tmp_path / "nc_4326.tif", "EPSG:4326", 0.0004)
     s_spec = DomainSpec.model_validate(bench_domains["source"])

@@ -16,8 +16,7 @@ from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from .conftest import train_spec, write_tiny_scene
-from .test_faults_files import fill
+from tests.helpers import fill, train_spec, write_tiny_scene
 
 
 class TcpProxy:

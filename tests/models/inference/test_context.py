@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from core.lru import LRU
-from core.raster.tiling import WindowPlan
+from core.raster.prediction_windows import WindowPlan
 from models.inference.context import context_span, lattice_windows, predict_with_context
-from models.inference.tiled import WindowModel
+from models.inference.windowed import WindowModel
 
 WINDOW = 16
 K = 3

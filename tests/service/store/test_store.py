@@ -8,7 +8,7 @@ import pytest
 from service.errors import ConflictError, NotFoundError
 from service.store import jobs, tokens
 from core.files import write_json
-from service.store.models import ACCEPTED, DISMISSED, RUNNING, SUCCESSFUL
+from service.store.tables import ACCEPTED, DISMISSED, RUNNING, SUCCESSFUL
 
 SPEC = {"type": "train", "method": "source-only", "classes": [{"id": 1, "name": "a", "color": "#000000"}]}
 

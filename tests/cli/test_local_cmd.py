@@ -57,7 +57,7 @@ def test_run_refuses_overrides_nothing_reads_before_writing_anything(tmp_path):
     import subprocess
     import sys
 
-    from tests.service.conftest import train_spec, write_tiny_scene
+    from tests.helpers import train_spec, write_tiny_scene
 
     img, lab = write_tiny_scene(tmp_path / "scene")
     for overrides, words in (

@@ -9,8 +9,8 @@ import pytest
 from core.errors import ConfigError
 from core.raster.stats import BandStats
 from models.config import resolve_config
-from models.data.photometric import PhotometricDistortion, PhotometricSettings
-from models.data.sampler import WindowSampler
+from models.sampling.photometric import PhotometricDistortion, PhotometricSettings
+from models.sampling.sampler import WindowSampler
 from models.normalization import Normalizer
 
 LO = np.array([0.0, 100.0, 1000.0])

@@ -1,4 +1,4 @@
-"""Tiled prediction's torch-free parts: options, the window plan, blending weights, a streaming blender.
+"""Windowed prediction's torch-free parts: options, the window plan, blending weights, a streaming blender.
 
 The blender finishes each part of the output as soon as the last window covering it has been seen
 (windows arrive in the plan's row-major order), so it holds at most the overlap strip between two

@@ -1,4 +1,4 @@
-"""COG writing (real GDAL COG driver, rio-cogeo validation) and the torch-free tiling parts: window plan,
+"""COG writing (real GDAL COG driver, rio-cogeo validation) and the torch-free prediction-window parts: window plan,
 blending weights, streaming blender, regions."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rio_cogeo.cogeo import cog_validate
 from core.errors import ConfigError, EmptyRegionError
 from core.raster.cog import class_cog_writer, probability_cog_writer, read_class_tags, remove_stale_temporaries
 from core.raster.grid import Grid
-from core.raster.tiling import (
+from core.raster.prediction_windows import (
     PredictOptions,
     StreamingBlender,
     WindowPlan,

@@ -21,7 +21,7 @@ CHROMIUM = os.environ.get("GEOADAPT_CHROMIUM") or shutil.which("chromium") or sh
 #: no network on the test machines: nothing in the browser may try to reach out
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _chromium_or_skip() -> str:

@@ -48,7 +48,7 @@ from core.raster.cog import (
 )
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from core.raster.tiling import PredictOptions, StreamingBlender, WindowPlan, aoi_mask, resolve_region
+from core.raster.prediction_windows import PredictOptions, StreamingBlender, WindowPlan, aoi_mask, resolve_region
 from models.normalization import Normalizer
 
 

@@ -2,8 +2,6 @@
 and paired crops that align NC with a copy of it warped to EPSG:4326 at another resolution."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +11,10 @@ from rasterio.windows import Window
 
 from core.jobspec import IGNORE_INDEX, DomainSpec
 from core.raster.domain import Domain
-from models.data.sampler import PairedSampler, WindowSampler
+from models.sampling.sampler import PairedSampler, WindowSampler
 from models.normalization import Normalization, Normalizer
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core" / "raster"))
-from helpers import warp_copy  # noqa: E402
+from tests.core.raster.helpers import warp_copy
 
 torch.set_num_threads(1)
 

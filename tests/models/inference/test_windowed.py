@@ -1,4 +1,4 @@
-"""Tiled large-raster prediction on the real NC scene and small edge-case rasters: tiled == whole image
+"""Windowed large-raster prediction on the real NC scene and small edge-case rasters: windowed == whole image
 for a per-pixel model, hann blending vs seams for a real bundle, nodata in -> nodata out with
 all-nodata windows never reaching the model, COG validity, grid, region/AOI, cancel, a memory cap."""
 from __future__ import annotations
@@ -21,9 +21,9 @@ from rio_cogeo.cogeo import cog_validate
 from core.errors import BandCountMismatchError, ConfigError
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from core.raster.tiling import WindowPlan
+from core.raster.prediction_windows import WindowPlan
 from models.inference import PredictionCancelled, predict_raster
-from models.inference.tiled import read_chunks
+from models.inference.windowed import read_chunks
 from models.normalization import Normalization
 
 
@@ -317,7 +317,7 @@ _CAPPED = textwrap.dedent(
 
 def test_a_raster_larger_than_a_whole_array_approach_can_hold_runs_under_a_memory_cap(nc_bands, tmp_path):
     # a 4401 x 3987 x 6 mosaic of the real scene: 421 MB as float32 in one array, 105 MB on disk; the cap
-    # leaves the tiled predictor 320 MB above what the interpreter, torch and GDAL hold after a warm-up
+    # leaves the windowed predictor 320 MB above what the interpreter, torch and GDAL hold after a warm-up
     with Scene.open(nc_bands) as s:
         tile = np.clip(s.read().data, 0, 255).astype(np.uint8)
     reps = 9

@@ -1,51 +1,11 @@
-"""Fixtures for the service tests: a real job store on SQLite and on PostgreSQL (tests/conftest.py's
-schema fixtures; skipped if PostgreSQL is absent)."""
+"""Helpers the service, CLI and worker tests share: a tiny real scene, a small train spec, the app served
+over real HTTP in a thread, and a GDAL TMS client of a tilejson."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
-
-import pytest
-
-from service.settings import Settings
-from service.store.db import init_db, make_engine, session_factory
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return request.getfixturevalue("pg_schema_url")
-
-
-@pytest.fixture
-def roots(tmp_path):
-    """An allowed root with a file in it, and a folder outside every root."""
-    root = tmp_path / "root"
-    outside = tmp_path / "outside"
-    root.mkdir()
-    outside.mkdir()
-    return root, outside
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, roots):
-    return Settings(
-        data_dir=tmp_path / "state",
-        allowed_roots=[roots[0]],
-        database_url=database_url,
-        broker_url="memory://",
-        rate_limit_per_minute=0,
-    )
-
-
-@pytest.fixture
-def session_maker(settings):
-    engine = make_engine(settings.database_url)
-    init_db(engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def write_tiny_scene(folder, *, bands: int = 3, size: int = 32, classes=(1, 2), crs: str | None = "EPSG:32617"):
@@ -65,11 +25,6 @@ def write_tiny_scene(folder, *, bands: int = 3, size: int = 32, classes=(1, 2), 
     with rasterio.open(lab, "w", count=1, dtype="uint8", **prof) as ds:
         ds.write(rng.choice(np.array(classes, dtype=np.uint8), size=(1, size, size)))
     return img, lab
-
-
-@pytest.fixture
-def tiny_scene(roots):
-    return write_tiny_scene(roots[0] / "scene")
 
 
 def train_spec(img, lab, **extra) -> dict:
@@ -124,3 +79,38 @@ def read_tms_layer(tilejson: dict, authorization: str | None = None):
     with rasterio.Env(GDAL_HTTP_HEADERS=headers), rasterio.open(xml) as ds:
         left, bottom, right, top = transform_bounds("EPSG:4326", "EPSG:3857", *tilejson["bounds"])
         return ds.read(window=ds.window(left, bottom, right, top).round_offsets().round_lengths())
+
+
+def small_conv_bundle(path, classes, stats):
+    """A small convolutional network (real mmseg modules) saved as a bundle in ``path/bundle``, loaded back."""
+    import torch
+
+    from models.bundle import load_bundle, save_bundle
+    from models.segmentor import build_segmentor
+
+    net = dict(
+        type="Segmentor",
+        backbone=dict(type="ResNetV1c", depth=18, in_channels=6, stem_channels=8, base_channels=8, num_stages=4,
+                      out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                      norm_cfg=dict(type="BN", requires_grad=True)),
+        decode_head=dict(type="FCNHead", in_channels=64, in_index=3, channels=16, num_convs=1, concat_input=False,
+                         num_classes=len(classes), norm_cfg=dict(type="BN", requires_grad=True),
+                         align_corners=False, loss_decode=dict(type="CrossEntropyLoss")),
+    )
+    torch.manual_seed(0)
+    save_bundle(path / "bundle", build_segmentor(net), {}, classes, {"source": stats}, inference=net)
+    return load_bundle(path)
+
+
+def fill(fs, leave: int = 16 * 1024):
+    """Write a ballast file until the filesystem is full, then give back `leave` bytes."""
+    ballast = fs / "ballast"
+    with open(ballast, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush (and fail) on close
+        try:
+            while True:
+                fh.write(b"\x00" * 65536)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    with open(ballast, "r+b") as fh:
+        fh.truncate(max(0, ballast.stat().st_size - leave))
+    return ballast

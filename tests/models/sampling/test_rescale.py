@@ -9,8 +9,8 @@ from rasterio.windows import Window
 
 from core.errors import ConfigError
 from models.config import resolve_config
-from models.data.rescale import RandomRescale, RescaleSettings
-from models.data.sampler import WindowSampler
+from models.sampling.rescale import RandomRescale, RescaleSettings
+from models.sampling.sampler import WindowSampler
 from models.normalization import Normalizer
 
 BOUNDS = (10, 20, 300, 400)  # row_off, col_off, height, width of a region

@@ -20,7 +20,7 @@ from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from models.batchnorm_statistics import batchnorm_layers
 from models.bundle import load_bundle
-from models.data.sampler import WindowSampler
+from models.sampling.sampler import WindowSampler
 from models.training.callbacks import History, StopAfter
 from workers.pipelines.dispatch import run_job
 

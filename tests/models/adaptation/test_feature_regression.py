@@ -10,7 +10,7 @@ from core.jobspec import DomainSpec
 from core.raster.domain import Domain
 from models.adaptation import build_method
 from models.adaptation.feature_regression import PairedBatches, level_loss
-from models.data.sampler import PairedSampler, WindowSampler
+from models.sampling.sampler import PairedSampler, WindowSampler
 from models.config import resolve_config
 from models.normalization import Normalization, Normalizer
 
