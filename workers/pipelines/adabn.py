@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import torch
 
@@ -31,8 +31,9 @@ from models.bundle import load_bundle, save_bundle
 from models.sampling.sampler import WindowSampler
 from models.label_free import domain_windows, label_free_signals
 from models.normalization import SOURCE, TARGET, Normalization
-from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
+from models.training.callbacks import CallbackList, LoopResult, Progress
 from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
+from workers.pipelines.run_options import RunOptions
 
 METHOD = "adabn"
 
@@ -53,20 +54,13 @@ def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks:
                                        eta_s=elapsed / (i + 1) * (total - i - 1), sec_per_iter=elapsed / (i + 1)))
 
 
-def run_adabn(
-    spec: JobSpec,
-    callbacks: Sequence[Callback] | None = None,
-    *,
-    device: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
+def run_adabn(spec: JobSpec, run: RunOptions) -> dict:
     """Run an adabn adapt job; returns run_training's summary shape (status, paths, metrics)."""
-    say = log or (lambda msg: None)
+    say, dev = run.log, run.device
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cbs = CallbackList(callbacks)
+    cbs = CallbackList(run.callbacks)
 
     say(f"loading the source model bundle {spec.bundle}")
     source_model = load_bundle(spec.bundle)
@@ -153,7 +147,7 @@ def run_adabn(
                                  {"source": stats, "target": stats}, provenance, after or {},
                                  inference=source_model.metadata["inference"], method=METHOD,
                                  band_map=source_model.band_map, default_stats="target")
-        return finish_job(spec, out, bundle_dir, metrics, provenance, state["done"], callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, state["done"], run.callbacks, say,
                           predict_targets=spec.params.predict_targets)
     finally:
         for d in domains:

@@ -18,6 +18,7 @@ from models.training.callbacks import Callback
 from workers.pipelines import predict
 from workers.pipelines.adabn import run_adabn
 from workers.pipelines.feature_regression import run_feature_regression
+from workers.pipelines.run_options import RunOptions
 from workers.pipelines.train import evaluate_job, run_training
 
 
@@ -31,13 +32,13 @@ def run_job(
 ) -> dict:
     """Run any job of a validated spec (its type and method fit: core.jobspec); returns its summary (status,
     paths, metrics)."""
-    say = log or (lambda msg: None)
     if spec.type == "evaluate":
-        return evaluate_job(spec, log=say)
+        return evaluate_job(spec, log=log)
     if spec.type == "predict":
-        return predict.run_job(spec, callbacks, log=say)
+        return predict.run_job(spec, callbacks, log=log)
+    run = RunOptions.of(callbacks, resume=resume, device=device, log=log)
     if spec.training_method == "adabn":
-        return run_adabn(spec, callbacks, device=device, log=say)
+        return run_adabn(spec, run)
     if spec.training_method == "feature-regression":
-        return run_feature_regression(spec, callbacks, resume=resume, device=device, log=say)
-    return run_training(spec, callbacks, resume=resume, device=device, log=say)
+        return run_feature_regression(spec, run)
+    return run_training(spec, run)

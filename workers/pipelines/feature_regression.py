@@ -20,9 +20,7 @@ import dataclasses
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
+from typing import Sequence
 
 from core.bundle_manifest import MANIFEST
 from core.errors import BandCountMismatchError, BundleError, NoOverlapError, SpecError
@@ -42,6 +40,7 @@ from models.training.callbacks import Callback, CallbackList, HistoryFile
 from models.training.loop import TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
+from workers.pipelines.run_options import RunOptions
 from workers.pipelines.train import TRAIN_KEYS, band_map_of, run_training, seed_everything
 
 METHOD = "feature-regression"
@@ -124,21 +123,13 @@ def _check_teacher(bundle: Bundle, spec: JobSpec) -> None:
                         f"{[c.id for c in bundle.classes]}", field="classes")
 
 
-def run_feature_regression(
-    spec: JobSpec,
-    callbacks: Sequence[Callback] | None = None,
-    *,
-    resume: bool = True,
-    device: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
+def run_feature_regression(spec: JobSpec, run: RunOptions) -> dict:
     """Run a feature-regression adapt job; returns run_training's summary shape (status, paths, metrics)."""
-    say = log or (lambda msg: None)
+    say, dev = run.log, run.device
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     explicit = {k: getattr(spec.params, k) for k in TRAIN_KEYS if k in spec.params.model_fields_set}
     defaults = {k: getattr(spec.params, k) for k in TRAIN_KEYS}
 
@@ -165,8 +156,7 @@ def run_feature_regression(
         tdir = Path(tspec.output)
         if not (tdir / BUNDLE / MANIFEST).exists():
             say("phase 1: training the teacher (source-only) on the source labels")
-            res = run_training(tspec, [PhaseCallbacks(callbacks, 0, grand, last=False)], resume=resume, device=device,
-                          log=say)
+            res = run_training(tspec, run.with_callbacks([PhaseCallbacks(run.callbacks, 0, grand, last=False)]))
             if res["status"] != "finished":
                 return {**res, "phase": "teacher", "total": grand}
         teacher = load_bundle(tdir)
@@ -225,14 +215,14 @@ def run_feature_regression(
             say("scoring the source-only teacher on the validation scenes")
             source_only = validate(teacher.segmentor.to(dev).eval())
 
-        phase = PhaseCallbacks(callbacks, teacher_iters, grand, last=True)
+        phase = PhaseCallbacks(run.callbacks, teacher_iters, grand, last=True)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
                          callbacks=[HistoryFile(out / HISTORY), phase])
         say(f"phase 2: regressing target features onto the teacher's ({run['iterations']} iterations, "
             f"batch {run['batch_size']}, crop {run['crop']}) on {dev}")
-        result = loop.run(resume=resume)
+        result = loop.run(resume=run.resume)
         if result.stopped:
             return {"status": "stopped", "phase": "student", "iteration": teacher_iters + result.iterations_done,
                     "total": grand, "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
@@ -264,7 +254,7 @@ def run_feature_regression(
                                  inference=cfg["inference"], method=METHOD,
                                  band_map=teacher.band_map or band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)
-        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, run.callbacks, say,
                           predict_targets=spec.params.predict_targets)
     finally:
         for d in domains:

@@ -22,7 +22,7 @@ import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,10 +43,11 @@ from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization
 from models.pretrained import load_pretrained, pretrained_path
-from models.training.callbacks import Callback, HistoryFile
+from models.training.callbacks import HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
+from workers.pipelines.run_options import RunOptions
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
 TRAIN_KEYS = ("iterations", "batch_size", "crop")
@@ -66,23 +67,15 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
     return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
 
 
-def run_training(
-    spec: JobSpec,
-    callbacks: Sequence[Callback] | None = None,
-    *,
-    resume: bool = True,
-    device: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
+def run_training(spec: JobSpec, run: RunOptions) -> dict:
     """Run a train job, or an adapt job whose method trains through the loop (source-only,
     st-dasegnet); returns a summary (status, paths, metrics). workers.pipelines.dispatch picks it."""
-    say = log or (lambda msg: None)
+    say, dev = run.log, run.device
     method_name = spec.training_method
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classes = spec.classes
     names = [c.name for c in classes]
     stats_store = out / "stats"
@@ -154,10 +147,10 @@ def run_training(
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
-                         callbacks=[HistoryFile(out / HISTORY), *(callbacks or [])])
+                         callbacks=[HistoryFile(out / HISTORY), *run.callbacks])
         say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
             f"crop {run['crop']}) on {dev}")
-        result = loop.run(resume=resume)
+        result = loop.run(resume=run.resume)
         if result.stopped:
             return {"status": "stopped", "iteration": result.iterations_done, "total": result.total,
                     "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
@@ -187,14 +180,14 @@ def run_training(
                                  band_map=band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)
         if _wants_baseline(spec, method_name):
-            baseline = _source_only_baseline(spec, out, callbacks, resume=resume, device=device, log=say)
+            baseline = _source_only_baseline(spec, out, run)
             if baseline["status"] == "stopped":
                 return baseline
             if validation is not None:
                 metrics["source_only"] = baseline["metrics"]["validation"]
             if "label_free" in metrics and baseline["metrics"].get("label_free"):
                 metrics["label_free"]["source_only"] = baseline["metrics"]["label_free"]
-        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, run.callbacks, say,
                           predict_targets=spec.predicts_targets)
     finally:
         for d in domains:
@@ -206,15 +199,15 @@ def _wants_baseline(spec: JobSpec, method_name: str) -> bool:
     return spec.type == "adapt" and method_name != "source-only" and spec.params.compare_source_only
 
 
-def _source_only_baseline(spec: JobSpec, out: Path, callbacks, *, resume: bool, device, log) -> dict:
+def _source_only_baseline(spec: JobSpec, out: Path, run: RunOptions) -> dict:
     """The same job as source-only, in ``<output>/source-only`` (its own checkpoints, so it resumes too).
 
     Same model, data, iterations, seed and normalisation: the scores differ only by the adaptation.
     """
-    log("training the source-only baseline to compare against")
+    run.log("training the source-only baseline to compare against")
     params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
     base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / SOURCE_ONLY})
-    return run_training(base, callbacks, resume=resume, device=device, log=log)
+    return run_training(base, run)
 
 
 def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> dict:
