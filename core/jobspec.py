@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from core.errors import SpecError
+from core.stac_items import StacItemError, band_files, check_common_names
 
 JobType = Literal["adapt", "train", "predict", "evaluate"]
 Method = Literal["st-dasegnet", "feature-regression", "adabn", "source-only"]
@@ -132,12 +133,29 @@ class ClassSpec(_Strict):
         return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
+class StacSource(_Strict):
+    """A scene read from a STAC Item: the item, and the common names of the bands taken from it, in order."""
+
+    item: Path = Field(description="a STAC Item: a local JSON file whose assets are local files")
+    bands: list[str] = Field(
+        min_length=1, description="common names of the bands to read, in order (red, green, blue, nir, swir16, "
+        "swir22, pan, ...): each is the single-band asset whose eo:bands common name it is")
+
+
 class SceneSpec(_Strict):
-    """One scene: a multi-band image, or single-band files stacked in order, or a dataset registered with
-    the service (which resolves it into its files); optional labels."""
+    """One scene: a multi-band image, or single-band files stacked in order, or a STAC Item's assets chosen by
+    band common names, or a dataset registered with the service (which resolves it into its files); optional
+    labels."""
 
     image: Path | None = None
-    bands: list[Path] | None = Field(default=None, min_length=1)
+    bands: list[Path] | None = Field(
+        default=None, min_length=1,
+        description="single-band files, stacked in order; with 'stac' given as a path, the common names of the "
+        "item's bands to read (the loaded spec holds their files here)")
+    stac: StacSource | None = Field(
+        default=None,
+        description="a STAC Item: its path, with 'bands' naming common names ({stac: item.json, bands: [red, "
+        "green, nir]}), or {item, bands}; asset hrefs relative to the item resolve against its folder")
     dataset: str | None = Field(
         default=None, min_length=1, max_length=64,
         description="id of a registered dataset (service only): its image, and its labels in source and "
@@ -150,6 +168,50 @@ class SceneSpec(_Strict):
     label_class: StrictInt | None = Field(
         default=None, description="vector labels: one class id for every polygon"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stac_bands(cls, data: Any, info: ValidationInfo) -> Any:
+        """A STAC Item scene becomes ``stac: {item, bands: names}`` plus ``bands: [the assets' files]``, so that
+        everything downstream (checks, validation, workers) reads files. A spec loaded again (the worker's)
+        resolves the item again and refuses files that are no longer the ones it named."""
+        if not isinstance(data, dict) or data.get("stac") is None:
+            return data
+        ref = data["stac"]
+        if isinstance(ref, dict):  # the loaded form: `bands`, when given, are the files it resolved to
+            item, names, given, names_at, item_at = ref.get("item"), ref.get("bands"), data.get("bands"), \
+                "stac.bands", "stac.item"
+        else:
+            item, names, given, names_at, item_at = ref, data.get("bands"), None, "bands", "stac"
+        if data.get("image") is not None:
+            raise RuleError("image", "give either 'stac' (with band common names) or 'image', not both")
+        try:
+            names = check_common_names(names)
+        except ValueError as e:
+            raise RuleError(names_at, str(e)) from None
+        try:
+            item_path = _resolve(item, info)
+        except ValueError as e:
+            raise RuleError(item_at, str(e)) from None
+        out = {**data, "stac": {**(ref if isinstance(ref, dict) else {}), "item": item_path, "bands": names},
+               "bands": None}
+        if not (info.context or {}).get("check_files", True):
+            return out  # the item is read where its files are: by the server, then the worker
+        try:
+            files = band_files(item_path, names, confine=lambda p: _resolve(p, info))
+        except StacItemError as e:
+            raise RuleError(item_at if e.field == "stac" else e.field.replace("bands", names_at, 1), e.message) \
+                from None
+        if given is not None:
+            try:
+                same = isinstance(given, list) and [_resolve(g, info) for g in given] == files
+            except ValueError:
+                same = False
+            if not same:
+                raise RuleError("bands", "these are not the files the STAC item's assets name (now: "
+                                         f"{', '.join(f.name for f in files)}); give the item and common names only")
+        out["bands"] = files
+        return out
 
     @field_validator("image", "labels", mode="before")
     @classmethod
@@ -167,9 +229,10 @@ class SceneSpec(_Strict):
 
     @model_validator(mode="after")
     def _image_or_bands(self, info: ValidationInfo) -> "SceneSpec":
-        if sum(v is not None for v in (self.image, self.bands, self.dataset)) != 1:
-            raise ValueError("give exactly one of 'image' (one multi-band file), 'bands' (a list of files) "
-                             "or 'dataset' (a registered dataset's id)")
+        if sum(v is not None for v in (self.image, self.stac or self.bands, self.dataset)) != 1:
+            raise ValueError("give exactly one of 'image' (one multi-band file), 'bands' (a list of files), "
+                             "'stac' (a STAC Item, with 'bands' naming common names) or 'dataset' (a registered "
+                             "dataset's id)")
         if self.dataset is not None and (info.context or {}).get("check_files", True):
             # the service replaces `dataset` with the files before it checks them; here nothing would
             raise ValueError(f"dataset {self.dataset!r}: only the service resolves registered datasets "

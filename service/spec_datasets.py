@@ -31,8 +31,8 @@ def resolve_scene_datasets(body: dict, lookup: Callable[[str], dict]) -> dict:
 
 def _resolve(scene: dict, role: str, where: str, lookup: Callable[[str], dict]) -> dict:
     ident = scene["dataset"]
-    if scene.get("image") is not None or scene.get("bands") is not None:
-        raise SpecError("give either 'dataset' or 'image'/'bands', not both", field=f"{where}.dataset")
+    if any(scene.get(k) is not None for k in ("image", "bands", "stac")):
+        raise SpecError("give either 'dataset' or 'image'/'bands'/'stac', not both", field=f"{where}.dataset")
     if not isinstance(ident, str):
         raise SpecError("must be the id of a registered dataset (a string)", field=f"{where}.dataset")
     try:
@@ -40,7 +40,7 @@ def _resolve(scene: dict, role: str, where: str, lookup: Callable[[str], dict]) 
     except NotFoundError:
         raise SpecError(f"no registered dataset {ident!r} (GET /v1/datasets lists yours)",
                         field=f"{where}.dataset") from None
-    out = {k: v for k, v in scene.items() if k not in ("dataset", "image", "bands")}
+    out = {k: v for k, v in scene.items() if k not in ("dataset", "image", "bands", "stac")}
     if paths.get("image"):
         out["image"] = paths["image"]
     else:

@@ -27,6 +27,32 @@ def write_tiny_scene(folder, *, bands: int = 3, size: int = 32, classes=(1, 2), 
     return img, lab
 
 
+def write_stac_scene(folder, common_names=("blue", "green", "red", "nir"), *, form: str = "1.0", size: int = 32):
+    """A tiny scene as a STAC Item: one single-band GeoTIFF per common name (B1.tif, ...; relative hrefs) and a
+    label raster. ``form``: "1.0" names bands in ``eo:bands[].common_name``, "1.1" in ``bands[].eo:common_name``.
+    Returns (item path, labels path)."""
+    import json
+
+    import rasterio
+
+    img, lab = write_tiny_scene(folder, bands=len(common_names), size=size)
+    assets = {}
+    with rasterio.open(img) as ds:
+        prof = {**ds.profile, "count": 1}
+        for i, name in enumerate(common_names, start=1):
+            with rasterio.open(folder / f"B{i}.tif", "w", **prof) as out:
+                out.write(ds.read(i), 1)
+            band = {"name": f"B{i}", "common_name": name} if form == "1.0" else {"name": f"B{i}", "eo:common_name": name}
+            assets[f"B{i}"] = {"href": f"./B{i}.tif", "type": "image/tiff; application=geotiff",
+                               "roles": ["data"], **({"eo:bands": [band]} if form == "1.0" else {"bands": [band]})}
+    item = {"type": "Feature", "stac_version": "1.1.0" if form == "1.1" else "1.0.0", "id": folder.name,
+            "stac_extensions": [] if form == "1.1" else ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
+            "geometry": None, "properties": {"datetime": "2020-01-01T00:00:00Z"}, "links": [], "assets": assets}
+    path = folder / "item.json"
+    path.write_text(json.dumps(item))
+    return path, lab
+
+
 def train_spec(img, lab, **extra) -> dict:
     spec = {
         "type": "train",

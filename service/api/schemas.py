@@ -101,7 +101,11 @@ class DatasetCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     image: str | None = Field(default=None, description="one multi-band raster")
-    bands: list[str] | None = Field(default=None, min_length=1, max_length=64, description="single-band files, in order")
+    bands: list[str] | None = Field(default=None, min_length=1, max_length=64,
+                                    description="single-band files, in order; with 'stac', the common names of the "
+                                    "item's bands to register (red, green, blue, nir, swir16, swir22, pan, ...)")
+    stac: str | None = Field(default=None, description="a STAC Item (local JSON file) whose single-band assets "
+                             "'bands' chooses by common name")
     labels: str | None = Field(default=None, description="label raster or vector file")
 
 

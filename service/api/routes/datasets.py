@@ -1,4 +1,5 @@
-"""Datasets: register imagery by path (under an allowed root) or by upload; checked on arrival.
+"""Datasets: register imagery by path (under an allowed root), by a STAC Item's assets or by upload; checked on
+arrival.
 
 A registered dataset's paths are what job specs then name; uploads live in the dataset's own
 folder `<data_dir>/datasets/<id>/`, which only its owner's specs may reference.
@@ -14,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from core.errors import GeoadaptError, SpecError
+from core.stac_items import band_files, check_common_names
 from service.api import links
 from service.api.server_paths import hide
 from service.api.deps import BaseUrl, CurrentToken, PathPolicyDep, Producer, RateLimited, SessionDep, SettingsDep
@@ -73,14 +75,32 @@ def _confine(paths: dict, policy) -> dict:
     return out
 
 
+def _stac_bands(body: DatasetCreate, policy) -> dict:
+    """The STAC Item and the files of its assets that `bands` names by common name, each file confined like
+    any client path; errors name the body's field (stac, bands.<i>)."""
+    if body.image is not None:
+        raise SpecError("give either 'stac' (with band common names in 'bands') or 'image', not both", field="image")
+    try:
+        names = check_common_names(body.bands)
+    except ValueError as e:
+        raise SpecError(str(e), field="bands") from None
+    item = _confine({"stac": body.stac}, policy)["stac"]
+    files = band_files(item, names, confine=policy)  # StacItemError: a 422 naming stac or bands.<i>
+    return {"stac": item, "bands": [str(f) for f in files]}
+
+
 @router.post("", status_code=201, response_model=DatasetPublic, dependencies=[RateLimited],
              responses={422: {"model": ErrorPublic}, **_ERRORS})
 def register_dataset(body: DatasetCreate, response: Response, session: SessionDep, settings: SettingsDep,
                      token: CurrentToken, policy: PathPolicyDep, producer: Producer, base: BaseUrl) -> DatasetPublic:
     """Register files already on the server; 422 naming the field if a path or a file is bad."""
-    if (body.image is None) == (body.bands is None):
-        raise SpecError("give exactly one of 'image' or 'bands'", field="image")
-    paths = _confine({"image": body.image, "bands": body.bands, "labels": body.labels}, policy)
+    if body.stac is not None:
+        paths = {**_stac_bands(body, policy), **_confine({"labels": body.labels}, policy)}
+    elif (body.image is None) == (body.bands is None):
+        raise SpecError("give exactly one of 'image', 'bands' or 'stac' (with 'bands' naming common names)",
+                        field="image")
+    else:
+        paths = _confine({"image": body.image, "bands": body.bands, "labels": body.labels}, policy)
     report = describe_dataset(paths)
     ds = store.create_dataset(session, dataset_id=uuid.uuid4(), owner_id=token.id, name=body.name, kind="path",
                               paths={k: v for k, v in paths.items() if v is not None}, report=report)
