@@ -20,7 +20,7 @@ from service import job_removal
 from service.api import errors
 from service.api.middleware import BodySizeLimit, RequestIds
 from service.api.ratelimit import RateLimiter
-from service.api.routes import datasets, health, jobs, models, tiles, usage
+from service.api.routes import datasets, health, jobs, models, stac, tiles, usage
 from service.api.signed_urls import TileUrlSigner, load_or_create_secret, redact_access_log
 from service.api.routes import console, dataset_tiles
 from service.queue import make_producer, warm_producer
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
                        upload_paths=("/v1/datasets/upload",))
     app.add_middleware(RequestIds)  # added last, so outermost: it also sees what BodySizeLimit raises
-    for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router):
+    for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router, stac.router):
         app.include_router(r)
     app.include_router(dataset_tiles.router)
     console.install(app)  # the web console at /, after the API routes

@@ -85,3 +85,17 @@ def model_tilejson(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> s
 
 def model_tiles(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> str:
     return f"{model(base, model_id)}/tiles/{tms}/{{z}}/{{x}}/{{y}}.png?dataset={quote(str(dataset_id))}"
+
+
+def stac_catalog(base: str) -> str:
+    """The caller's static STAC catalog of job results (service/stac_catalog.py)."""
+    return f"{base}/v1/stac"
+
+
+def stac_collection(base: str, job_type: str) -> str:
+    return f"{stac_catalog(base)}/{job_type}"
+
+
+def stac_item(base: str, job_type: str, job_id, name: str) -> str:
+    """A predicted scene as a STAC Item; its id is the result id (one path segment)."""
+    return f"{stac_collection(base, job_type)}/{quote(result_id(job_id, name), safe='')}"
