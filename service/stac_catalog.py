@@ -11,6 +11,7 @@ made from what the jobs left on disk, and the COG headers it reads are cached by
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, read_class_tags
 from service import results as job_results
 from service.api import links
+
+log = logging.getLogger("geoadapt.api")
 
 STAC_VERSION = "1.0.0"
 #: the extension schemas items name (tests/service/stac_schemas holds these versions)
@@ -170,7 +173,7 @@ def item(base: str, job, settings, scene: Scene, tilejson_signed: str | None = N
         model_job, model_out, folder = model
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         for p in files:
-            assets[f"bundle-{p.stem}"] = {
+            assets["bundle" if p.name == MANIFEST else f"bundle-{p.stem}"] = {
                 "href": download(p, model_job, model_out),
                 "type": JSON if p.suffix == ".json" else "application/octet-stream",
                 "title": f"model bundle: {p.name}", "roles": ["metadata"] if p.name == MANIFEST else ["model"],
@@ -206,6 +209,21 @@ def item(base: str, job, settings, scene: Scene, tilejson_signed: str | None = N
         "geometry": footprint.get("geometry"), **({"bbox": footprint["bbox"]} if footprint else {}),
         "properties": props, "assets": assets, "links": item_links,
     }
+
+
+def items_of(base: str, jobs, settings) -> list[dict]:
+    """The items of every predicted scene of ``jobs``; a COG that cannot be read is left out (and logged), so
+    one damaged file does not hide the rest."""
+    from rasterio.errors import RasterioError
+
+    out = []
+    for job in jobs:
+        for scene in predicted_scenes(settings.job_dir(job.id)):
+            try:
+                out.append(item(base, job, settings, scene))
+            except (RasterioError, OSError) as e:
+                log.warning("STAC item of %s in job %s left out: %s", scene.name, job.id, type(e).__name__)
+    return out
 
 
 def collection(base: str, job_type: str, items: list[dict]) -> dict:

@@ -20,6 +20,7 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.stac_io import DefaultStacIO
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -116,15 +117,17 @@ def test_pystac_reads_the_catalog_and_downloads_the_assets(world):
         cat = pystac.Catalog.from_file(f"{base}/v1/stac", stac_io=io)
         assert {c.id for c in cat.get_children()} == {"adapt", "predict"}
         items = {i.id: i for i in cat.get_items(recursive=True)}
-        adapt_id, predict_id = f"{world['adapt']}.target-0-scene", f"{world['predict']}.target-0-other"
+        adapt_id = f"{world['adapt']}.predictions--target-0-scene"
+        predict_id = f"{world['predict']}.predictions--target-0-other"
         assert set(items) == {adapt_id, predict_id}  # not the running job's, not token b's
         item = items[adapt_id]
         assert item.collection_id == "adapt" and item.datetime == datetime(2026, 5, 4, 3, 2, 1, tzinfo=timezone.utc)
         assert ProjectionExtension.ext(item).epsg == 32617 and ProjectionExtension.ext(item).shape == [30, 40]
-        assert item.bbox[0] < -80 < item.bbox[2]  # UTM 17N near 600 km easting: about 79 W
+        wgs84 = transform_bounds("EPSG:32617", "EPSG:4326", 600000, 4000000 - 30 * 30, 600000 + 40 * 30, 4000000)
+        assert item.bbox == pytest.approx(list(wgs84), abs=1e-6)
         classes = ClassificationExtension.ext(item.assets["classes"]).classes
         assert [(c.value, c.name, c.color_hint) for c in classes] == [(1, "forest", "228B22"), (4, "water", "1E90FF")]
-        assert set(item.assets) == {"classes", "probabilities", "bundle-bundle", "bundle-config", "bundle-weights"}
+        assert set(item.assets) == {"classes", "probabilities", "bundle", "bundle-config", "bundle-weights"}
         for key, asset in item.assets.items():
             data = _get(asset.href, world["a"])
             assert len(data) == asset.extra_fields["file:size"], key
@@ -160,7 +163,7 @@ def test_catalog_collections_and_items_are_valid_stac_with_their_extensions(worl
             seen += 1
     assert seen == 2
     # the validation does catch what the extensions forbid: a colour hint with '#'
-    bad = c.get(f"/v1/stac/adapt/{world['adapt']}.target-0-scene", headers=a).json()
+    bad = c.get(f"/v1/stac/adapt/{world['adapt']}.predictions--target-0-scene", headers=a).json()
     bad["assets"]["classes"]["classification:classes"][0]["color_hint"] = "#228b22"
     with pytest.raises(jsonschema.ValidationError):
         _validate(bad, registry)
@@ -168,7 +171,7 @@ def test_catalog_collections_and_items_are_valid_stac_with_their_extensions(worl
 
 def test_each_token_sees_only_its_own_results(world):
     c, a, b = world["client"], world["a"], world["b"]
-    mine = f"/v1/stac/adapt/{world['adapt']}.target-0-scene"
+    mine = f"/v1/stac/adapt/{world['adapt']}.predictions--target-0-scene"
     assert c.get(mine, headers=b).status_code == 404
     assert c.get(mine).status_code == 401
     assert not [lk for lk in c.get("/v1/stac/adapt", headers=b).json()["links"] if lk["rel"] == "item"]
@@ -177,8 +180,8 @@ def test_each_token_sees_only_its_own_results(world):
                 if lk["rel"] == "child"]
     assert children == ["train"]
     # an item is found only in its own collection, and only once its job has succeeded
-    assert c.get(f"/v1/stac/predict/{world['adapt']}.target-0-scene", headers=a).status_code == 404
-    assert c.get(f"/v1/stac/predict/{world['running']}.target-0-unfinished", headers=a).status_code == 404
+    assert c.get(f"/v1/stac/predict/{world['adapt']}.predictions--target-0-scene", headers=a).status_code == 404
+    assert c.get(f"/v1/stac/predict/{world['running']}.predictions--target-0-unfinished", headers=a).status_code == 404
     assert c.get(f"/v1/stac/adapt/{world['adapt']}.nothing", headers=a).status_code == 404
     assert c.get("/v1/stac/adapt/not-an-id", headers=a).status_code == 404
     assert c.get("/v1/stac/nonsense", headers=a).status_code == 422

@@ -42,9 +42,7 @@ def stac_root(session: SessionDep, token: CurrentToken, base: BaseUrl) -> JSONRe
 def stac_collection(job_type: JobType, session: SessionDep, settings: SettingsDep, token: CurrentToken,
                     base: BaseUrl) -> JSONResponse:
     """A STAC Collection: an item link per predicted scene of the caller's successful jobs of this type."""
-    items = [stac_catalog.item(base, job, settings, scene)
-             for job in _successful(session, token, job_type)
-             for scene in stac_catalog.predicted_scenes(settings.job_dir(job.id))]
+    items = stac_catalog.items_of(base, _successful(session, token, job_type), settings)
     return JSONResponse(stac_catalog.collection(base, job_type, items))
 
 
