@@ -54,13 +54,13 @@ def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks:
                                        eta_s=elapsed / (i + 1) * (total - i - 1), sec_per_iter=elapsed / (i + 1)))
 
 
-def run_adabn(spec: JobSpec, run: RunOptions) -> dict:
+def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
     """Run an adabn adapt job; returns run_training's summary shape (status, paths, metrics)."""
-    say, dev = run.log, run.device
+    say, dev = opts.log, opts.device
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
-    cbs = CallbackList(run.callbacks)
+    cbs = CallbackList(opts.callbacks)
 
     say(f"loading the source model bundle {spec.bundle}")
     source_model = load_bundle(spec.bundle)
@@ -147,7 +147,7 @@ def run_adabn(spec: JobSpec, run: RunOptions) -> dict:
                                  {"source": stats, "target": stats}, provenance, after or {},
                                  inference=source_model.metadata["inference"], method=METHOD,
                                  band_map=source_model.band_map, default_stats="target")
-        return finish_job(spec, out, bundle_dir, metrics, provenance, state["done"], run.callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, state["done"], opts.callbacks, say,
                           predict_targets=spec.params.predict_targets)
     finally:
         for d in domains:

@@ -123,9 +123,9 @@ def _check_teacher(bundle: Bundle, spec: JobSpec) -> None:
                         f"{[c.id for c in bundle.classes]}", field="classes")
 
 
-def run_feature_regression(spec: JobSpec, run: RunOptions) -> dict:
+def run_feature_regression(spec: JobSpec, opts: RunOptions) -> dict:
     """Run a feature-regression adapt job; returns run_training's summary shape (status, paths, metrics)."""
-    say, dev = run.log, run.device
+    say, dev = opts.log, opts.device
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out = Path(spec.output)
@@ -156,7 +156,7 @@ def run_feature_regression(spec: JobSpec, run: RunOptions) -> dict:
         tdir = Path(tspec.output)
         if not (tdir / BUNDLE / MANIFEST).exists():
             say("phase 1: training the teacher (source-only) on the source labels")
-            res = run_training(tspec, run.with_callbacks([PhaseCallbacks(run.callbacks, 0, grand, last=False)]))
+            res = run_training(tspec, opts.with_callbacks([PhaseCallbacks(opts.callbacks, 0, grand, last=False)]))
             if res["status"] != "finished":
                 return {**res, "phase": "teacher", "total": grand}
         teacher = load_bundle(tdir)
@@ -215,14 +215,14 @@ def run_feature_regression(spec: JobSpec, run: RunOptions) -> dict:
             say("scoring the source-only teacher on the validation scenes")
             source_only = validate(teacher.segmentor.to(dev).eval())
 
-        phase = PhaseCallbacks(run.callbacks, teacher_iters, grand, last=True)
+        phase = PhaseCallbacks(opts.callbacks, teacher_iters, grand, last=True)
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
                          callbacks=[HistoryFile(out / HISTORY), phase])
         say(f"phase 2: regressing target features onto the teacher's ({run['iterations']} iterations, "
             f"batch {run['batch_size']}, crop {run['crop']}) on {dev}")
-        result = loop.run(resume=run.resume)
+        result = loop.run(resume=opts.resume)
         if result.stopped:
             return {"status": "stopped", "phase": "student", "iteration": teacher_iters + result.iterations_done,
                     "total": grand, "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
@@ -254,7 +254,7 @@ def run_feature_regression(spec: JobSpec, run: RunOptions) -> dict:
                                  inference=cfg["inference"], method=METHOD,
                                  band_map=teacher.band_map or band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)
-        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, run.callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, opts.callbacks, say,
                           predict_targets=spec.params.predict_targets)
     finally:
         for d in domains:

@@ -67,10 +67,10 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
     return [{"index": i, "name": f"{name} band {i + 1}", "file": name, "band": i + 1} for i in range(count)]
 
 
-def run_training(spec: JobSpec, run: RunOptions) -> dict:
+def run_training(spec: JobSpec, opts: RunOptions) -> dict:
     """Run a train job, or an adapt job whose method trains through the loop (source-only,
     st-dasegnet); returns a summary (status, paths, metrics). workers.pipelines.dispatch picks it."""
-    say, dev = run.log, run.device
+    say, dev = opts.log, opts.device
     method_name = spec.training_method
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -147,10 +147,10 @@ def run_training(spec: JobSpec, run: RunOptions) -> dict:
         loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
                          checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
                          val_interval=spec.params.val_interval,
-                         callbacks=[HistoryFile(out / HISTORY), *run.callbacks])
+                         callbacks=[HistoryFile(out / HISTORY), *opts.callbacks])
         say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
             f"crop {run['crop']}) on {dev}")
-        result = loop.run(resume=run.resume)
+        result = loop.run(resume=opts.resume)
         if result.stopped:
             return {"status": "stopped", "iteration": result.iterations_done, "total": result.total,
                     "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
@@ -180,14 +180,14 @@ def run_training(spec: JobSpec, run: RunOptions) -> dict:
                                  band_map=band_map_of(spec.source.scenes[0], bands),
                                  default_stats=normalization.default)
         if _wants_baseline(spec, method_name):
-            baseline = _source_only_baseline(spec, out, run)
+            baseline = _source_only_baseline(spec, out, opts)
             if baseline["status"] == "stopped":
                 return baseline
             if validation is not None:
                 metrics["source_only"] = baseline["metrics"]["validation"]
             if "label_free" in metrics and baseline["metrics"].get("label_free"):
                 metrics["label_free"]["source_only"] = baseline["metrics"]["label_free"]
-        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, run.callbacks, say,
+        return finish_job(spec, out, bundle_dir, metrics, provenance, result.iterations_done, opts.callbacks, say,
                           predict_targets=spec.predicts_targets)
     finally:
         for d in domains:
@@ -199,15 +199,15 @@ def _wants_baseline(spec: JobSpec, method_name: str) -> bool:
     return spec.type == "adapt" and method_name != "source-only" and spec.params.compare_source_only
 
 
-def _source_only_baseline(spec: JobSpec, out: Path, run: RunOptions) -> dict:
+def _source_only_baseline(spec: JobSpec, out: Path, opts: RunOptions) -> dict:
     """The same job as source-only, in ``<output>/source-only`` (its own checkpoints, so it resumes too).
 
     Same model, data, iterations, seed and normalisation: the scores differ only by the adaptation.
     """
-    run.log("training the source-only baseline to compare against")
+    opts.log("training the source-only baseline to compare against")
     params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
     base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / SOURCE_ONLY})
-    return run_training(base, run)
+    return run_training(base, opts)
 
 
 def evaluate_job(spec: JobSpec, *, log: Callable[[str], None] | None = None) -> dict:
