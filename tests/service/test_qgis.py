@@ -33,8 +33,12 @@ def _qgis_missing() -> str | None:
     return None if r.returncode == 0 else f"PyQGIS not importable by {SYSTEM_PYTHON} (apt-get install qgis python3-qgis)"
 
 
-_missing = _qgis_missing()
-pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
+@pytest.fixture(scope="module", autouse=True)
+def pyqgis():
+    """Skips the module, with the reason, where Debian's QGIS is not installed (asked once, not at collection)."""
+    reason = _qgis_missing()
+    if reason:
+        pytest.skip(reason)
 
 
 def _qgis(*args, tmp_path: Path) -> dict:
