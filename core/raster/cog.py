@@ -3,6 +3,8 @@
 GDAL marks a file ``LAYOUT=COG`` only when its COG driver wrote it, and that driver needs a whole
 source dataset, so a streamed prediction goes through a tiled temporary GeoTIFF next to the output
 (same filesystem, so the final ``os.replace`` is atomic and a reader never sees half a file).
+A class map's names and attribute table, which GeoTIFF cannot hold, go in GDAL's ``.aux.xml`` sidecar
+(core.raster.pam), moved into place just before the COG.
 Callers that stream large rasters cap GDAL's block cache (:func:`gdal_cache_limit`) so that memory
 does not grow with the raster.
 """
@@ -20,6 +22,8 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
+
+from core.raster.pam import class_sidecar_xml, sidecar_path
 
 #: GDAL block cache while streaming (MB); bounded so that peak memory does not follow raster size
 DEFAULT_CACHE_MB = 64
@@ -74,9 +78,13 @@ def read_class_tags(tags: dict[str, str]) -> list[ClassStyle]:
     return [ClassStyle.of(d) for d in json.loads(raw)] if raw else []
 
 
-def _temp_name(path: Path, what: str) -> Path:
+#: the temporary files a writer makes beside its output: (kind, suffix)
+_TEMPORARIES = (("part", ".tif"), ("cog", ".tif"), ("pam", ".xml"))
+
+
+def _temp_name(path: Path, what: str, suffix: str = ".tif") -> Path:
     # hidden, unique, and in the output's folder so that os.replace stays on one filesystem
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}.tif")
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}{suffix}")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -86,8 +94,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     other writer is using at the time, e.g. a job's output folder when the job starts again.
     """
     removed = []
-    for what in ("part", "cog"):
-        for p in Path(folder).glob(f".*.{what}.tif"):
+    for what, suffix in _TEMPORARIES:
+        for p in Path(folder).glob(f".*.{what}{suffix}"):
             _unlink(p)
             removed.append(p)
     return removed
@@ -97,7 +105,9 @@ class CogWriter:
     """Write a raster window by window; :meth:`close` turns it into a COG at ``path``.
 
     Use as a context manager: on an exception nothing is left at ``path`` (an older file there stays
-    untouched) and the temporary files are removed.
+    untouched) and the temporary files are removed. ``sidecar``: a GDAL PAM document (core.raster.pam)
+    for ``<path>.aux.xml``; without one, a sidecar left there by an earlier file is removed, since GDAL
+    would read it as this file's.
     """
 
     def __init__(
@@ -115,6 +125,7 @@ class CogWriter:
         tags: dict[str, str] | None = None,
         band_descriptions: Sequence[str] | None = None,
         scales: Sequence[float] | None = None,
+        sidecar: str | None = None,
     ):
         self.path = Path(path)
         self.grid = grid
@@ -124,6 +135,7 @@ class CogWriter:
         self.blocksize = blocksize
         self.compress = compress
         self.overview_resampling = overview_resampling
+        self.sidecar = sidecar
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _temp_name(self.path, "part")
         # the temporary file is uncompressed: written once, read once by the COG driver, then deleted
@@ -157,11 +169,12 @@ class CogWriter:
         self._ds.write(data.astype(self.dtype, copy=False), window=window)
 
     def close(self) -> Path:
-        """Finish: translate the temporary file to a COG with overviews and move it into place."""
+        """Finish: translate the temporary file to a COG with overviews and move it (sidecar first) into place."""
         if self._closed:
             return self.path
         self._closed = True
         out_tmp = _temp_name(self.path, "cog")
+        pam_tmp = _temp_name(self.path, "pam", ".xml")
         try:
             self._ds.close()
             resampling = self.overview_resampling.upper()
@@ -171,10 +184,17 @@ class CogWriter:
                 RESAMPLING=resampling, OVERVIEW_RESAMPLING=resampling,
                 OVERVIEWS="AUTO", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
             )
+            # the sidecar goes first: once the COG is in place, GDAL reads them together
+            if self.sidecar is not None:
+                pam_tmp.write_text(self.sidecar, encoding="utf-8")
+                os.replace(pam_tmp, sidecar_path(self.path))
+            else:
+                _unlink(sidecar_path(self.path))
             os.replace(out_tmp, self.path)
         finally:
             _unlink(self._tmp)
             _unlink(out_tmp)
+            _unlink(pam_tmp)
         return self.path
 
     def abort(self) -> None:
@@ -198,14 +218,16 @@ class CogWriter:
 
 
 def class_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: Any) -> CogWriter:
-    """A writer for a class map: class ids as stored values, a colour table, class names in the tags."""
+    """A writer for a class map: class ids as stored values, a colour table, class names in the tags, and
+    a sidecar with GDAL category names and a raster attribute table (value, name, colour) for GIS tools."""
     styles = [ClassStyle.of(c) for c in classes]
     dtype, nodata = class_encoding([c.id for c in styles])
     colormap = {c.id: (*c.rgb, 255) for c in styles}
     colormap[nodata] = (0, 0, 0, 0)
     return CogWriter(
         path, grid, count=1, dtype=dtype, nodata=nodata, overview_resampling="mode",
-        colormap=colormap, tags=class_tags(styles), band_descriptions=["class"], **kw,
+        colormap=colormap, tags=class_tags(styles), band_descriptions=["class"],
+        sidecar=class_sidecar_xml(styles), **kw,
     )
 
 
