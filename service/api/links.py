@@ -85,3 +85,18 @@ def model_tilejson(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> s
 
 def model_tiles(base: str, model_id, dataset_id, tms: str = DEFAULT_TMS) -> str:
     return f"{model(base, model_id)}/tiles/{tms}/{{z}}/{{x}}/{{y}}.png?dataset={quote(str(dataset_id))}"
+
+
+# ---- OGC API - Processes, under /ogcapi ---------------------------------------------------------------
+
+def ogc(base: str) -> str:
+    """The OGC API - Processes landing page."""
+    return f"{base}/ogcapi"
+
+
+def ogc_process(base: str, process_id: str) -> str:
+    return f"{ogc(base)}/processes/{quote(process_id, safe='')}"
+
+
+def ogc_job(base: str, job_id) -> str:
+    return f"{ogc(base)}/jobs/{job_id}"
