@@ -22,7 +22,7 @@ from service.api.middleware import BodySizeLimit, RequestIds
 from service.api.ratelimit import RateLimiter
 from service.api.routes import datasets, health, jobs, models, stac, tiles, usage
 from service.api.signed_urls import TileUrlSigner, load_or_create_secret, redact_access_log
-from service.api.routes import console, dataset_tiles
+from service.api.routes import console, dataset_tiles, ogc_processes
 from service.queue import make_producer, warm_producer
 from service.settings import Settings
 from service.store.db import StoreUnavailable, init_db, local_writer_locks, make_engine, session_factory
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router, stac.router):
         app.include_router(r)
     app.include_router(dataset_tiles.router)
+    app.include_router(ogc_processes.router)
     console.install(app)  # the web console at /, after the API routes
 
     def openapi() -> dict:

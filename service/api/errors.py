@@ -50,8 +50,9 @@ STATUS: dict[type[GeoadaptError], int] = {
 }
 
 
-def status_for(exc: GeoadaptError) -> int:
-    for cls in type(exc).__mro__:
+def status_for(exc: GeoadaptError | type[GeoadaptError]) -> int:
+    """The status of an error, or of a class of them (a failed job's, known by its code)."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 400
@@ -61,17 +62,23 @@ def error_body(code: str, problems: list[dict]) -> dict:
     return {"type": code, "detail": [{"field": p.get("field") or "", "message": p["message"]} for p in problems]}
 
 
-def _domain_error(request: Request, exc: GeoadaptError) -> JSONResponse:
-    status = status_for(exc)
-    problems = getattr(exc, "problems", None) or [{"field": exc.field or "", "message": exc.message}]
+def error_headers(request: Request, exc: GeoadaptError) -> dict[str, str]:
+    """What an answer to `exc` tells besides its body, in every dialect (/v1, /ogcapi): how to authenticate,
+    when to retry."""
     headers = {}
     if isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(exc.retry_after)
-    if status == 503:
+    if status_for(exc) == 503:
         headers["Retry-After"] = str(request.app.state.settings.retry_after_s)
-    return JSONResponse(error_body(exc.code, problems), status_code=status, headers=headers)
+    return headers
+
+
+def _domain_error(request: Request, exc: GeoadaptError) -> JSONResponse:
+    problems = getattr(exc, "problems", None) or [{"field": exc.field or "", "message": exc.message}]
+    return JSONResponse(error_body(exc.code, problems), status_code=status_for(exc),
+                        headers=error_headers(request, exc))
 
 
 def _store_down(request: Request, exc: Exception) -> JSONResponse:

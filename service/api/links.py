@@ -99,3 +99,18 @@ def stac_collection(base: str, job_type: str) -> str:
 def stac_item(base: str, job_type: str, job_id, name: str) -> str:
     """A predicted scene as a STAC Item; its id is the result id (one path segment)."""
     return f"{stac_collection(base, job_type)}/{quote(result_id(job_id, name), safe='')}"
+
+
+# ---- OGC API - Processes, under /ogcapi ---------------------------------------------------------------
+
+def ogc(base: str) -> str:
+    """The OGC API - Processes landing page."""
+    return f"{base}/ogcapi"
+
+
+def ogc_process(base: str, process_id: str) -> str:
+    return f"{ogc(base)}/processes/{quote(process_id, safe='')}"
+
+
+def ogc_job(base: str, job_id) -> str:
+    return f"{ogc(base)}/jobs/{job_id}"

@@ -1,26 +1,21 @@
 """Jobs: submit (idempotent), status, list, cancel or delete, results, result files.
 
-Where a job writes is the server's choice: the spec's `output` is replaced by the job's own
-folder, `<data_dir>/jobs/<id>/output`, whatever the client sent, so no client can make a worker
-write elsewhere. Results are then served from there (GET .../results, .../files/...).
+Submission is service.api.job_submission's (shared with the OGC API - Processes execution); a job
+writes in its own folder, and its results are served from there (GET .../results, .../files/...).
 """
 from __future__ import annotations
 
-import logging
-import shutil
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from core.errors import SpecError
-from core.job_layout import INPUTS_REPORT, JOB_SPEC, output_dir
-from core.jobspec import JobSpec, check_nesting, load_job_spec
+from core.jobspec import JobSpec
 from service import job_removal
 from service import results as job_results
-from service import usage
 from service.api import links
+from service.api import job_submission
 from service.api.server_paths import hide
 from service.api.deps import (
     BaseUrl,
@@ -31,7 +26,6 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from service.api.routes.models import model_output_dir
 from service.api.schemas import (
     ErrorPublic,
     FileEntry,
@@ -44,16 +38,10 @@ from service.api.schemas import (
     PredictionEntry,
     ResultsPublic,
 )
-from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
-from service.inputs import check_job_inputs, model_id_of
-from service.queue import QUEUE_FOR_TYPE, enqueue
-from service.spec_datasets import resolve_scene_datasets
-from service.store import datasets
+from service.errors import ConflictError, NotFoundError
 from service.store import jobs as store
-from core.files import write_json
 from service.store.tables import FINAL_STATES, Job
 
-log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
@@ -106,71 +94,13 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Validate the spec (paths confined to allowed roots, inputs checked), store it, enqueue it."""
-    check_nesting(body)  # before anything walks the body recursively
-    digest = store.body_hash(body)
-    if idempotency_key:
-        earlier = store.find_by_idempotency_key(session, token.id, idempotency_key)
-        if earlier is not None:
-            store.check_idempotent(earlier, digest)
-            response.status_code = 200
-            response.headers["Location"] = links.job(base, earlier.id)
-            return to_public(earlier, base, settings.data_dir)
-    usage.check_submit(session, settings, token.id)
-
-    job_id = uuid.uuid4()
-    job_dir = settings.job_dir(job_id)
-    data = dict(body)
-    data["output"] = str(output_dir(job_dir))
-    policy.extra.append(job_dir.resolve())  # the job's own folder, before the job row exists
-    bundle_as_given = data.get("bundle")
-    model_id = model_id_of(bundle_as_given)
-    if model_id is not None:  # a model id stands for that job's output folder
-        found = model_output_dir(session, settings, token, model_id)
-        if found is None:
-            raise SpecError(f"no model {model_id}: a model id is the id of a successful train or adapt job of yours",
-                            field="bundle")
-        data["bundle"] = str(found)
-    data = resolve_scene_datasets(data, lambda ident: dict(datasets.get_dataset(session, ident, token).paths or {}))
-    spec = load_job_spec(data, check_files=True, path_resolver=policy)
-    report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None,
-                              settings.override_catalogue)
-    spec_json = spec.to_jsonable()
-
-    state = request.app.state
-    with state.store_writes:
-        job, created = store.create_job(
-            session, job_id=job_id, owner_id=token.id, spec=spec_json, queue=QUEUE_FOR_TYPE[spec.type],
-            idempotency_key=idempotency_key, digest=digest,
-        )
-    if created:
-        # disk full or broker down: undo the row and the folder, so that nothing half-made stays and a
-        # retry with the same Idempotency-Key submits again
-        try:
-            write_json(job_dir / JOB_SPEC, spec_json)
-            if report is not None:
-                write_json(job_dir / INPUTS_REPORT, report)
-        except OSError as e:
-            with state.store_writes:
-                _undo(session, job, job_dir, f"cannot write the job folder: {type(e).__name__}")
-            raise ServiceUnavailableError("the server cannot store the job's files (disk full?); retry later") from None
-        try:
-            with state.broker_sends:
-                enqueue(producer, job.id, job.queue)
-        except Exception as e:
-            with state.store_writes:
-                _undo(session, job, job_dir, f"enqueue failed: {type(e).__name__}")
-            raise ServiceUnavailableError("the job queue (broker) is unreachable; retry later") from None
-    else:
+    job, created = job_submission.submit(body, session=session, settings=settings, token=token, policy=policy,
+                                         producer=producer, app_state=request.app.state,
+                                         idempotency_key=idempotency_key)
+    if not created:
         response.status_code = 200
     response.headers["Location"] = links.job(base, job.id)
     return to_public(job, base, settings.data_dir)
-
-
-def _undo(session, job: Job, job_dir, why: str) -> None:
-    log.warning("submit of job %s undone: %s", job.id, why)
-    session.delete(job)
-    session.commit()
-    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
