@@ -1,4 +1,5 @@
-"""Models: the bundles of finished train/adapt jobs (a model's id is its job's id)."""
+"""Models: the bundles of finished train/adapt jobs (a model's id is its job's id), and their network as ONNX
+(written into the bundle by the worker that saved it: this API only serves the file)."""
 from __future__ import annotations
 
 import uuid
@@ -6,8 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
 from sqlalchemy import select
 
+from core.bundle_manifest import ONNX
 from core.job_layout import BUNDLE, output_dir
 from service import results as job_results
 from service.api import links
@@ -21,6 +24,7 @@ from service.store.tables import SUCCESSFUL, Job
 router = APIRouter(prefix="/v1/models", tags=["models"])
 _ERRORS = {401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}}
 _TRAINING = ("train", "adapt")
+ONNX_MEDIA_TYPE = "application/onnx"
 
 
 def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
@@ -29,6 +33,11 @@ def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
     if not bundle_dir.is_dir():
         return None
     spec = job.spec or {}
+    model_links = [Link(href=links.model(base, job.id), rel="self", type="application/json"),
+                   Link(href=links.job(base, job.id), rel="job", type="application/json")]
+    if (bundle_dir / ONNX).is_file():
+        model_links.append(Link(href=f"{links.model(base, job.id)}/onnx", rel="enclosure", type=ONNX_MEDIA_TYPE,
+                                title="the network as ONNX, with QGIS Deepness metadata"))
     return ModelPublic(
         id=job.id, job_id=job.id, type=job.type, method=job.method,
         config=(spec.get("model") or {}).get("config"),
@@ -36,8 +45,7 @@ def _public(job: Job, settings, base: str, *, full: bool) -> ModelPublic | None:
         created_at=job.finished_at or job.created_at,
         metrics=desc["metrics"] if desc else None,
         metadata=(desc["bundle"] or {}).get("metadata") if desc else None,
-        links=[Link(href=links.model(base, job.id), rel="self", type="application/json"),
-               Link(href=links.job(base, job.id), rel="job", type="application/json")],
+        links=model_links,
     )
 
 
@@ -74,3 +82,17 @@ def get_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, t
     if m is None:
         raise NotFoundError(f"no model {model_id}")
     return m
+
+
+@router.get("/{model_id}/onnx", response_class=FileResponse, responses=_ERRORS)
+def get_model_onnx(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, token: CurrentToken) -> FileResponse:
+    """The model's network as ONNX (input: normalised windows; output: class probabilities; metadata for the
+    QGIS Deepness plugin), as its job's worker exported it beside the weights."""
+    out = model_output_dir(session, settings, token, model_id)
+    if out is None:
+        raise NotFoundError(f"no model {model_id}")
+    path = out / BUNDLE / ONNX
+    if not path.is_file():
+        raise NotFoundError(f"model {model_id} has no ONNX export (its worker could not export the network; "
+                            "`geoadapt export` on the bundle says why)")
+    return FileResponse(path, media_type=ONNX_MEDIA_TYPE, filename=f"geoadapt-{model_id}.onnx")
