@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.bundle_manifest import ONNX
+from core.bundle_manifest import ONNX, ONNX_FAILED
 from core.errors import GeoadaptError
 
 INPUT, OUTPUT = "image", "probabilities"
@@ -168,7 +168,7 @@ def _export(net: nn.Module, x: torch.Tensor, path: Path, exporter: str, *, dynam
             if dynamic_sides:  # sides are multiples of 32: say so, so that the exporter can reason about strides
                 shape.update({2: 32 * dim("height32", min=1, max=512), 3: 32 * dim("width32", min=1, max=512)})
             prog = torch.onnx.export(net, (x,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                     dynamic_shapes={"x": shape}, opset_version=OPSET, external_data=False,
+                                     dynamic_shapes={"x": shape}, opset_version=OPSET, external_data=False, optimize=False,
                                      verbose=False)
             prog.save(str(path))
         elif exporter == "torchscript":
@@ -201,11 +201,22 @@ def _max_abs_diff(path: Path, x: np.ndarray, expected: np.ndarray) -> float:
 
 
 def bundle_onnx_path(bundle_dir: str | Path) -> Path:
-    """Where a bundle folder keeps its network as ONNX (written when a job saves the bundle)."""
+    """Where a bundle folder keeps its network as ONNX."""
     return Path(bundle_dir) / ONNX
 
 
-def write_bundle_onnx(bundle_dir: str | Path) -> ExportResult:
-    """Export a saved bundle's network into the bundle folder itself, beside its weights."""
+def write_bundle_onnx(bundle_dir: str | Path) -> ExportResult | None:
+    """Export a saved bundle's network into the bundle folder itself, beside its weights; when it cannot be
+    exported, write why to model.onnx.failed instead (the model's download reports it) and return None."""
     bundle_dir = Path(bundle_dir)
-    return export_onnx(bundle_dir, bundle_onnx_path(bundle_dir))
+    failed = bundle_dir / ONNX_FAILED
+    try:
+        result = export_onnx(bundle_dir, bundle_onnx_path(bundle_dir))
+    except Exception as e:  # noqa: BLE001  (any failure is the answer the download gives)
+        from core.files import atomic_writer
+
+        with atomic_writer(failed, "w") as fh:
+            fh.write(str(e) or type(e).__name__)
+        return None
+    failed.unlink(missing_ok=True)
+    return result

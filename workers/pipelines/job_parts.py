@@ -91,26 +91,12 @@ def provenance_record(spec: JobSpec, *, method: str, config: str | None, seed: i
     }
 
 
-def write_onnx(bundle_dir: Path, say: Callable[[str], None]) -> None:
-    """The bundle's network as model.onnx beside its weights, for the model page's download (the API serves
-    the file; it never loads torch). The model stays usable without it, so a failure is only reported."""
-    from models.onnx_export import write_bundle_onnx
-
-    try:
-        result = write_bundle_onnx(bundle_dir)
-    except Exception as e:  # noqa: BLE001  (an exporter's failure must not fail a trained model's job)
-        say(f"no ONNX export of this model: {e}")
-        return
-    say(f"ONNX export written ({result.exporter} exporter, onnxruntime within {result.max_abs_diff:.1g} of torch)")
-
-
 def finish_job(spec: JobSpec, out: Path, bundle_dir: Path, metrics: dict, provenance: dict, iterations: int,
                callbacks, say: Callable[[str], None], *, predict_targets: bool) -> dict:
-    """metrics.json, the bundle's ONNX export, the log lines and the summary; then, for an adapt job that
-    asks for them, one class COG per target scene (workers.pipelines.predict) under <output>/predictions/."""
+    """metrics.json, the log lines and the summary; then, for an adapt job that asks for them, one class
+    COG per target scene (workers.pipelines.predict) under <output>/predictions/."""
     metrics_path = write_json(out / METRICS, metrics)
     say(f"bundle written to {bundle_dir}")
-    write_onnx(bundle_dir, say)
     if metrics.get("validation"):
         say(format_metrics(metrics["validation"]))
     summary = {"status": "finished", "bundle": str(bundle_dir), "metrics_path": str(metrics_path),
