@@ -306,11 +306,13 @@ def _run_child(kind: str, bundle: Path, raster: Path, s: BenchSettings, out: Pat
 def _measure_onnxruntime(bundle: Path, raster: Path, s: BenchSettings, out: Path, log) -> dict:
     """onnxruntime's model-only and end-to-end runs, on the bundle's model.onnx (exported first when it has
     none, so that no measurement pays for the export), with the same settings as torch's."""
-    from models.onnx_export import bundle_onnx_path, write_bundle_onnx
+    from core.bundle_manifest import bundle_dir_of
+    from models.onnx_export import bundle_onnx_path, export_onnx
 
-    if not bundle_onnx_path(bundle).is_file():
+    onnx_path = bundle_onnx_path(bundle_dir_of(bundle) or bundle)
+    if not onnx_path.is_file():
         log("exporting the bundle's network to ONNX ...")
-        write_bundle_onnx(bundle)
+        export_onnx(bundle, onnx_path)
     ort = replace(s, engine="onnxruntime", precision="fp32", device="cpu")
     log("onnxruntime: model alone, on in-memory batches ...")
     model = _run_child("model", bundle, raster, ort, out / "unused.tif", log)
@@ -351,10 +353,10 @@ def run_predict_benchmark(out: str | Path, s: BenchSettings | None = None, *, da
     model = _run_child("model", bundle, big_path, s, out / "unused.tif", log)
     log(f"our predict at {s.size} px ...")
     e2e = _run_child("e2e", bundle, big_path, s, out / f"pred-{s.size}.tif", log)
-    # once more after predict: on a shared machine the load drifts, so the limit is the mean of both
     engines = {}
     if "onnxruntime" in s.engines:
         engines["onnxruntime"] = _measure_onnxruntime(bundle, big_path, s, out, log)
+    # once more after predict: on a shared machine the load drifts, so the limit is the mean of both
     log("model alone again ...")
     model_after = _run_child("model", bundle, big_path, s, out / "unused.tif", log)
     log(f"naive whole-array baseline at {s.size} px ...")
