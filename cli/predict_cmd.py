@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per stream"),
         engine: str = typer.Option(
             "torch", "--engine",
-            help="torch | onnxruntime (CPU, the bundle's model.onnx, exported first when it has none)"),
+            help="torch | onnxruntime (CPU, the bundle's model.onnx, exported into the bundle first when it has none)"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     ) -> None:

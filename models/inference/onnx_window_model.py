@@ -58,17 +58,19 @@ class OnnxWindowModel:
         return self.session.run([self.output], {self.input: x})[0]
 
 
-def onnx_model_of(bundle: Any, *, log=None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """The ONNX file of a loaded bundle: its own ``model.onnx`` when the bundle has one, else a fresh export in
-    a temporary folder (returned too, so that the caller keeps it alive while predicting)."""
+def onnx_model_of(bundle: Any) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """The ONNX file of a loaded bundle: its own ``model.onnx``; when it has none, the network is exported there
+    once (the same file its download serves), or into a temporary folder where the bundle's folder is
+    read-only or the bundle is no folder (returned too, so that the caller keeps it alive while predicting)."""
     from models.onnx_export import bundle_onnx_path, export_onnx
 
     path = bundle_onnx_path(bundle.path) if getattr(bundle, "path", None) else None
     if path is not None and path.is_file():
         return path, None
+    if path is not None:
+        try:
+            return export_onnx(bundle, path).path, None
+        except PermissionError:
+            pass
     tmp = tempfile.TemporaryDirectory(prefix="geoadapt-onnx-")
-    result = export_onnx(bundle, Path(tmp.name) / "model.onnx")
-    if log is not None:
-        log(f"the bundle has no model.onnx: exported its network ({result.exporter} exporter)")
-    return result.path, tmp
-
+    return export_onnx(bundle, Path(tmp.name) / "model.onnx").path, tmp

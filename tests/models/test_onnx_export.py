@@ -107,6 +107,7 @@ def test_predict_on_onnxruntime_agrees_with_torch_on_the_nc_scene(nc_bands, nc_c
     a = predict_raster(bundle, nc_bands, tmp_path / "torch.tif", engine="torch", **opts)
     b = predict_raster(bundle, nc_bands, tmp_path / "onnx.tif", engine="onnxruntime", **opts)
     assert b.options["engine"] == "onnxruntime" and b.windows == a.windows
+    assert (bundle.path / ONNX).is_file()  # exported once, into the bundle, for the next prediction
     with rasterio.open(tmp_path / "torch.tif") as ta, rasterio.open(tmp_path / "onnx.tif") as tb:
         x, y = ta.read(1), tb.read(1)
         assert tb.nodata == ta.nodata and np.array_equal(x == ta.nodata, y == tb.nodata)
