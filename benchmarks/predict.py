@@ -10,6 +10,7 @@ one set of window settings (shared design benchmarks.md).
               at `size` and again at `small` (peak RSS per size)
       naive   read the whole raster, normalise it, run every window through one forward loop
               (torch's default threads), blend into whole-raster arrays, write the same COG
+      engines model and e2e again on onnxruntime (the bundle's ONNX export), side by side with torch's
     report.json / report.md
 
 Throughputs are raster megapixels per second. The model-only figure is converted to the same unit
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -50,11 +51,14 @@ class BenchSettings:
     model_seconds: float = 20.0  # how long each model-only measurement runs
     bundle: str | None = None  # default: the segformer-tiny network with random weights
     device: str | None = None
+    engine: str = "torch"  # the engine of one measurement (torch's figures are the benchmark's own)
+    engines: tuple[str, ...] = ("torch", "onnxruntime")  # engines compared side by side
     extra: dict = field(default_factory=dict)
 
     def predict_options(self) -> dict:
         return dict(window=self.window, overlap=self.overlap, batch_size=self.batch_size, blend=self.blend,
-                    precision=self.precision, streams=self.streams, threads=self.threads, device=self.device)
+                    precision=self.precision, streams=self.streams, threads=self.threads, device=self.device,
+                    engine=self.engine)
 
 
 # the raster ----------------------------------------------------------------------------------------
@@ -161,11 +165,13 @@ def measure_model(bundle_path: Path, path: Path, s: BenchSettings) -> dict:
     """Window megapixels per second through the network alone, on in-memory batches."""
     import torch
 
+    from core.raster.prediction_windows import PredictOptions
     from models.bundle import load_bundle
-    from models.inference.windowed import WindowModel, default_streams
+    from models.inference.windowed import default_streams, window_model
 
     bundle = load_bundle(bundle_path)
-    model = WindowModel(bundle.segmentor, device=s.device, precision=s.precision)
+    opts = PredictOptions(**s.predict_options()).validate()
+    model, _ = window_model(bundle, opts)  # the engine predict uses (its threads per stream for onnxruntime)
     streams, threads = default_streams(model.device, s.streams, s.threads)
     batches = _sample_batches(bundle, path, s, 4 * streams)
     default_threads = torch.get_num_threads()
@@ -193,6 +199,8 @@ def measure_model(bundle_path: Path, path: Path, s: BenchSettings) -> dict:
     torch.set_num_threads(threads)
     streamed = run(streams)
     torch.set_num_threads(default_threads)
+    if s.engine != "torch":  # onnxruntime fixes its threads per session: one with the default's
+        model, _ = window_model(bundle, replace(opts, streams=1, threads=default_threads))
     single = run(1)
     return {"window_mpx_s": streamed, "streams": streams, "threads": threads,
             "single_stream_window_mpx_s": single, "single_stream_threads": default_threads,
@@ -295,6 +303,27 @@ def _run_child(kind: str, bundle: Path, raster: Path, s: BenchSettings, out: Pat
     return res
 
 
+def _measure_onnxruntime(bundle: Path, raster: Path, s: BenchSettings, out: Path, log) -> dict:
+    """onnxruntime's model-only and end-to-end runs, on the bundle's model.onnx (exported first when it has
+    none, so that no measurement pays for the export), with the same settings as torch's."""
+    from core.bundle_manifest import bundle_dir_of
+    from models.onnx_export import bundle_onnx_path, export_onnx
+
+    onnx_path = bundle_onnx_path(bundle_dir_of(bundle) or bundle)
+    if not onnx_path.is_file():
+        log("exporting the bundle's network to ONNX ...")
+        export_onnx(bundle, onnx_path)
+    ort = replace(s, engine="onnxruntime", precision="fp32", device="cpu")
+    log("onnxruntime: model alone, on in-memory batches ...")
+    model = _run_child("model", bundle, raster, ort, out / "unused.tif", log)
+    log(f"onnxruntime: our predict at {s.size} px ...")
+    pred = out / f"pred-{s.size}-onnxruntime.tif"
+    e2e = _run_child("e2e", bundle, raster, ort, pred, log)
+    same = _same_classes(out / f"pred-{s.size}.tif", pred)
+    pred.unlink(missing_ok=True)
+    return {"model": model, "e2e": e2e, "same_classes_as_torch": same}
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -324,6 +353,9 @@ def run_predict_benchmark(out: str | Path, s: BenchSettings | None = None, *, da
     model = _run_child("model", bundle, big_path, s, out / "unused.tif", log)
     log(f"our predict at {s.size} px ...")
     e2e = _run_child("e2e", bundle, big_path, s, out / f"pred-{s.size}.tif", log)
+    engines = {}
+    if "onnxruntime" in s.engines:
+        engines["onnxruntime"] = _measure_onnxruntime(bundle, big_path, s, out, log)
     # once more after predict: on a shared machine the load drifts, so the limit is the mean of both
     log("model alone again ...")
     model_after = _run_child("model", bundle, big_path, s, out / "unused.tif", log)
@@ -388,12 +420,28 @@ def run_predict_benchmark(out: str | Path, s: BenchSettings | None = None, *, da
             "peak_rss_mb": "peak resident set of a fresh process running predict at each raster size",
         },
     }
+    report["engines"] = {"torch": {"model_mpx_s": report["model_mpx_s"], "e2e_mpx_s": report["e2e_mpx_s"],
+                                   "model_window_mpx_s": report["model_window_mpx_s"],
+                                   "e2e_seconds": report["seconds"]["e2e"]}}
+    for name, m in engines.items():
+        report["engines"][name] = {
+            "model_mpx_s": round(m["model"]["window_mpx_s"] / redundancy, 4),
+            "e2e_mpx_s": round(pixels / m["e2e"]["seconds"] / 1e6, 4),
+            "model_window_mpx_s": round(m["model"]["window_mpx_s"], 4),
+            "e2e_seconds": round(m["e2e"]["seconds"], 2),
+            "same_classes_as_torch": m["same_classes_as_torch"],
+            "peak_rss_mb": round(m["e2e"]["peak_rss_mb"], 1),
+        }
     flat = max(rss.values()) <= (1 + GOALS["rss_growth"]) * min(rss.values())
     report["goals"] = {
         "e2e_over_model >= 0.85": report["e2e_over_model"] >= GOALS["e2e_over_model"],
         "e2e_over_naive >= 1.5": report["e2e_over_naive"] >= GOALS["e2e_over_naive"],
         "peak RSS within 10% across sizes": flat,
     }
+    if "onnxruntime" in report["engines"]:
+        ort = report["engines"]["onnxruntime"]
+        report["onnxruntime_e2e_over_torch_e2e"] = round(ort["e2e_mpx_s"] / report["e2e_mpx_s"], 3)
+        report["goals"]["onnxruntime e2e >= torch e2e"] = report["onnxruntime_e2e_over_torch_e2e"] >= 1.0
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(format_report(report))
     return report
@@ -444,4 +492,11 @@ def format_report(r: dict) -> str:
         f"- load average before/after: {r['loadavg']}",
         "",
     ]
+    if len(r.get("engines", {})) > 1:
+        lines += ["| engine | model alone, raster Mpx/s | end to end, raster Mpx/s | classes as torch's |",
+                  "|---|---|---|---|"]
+        for name, e in r["engines"].items():
+            same = e.get("same_classes_as_torch", 1.0)
+            lines.append(f"| {name} | {e['model_mpx_s']:.4f} | {e['e2e_mpx_s']:.4f} | {same} |")
+        lines += ["", f"- onnxruntime e2e / torch e2e: **{r['onnxruntime_e2e_over_torch_e2e']}** (goal >= 1.0)", ""]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, local_cmd, predict_cmd, service_cmd,
+from cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, export_cmd, local_cmd, predict_cmd, service_cmd,
                          weights_cmd)
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(weights_cmd.app, name="weights")
 local_cmd.register(app)
 predict_cmd.register(app)
+export_cmd.register(app)  # a bundle's network as ONNX
 demo_cmd.register(app)
 example_cmd.register(app)  # ready specs for the fetched data
 service_cmd.register(app)  # serve, worker, token, submit/status/wait/dismiss/delete/results/jobs/usage

@@ -68,17 +68,29 @@ def predict_benchmark(
     model_seconds: float = typer.Option(20.0, "--model-seconds", help="duration of each model-only measurement"),
     bundle: Path = typer.Option(None, "--bundle", help="a model bundle (default: segformer-tiny, random weights)"),
     device: str = typer.Option(None, "--device", help="cpu, cuda (default: cuda if present)"),
+    engines: str = typer.Option("torch,onnxruntime", "--engines",
+                                help="engines measured side by side: torch (always), onnxruntime (CPU)"),
 ) -> None:
     """Benchmark B: model-only forward throughput, our end-to-end predict and a naive whole-array baseline
-    on a large raster tiled from the real NC scene, plus predict's peak RSS at two raster sizes."""
+    on a large raster tiled from the real NC scene, plus predict's peak RSS at two raster sizes; model-only
+    and end-to-end again on onnxruntime, side by side with torch."""
     from benchmarks.predict import BenchSettings, run_predict_benchmark
+    from core.errors import ConfigError
+    from core.raster.prediction_windows import ENGINES
 
+    names = tuple(dict.fromkeys(e.strip() for e in engines.split(",") if e.strip()))
+    if "torch" not in names or not set(names) <= set(ENGINES):
+        raise ConfigError(f"--engines takes torch and optionally onnxruntime, got {engines!r}", field="engines")
     s = BenchSettings(size=size, small=small, window=window, overlap=overlap, batch_size=batch_size, blend=blend,
                       precision=precision, streams=streams, threads=threads, model_seconds=model_seconds,
-                      bundle=str(bundle) if bundle else None, device=device)
+                      bundle=str(bundle) if bundle else None, device=device, engines=names)
     r = run_predict_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"model alone {r['model_mpx_s']:.3f} Mpx/s | predict {r['e2e_mpx_s']:.3f} Mpx/s | "
                f"naive {r['naive_mpx_s']:.3f} Mpx/s")
+    for name, e in r["engines"].items():
+        typer.echo(f"  {name:<12} model alone {e['model_mpx_s']:.3f} Mpx/s | predict {e['e2e_mpx_s']:.3f} Mpx/s")
+    if "onnxruntime_e2e_over_torch_e2e" in r:
+        typer.echo(f"onnxruntime e2e / torch e2e {r['onnxruntime_e2e_over_torch_e2e']:.3f} (goal >= 1.0)")
     typer.echo(f"e2e/model {r['e2e_over_model']:.3f} (goal >= 0.85) | e2e/naive {r['e2e_over_naive']:.3f} "
                f"(goal >= 1.5) | peak RSS MB {r['peak_rss_mb']} (goal: within 10%)")
     typer.echo(f"report: {out / 'report.json'}")

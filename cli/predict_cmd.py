@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
             None, "--streams", help="batches in the model at once (default: CPU one per core up to 4, GPU 1)"
         ),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per stream"),
+        engine: str = typer.Option(
+            "torch", "--engine",
+            help="torch | onnxruntime (CPU, the bundle's model.onnx, exported into the bundle first when it has none)"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     ) -> None:
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
         opts = PredictOptions(
             window=window, overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, precision=precision,
             stats=stats, nodata=nodata, region=parse_predict_region(region), probabilities=probabilities,
-            device=device, streams=streams, threads=threads,
+            device=device, streams=streams, threads=threads, engine=engine,
         ).validate()  # bad options fail before torch loads
 
         from tqdm import tqdm

@@ -9,6 +9,8 @@ service (which checks a job's bundle at submit and shows its metadata) and the w
                     some), provenance (job, datasets, seed, iterations), metrics
       config.json   the resolved training config (model, optimiser, schedule, adaptation)
       weights.pth   state_dict of the inference segmentor (plain tensors)
+      model.onnx    the same network as ONNX with Deepness metadata (models.onnx_export), written by a
+                    worker on the first download that asks; model.onnx.failed says why it could not be
 
 A bundle is given as its folder, as a job output folder holding ``bundle/``, or as a zip of either.
 """
@@ -29,6 +31,9 @@ FORMAT = 1
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
 WEIGHTS = "weights.pth"
+ONNX = "model.onnx"
+#: why a worker could not export the network (the download reports it instead of asking again)
+ONNX_FAILED = "model.onnx.failed"
 #: what a manifest must hold for its bundle to be loaded
 _REQUIRED = ("classes", "band_count", "stats", "inference")
 #: folders a zip may nest its manifest in: a bundle folder, or a job output folder, zipped with its parent

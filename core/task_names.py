@@ -8,6 +8,8 @@ RUN_JOB = "geoadapt.run_job"
 DATASET_STATS = "geoadapt.dataset_stats"
 #: render one map tile through a model: workers/tile_tasks.py
 RENDER_MODEL_TILE = "geoadapt.render_model_tile"
+#: a model's network as ONNX into its bundle, on the first download that asks: workers/tasks.py
+EXPORT_MODEL_ONNX = "geoadapt.export_model_onnx"
 
 #: jobs that run a network
 GPU_QUEUE = "gpu"

@@ -31,7 +31,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
-from core.task_names import DATASET_STATS, RUN_JOB
+from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, RUN_JOB
 from workers.celery_app import app
 
 log = logging.getLogger("geoadapt.worker")
@@ -333,6 +333,19 @@ def dataset_stats(self, dataset_id: str) -> str:
         return "failed"
     store.set_dataset_stats(dataset_id, {"status": "ok", **stats.to_dict()})
     return "ok"
+
+
+@app.task(name=EXPORT_MODEL_ONNX, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def export_model_onnx(self, model_id: str) -> str:
+    """A model's network as ONNX beside its weights (models.onnx_export), or why not: asked for by its download."""
+    from core.bundle_manifest import bundle_dir_of
+    from core.job_layout import output_dir
+    from models.onnx_export import write_bundle_onnx
+
+    bundle_dir = bundle_dir_of(output_dir(self.app.settings.job_dir(model_id)))
+    if bundle_dir is None:  # deleted since it was asked for
+        return "skipped"
+    return "ok" if write_bundle_onnx(bundle_dir) is not None else "failed"
 
 
 def _band_stats(paths: dict):

@@ -20,6 +20,8 @@ from core.errors import ConfigError, EmptyRegionError
 BLEND_MODES = ("none", "average", "hann")
 PRECISIONS = ("fp32", "bf16")
 STATS_CHOICES = ("auto", "target", "source", "input")
+#: what runs the network: torch, or onnxruntime on the bundle's ONNX export (CPU, fp32)
+ENGINES = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class PredictOptions:
     prefetch: int = 3  # batches read ahead of the model (bounded queue)
     cache_mb: int = 64  # GDAL block cache while predicting
     pad_multiple: int = 32  # window sides off this multiple are padded to it (reflect) for the network
+    engine: str = "torch"  # or onnxruntime
 
     def validate(self) -> "PredictOptions":
         def bad(name: str, msg: str) -> None:
@@ -71,6 +74,12 @@ class PredictOptions:
             bad("streams", f"streams must be 1..64, got {self.streams}")
         if self.threads is not None and not 1 <= int(self.threads) <= 1024:
             bad("threads", f"threads must be 1..1024, got {self.threads}")
+        if self.engine not in ENGINES:
+            bad("engine", f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "onnxruntime" and self.device is not None and not str(self.device).startswith("cpu"):
+            bad("device", "the onnxruntime engine runs on the CPU; leave device unset or use cpu")
+        if self.engine == "onnxruntime" and self.precision != "fp32":
+            bad("precision", "the onnxruntime engine runs fp32 only")
         return self
 
     def as_dict(self) -> dict:

@@ -12,6 +12,9 @@ and GDAL release the GIL in their heavy parts):
     calling thread: progress(done, total), should_stop()                   (a tiled temporary GeoTIFF)
     after the last window: CogWriter.close() -> GDAL COG driver (overviews, mode) -> atomic rename
 
+The engine (``opts.engine``) runs the network: torch (:class:`WindowModel`), or onnxruntime on the bundle's
+ONNX export (models.inference.onnx_window_model), with the same contract and the same normalisation.
+
 Peak memory is the model's activations for ``streams`` batches, plus the batches queued between the
 threads, plus one read chunk (READ_CHUNK_BYTES of raw values), plus the blender's overlap strip
 (K x overlap x width floats); GDAL's block cache is capped while predicting. None of it depends on
@@ -194,6 +197,24 @@ class _Stopped(Exception):
 _DONE = object()
 
 
+def window_model(bundle: Any, opts: PredictOptions) -> tuple[Any, Any]:
+    """The engine that runs the bundle's network on windows (opts.engine), and what must stay alive with it.
+
+    torch: :class:`WindowModel` on the bundle's segmentor. onnxruntime: :class:`OnnxWindowModel` on the
+    bundle's model.onnx (exported to a temporary folder when the bundle has none, returned second), with
+    the intra-op threads of one stream.
+    """
+    if opts.engine != "onnxruntime":
+        model = WindowModel(bundle.segmentor, device=opts.device, precision=opts.precision, tta=opts.tta,
+                            pad_multiple=opts.pad_multiple)
+        return model, None
+    from models.inference.onnx_window_model import OnnxWindowModel, onnx_model_of
+
+    path, tmp = onnx_model_of(bundle)
+    _, threads = default_streams(OnnxWindowModel.device, opts.streams, opts.threads)
+    return OnnxWindowModel(path, threads=threads, tta=opts.tta, pad_multiple=opts.pad_multiple), tmp
+
+
 def default_streams(device: torch.device, streams: int | None, threads: int | None) -> tuple[int, int]:
     """(batches in the model at once, torch threads each).
 
@@ -251,10 +272,7 @@ def predict_raster(
                 opts.stats, input_stats=lambda: compute_stats([scene], [region]))
             out_grid = scene.grid.window(region)
         plan = WindowPlan(int(region.height), int(region.width), opts.window, opts.overlap, opts.blend)
-        model = WindowModel(
-            bundle.segmentor, device=opts.device, precision=opts.precision, tta=opts.tta,
-            pad_multiple=opts.pad_multiple,
-        )
+        model, onnx_tmp = window_model(bundle, opts)
         n_streams, n_threads = default_streams(model.device, opts.streams, opts.threads)
         dtype, nodata = class_encoding([c.id for c in classes])
         lut = np.array([c.id for c in classes], dtype=dtype)
@@ -308,6 +326,8 @@ def predict_raster(
             raise
         finally:
             torch.set_num_threads(threads_before)
+            if onnx_tmp is not None:
+                onnx_tmp.cleanup()
 
     seconds = time.perf_counter() - t0
     return PredictionResult(
