@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from core.jobspec import load_job_spec
+from service.api.routes.ogc_processes import NO_SUCH_JOB
 from service.app import create_app
 from benchmarks.security import write_class_cog
 from cli import app as cli
@@ -33,7 +34,9 @@ from tests.helpers import train_spec, write_tiny_scene
 
 #: routes that answer without a token: liveness, the API's own description, the console page (it holds no
 #: data; it asks for a token and calls the API with it)
-PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/console"}
+PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/console",
+          # OGC API - Processes discovery: what the service can run (the job spec's schema, as /openapi.json)
+          "/ogcapi", "/ogcapi/", "/ogcapi/conformance", "/ogcapi/processes", "/ogcapi/processes/{process_id}"}
 
 
 def _settings(tmp: Path, root: Path, **kw) -> Settings:
@@ -180,7 +183,8 @@ def test_every_object_of_another_token_is_404_on_every_route_an_admin_sees_it(wo
         url = _fill(path, world)
         r = c.request(method, url, headers=world["b"])
         assert r.status_code == 404, (method, url, r.status_code, r.text[:200])
-        assert r.json()["type"] == "not_found"
+        # /ogcapi answers in the standard's exception types
+        assert r.json()["type"] == (NO_SUCH_JOB if path.startswith("/ogcapi/") else "not_found")
         # nothing in the answer tells whether it exists: the same as for an id nobody has
         nobody = url.replace(world["done"], str(uuid.uuid4())).replace(world["dataset"], str(uuid.uuid4()))
         assert c.request(method, nobody, headers=world["b"]).status_code == 404

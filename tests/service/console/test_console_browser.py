@@ -129,7 +129,9 @@ def test_submit_watch_open_and_map_the_tiny_nc_job(served, page, stddev):
     expect(page.locator("#job-confusion canvas.confusion")).to_be_visible()
     expect(page.locator("#job-downloads button[data-file='metrics.json']")).to_be_visible()
     # the class map and its per-class probabilities
-    expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
+    # the class COG and its probabilities, and the class COG's GIS sidecar (category names, attribute table)
+    expect(page.locator("#job-downloads button[data-file^='predictions/'][data-file$='.tif']")).to_have_count(2)
+    expect(page.locator("#job-downloads button[data-file^='predictions/'][data-file$='.tif.aux.xml']")).to_have_count(1)
     with page.expect_download() as dl:
         page.locator("#job-downloads button[data-file='metrics.json']").click()
     assert "validation" in json.loads(Path(dl.value.path()).read_text())
@@ -237,7 +239,9 @@ def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
     assert res["bundle"]["metadata"]["provenance"]["source_model"]["method"] == "st-dasegnet"
     assert set(res["metrics"]) >= {"baseline", "validation"}  # the ST-DASegNet model before, and after
     expect(page.locator("#job-status .badge")).to_have_text("successful")
-    expect(page.locator("#job-downloads button[data-file^='predictions/']")).to_have_count(2)
+    # the class COG and its probabilities, and the class COG's GIS sidecar (category names, attribute table)
+    expect(page.locator("#job-downloads button[data-file^='predictions/'][data-file$='.tif']")).to_have_count(2)
+    expect(page.locator("#job-downloads button[data-file^='predictions/'][data-file$='.tif.aux.xml']")).to_have_count(1)
     heads = page.locator("#metrics-table thead th").all_text_contents()
     assert heads[1] == "IoU before adaptation" and heads[3] == "IoU adapted (adabn)", heads
 

@@ -792,7 +792,9 @@
     const groups = { "Model bundle": [], "Predicted maps (COG)": [], "Metrics and report": [], "Other files": [] };
     const preds = new Set((res.predictions || []).map((p) => p.path));
     for (const f of res.files || []) {
-      const g = f.name.startsWith("bundle/") ? "Model bundle" : preds.has(f.name) ? "Predicted maps (COG)"
+      // a class COG's .aux.xml sidecar (GDAL categories, attribute table) belongs with its map
+      const sidecarOf = f.name.endsWith(".aux.xml") && preds.has(f.name.slice(0, -".aux.xml".length));
+      const g = f.name.startsWith("bundle/") ? "Model bundle" : preds.has(f.name) || sidecarOf ? "Predicted maps (COG)"
         : /(^|\/)(metrics|report|predictions)\.(json|html|md)$/.test(f.name) ? "Metrics and report" : "Other files";
       groups[g].push(f);
     }
