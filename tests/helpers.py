@@ -140,3 +140,33 @@ def fill(fs, leave: int = 16 * 1024):
     with open(ballast, "r+b") as fh:
         fh.truncate(max(0, ballast.stat().st_size - leave))
     return ballast
+
+
+def memory_app(tmp):
+    """create_app on a SQLite store and the in-memory broker (no worker: jobs stay accepted), with one allowed
+    root holding a tiny scene: (app, root, image, labels)."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    root = tmp / "root"
+    img, lab = write_tiny_scene(root / "scene")
+    settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
+                        broker_url="memory://", rate_limit_per_minute=0)
+    return create_app(settings), root, img, lab
+
+
+def wait_until_workers_ok(url: str, proc, log_path, tries: int = 240) -> None:
+    """Poll a `geoadapt serve`'s /health until its workers are up; the serve log in the error if it never is."""
+    import httpx
+
+    for _ in range(tries):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).json()["workers"]["ok"]:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("serve did not become healthy:\n" + log_path.read_text()[-3000:])

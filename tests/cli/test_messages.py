@@ -9,12 +9,10 @@ import sys
 import pytest
 import yaml
 
-from service.app import create_app
-from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from tests.helpers import served_in_thread, train_spec, write_tiny_scene
+from tests.helpers import memory_app, served_in_thread, train_spec, write_tiny_scene
 
 
 def geoadapt(*args, env: dict, columns: int | None = None) -> subprocess.CompletedProcess:
@@ -30,11 +28,7 @@ def geoadapt(*args, env: dict, columns: int | None = None) -> subprocess.Complet
 def live(tmp_path_factory):
     """The API under uvicorn in a thread (memory broker, no worker), a token and a tiny scene."""
     tmp = tmp_path_factory.mktemp("cli")
-    root = tmp / "root"
-    img, lab = write_tiny_scene(root / "scene")
-    settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
-                        broker_url="memory://", rate_limit_per_minute=0)
-    app = create_app(settings)
+    app, root, img, lab = memory_app(tmp)
     with session_scope(app.state.sessions) as s:
         _, plain = tokens.create_token(s, name="cli")
     with served_in_thread(app) as port:

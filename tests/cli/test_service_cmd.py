@@ -14,6 +14,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.helpers import wait_until_workers_ok
+
 pytestmark = pytest.mark.integration
 
 
@@ -44,16 +46,7 @@ def served(tmp_path, nc_data):
                              "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = env["GEOADAPT_URL"]
-    for _ in range(120):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).json()["workers"]["ok"]:
-                break
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+    wait_until_workers_ok(url, proc, tmp_path / "serve.log")
     yield env, proc
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.store import tokens
@@ -20,12 +19,6 @@ def _token(app) -> dict:
 @pytest.fixture
 def app(settings):
     return create_app(settings.model_copy(update={"max_upload_bytes": 64 * 1024}))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
 
 
 def test_register_by_path_reports_the_raster(client, app, tiny_scene, roots):

@@ -18,17 +18,6 @@ from service.store.db import session_scope
 from tests.helpers import train_spec, write_tiny_scene
 
 
-@pytest.fixture
-def app(settings):
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
-
-
 def _token(app, admin=False) -> dict:
     with session_scope(app.state.sessions) as s:
         _, plain = tokens.create_token(s, admin=admin)

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-from fastapi.testclient import TestClient
-
 from core.bundle_manifest import ONNX, ONNX_FAILED
-from service.app import create_app
 from service.store import jobs as job_store
 from service.store import tokens
 from service.store.db import session_scope
 from tests.helpers import train_spec
-
-
-@pytest.fixture
-def app(settings):
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
 
 
 def _auth(app) -> dict:

@@ -16,13 +16,11 @@ import httpx
 import pytest
 
 from core.jobspec import JobSpec
-from service.app import create_app
-from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 from service.store.tables import FAILED, RUNNING, Job
 
-from tests.helpers import served_in_thread, train_spec, write_tiny_scene
+from tests.helpers import memory_app, served_in_thread, train_spec, wait_until_workers_ok, write_tiny_scene
 
 owslib_ogcapi = pytest.importorskip("owslib.ogcapi", reason="OWSLib is part of the test extra")
 from owslib.ogcapi.processes import Processes  # noqa: E402
@@ -46,11 +44,7 @@ def owslib_headers():
 def live(tmp_path_factory):
     """create_app under uvicorn (no worker: jobs stay accepted), a tiny scene under the allowed root, tokens A, B."""
     tmp = tmp_path_factory.mktemp("ogc")
-    root = tmp / "root"
-    img, lab = write_tiny_scene(root / "scene")
-    settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
-                        broker_url="memory://", rate_limit_per_minute=0)
-    app = create_app(settings)
+    app, root, img, lab = memory_app(tmp)
     with session_scope(app.state.sessions) as s:
         _, a = tokens.create_token(s, name="a")
         _, b = tokens.create_token(s, name="b")
@@ -208,16 +202,7 @@ def served(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{base}/health", timeout=2).json()["workers"]["ok"]:
-                break
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+    wait_until_workers_ok(base, proc, tmp_path / "serve.log")
     yield base, {"Authorization": f"Bearer {token}"}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)

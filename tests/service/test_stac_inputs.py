@@ -6,24 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.store import tokens
 from service.store.db import session_scope
 
 from tests.helpers import train_spec, write_stac_scene
-
-
-@pytest.fixture
-def app(settings):
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture

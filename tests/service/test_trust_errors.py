@@ -9,23 +9,17 @@ import logging
 
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
 from service.store import tokens
 from service.store.db import session_scope
 
-from tests.helpers import served_in_thread, train_spec, write_tiny_scene
+from tests.helpers import memory_app, served_in_thread, train_spec
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """create_app under uvicorn in a thread, with one allowed root holding a tiny scene, and a token."""
     tmp = tmp_path_factory.mktemp("errors")
-    root = tmp / "root"
-    img, lab = write_tiny_scene(root / "scene")
-    settings = Settings(data_dir=tmp / "state", allowed_roots=[root], database_url=f"sqlite:///{tmp / 'store.db'}",
-                        broker_url="memory://", rate_limit_per_minute=0)
-    app = create_app(settings)
+    app, root, img, lab = memory_app(tmp)
 
     def unexpected() -> None:
         raise RuntimeError("a bug no handler knows")

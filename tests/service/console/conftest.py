@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.helpers import wait_until_workers_ok
 
 #: the system browser; GEOADAPT_CHROMIUM points elsewhere
 CHROMIUM = os.environ.get("GEOADAPT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,18 +110,7 @@ def served(tmp_path_factory, nc_data, nc_bands, nc_classes):
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).json()["workers"]["ok"]:
-                    break
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("serve did not become healthy:\n" + (tmp / "serve.log").read_text()[-3000:])
-        assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+        wait_until_workers_ok(url, proc, tmp / "serve.log")
         h = {"Authorization": f"Bearer {token}"}
         nc = httpx.post(f"{url}/v1/datasets", headers=h, timeout=60,
                         json={"name": "NC Landsat-7 2000", "bands": [str(p) for p in nc_bands],
