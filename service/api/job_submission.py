@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +24,7 @@ from core.files import write_json
 from core.job_layout import INPUTS_REPORT, JOB_SPEC, output_dir
 from core.jobspec import check_nesting, load_job_spec
 from service import usage
+from service.api.deps import CurrentToken, PathPolicyDep, Producer, SessionDep, SettingsDep
 from service.api.routes.models import model_output_dir
 from service.errors import ServiceUnavailableError
 from service.inputs import check_job_inputs, model_id_of
@@ -103,6 +107,39 @@ def submit(
                 _undo(session, job, job_dir, f"enqueue failed: {type(e).__name__}")
             raise ServiceUnavailableError("the job queue (broker) is unreachable; retry later") from None
     return job, created
+
+
+@dataclass
+class Submitter:
+    """:func:`submit` with the request's store session, settings, token, path policy, broker producer and
+    Idempotency-Key filled in: what the routes of both front ends take."""
+
+    session: Session
+    settings: Settings
+    token: Token
+    policy: PathPolicy
+    producer: Any
+    app_state: Any
+    idempotency_key: str | None
+
+    def __call__(self, body: dict[str, Any]) -> tuple[Job, bool]:
+        return submit(body, session=self.session, settings=self.settings, token=self.token, policy=self.policy,
+                      producer=self.producer, app_state=self.app_state, idempotency_key=self.idempotency_key)
+
+
+def get_submitter(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    policy: PathPolicyDep,
+    producer: Producer,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> Submitter:
+    return Submitter(session, settings, token, policy, producer, request.app.state, idempotency_key)
+
+
+SubmitterDep = Annotated[Submitter, Depends(get_submitter)]
 
 
 def _undo(session: Session, job: Job, job_dir, why: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from core.jobspec import JobSpec
@@ -20,8 +20,6 @@ from service.api.server_paths import hide
 from service.api.deps import (
     BaseUrl,
     CurrentToken,
-    PathPolicyDep,
-    Producer,
     RateLimited,
     SessionDep,
     SettingsDep,
@@ -83,20 +81,13 @@ def to_public(j: Job, base: str, data_dir, *, with_spec: bool = True) -> JobPubl
 )
 def submit_job(
     body: Annotated[dict[str, Any], Body()],
-    request: Request,
     response: Response,
-    session: SessionDep,
+    submit: job_submission.SubmitterDep,
     settings: SettingsDep,
-    token: CurrentToken,
-    policy: PathPolicyDep,
-    producer: Producer,
     base: BaseUrl,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Validate the spec (paths confined to allowed roots, inputs checked), store it, enqueue it."""
-    job, created = job_submission.submit(body, session=session, settings=settings, token=token, policy=policy,
-                                         producer=producer, app_state=request.app.state,
-                                         idempotency_key=idempotency_key)
+    job, created = submit(body)
     if not created:
         response.status_code = 200
     response.headers["Location"] = links.job(base, job.id)

@@ -31,8 +31,6 @@ from service.api import errors, job_submission, links
 from service.api.deps import (
     BaseUrl,
     CurrentToken,
-    PathPolicyDep,
-    Producer,
     RateLimited,
     SessionDep,
     SettingsDep,
@@ -239,16 +237,11 @@ def _spec_of(body: dict[str, Any], pid: str, job_type: str, method: str | None) 
 def execute(
     process_id: str,
     body: Annotated[dict[str, Any], Body()],
-    request: Request,
     response: Response,
-    session: SessionDep,
+    submit: job_submission.SubmitterDep,
     settings: SettingsDep,
-    token: CurrentToken,
-    policy: PathPolicyDep,
-    producer: Producer,
     base: BaseUrl,
     prefer: Annotated[str | None, Header(alias="Prefer", max_length=1000)] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> dict:
     """Submit a job of the process's type and method; 201 with Location and the job's statusInfo."""
     job_type, method = _kind(process_id)
@@ -256,9 +249,7 @@ def execute(
     if "respond-async" not in preferences and preferences & _SYNC:
         raise OgcException(400, SYNC_NOT_SUPPORTED, f"process {process_id} runs asynchronously only (jobs take "
                            "minutes to hours): send 'Prefer: respond-async', then poll the job's Location")
-    job, created = job_submission.submit(_spec_of(body, process_id, job_type, method), session=session,
-                                         settings=settings, token=token, policy=policy, producer=producer,
-                                         app_state=request.app.state, idempotency_key=idempotency_key)
+    job, created = submit(_spec_of(body, process_id, job_type, method))
     if not created:
         response.status_code = 200
     response.headers["Location"] = links.ogc_job(base, job.id)
