@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import numpy as np
 from fastapi import Response
 from rasterio.errors import RasterioError
-from rio_tiler.errors import PointOutsideBounds, RioTilerError, TileOutsideBounds
+from rio_tiler.errors import RioTilerError, TileOutsideBounds
 from rio_tiler.models import ImageData
 
 from core.errors import SpecError, UnreadableRasterError
@@ -28,7 +28,7 @@ from service.api import links
 from service.errors import NotFoundError
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
-from service.tiles.sources import get_tms, point_outside_domain
+from service.tiles.sources import get_tms, point_read
 
 #: percentiles of the default stretch (per band, over a decimated read of the whole image)
 STRETCH_PERCENTILES = (2, 98)
@@ -215,15 +215,7 @@ def imagery_info(im: Imagery, tms_id: str) -> dict:
 def imagery_point(im: Imagery, lon: float, lat: float) -> dict:
     """The value of every band at a WGS84 point (None where there is no data)."""
     with _reading():
-        try:
-            pt = im.reader.point(lon, lat)
-        except PointOutsideBounds:
-            raise NotFoundError(f"point ({lon}, {lat}) is outside the dataset's bounds", field="point") from None
-        except Exception as e:
-            if not point_outside_domain(e):
-                raise
-            raise NotFoundError(f"point ({lon}, {lat}) is outside the domain of the dataset's CRS",
-                                field="point") from None
+        pt = point_read(lambda: im.reader.point(lon, lat), lon, lat, "dataset")
     arr = pt.array
     mask = np.ma.getmaskarray(arr)
     values = [None if mask[i] else float(arr.data[i]) for i in range(arr.shape[0])]

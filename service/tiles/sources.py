@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import morecantile
 import numpy as np
@@ -160,15 +160,7 @@ def preview(path: Path, src: CogSource, max_size: int) -> bytes:
 
 def point(path: Path, src: CogSource, lon: float, lat: float) -> dict:
     with src.reader.tiler(src.tms) as r:
-        try:
-            pt = r.point(lon, lat)
-        except PointOutsideBounds:
-            raise NotFoundError(f"point ({lon}, {lat}) is outside the result's bounds", field="point") from None
-        except Exception as e:
-            if not point_outside_domain(e):
-                raise
-            raise NotFoundError(f"point ({lon}, {lat}) is outside the domain of the result's CRS",
-                                field="point") from None
+        pt = point_read(lambda: r.point(lon, lat), lon, lat, "result")
     masked = bool(np.ma.getmaskarray(pt.array)[0])
     value = None if masked else int(pt.array.data[0])
     out = {"coordinates": [lon, lat], "values": [value], "band_names": list(pt.band_names),
@@ -195,6 +187,20 @@ def _probabilities_at(class_path: Path, lon: float, lat: float) -> dict[str, flo
     if (q == PROB_NODATA).any():
         return None
     return {name: round(float(v) / PROB_SCALE, 4) for name, v in zip(names, q)}
+
+
+def point_read(read: Callable[[], Any], lon: float, lat: float, what: str) -> Any:
+    """``read()`` of a point; a point off the raster (outside its bounds, or outside its CRS's domain) is a
+    404 naming ``what`` was asked (result, dataset), not a server error."""
+    try:
+        return read()
+    except PointOutsideBounds:
+        raise NotFoundError(f"point ({lon}, {lat}) is outside the {what}'s bounds", field="point") from None
+    except Exception as e:
+        if not point_outside_domain(e):
+            raise
+        raise NotFoundError(f"point ({lon}, {lat}) is outside the domain of the {what}'s CRS",
+                            field="point") from None
 
 
 def point_outside_domain(e: BaseException) -> bool:
