@@ -19,7 +19,7 @@ def suggest(
     target: List[Path] = typer.Argument(
         ..., help="TARGET: the target image; several single-band files are stacked in order", metavar="TARGET..."),
     count: int = typer.Option(10, "--count", help="how many windows to suggest"),
-    out: Path = typer.Option(..., "--out", help="GeoPackage (.gpkg) or GeoJSON (.geojson) to write",
+    out: Path = typer.Option(..., "--out", help="GeoPackage (.gpkg, image CRS) or GeoJSON (.geojson, WGS84) to write",
                              metavar="WINDOWS.gpkg"),
     window: Optional[int] = typer.Option(
         None, "--window", help="side of each window in pixels, a multiple of 4 (default: the largest of 256, 128, "
@@ -64,11 +64,10 @@ def suggest(
                               progress=on_progress)
     finally:
         bar.close()
-    fc = res.to_geojson()
-    if out.suffix.lower() == ".gpkg":
-        write_gpkg(out, [(f["geometry"], f["properties"]) for f in fc["features"]], res.crs, layer="suggestions")
-    else:
-        write_geojson(out, fc)
+    if out.suffix.lower() == ".gpkg":  # in the image's CRS
+        write_gpkg(out, res.features(), res.crs, layer="suggestions")
+    else:  # GeoJSON: WGS84 (RFC 7946)
+        write_geojson(out, res.to_geojson())
     if len(res) < count:
         typer.secho(f"only {len(res)} non-overlapping {res.window} px windows with enough valid pixels fit; "
                     f"asked for {count}", err=True, fg="yellow")
