@@ -27,7 +27,7 @@ from owslib.ogcapi.processes import Processes  # noqa: E402
 
 EXC = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
 PROCESSES = ["adapt-st-dasegnet", "adapt-feature-regression", "adapt-adabn", "train-source-only", "predict",
-             "evaluate"]
+             "evaluate", "suggest", "consensus"]
 
 
 @pytest.fixture(autouse=True)
