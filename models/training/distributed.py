@@ -15,14 +15,16 @@ identical because, every iteration,
 
 :data:`SOLO` is the single process: every operation is the identity, so the plain path runs the same code
 with no torch.distributed at all. :func:`join` makes a :class:`GroupCollective` of a torch.distributed
-process group (gloo on CPU, nccl on CUDA; control messages always over gloo). Who launches the ranks is the
+process group (gloo on CPU, nccl on CUDA; control messages always over gloo), met through a TCP store
+that rank 0 hosts (:func:`rendezvous`). Who launches the ranks is the
 worker's business (workers/distributed.py); this module only knows torch.
 """
 from __future__ import annotations
 
 import datetime
 import socket
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -191,15 +193,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def join(init_method: str, *, rank: int, world_size: int, device: torch.device | str,
-         timeout_s: float = DEFAULT_TIMEOUT_S) -> GroupCollective:
-    """Join the job's process group (blocks until every rank has joined); :func:`leave` when done."""
+def rendezvous(address: str, *, rank: int, world_size: int, timeout_s: float = DEFAULT_TIMEOUT_S,
+               alive: Callable[[], None] | None = None) -> dist.Store:
+    """The job's key-value store at ``address`` (``tcp://host:port``): rank 0 hosts it and waits until every
+    other rank has checked in, calling ``alive()`` meanwhile (it raises when a rank it started has died: a
+    rank that fails while it prepares must fail the job, not leave rank 0 waiting for it); the others check in."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    store = dist.TCPStore(host, int(port), world_size, is_master=rank == 0,
+                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    if rank != 0:
+        store.set(f"checked-in/{rank}", "1")
+        return store
+    others = [f"checked-in/{r}" for r in range(1, world_size)]
+    deadline = time.monotonic() + timeout_s
+    while others and not store.check(others):
+        if alive is not None:
+            alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the other training ranks did not check in within {timeout_s:.0f} s")
+        time.sleep(0.05)
+    return store
+
+
+def join(address: str, *, rank: int, world_size: int, device: torch.device | str,
+         timeout_s: float = DEFAULT_TIMEOUT_S, alive: Callable[[], None] | None = None) -> GroupCollective:
+    """Join the job's process group (after :func:`rendezvous`); :func:`leave` when done."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    store = rendezvous(address, rank=rank, world_size=world_size, timeout_s=timeout_s, alive=alive)
     timeout = datetime.timedelta(seconds=timeout_s)
     backend = backend_for(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     return GroupCollective(device=device, control=control)
 
