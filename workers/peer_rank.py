@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[rank {args.rank}] {msg}", flush=True)
 
+    say(f"process {os.getpid()}")
     spec = load_job_spec(json.loads(args.spec.read_text()))
     opts = RunOptions.of(device=args.device, resume=not args.no_resume, log=say).as_rank(args.rank, args.init_method)
     result = run_training(spec, opts)
