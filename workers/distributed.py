@@ -8,8 +8,9 @@ the data, and the start of the other ranks.
                     exits. Subprocesses, not multiprocessing: a Celery prefork pool process is daemonic and
                     multiprocessing refuses it children, and CUDA must not be initialised in a forked process.
                     They die with rank 0 (PR_SET_PDEATHSIG), so a killed worker leaves no rank holding a GPU.
-    rendezvous      TCP on 127.0.0.1, a free port: the ranks of a job share one machine (a multi-GPU host;
-                    several machines scale out by running more workers, not by one job spanning them)
+    rendezvous      a TCP store rank 0 hosts on 127.0.0.1 (a port the OS picks): the ranks of a job share
+                    one machine (a multi-GPU host; several machines scale out by running more workers, not by
+                    one job spanning them)
     devices         rank r on GPU r of a CUDA worker (more than it has: the job fails, naming
                     params.devices); on a CPU worker N processes with gloo
 
@@ -34,7 +35,7 @@ from core.errors import DevicesUnavailableError, SpecError
 from core.files import write_json
 from core.job_layout import CHECKPOINTS
 from core.jobspec import JobSpec
-from models.training.distributed import SOLO, Collective, backend_for, free_port, join, leave
+from models.training.distributed import SOLO, Collective, backend_for, host_store, join, leave
 
 #: the module each extra rank runs
 PEER_MODULE = "workers.peer_rank"
@@ -73,6 +74,7 @@ class Ranks:
     init_method: str | None = None
     _peers: list[tuple[int, subprocess.Popen, Path]] = field(default_factory=list)
     _threads: int | None = None
+    _store: object | None = None  # rank 0's TCPStore, hosted before the other ranks start
 
     @classmethod
     def for_job(cls, spec: JobSpec, device: torch.device, *, rank: int = 0,
@@ -116,10 +118,13 @@ class Ranks:
         return RankGroup(self, spec, resume, log)
 
     def _start_peers(self, spec: JobSpec, resume: bool, log: Callable[[str], None]) -> None:
+        self._store = host_store(int(self.world_size))
+        self.init_method = f"tcp://127.0.0.1:{self._store.port}"
+        if self.world_size == 1:
+            return
         folder = Path(spec.output) / CHECKPOINTS / RANKS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         spec_file = write_json(folder / "spec.json", spec.to_jsonable())
-        self.init_method = f"tcp://127.0.0.1:{free_port()}"
         # the ranks run this process's code, wherever it was imported from (a checkout or an install)
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -158,6 +163,7 @@ class Ranks:
                 p.kill()
                 p.wait(10)
         self._peers.clear()
+        self._store = None
         return failed
 
 
@@ -172,16 +178,17 @@ class RankGroup:
         r = self.ranks
         if r.world_size is None:
             return SOLO
-        if r.device.type == "cpu":
-            # the machine's cores shared out among its CPU ranks, not each rank taking them all
+        if r.device.type == "cpu" and r.is_main:
+            # the machine's cores shared out among its CPU ranks (the others are given their share), not each
+            # rank taking them all
             self._saved_threads = torch.get_num_threads()
             r._threads = max(1, self._saved_threads // int(r.world_size))
             torch.set_num_threads(r._threads)
         try:
             if r.is_main:
                 r._start_peers(self.spec, self.resume, self.log)
-            return join(r.init_method, rank=r.rank, world_size=int(r.world_size), device=r.device,
-                        alive=r._check_peers if r.is_main else None)
+            return join(r._store if r.is_main else r.init_method, rank=r.rank, world_size=int(r.world_size),
+                        device=r.device, alive=r._check_peers if r.is_main else None)
         except BaseException:
             self._teardown(ok=False)
             raise

@@ -193,14 +193,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def rendezvous(address: str, *, rank: int, world_size: int, timeout_s: float = DEFAULT_TIMEOUT_S,
+def host_store(world_size: int, *, host: str = "127.0.0.1", timeout_s: float = DEFAULT_TIMEOUT_S) -> dist.TCPStore:
+    """Rank 0's key-value store on a port the OS picks (no race for a "free" port); its address for the other
+    ranks is ``tcp://{host}:{store.port}``."""
+    return dist.TCPStore(host, 0, world_size, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+def rendezvous(address: str | dist.TCPStore, *, rank: int, world_size: int, timeout_s: float = DEFAULT_TIMEOUT_S,
                alive: Callable[[], None] | None = None) -> dist.Store:
-    """The job's key-value store at ``address`` (``tcp://host:port``): rank 0 hosts it and waits until every
-    other rank has checked in, calling ``alive()`` meanwhile (it raises when a rank it started has died: a
-    rank that fails while it prepares must fail the job, not leave rank 0 waiting for it); the others check in."""
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    store = dist.TCPStore(host, int(port), world_size, is_master=rank == 0,
-                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    """The job's key-value store: rank 0 hosts it (``address`` may be the store :func:`host_store` opened) and
+    waits until every other rank has checked in, calling ``alive()`` meanwhile (it raises when a rank it
+    started has died: a rank that fails while it prepares must fail the job, not leave rank 0 waiting for
+    it); the others connect to ``address`` (``tcp://host:port``) and check in."""
+    if isinstance(address, dist.TCPStore):
+        store = address
+    else:
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        store = dist.TCPStore(host, int(port), world_size, is_master=rank == 0,
+                              timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
     if rank != 0:
         store.set(f"checked-in/{rank}", "1")
         return store
@@ -215,7 +226,7 @@ def rendezvous(address: str, *, rank: int, world_size: int, timeout_s: float = D
     return store
 
 
-def join(address: str, *, rank: int, world_size: int, device: torch.device | str,
+def join(address: str | dist.TCPStore, *, rank: int, world_size: int, device: torch.device | str,
          timeout_s: float = DEFAULT_TIMEOUT_S, alive: Callable[[], None] | None = None) -> GroupCollective:
     """Join the job's process group (after :func:`rendezvous`); :func:`leave` when done."""
     device = torch.device(device)
