@@ -33,6 +33,9 @@ from workers.pipelines.dispatch import run_job
 
 #: the issue's bound on the distributed path's cost with one device
 SPEED_TOLERANCE = 0.05
+#: the largest relative difference per iteration between two loss curves still called the same (or twice the
+#: plain path's own run-to-run difference, when that is larger: nondeterministic GPU kernels)
+CURVE_TOLERANCE = 1e-4
 PLAIN = "plain"
 
 
@@ -132,10 +135,15 @@ def run_ddp_benchmark(out: Path, s: DdpBenchSettings, *, log: Callable[[str], No
             entry["curve_vs_plain"] = curve_difference(plain, clocks[0].losses)
             entry["speed_vs_plain"] = entry["sec_per_iter"] / plain_spi - 1.0  # > 0: slower
         report["variants"][name] = entry
+    # the plain path against itself: on a GPU, kernels with atomic adds make two runs differ a little, and a
+    # curve no further from plain than plain is from itself is the same curve
+    floor = curve_difference(plain, runs[PLAIN][1].losses) if len(runs[PLAIN]) > 1 else None
+    report["plain_rerun"] = floor
     one = report["variants"].get("devices-1")
     if one is not None:
+        bound = max(CURVE_TOLERANCE, 2 * floor["max_rel"] if floor else 0.0)
         report["verdict"] = {
-            "same_loss_curve": one["curve_vs_plain"]["max_rel"] <= 1e-4,
+            "same_loss_curve": one["curve_vs_plain"]["max_rel"] <= bound,
             "speed_within_5pct": abs(one["speed_vs_plain"]) <= SPEED_TOLERANCE,
         }
     write_json(out / "report.json", report)

@@ -204,6 +204,9 @@ def ddp_benchmark(
             line += (f"   speed vs plain {v['speed_vs_plain'] * 100:+.1f} %   loss curve vs plain: max |diff| "
                      f"{c['max_abs']:.2e}{' (identical)' if c['identical'] else ''}")
         typer.echo(line)
+    if r.get("plain_rerun"):
+        typer.echo(f"  plain against its own rerun: max |diff| {r['plain_rerun']['max_abs']:.2e}"
+                   f"{' (identical)' if r['plain_rerun']['identical'] else ''}")
     for name, ok in (r.get("verdict") or {}).items():
         typer.echo(f"  {name}: {'met' if ok else 'NOT met'}")
     typer.echo(f"report: {out / 'report.json'}")

@@ -47,14 +47,18 @@ PEER_EXIT_S = 120.0
 RANKS_DIR = "ranks"
 
 
-def _die_with_parent() -> None:
-    """In a rank's process: SIGKILL when rank 0 dies, however it dies (Linux)."""
+def die_with_parent(parent_pid: int) -> None:
+    """Called first thing in a rank's process: SIGKILL when rank 0 dies, however it dies (Linux); and exit at
+    once if it is already gone. (Set by the rank itself: a preexec_fn would run between fork and exec in
+    rank 0, a threaded process where that is unsafe.)"""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent_pid:  # rank 0 died before the line above: nobody would signal us
+        os._exit(1)
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
@@ -131,12 +135,12 @@ class Ranks:
         for r in range(1, int(self.world_size)):
             log_path = folder / f"rank-{r}.log"
             cmd = [sys.executable, "-m", PEER_MODULE, str(spec_file), "--rank", str(r), "--init-method",
-                   self.init_method, "--device", self.device.type, "--threads", str(self._threads or 0)]
+                   self.init_method, "--device", self.device.type, "--threads", str(self._threads or 0),
+                   "--parent-pid", str(os.getpid())]
             if not resume:
                 cmd.append("--no-resume")
             with open(log_path, "wb") as out:
-                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self._peers.append((r, proc, log_path))
         log(f"started {len(self._peers)} more training rank(s); their logs: {folder}")
 

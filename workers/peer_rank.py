@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from core.jobspec import load_job_spec
+from workers.distributed import die_with_parent
 from workers.pipelines.run_options import RunOptions
 from workers.pipelines.train import run_training
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), required=True)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="rank 0's process, which this one dies with (default: the parent process now)")
     args = p.parse_args(argv)
+    die_with_parent(args.parent_pid or os.getppid())
     if args.rank < 1:
         p.error("--rank: rank 0 is the job's own process")
     if args.threads > 0:

@@ -325,8 +325,9 @@ class STDASegNet(AdaptationMethod):
         of the batch, so every rank weighs its pixels with the same q, as one process would)."""
         if valid is None:
             valid = torch.ones_like(conf, dtype=torch.bool)
-        gather = self.collective.gather
-        conf, yhat, valid = gather(conf), gather(yhat), gather(valid)
+        if self.collective.distributed:  # one gather: labels and the mask travel exactly as floats
+            whole = self.collective.gather(torch.stack([conf, yhat.to(conf.dtype), valid.to(conf.dtype)], dim=1))
+            conf, yhat, valid = whole[:, 0], whole[:, 1].long(), whole[:, 2].bool()
         if self.a.get("pseudo_quantile") is None:  # the spec: q from the fixed threshold
             return quality(conf, threshold, valid)
         # CBST-style class-wise thresholds decide q

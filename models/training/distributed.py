@@ -120,29 +120,31 @@ class GroupCollective(Collective):
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         params = [p for p in params if p.requires_grad]
-        if not params:
-            return
-        # a parameter without a gradient on some rank (a branch its share of the batch skipped) counts as
-        # zero there; one without a gradient on every rank keeps none, so the optimiser skips it as one
-        # process would
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
-        dist.all_reduce(has)
-        live = []
-        for p, n in zip(params, has.tolist()):
-            if n == 0:
-                continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            live.append(p.grad)
-        for grads in _tensors_by_kind(live).values():
-            for bucket in _buckets(grads):
-                flat = torch.cat([g.reshape(-1) for g in bucket])
-                dist.all_reduce(flat)
-                flat /= self.world_size
-                offset = 0
-                for g in bucket:
-                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                    offset += g.numel()
+        with torch.no_grad():
+            for kind in _tensors_by_kind(params).values():
+                for bucket in _buckets(kind):
+                    self._average_bucket(bucket)
+
+    def _average_bucket(self, bucket: list[nn.Parameter]) -> None:
+        """One all-reduce of the bucket's gradients followed by one flag per parameter (1 where this rank has
+        a gradient): a parameter without a gradient on some rank (a branch its share skipped) counts as zero
+        there; one without a gradient on any rank keeps none, so the optimiser skips it as one process would."""
+        ref = bucket[0]
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else ref.new_zeros(p.numel()) for p in bucket]
+                         + [torch.tensor([p.grad is not None for p in bucket], dtype=ref.dtype, device=ref.device)])
+        dist.all_reduce(flat)
+        flags = flat[-len(bucket):].tolist()
+        flat /= self.world_size
+        offset = 0
+        for p, flag in zip(bucket, flags):
+            n = p.numel()
+            if flag == 0:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+            else:
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
 
     def mean(self, values: Mapping[str, float]) -> dict[str, float]:
         keys = sorted(values)
@@ -157,7 +159,9 @@ class GroupCollective(Collective):
         return torch.cat(parts, dim=0)
 
     def broadcast_state(self, module: nn.Module, *, parameters: bool = True) -> None:
-        tensors = list(module.buffers())
+        # after a step the integer buffers (batch norm's num_batches_tracked) agree already: every rank counts
+        # the same steps; one broadcast of the floating-point ones is enough
+        tensors = [b for b in module.buffers() if parameters or b.is_floating_point()]
         if parameters:
             tensors += [p.data for p in module.parameters()]
         with torch.no_grad():

@@ -93,11 +93,25 @@ def _train(method: str, collective: Collective) -> dict:
     return {"first": snapshots[0], "last": snapshots[1], "losses": [p.losses for p in hist.progress]}
 
 
+def _gradients_some_ranks_lack(collective: Collective) -> dict:
+    """Three parameters: a gradient on every rank, on rank 0 only, on none."""
+    everywhere, rank0_only, nowhere = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    everywhere.grad = torch.full((3,), float(collective.rank + 1))  # 1 on rank 0, 2 on rank 1
+    if collective.rank == 0:
+        rank0_only.grad = torch.tensor([4.0, 6.0, 8.0])
+    collective.average_gradients([everywhere, rank0_only, nowhere])
+    return {"everywhere": everywhere.grad, "rank0_only": rank0_only.grad, "nowhere": nowhere.grad,
+            "q": collective.mean({"q": 0.25 * (collective.rank + 1)}),
+            "gathered": collective.gather(torch.full((1, 2), float(collective.rank))),
+            "stop": collective.agree(collective.rank == 0)}
+
+
 def _rank_main(rank: int, world: int, init_method: str, method: str, out: str) -> None:
     torch.set_num_threads(1)
     collective = join(init_method, rank=rank, world_size=world, device="cpu", timeout_s=300)
     try:
-        torch.save(_train(method, collective), Path(out) / f"rank{rank}.pt")
+        result = _gradients_some_ranks_lack(collective) if method == "gradients" else _train(method, collective)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         leave()
 
@@ -132,6 +146,16 @@ def _assert_same_update(ranks: list[dict], whole: dict) -> None:
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     yield
+
+
+def test_collective_operations_on_two_ranks(tmp_path):
+    for r in _on_ranks("gradients", tmp_path):
+        assert torch.equal(r["everywhere"], torch.full((3,), 1.5))
+        # a rank without a gradient counts as zero in the mean; nobody's gradient stays none (SGD skips it)
+        assert torch.equal(r["rank0_only"], torch.tensor([2.0, 3.0, 4.0])) and r["nowhere"] is None
+        assert r["q"] == {"q": pytest.approx(0.375)}  # logged scalars: the ranks' mean
+        assert torch.equal(r["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))  # in rank order
+        assert r["stop"] is True  # rank 0's decision on every rank
 
 
 def test_two_ranks_with_half_the_batch_step_as_one_process_with_all_of_it(tmp_path):
