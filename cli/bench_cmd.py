@@ -1,4 +1,4 @@
-"""`geoadapt bench adapt|predict|service|security`: the project's benchmarks (see shared design benchmarks.md)."""
+"""`geoadapt bench adapt|predict|service|security|ddp`: the project's benchmarks (see shared design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -188,3 +188,49 @@ def consensus_benchmark(
     typer.echo(f"report: {out / 'report.json'}")
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("ddp")
+def ddp_benchmark(
+    out: Path = typer.Option(Path("bench-ddp"), "--out", help="folder for report.json and runs/"),
+    iterations: int = typer.Option(200, "--iterations", min=2, help="iterations per run"),
+    warmup: int = typer.Option(20, "--warmup", min=0, help="first iterations left out of the timing"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="the whole batch (shared out among devices)"),
+    crop: int = typer.Option(64, "--crop", min=16, help="crop size in pixels"),
+    config: str = typer.Option("segformer-tiny", "--config", help="model config"),
+    method: str = typer.Option("st-dasegnet", "--method", help="st-dasegnet | source-only"),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if present)"),
+    devices: list[int] = typer.Option(None, "--devices", min=1,
+                                      help="params.devices of the distributed runs (repeatable; default: 1)"),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="runs of each variant, in turn; the best counts"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads of a CPU run, shared out among its ranks"),
+) -> None:
+    """The distributed path (params.devices) against the plain path on the NC case: with --devices 1, the
+    same loss curve and a speed within 5 % (the issue's measure); more devices for their speed."""
+    from benchmarks.ddp import DdpBenchSettings, run_ddp_benchmark
+
+    if method not in ("st-dasegnet", "source-only"):
+        typer.secho("--method: st-dasegnet or source-only", err=True, fg="red")
+        raise typer.Exit(2)
+    s = DdpBenchSettings(iterations=iterations, warmup=min(warmup, iterations - 1), batch_size=batch_size, crop=crop,
+                         config=config, method=method, device=device, devices=devices or [1], rounds=rounds,
+                         threads=threads)
+    r = run_ddp_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
+    st = r["settings"]
+    m = r["machine"]
+    typer.echo(f"{st['method']} {st['config']}, batch {st['batch_size']}, crop {st['crop']}, {st['iterations']} "
+               f"iterations, on {st['gpu'] or st['device']} (torch {st['torch']}; load {m['load_at_start'][0]:.1f} "
+               f"at start, {m['load_at_end'][0]:.1f} at end, {m['cpus']} CPUs)")
+    for name, v in r["variants"].items():
+        line = f"  {name:<10} {v['sec_per_iter'] * 1000:8.1f} ms/iteration   final loss {v['final_loss']:.4f}"
+        if "speed_vs_plain" in v:
+            c = v["curve_vs_plain"]
+            line += (f"   speed vs plain {v['speed_vs_plain'] * 100:+.1f} %   loss curve vs plain: max |diff| "
+                     f"{c['max_abs']:.2e}{' (identical)' if c['identical'] else ''}")
+        typer.echo(line)
+    if r.get("plain_rerun"):
+        typer.echo(f"  plain against its own rerun: max |diff| {r['plain_rerun']['max_abs']:.2e}"
+                   f"{' (identical)' if r['plain_rerun']['identical'] else ''}")
+    for name, ok in (r.get("verdict") or {}).items():
+        typer.echo(f"  {name}: {'met' if ok else 'NOT met'}")
+    typer.echo(f"report: {out / 'report.json'}")

@@ -107,3 +107,9 @@ class NoBatchNormError(BundleError):
     def __init__(self, model: str, *, field: str | None = "bundle"):
         super().__init__(f"model {model} has no batch-norm layers; AdaBN re-estimates batch-norm statistics "
                          "and would change nothing", field=field)
+
+
+class DevicesUnavailableError(GeoadaptError):
+    """A job asks for more devices (``params.devices``) than the worker that runs it has."""
+
+    code = "devices_unavailable"

@@ -349,6 +349,12 @@ class Params(_Strict):
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"
     )
+    devices: StrictInt | None = Field(
+        default=None, ge=1, le=64,
+        description="train with torch.distributed on this many devices, one process each: GPUs on a CUDA worker "
+        "(at most as many as it has), CPU processes otherwise; batch_size is the whole batch, shared out evenly "
+        "among them. Leave it out to train in one process without torch.distributed",
+    )
 
 
 class SuggestParams(_Strict):
@@ -437,7 +443,21 @@ class JobSpec(_Strict):
         else:
             self._bundle_run_inputs()
         self._validation_labelled()
+        self._devices_fit()
         return self
+
+    def _devices_fit(self) -> None:
+        """``params.devices`` applies to the jobs that train through the training loop, and shares the batch out."""
+        n = self.params.devices
+        if n is None:
+            return
+        if self.type not in ("train", "adapt") or self.method in ("adabn", "feature-regression"):
+            what = f"{self.method if self.type == 'adapt' else self.type} jobs"
+            raise RuleError("params.devices", f"{what} run in one process; leave out devices (it applies to train "
+                                              "jobs and st-dasegnet adapt jobs)")
+        if "batch_size" in self.params.model_fields_set and self.params.batch_size % n:
+            raise RuleError("params.devices", f"batch_size {self.params.batch_size} does not split evenly among "
+                                              f"{n} devices (each takes batch_size / devices of every batch)")
 
     def _method_fits_type(self) -> None:
         allowed = METHODS_OF_TYPE.get(self.type)

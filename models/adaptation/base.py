@@ -20,6 +20,7 @@ from torch import nn
 from core.errors import ConfigError
 from models.class_weights import auto_fields
 from models.segmentor import build_segmentor
+from models.training.distributed import SOLO, Collective, use_sync_batchnorm
 from models.training.schedules import PolySchedule, build_optimizer, build_schedule
 
 #: method name (as in the job spec) -> class
@@ -73,6 +74,8 @@ class AdaptationMethod:
         self.net = nn.ModuleDict()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedules: dict[str, PolySchedule] = {}
+        #: the ranks this process trains with (models.training.distributed); SOLO: a single process
+        self.collective: Collective = SOLO
 
     # -- construction helpers ---------------------------------------------------------------
     def add_optimizer(self, name: str, modules: Mapping[str, nn.Module], optim_cfg: Mapping,
@@ -84,6 +87,27 @@ class AdaptationMethod:
     def set_lr(self, iteration: int) -> None:
         for sched in self.schedules.values():
             sched.step(iteration)
+
+    def step(self, name: str) -> None:
+        """Optimiser ``name``'s step, on gradients averaged over the ranks when several train together (every
+        method steps through here, so each optimiser of each method is synchronised the same way)."""
+        opt = self.optimizers[name]
+        self.collective.average_gradients(p for g in opt.param_groups for p in g["params"])
+        opt.step()
+
+    def distribute(self, collective: Collective) -> None:
+        """Train as one rank of ``collective``: SyncBatchNorm between CUDA ranks, and every rank starts from
+        rank 0's weights and buffers (called by the loop, after a resume has loaded them)."""
+        self.collective = collective
+        if collective.distributed:
+            use_sync_batchnorm(self.net, collective)
+            collective.broadcast_state(self.net)
+
+    def after_step(self) -> None:
+        """Called by the loop after each iteration: rank 0's buffers (batch-norm running statistics) on every
+        rank, as DistributedDataParallel's broadcast_buffers does, so the ranks never drift apart."""
+        if self.collective.distributed:
+            self.collective.broadcast_state(self.net, parameters=False)
 
     # -- the contract -------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Mapping[str, torch.Tensor]], iteration: int) -> dict[str, float]:
@@ -173,5 +197,5 @@ class SingleOptimizerMethod(AdaptationMethod):
         opt.zero_grad(set_to_none=True)
         losses = self.losses(batch)
         losses["loss"].backward()
-        opt.step()
+        self.step("student")
         return {k: float(v.detach()) for k, v in losses.items()}

@@ -15,6 +15,11 @@ One training iteration (``train_step``), as in ``st-dasegnet.md``::
 
 Inference (``DualSegmentor``): both backbones -> DDM -> mean of both decoders' logits.
 
+On several devices (``params.devices``; models.training.distributed) every rank runs this step on its share
+of the batch: q is counted over the whole batch (gathered), both optimiser steps use gradients averaged over
+the ranks, so students and discriminators stay identical and the EMA teachers, updated from the synchronised
+students, do too.
+
 Documented deviations: teachers start as copies of the student decoders (the reference starts
 them from random weights); teachers run with batch-statistics normalisation and no dropout
 (their running BN buffers are never EMA-updated, since the EMA covers parameters only).
@@ -101,8 +106,13 @@ def pseudo_weights(
     """
     if valid is None:
         valid = torch.ones_like(conf, dtype=torch.bool)
-    q = ((conf >= threshold) & valid).sum().float() / valid.sum().clamp(min=1)
-    return quality_weights(conf, label, class_weight, q, rare_threshold=rare_threshold, valid=valid), float(q)
+    q = quality(conf, threshold, valid)
+    return quality_weights(conf, label, class_weight, q, rare_threshold=rare_threshold, valid=valid), q
+
+
+def quality(conf: Tensor, threshold: float, valid: Tensor) -> float:
+    """q = fraction of (valid) pixels with p >= ``threshold``."""
+    return float(((conf >= threshold) & valid).sum().float() / valid.sum().clamp(min=1))
 
 
 def quality_weights(conf: Tensor, label: Tensor, class_weight: Sequence[float] | Tensor, q: float | Tensor, *,
@@ -294,13 +304,8 @@ class STDASegNet(AdaptationMethod):
             conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt)
             threshold = float(a.get("pseudo_threshold", 0.975))
             rare = float(a.get("pseudo_rare_threshold", 0.8))
-            if a.get("pseudo_quantile") is None:  # the spec: q from the fixed threshold
-                w, q = pseudo_weights(conf, yhat, self.pseudo_class_weight, threshold=threshold,
-                                      rare_threshold=rare, valid=vt)
-            else:  # CBST-style class-wise thresholds decide q
-                q = classwise_quality(conf, yhat, len(self.pseudo_class_weight), threshold=threshold,
-                                      quantile=float(a["pseudo_quantile"]), valid=vt)
-                w = quality_weights(conf, yhat, self.pseudo_class_weight, q, rare_threshold=rare, valid=vt)
+            q = self.batch_quality(conf, yhat, vt, threshold)
+            w = quality_weights(conf, yhat, self.pseudo_class_weight, q, rare_threshold=rare, valid=vt)
 
         terms = {
             "ce_src_s": cross_entropy(p_ss, ys, class_weight=self.class_weight_s),
@@ -314,6 +319,20 @@ class STDASegNet(AdaptationMethod):
         terms["pseudo_q"] = torch.tensor(q)
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
+
+    def batch_quality(self, conf: Tensor, yhat: Tensor, valid: Tensor | None, threshold: float) -> float:
+        """q of the whole batch: over every rank's share of it when several train together (q is one scalar
+        of the batch, so every rank weighs its pixels with the same q, as one process would)."""
+        if valid is None:
+            valid = torch.ones_like(conf, dtype=torch.bool)
+        if self.collective.distributed:  # one gather: labels and the mask travel exactly as floats
+            whole = self.collective.gather(torch.stack([conf, yhat.to(conf.dtype), valid.to(conf.dtype)], dim=1))
+            conf, yhat, valid = whole[:, 0], whole[:, 1].long(), whole[:, 2].bool()
+        if self.a.get("pseudo_quantile") is None:  # the spec: q from the fixed threshold
+            return quality(conf, threshold, valid)
+        # CBST-style class-wise thresholds decide q
+        return classwise_quality(conf, yhat, len(self.pseudo_class_weight), threshold=threshold,
+                                 quantile=float(self.a["pseudo_quantile"]), valid=valid)
 
     def combine(self, terms: Mapping[str, Tensor], adapting: bool = True) -> Tensor:
         """L = CE_ss + CE_st + lambda_st [CE_w_ts + CE_w_tt] + lambda_adv [adv_s + adv_t]; the source terms
@@ -352,7 +371,7 @@ class STDASegNet(AdaptationMethod):
         opt_s.zero_grad(set_to_none=True)
         terms, feats = self.student_losses(batch, adapting)
         terms["loss"].backward()
-        opt_s.step()
+        self.step("student")
 
         for d in discs:
             d.requires_grad_(True)
@@ -360,7 +379,7 @@ class STDASegNet(AdaptationMethod):
         terms_d = self.discriminator_terms(feats, batch["source"]["img"].shape[-2:])
         loss_d = self.discriminator_loss(terms_d) * (1.0 if adapting else 0.0)
         loss_d.backward()
-        opt_d.step()
+        self.step("discriminator")
 
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss_disc"] = float(loss_d.detach())

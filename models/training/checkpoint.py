@@ -41,13 +41,33 @@ def atomic_save(obj: Any, path: Path) -> Path:
 
 
 def save_checkpoint(path: Path, *, iteration: int, method_state: dict, batches_state: dict | None = None,
-                    loop_state: dict | None = None) -> Path:
-    """``iteration``: the number of iterations completed (the next one to run)."""
-    return atomic_save(
-        {"format": FORMAT, "iteration": int(iteration), "method": method_state, "batches": batches_state,
-         "loop": loop_state or {}, "rng": capture_rng()},
-        path,
-    )
+                    loop_state: dict | None = None, ranks: list[dict] | None = None) -> Path:
+    """``iteration``: the number of iterations completed (the next one to run). ``ranks``: when several
+    processes train together, each one's :func:`rank_state` in rank order (the top-level batch and RNG
+    states are rank 0's)."""
+    state = {"format": FORMAT, "iteration": int(iteration), "method": method_state, "batches": batches_state,
+             "loop": loop_state or {}, "rng": capture_rng()}
+    if ranks is not None:
+        state["ranks"] = ranks
+    return atomic_save(state, path)
+
+
+def rank_state(batches_state: dict | None) -> dict:
+    """What differs between the ranks of one job: each one's batch source (its own share of the data) and
+    RNG states."""
+    return {"batches": batches_state, "rng": capture_rng()}
+
+
+def state_of_rank(ckpt: dict, rank: int, world_size: int) -> dict:
+    """The batch-source and RNG states a checkpoint holds for ``rank`` of ``world_size`` ranks."""
+    ranks = ckpt.get("ranks")
+    if ranks is None:
+        if world_size == 1:
+            return {"batches": ckpt.get("batches"), "rng": ckpt["rng"]}
+        raise ValueError(f"the checkpoint was written by one process; this run has {world_size} ranks")
+    if len(ranks) != world_size:
+        raise ValueError(f"the checkpoint was written by {len(ranks)} ranks; this run has {world_size}")
+    return ranks[rank]
 
 
 def load_checkpoint(path: Path) -> dict:

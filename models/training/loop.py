@@ -12,6 +12,11 @@ Call flow of ``TrainLoop.run``::
         callbacks.should_stop()? -> last.pth, return (stopped)
     final validation (if any), last.pth, on_end
 
+On several devices (``collective``: models.training.distributed) every rank runs this loop on its share of
+each batch: the method steps on gradients averaged over the ranks; the losses reported are averaged over
+them; rank 0 alone validates, calls the callbacks and writes checkpoints, into which every rank's sampler
+and RNG states go (so each resumes its own stream: exact resume); its stop decision is every rank's.
+
 Besides the last iteration's losses the result carries ``late_losses``, each loss averaged over the
 last tenth of the schedule: the state training ended in, without one batch's noise (ST-DASegNet's
 pseudo-label quality q and discriminator loss tell from it whether its adaptation terms acted).
@@ -32,6 +37,7 @@ from torch import nn
 from models.adaptation.base import AdaptationMethod
 from models.training import checkpoint as ckpt
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
+from models.training.distributed import SOLO, Collective
 
 
 class BatchSource(Protocol):
@@ -134,8 +140,10 @@ class TrainLoop:
         val_interval: int | None = None,
         callbacks: list[Callback] | None = None,
         best_metric: str = "miou",
+        collective: Collective = SOLO,
     ):
         self.method = method
+        self.collective = collective
         self.batches = batches
         self.total = int(total_iters)
         self.workdir = Path(workdir) if workdir is not None else None
@@ -155,11 +163,19 @@ class TrainLoop:
                 "late_losses": self.late.state_dict()}
 
     def save(self, iteration: int) -> Path | None:
+        """last.pth, written by rank 0 with every rank's own batch-source and RNG states (a collective call:
+        every rank calls it at the same iteration)."""
         if self.workdir is None:
             return None
+        ranks = None
+        if self.collective.distributed:
+            ranks = self.collective.gather_objects(ckpt.rank_state(self.batches.state_dict()))
+            if not self.collective.is_main:
+                return None
         path = ckpt.save_checkpoint(self.workdir / ckpt.LAST, iteration=iteration,
                                     method_state=self.method.state_dict(),
-                                    batches_state=self.batches.state_dict(), loop_state=self._loop_state())
+                                    batches_state=self.batches.state_dict(), loop_state=self._loop_state(),
+                                    ranks=ranks)
         self.callbacks.on_checkpoint(iteration, path, "last")
         return path
 
@@ -169,19 +185,20 @@ class TrainLoop:
             return 0
         state = ckpt.load_checkpoint(path)
         self.method.load_state_dict(state["method"])
-        if state.get("batches") is not None:
-            self.batches.load_state_dict(state["batches"])
+        mine = ckpt.state_of_rank(state, self.collective.rank, self.collective.world_size)
+        if mine.get("batches") is not None:
+            self.batches.load_state_dict(mine["batches"])
         loop = state.get("loop") or {}
         self.best = loop.get("best")
         self.validations = list(loop.get("validations") or [])
         self.last_losses = dict(loop.get("last_losses") or {})
         self.late = LossMeans(loop.get("late_losses"))
-        ckpt.restore_rng(state["rng"])  # last, so nothing above consumes random numbers after it
+        ckpt.restore_rng(mine["rng"])  # last, so nothing above consumes random numbers after it
         return int(state["iteration"])
 
     # -- validation --
     def _validate(self, iteration: int) -> None:
-        if self.validate is None:
+        if self.validate is None or not self.collective.is_main:
             return
         seg = self.method.inference_segmentor()
         self.method.eval()
@@ -210,6 +227,7 @@ class TrainLoop:
     # -- the loop --
     def run(self, *, resume: bool = True) -> LoopResult:
         start = self.resume() if resume else 0
+        self.method.distribute(self.collective)  # every rank from rank 0's weights (a no-op in one process)
         self.method.train()
         self.callbacks.on_start(start, self.total)
         t0 = time.perf_counter()
@@ -222,6 +240,8 @@ class TrainLoop:
             t = time.perf_counter()
             batch = self.batches.next(it)
             losses = self.method.train_step(batch, it)
+            self.method.after_step()
+            losses = self.collective.mean(losses)  # the job's losses, the same on every rank
             self.last_losses = losses
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
@@ -239,7 +259,7 @@ class TrainLoop:
                 self._validate(it)
             if self.checkpoint_interval and it % self.checkpoint_interval == 0 and it < self.total:
                 last_path = self.save(it)
-            if it < self.total and self.callbacks.should_stop():
+            if it < self.total and self.collective.agree(self.callbacks.should_stop()):
                 stopped = True
                 break
         if not stopped and self.validate is not None and (not self.validations or self.validations[-1]["iteration"] != it):

@@ -68,3 +68,23 @@ def test_dockerfiles_name_real_entry_points():
     from service.app import create_app  # the factory the API image starts
 
     assert callable(create_app)
+
+
+def test_workers_scale_and_a_variant_takes_every_gpu_of_its_host(compose):
+    services = compose["services"]
+    workers = {n: s for n, s in services.items() if n.startswith("worker")}
+    assert {"worker", "worker-gpu", "worker-gpu-all", "worker-tiles"} <= set(workers)
+    for name, s in workers.items():  # `docker compose up --scale NAME=N` needs both
+        assert "container_name" not in s and "ports" not in s, name
+    gpu_all = services["worker-gpu-all"]
+    assert gpu_all["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert gpu_all["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all" and gpu_all["profiles"] == ["multi-gpu"]
+    # the variants run the same worker on the same store, broker and artefacts as worker-gpu
+    for name in ("worker-gpu-all", "worker"):
+        s = services[name]
+        assert s["command"] == services["worker-gpu"]["command"] and s["volumes"] == services["worker-gpu"]["volumes"]
+        for key in ("GEOADAPT_DATABASE_URL", "GEOADAPT_BROKER_URL", "GEOADAPT_DATA_DIR"):
+            assert s["environment"][key] == services["api"]["environment"][key]
+    # the CPU worker consumes GPU jobs too: never started unless asked for
+    assert services["worker"]["profiles"] == ["cpu"] and "deploy" not in services["worker"]

@@ -1,5 +1,6 @@
 """How a pipeline runs its job, decided once by workers.pipelines.dispatch: the progress callbacks, whether
-to resume from the last checkpoint, the device, and where progress messages go."""
+to resume from the last checkpoint, the device, and where progress messages go; and, in the extra processes of
+a job that trains on several devices (workers.distributed), which rank this is and where the ranks meet."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,10 @@ class RunOptions:
     resume: bool = True
     device: torch.device = torch.device("cpu")
     log: Callable[[str], None] = _quiet
+    #: this process's rank among a job's training processes (0: the job's own process)
+    rank: int = 0
+    #: where the ranks of the job meet (torch.distributed init_method); set by rank 0 for the others
+    init_method: str | None = None
 
     @classmethod
     def of(cls, callbacks: Sequence[Callback] | None = None, *, resume: bool = True, device: str | None = None,
@@ -31,3 +36,7 @@ class RunOptions:
 
     def with_callbacks(self, callbacks: Sequence[Callback]) -> "RunOptions":
         return dataclasses.replace(self, callbacks=tuple(callbacks))
+
+    def as_rank(self, rank: int, init_method: str) -> "RunOptions":
+        """The options of rank ``rank`` (> 0) of a job: no callbacks (rank 0 reports for the job)."""
+        return dataclasses.replace(self, callbacks=(), rank=int(rank), init_method=init_method)

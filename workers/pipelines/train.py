@@ -7,6 +7,9 @@ Call flow of ``run_training`` (train jobs, and adapt jobs that train through the
     statistics per domain -> samplers (source crops, target crops) -> SamplerBatches
     seed -> build the method (+ pretrained weights) -> TrainLoop(checkpoints in <output>/checkpoints)
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
+        params.devices: N ranks (workers.distributed), each with batch_size / N windows of every batch from
+        its own sampler streams; this process is rank 0 and starts the others right before the loop; they
+        return after the loop, rank 0 goes on alone
     stopped? -> return (a later run with the same output resumes)
     best validated weights (if validated) -> label-free signals on target and source windows (adapt jobs)
         -> <output>/bundle, <output>/metrics.json
@@ -47,6 +50,7 @@ from models.training.callbacks import HistoryFile
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
+from workers.distributed import Ranks
 from workers.pipelines.run_options import RunOptions
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
@@ -70,7 +74,10 @@ def band_map_of(scene: SceneSpec, count: int) -> list[dict]:
 def run_training(spec: JobSpec, opts: RunOptions) -> dict:
     """Run a train job, or an adapt job whose method trains through the loop (source-only,
     st-dasegnet); returns a summary (status, paths, metrics). workers.pipelines.dispatch picks it."""
-    say, dev = opts.log, opts.device
+    say = opts.log
+    # first: a worker without the devices the job asks for fails it before any work
+    ranks = Ranks.for_job(spec, opts.device, rank=opts.rank, init_method=opts.init_method)
+    dev = ranks.device
     method_name = spec.training_method
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -96,7 +103,9 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
             if target.band_count != source.band_count:
                 raise BandCountMismatchError(
                     f"the target has {target.band_count} bands, the source {source.band_count}", field="target")
-        validation = open_validation(spec, classes, source, source.band_count, "the source")
+        # rank 0 alone validates
+        validation = open_validation(spec, classes, source, source.band_count, "the source") if ranks.is_main \
+            else None
         if validation is not None:
             domains.append(validation)
 
@@ -111,6 +120,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         defaults = {k: getattr(spec.params, k) for k in TRAIN_KEYS}
         run = train_settings(cfg, explicit, defaults)
         seed = spec.params.seed
+        share = ranks.share(run["batch_size"])  # this rank's windows of every batch
+        rank_seed = ranks.seed(seed)  # the job's seed on rank 0
 
         say("computing band statistics")
         stats = {"source": source.stats(store=stats_store)}
@@ -123,17 +134,17 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         # the spec's augmentation (checked by resolve_config): photometric distortion of source crops and
         # target images alike, random resize of source crops only
         photometric = photometric_of(cfg)
-        src_sampler = WindowSampler(source, run["crop"], normalization.for_domain(SOURCE), seed=seed, labelled=True,
-                                    rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0,
+        src_sampler = WindowSampler(source, run["crop"], normalization.for_domain(SOURCE), seed=rank_seed,
+                                    labelled=True, rare_class_bias=0.5 if spec.params.rare_class_sampling else 0.0,
                                     photometric=photometric, rescale=rescale_of(cfg))
         tgt_sampler = None
         if needs_target:
             if target is None:
                 raise SpecError(f"method {method_name} needs target scenes", field="target")
-            tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=seed + 1,
+            tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=rank_seed + 1,
                                         labelled=False, photometric=photometric)
-        batches = SamplerBatches(src_sampler, tgt_sampler, run["batch_size"],
-                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=seed, device=dev)
+        batches = SamplerBatches(src_sampler, tgt_sampler, share,
+                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=rank_seed, device=dev)
 
         seed_everything(seed)
         method = build_method(cfg, total_iters=run["iterations"], method=method_name)
@@ -142,15 +153,21 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         if pretrained is not None and not cfg.get("checkpoint"):
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
+        if not ranks.is_main:  # the same initial weights as rank 0 (above), then random numbers of its own
+            seed_everything(rank_seed)
 
         validate = validation_scorer(validation, normalization, names)
-        loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
-                         checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
-                         val_interval=spec.params.val_interval,
-                         callbacks=[HistoryFile(out / HISTORY), *opts.callbacks])
         say(f"training {method_name} ({cfg['name']}, {run['iterations']} iterations, batch {run['batch_size']}, "
-            f"crop {run['crop']}) on {dev}")
-        result = loop.run(resume=opts.resume)
+            f"crop {run['crop']}) on {ranks.describe()}")
+        with ranks.group(spec, opts.resume, say) as collective:
+            loop = TrainLoop(method, batches, total_iters=run["iterations"], workdir=out / CHECKPOINTS,
+                             checkpoint_interval=spec.params.checkpoint_interval, validate=validate,
+                             val_interval=spec.params.val_interval, collective=collective,
+                             callbacks=[HistoryFile(out / HISTORY), *opts.callbacks] if ranks.is_main else [])
+            result = loop.run(resume=opts.resume)
+        if not ranks.is_main:  # rank 0 reports, writes the bundle and the results
+            return {"status": "stopped" if result.stopped else "rank finished", "rank": ranks.rank,
+                    "iteration": result.iterations_done}
         if result.stopped:
             return {"status": "stopped", "iteration": result.iterations_done, "total": result.total,
                     "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None}
@@ -160,6 +177,7 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         provenance = provenance_record(
             spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=best, started=started, t0=t0,
             device=dev, pretrained=pretrained, matched_gsd=target.matched_gsd if target is not None else None,
+            **({"devices": ranks.world_size} if ranks.world_size else {}),
             # which variant of the method ran (its options and the spec's values alike), beside the weights
             adaptation=cfg["adaptation"] if method_name != "source-only" else None)
         metrics = {
