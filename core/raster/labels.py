@@ -20,7 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
-from core.errors import LabelValuesError, MissingCRSError, NoOverlapError, UnreadableRasterError
+from core.errors import GeoadaptError, LabelValuesError, MissingCRSError, NoOverlapError, UnreadableRasterError
 from core.jobspec import IGNORE_INDEX
 from core.raster.grid import Grid, iter_blocks
 from core.raster.scene import DEFAULT_MAX_PIXELS, Scene, data_band_indexes, open_raster, read_problem
@@ -132,10 +132,16 @@ class Labels:
     def _open_windows(self, path: Path) -> None:
         """The polygons the labels are limited to, in the image CRS (or the image grid's own coordinates
         when neither has a CRS)."""
-        layer = read_vector(path)
+        try:
+            layer = read_vector(path)
+        except GeoadaptError as e:
+            e.field = e.field or "label_windows"
+            raise
         polygons = [(g, p) for g, p in layer.features if g.get("type") in ("Polygon", "MultiPolygon")]
         if not polygons:
             raise LabelValuesError(f"label windows {path.name} hold no polygons", field="label_windows")
+        if layer.crs is not None and "undefined srs" in layer.crs.to_wkt().lower():
+            layer.crs = None  # GDAL writes a GeoPackage without a CRS as an "Undefined SRS" local system
         if self.grid.crs is None:
             if layer.crs is not None:
                 raise MissingCRSError(
