@@ -198,6 +198,9 @@ class SemiSupervisedCorrection(AdaptationMethod):
         """(inpainting loss, masked share) of unlabelled target windows: their coarse maps (no gradient)
         choose the masks, the inpainting decoder reconstructs the masked pixels from the rest."""
         x, valid = target["img"], target["valid"]
+        n = self.a.get("inpaint_batch_size")
+        if n:  # fewer crops than the batch: the inpainting pass costs two encoder passes per crop
+            x, valid = x[: int(n)], valid[: int(n)]
         with torch.no_grad():
             mask = self.masks_of(self.segmentor.forward_logits(x), valid)
         rec = self.net["inpainter"](self.segmentor.extract(mask_image(x, mask)), x.shape[-2:])

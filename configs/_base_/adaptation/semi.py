@@ -10,5 +10,6 @@ adaptation = dict(
     fusion_kernel=3,              # GFF gate convolutions (k x k)
     mask_seed=0,                  # the generator that picks the masked classes
     labelled_batch_size=None,     # labelled target crops per batch; None: the job's batch size
+    inpaint_batch_size=None,      # unlabelled target crops inpainted per batch; None: the job's batch size
     min_labelled=0.5,             # a labelled target crop holds at least this share of labelled pixels
 )
