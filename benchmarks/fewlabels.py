@@ -204,8 +204,11 @@ def _semi_runner(strategy: str, pct: int):
 for _strategy in STRATEGIES:
     for _pct in BUDGETS:
         # named options of Benchmark A too (geoadapt bench adapt --method semi-suggest@5%), never its defaults
+        # a larger budget runs after the smaller one of its strategy: when both round to the same windows they
+        # share one run folder, which two processes must not train into at once
+        smaller = tuple(row_name(_strategy, p) for p in BUDGETS if p < _pct)
         register_runner(row_name(_strategy, _pct), _semi_runner(_strategy, _pct), default=False, cost=3.0,
-                        needs=("source-only",))
+                        needs=("source-only", *smaller))
 
 SEMI_ROWS = [row_name(st, p) for st in STRATEGIES for p in BUDGETS]
 
