@@ -178,8 +178,8 @@ def _semi_runner(strategy: str, pct: int):
         key = f"target_{run_name}"
         ctx.domains[key] = labelled_target(ctx.domains["target"], chosen, folder)
         # half batches of labelled and of inpainted target crops: the budget's windows are few, and each crop
-        # costs two encoder passes
-        half = max(1, s.batch_size // 2)
+        # costs two encoder passes (two crops at least: batch norm needs more than one value per channel)
+        half = max(min(2, s.batch_size), s.batch_size // 2)
         overrides = {**s.model_overrides("semi"), "adaptation.labelled_batch_size": half,
                      "adaptation.inpaint_batch_size": half, **(opts.overrides or {})}
         if side < s.crop:  # a crop over a smaller window holds (side / crop)^2 labelled pixels at most

@@ -79,10 +79,12 @@ def _smoke(case, tmp_path):
     return c
 
 
+@pytest.mark.slow
 def test_bench_fewlabels_nc_smoke(nc_data, tmp_path):
     c = _smoke("nc", tmp_path)
     assert c["suggest@5%"]["labels"][0]["windows"] > c["suggest@1%"]["labels"][0]["windows"]  # many 32 px windows
 
 
+@pytest.mark.slow
 def test_bench_fewlabels_neon_smoke(tmp_path):
     _smoke("neon", tmp_path)
