@@ -11,8 +11,8 @@ import sys
 import typer
 
 from core.errors import GeoadaptError
-from cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, export_cmd, local_cmd, predict_cmd, service_cmd,
-                         weights_cmd)
+from cli import (bench_cmd, data_cmd, demo_cmd, example_cmd, export_cmd, labels_cmd, local_cmd, predict_cmd,
+                         service_cmd, weights_cmd)
 
 app = typer.Typer(
     name="geoadapt",
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(weights_cmd.app, name="weights")
+app.add_typer(labels_cmd.app, name="labels")  # suggest windows to label; consensus of several annotators
 local_cmd.register(app)
 predict_cmd.register(app)
 export_cmd.register(app)  # a bundle's network as ONNX

@@ -32,7 +32,7 @@ from pydantic import (
 from core.errors import SpecError
 from core.stac_items import StacItemError, band_files, check_common_names
 
-JobType = Literal["adapt", "train", "predict", "evaluate"]
+JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus"]
 Method = Literal["st-dasegnet", "feature-regression", "adabn", "semi", "source-only"]
 #: the methods a job of each type may name; predict and evaluate jobs run a bundle's model as it was
 #: trained, so they take any method and ignore it
@@ -361,6 +361,30 @@ class Params(_Strict):
     )
 
 
+class SuggestParams(_Strict):
+    """A suggest job: which windows of its target scene to label next (models.label_suggestions)."""
+
+    count: StrictInt = Field(default=10, ge=1, le=10_000, description="how many windows to suggest")
+    window: StrictInt | None = Field(default=None, ge=16, le=4096, multiple_of=4,
+                                     description="side of each window in pixels (default: chosen from the count)")
+    diversity: float = Field(default=0.5, ge=0.0, le=1.0, description="weight of the class-mix penalty")
+    min_valid: float = Field(default=0.5, gt=0.0, le=1.0, description="least share of valid pixels in a window")
+
+
+class ConsensusParams(_Strict):
+    """A consensus job: one label map of its target scene from several annotations (models.consensus)."""
+
+    annotations: list[Path] = Field(min_length=2, description="label rasters or vector files, one per annotator")
+    label_property: str | None = Field(default=None, description="vector annotations: the class attribute")
+    smoothness: float = Field(default=0.25, ge=0.0, le=100.0, description="Potts weight between similar neighbours")
+    image_weight: float = Field(default=0.05, ge=0.0, le=100.0, description="weight of the image classifier's vote")
+
+    @field_validator("annotations", mode="before")
+    @classmethod
+    def _annotation_paths(cls, v: Any, info: ValidationInfo) -> Any:
+        return [_resolve(p, info) for p in v] if isinstance(v, list) else v
+
+
 class JobSpec(_Strict):
     type: JobType
     method: Method = "source-only"
@@ -374,6 +398,8 @@ class JobSpec(_Strict):
         description="an existing model bundle (predict/evaluate; feature-regression teacher; adabn source model)",
     )
     params: Params = Field(default_factory=Params)
+    suggest: SuggestParams | None = None  # suggest jobs (defaults when left out)
+    consensus: ConsensusParams | None = None  # consensus jobs
     output: Path
 
     @field_validator("model", mode="before")
@@ -416,6 +442,8 @@ class JobSpec(_Strict):
             self._adabn_inputs()
         elif self.type in ("train", "adapt"):
             self._training_inputs()
+        elif self.type in ("suggest", "consensus"):
+            self._labels_inputs()
         else:
             self._bundle_run_inputs()
         self._validation_labelled()
@@ -470,6 +498,15 @@ class JobSpec(_Strict):
         if self.type == "evaluate":
             for domain in ("target", "source"):
                 self._labelled(domain, "labels is required for an evaluate job (it scores the model against them)")
+
+    def _labels_inputs(self) -> None:
+        """Suggest jobs run a bundle over one target scene; consensus jobs combine annotations over one."""
+        if self.target is None or len(self.target.scenes) != 1:
+            raise RuleError("target", f"{_a(self.type)} job needs 'target' with exactly one scene (the image)")
+        if self.type == "suggest" and self.bundle is None:
+            raise RuleError("bundle", "a suggest job needs 'bundle' (the adapted model whose uncertainty ranks windows)")
+        if self.type == "consensus" and self.consensus is None:
+            raise RuleError("consensus", "a consensus job needs 'consensus' with 'annotations' (two or more files)")
 
     def _validation_labelled(self) -> None:
         self._labelled("validation", "labels is required (validation scenes are labelled)")

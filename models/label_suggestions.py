@@ -20,8 +20,8 @@
          Rank 1 is the first pick; gains never increase with rank.
 
 Each :class:`Suggestion` has its pixel window in the image, its polygon in the image's CRS, and the
-score components. ``SuggestionSet.to_geojson()`` gives the features; core.raster.vector_write writes
-them as a GeoPackage (``write_suggestions``). Fewer than ``count`` come back when no more
+score components. ``SuggestionSet.features()`` are the polygons in the image's CRS (core.raster.vector_write
+writes them as a GeoPackage), ``to_geojson()`` the same in WGS84 for web maps. Fewer than ``count`` come back when no more
 non-overlapping candidates fit in the region.
 """
 from __future__ import annotations
@@ -98,14 +98,21 @@ class SuggestionSet:
     def __len__(self) -> int:
         return len(self.suggestions)
 
+    def features(self) -> list[tuple[dict, dict]]:
+        """(polygon in the image's CRS, properties) per suggestion, by rank: what the GeoPackage holds."""
+        return [(s.polygon, s.properties()) for s in self.suggestions]
+
     def to_geojson(self) -> dict:
-        """A FeatureCollection in the image's CRS (named in a ``crs`` member, as GeoJSON 2008 did)."""
-        fc: dict = {"type": "FeatureCollection",
-                    "features": [{"type": "Feature", "geometry": s.polygon, "properties": s.properties()}
-                                 for s in self.suggestions]}
-        if self.crs is not None:
-            fc["crs"] = {"type": "name", "properties": {"name": self.crs.to_string()}}
-        return fc
+        """A FeatureCollection in WGS84 longitude/latitude (RFC 7946), for web maps; pixel coordinates when the
+        image has no CRS."""
+        from rasterio.warp import transform_geom
+
+        feats = []
+        for geom, props in self.features():
+            if self.crs is not None:
+                geom = transform_geom(self.crs, "EPSG:4326", geom)
+            feats.append({"type": "Feature", "geometry": geom, "properties": props})
+        return {"type": "FeatureCollection", "features": feats}
 
     def summary(self) -> dict:
         return {"count": len(self), "window": self.window, "candidates": self.candidates,

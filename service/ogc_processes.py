@@ -40,6 +40,12 @@ _TITLES = {
                 "unless turned off, its per-class probabilities."),
     "evaluate": ("Evaluate a model",
                  "Score a trained model ('bundle') against labelled scenes: metrics per class and overall."),
+    "suggest": ("Suggest windows to label",
+                "Rank non-overlapping windows of the target scene by the model's uncertainty ('bundle'), spread "
+                "over its predicted class mixes: suggestions.gpkg, suggestions.geojson (WGS84), suggestions.json."),
+    "consensus": ("Consensus labels",
+                  "One label map of the target scene from several annotations ('consensus.annotations'): "
+                  "annotator scores, missing annotations predicted, a graph-cut MRF; labels, disagreement, scores."),
 }
 
 #: the spec's fields whose schema says nothing of their role
@@ -50,6 +56,8 @@ _INPUT_DESCRIPTIONS = {
     "model": "the model config (see `geoadapt configs`) with optional overrides; a string names a config",
     "classes": "the classes: id as in the label rasters, name, colour (#rrggbb)",
     "params": "run parameters (iterations, batch size, crop, seed, ...)",
+    "suggest": "suggest jobs: how many windows, their size, the class-mix penalty",
+    "consensus": "consensus jobs: the annotation files (two or more) and the MRF's weights",
 }
 
 #: every output a job may leave; a job's results hold those it did leave
@@ -74,6 +82,8 @@ _OUTPUTS_OF_TYPE: dict[str, tuple[str, ...]] = {
     "adapt": ("bundle", "metrics", "report", "classes", "probabilities"),
     "predict": ("classes", "probabilities"),
     "evaluate": ("metrics", "report", "classes", "probabilities"),
+    "suggest": (),
+    "consensus": ("classes",),
 }
 
 

@@ -37,7 +37,8 @@ from workers.celery_app import app
 log = logging.getLogger("geoadapt.worker")
 
 #: job type -> "module:function", imported when a job of that type runs (torch loads only then)
-PIPELINES = {t: "workers.pipelines.dispatch:run_job" for t in ("train", "adapt", "evaluate", "predict")}
+PIPELINES = {t: "workers.pipelines.dispatch:run_job"
+             for t in ("train", "adapt", "evaluate", "predict", "suggest", "consensus")}
 
 
 # ---- which process runs a job, and is it still alive? -------------------------------------------
@@ -290,7 +291,7 @@ def run_job(self, job_id: str) -> str:
 
 def _training_share(spec: JobSpec) -> float:
     """The share of the progress bar that training fills; predicting windows fills the rest, up to 99%."""
-    if spec.type == "predict":
+    if spec.type in ("predict", "suggest", "consensus"):
         return 0.0
     return 90.0 if spec.predicts_targets else 99.0
 

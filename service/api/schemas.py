@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 JobStatus = Literal["accepted", "running", "successful", "failed", "dismissed"]
-JobType = Literal["adapt", "train", "predict", "evaluate"]
+JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus"]
 
 
 class Link(BaseModel):

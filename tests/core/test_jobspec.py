@@ -153,7 +153,8 @@ def test_model_accepts_a_name_or_a_config_with_overrides(spec_dir):
     data["model"] = {"config": "segformer-mit-b0", "overrides": {"model.decode_head.channels": 128}}
     spec = load_job_spec(data, base_dir=spec_dir)
     assert spec.model.overrides == {"model.decode_head.channels": 128}
-    assert JobSpec.model_json_schema()["properties"]["type"]["enum"] == ["adapt", "train", "predict", "evaluate"]
+    assert JobSpec.model_json_schema()["properties"]["type"]["enum"] == ["adapt", "train", "predict", "evaluate", "suggest",
+                                                                     "consensus"]
 
 
 def _adabn(spec_dir, **edits) -> dict:

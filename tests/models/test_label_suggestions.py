@@ -159,9 +159,10 @@ def test_geopackage_holds_ranked_polygons(tmp_path):
     data = np.full((2, 64, 64), 2.0)
     data[0, :32, :32] = 0.0
     res = suggest_windows(bundle, _image(tmp_path / "img.tif", data), 3, window=32, device="cpu")
-    fc = res.to_geojson()
-    out = write_gpkg(tmp_path / "s.gpkg", [(f["geometry"], f["properties"]) for f in fc["features"]], res.crs,
-                     layer="suggestions")
+    out = write_gpkg(tmp_path / "s.gpkg", res.features(), res.crs, layer="suggestions")
+    fc = res.to_geojson()  # WGS84 for web maps: UTM 17N at 600 km east, 4000 km north is about 80 W, 36 N
+    lon, lat = fc["features"][0]["geometry"]["coordinates"][0][0]
+    assert -81 < lon < -79 and 35 < lat < 37 and fc["features"][0]["properties"]["rank"] == 1
     info = pyogrio.read_info(out)
     assert info["features"] == 3 and info["geometry_type"] == "Polygon" and "EPSG:32617" in info["crs"]
     assert {"rank", "score", "entropy", "disagreement", "class_mix"} <= set(info["fields"])

@@ -2,6 +2,7 @@
 
     evaluate                      -> train.evaluate_job
     predict                       -> predict.run_job
+    suggest, consensus            -> labels.run_suggest_job, labels.run_consensus_job
     adapt, method adabn           -> adabn.run_adabn (no training)
     adapt, method feature-regression -> feature_regression.run_feature_regression (teacher, then student)
     train, or adapt by any other method -> train.run_training
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 
 from core.jobspec import JobSpec
 from models.training.callbacks import Callback
-from workers.pipelines import predict
+from workers.pipelines import labels, predict
 from workers.pipelines.adabn import run_adabn
 from workers.pipelines.feature_regression import run_feature_regression
 from workers.pipelines.run_options import RunOptions
@@ -36,6 +37,10 @@ def run_job(
         return evaluate_job(spec, log=log)
     if spec.type == "predict":
         return predict.run_job(spec, callbacks, log=log)
+    if spec.type == "suggest":
+        return labels.run_suggest_job(spec, callbacks, log=log)
+    if spec.type == "consensus":
+        return labels.run_consensus_job(spec, callbacks, log=log)
     run = RunOptions.of(callbacks, resume=resume, device=device, log=log)
     if spec.training_method == "adabn":
         return run_adabn(spec, run)

@@ -125,3 +125,34 @@ L.tileLayer({tj["tiles"][0]!r}, {{bounds: [[{s}, {w}], [{n}, {e}]], maxNativeZoo
     assert _wait(page, lambda: page.evaluate(settled)), (logs, page.evaluate("[window.loaded, window.failed]"))
     assert page.evaluate("window.failed") == 0 and page.evaluate("window.loaded") >= 1
     assert sent and not any("authorization" in {k.lower() for k in hd} for hd in sent)
+
+
+def test_a_suggest_jobs_windows_show_on_its_map_and_in_its_downloads(served, page, nc_on_nc_job):
+    """A suggest job with the adapted model (named by its id) over the NC scene: its map draws one outline per
+    suggested window over the job's own scene, and its files are grouped as windows to label."""
+    from playwright.sync_api import expect
+
+    h = {"Authorization": f"Bearer {served.token}"}
+    spec = {"type": "suggest", "bundle": nc_on_nc_job, "classes": served.classes,
+            "target": {"scenes": [{"dataset": served.nc}]}, "suggest": {"count": 3, "window": 64}}
+    r = httpx.post(f"{served.url}/v1/jobs", headers=h, json=spec, timeout=60)
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    assert wait_job(served, job)["status"] == "successful"
+    page.goto(served.url + "/")
+    _enter_token(page, served.token)
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.goto(served.url + f"/#/jobs/{job}")
+    panel = page.locator("#job-map-panel")
+    expect(panel.locator("path.layer-suggestion")).to_have_count(3)
+    expect(panel.locator("[id$='-sugg-count']")).to_have_text("3 windows")
+    expect(panel.locator("select[id$='-img']")).to_have_value("target/0")
+    expect(page.locator("#job-downloads")).to_contain_text("Windows to label")
+    expect(page.locator("#job-downloads button[data-file='suggestions.gpkg']")).to_have_count(1)
+    # hiding them removes the outlines; the Map page opened on the job shows them too
+    panel.locator("input[id$='-sugg']").uncheck()
+    expect(panel.locator("path.layer-suggestion")).to_have_count(0)
+    page.goto(served.url + f"/#/map?job={job}")
+    main = page.locator("#main-map-panel")
+    expect(main.locator("path.layer-suggestion")).to_have_count(3)
+    expect(main.locator("select[id$='-img']")).to_have_value(f"{job}/target/0")

@@ -789,12 +789,14 @@
   function downloads(res) {
     const box = $("#job-downloads");
     box.textContent = "";
-    const groups = { "Model bundle": [], "Predicted maps (COG)": [], "Metrics and report": [], "Other files": [] };
+    const groups = { "Model bundle": [], "Predicted maps (COG)": [], "Windows to label": [], "Metrics and report": [],
+      "Other files": [] };
     const preds = new Set((res.predictions || []).map((p) => p.path));
     for (const f of res.files || []) {
       // a class COG's .aux.xml sidecar (GDAL categories, attribute table) belongs with its map
       const sidecarOf = f.name.endsWith(".aux.xml") && preds.has(f.name.slice(0, -".aux.xml".length));
       const g = f.name.startsWith("bundle/") ? "Model bundle" : preds.has(f.name) || sidecarOf ? "Predicted maps (COG)"
+        : /^suggestions\.(gpkg|geojson|json)$/.test(f.name) ? "Windows to label"
         : /(^|\/)(metrics|report|predictions)\.(json|html|md)$/.test(f.name) ? "Metrics and report" : "Other files";
       groups[g].push(f);
     }
@@ -831,6 +833,12 @@
     return m ? { key: `${m[1]}/${m[2]}`, role: m[1], index: Number(m[2]), file: m[3] } : null;
   }
 
+  // a suggest job's windows to label (workers/pipelines/labels.py writes suggestions.geojson in WGS84)
+  function suggestionsOf(j, res) {
+    const f = ((res && res.files) || []).find((x) => x.name === "suggestions.geojson");
+    return f ? { label: `${short(j.id)} · windows to label`, url: f.links.download } : null;
+  }
+
   async function jobMap(j, res) {
     const panel = $("#job-map-panel");
     let ds = [], ms = [];
@@ -850,9 +858,11 @@
     const predictions = ((res && res.predictions) || []).filter((p) => p.kind === "classes")
       .map((p) => ({ label: `${short(j.id)} · ${p.name}`, entry: p, job: j, imagery: (predictionScene(p) || {}).key }));
     const modelItems = ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes }));
+    const suggestions = suggestionsOf(j, res);
     const current = state.maps.find((m) => m.jobId === j.id);
     if (current) {  // the job finished while shown: keep the map (and the user's view), add the results
       current.setResults(predictions, modelItems, predictions.length ? 0 : null);
+      current.setSuggestions(suggestions);
       return;
     }
     for (const m of state.maps) m.destroy();
@@ -863,7 +873,7 @@
       imagery: (predictions[0] && predictions[0].imagery) || (imageries.length ? imageries[0].key : null),
       predictions, prediction: predictions.length ? 0 : null,
       model: isModel ? j.id : null, modelDataset: imagery ? imagery.id : null,
-      showModel: isModel && !predictions.length && !!imagery,
+      showModel: isModel && !predictions.length && !!imagery, suggestions,
     });
     mp.jobId = j.id;
     state.maps.push(mp);
@@ -952,14 +962,21 @@
     if (gen !== state.gen) return;
     const q = new URLSearchParams(window.location.hash.split("?")[1] || "");
     const want = q.get("dataset"), wantJob = q.get("job");
+    const wanted = wantJob ? jobs.findIndex((j) => j.id === wantJob) : -1;
+    const suggestions = wanted >= 0 ? suggestionsOf(jobs[wanted], results[wanted]) : null;
     let first = want ? -1 : predictions.findIndex((p) => !wantJob || p.job.id === wantJob);
-    if (first < 0 && !want && predictions.length) first = 0;
+    if (first < 0 && !want && !suggestions && predictions.length) first = 0;
     const pred = first >= 0 ? predictions[first] : null;
     panel.textContent = "";
+    if (suggestions && !pred) {  // a suggest job (one target scene): its windows over that scene
+      imageries.unshift({ key: `${wantJob}/target/0`, label: `job ${short(wantJob)} · target 1`,
+        base: `v1/jobs/${wantJob}/scenes/target/0` });
+    }
     const mp = new window.geoadaptMap.MapPanel(panel, {
       datasets: ds, imageries, models: ms.map((m) => ({ id: m.id, label: modelLabel(m), classes: m.classes })),
-      predictions, imagery: want || (pred && pred.imagery) || (ds[0] && ds[0].id) || null,
-      prediction: pred ? first : null, model: null, showModel: false,
+      predictions, imagery: want || (pred && pred.imagery) || (suggestions && imageries[0] && imageries[0].key)
+        || (ds[0] && ds[0].id) || null,
+      prediction: pred ? first : null, model: null, showModel: false, suggestions,
     });
     state.maps.push(mp);
   }

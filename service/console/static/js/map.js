@@ -64,13 +64,14 @@
 
   class MapPanel {
     // opts: {datasets, imageries:[{key, label, base}], imagery: key|null, models, predictions:[{label, entry, job}],
-    //        prediction: index|null, model: modelId|null, modelDataset: datasetId|null, showModel: bool}
+    //        prediction: index|null, model: modelId|null, modelDataset: datasetId|null, showModel: bool,
+    //        suggestions: {label, url}|null (a suggest job's suggestions.geojson: windows to label, WGS84)}
     // an imagery's base is the API path its info, tilejson, tiles and point hang from (a dataset, a job's scene)
     constructor(container, opts) {
       this.container = container;
       this.opts = opts;
       this.id = `mp${++seq}`;
-      this.layers = { imagery: null, prediction: null, model: null };
+      this.layers = { imagery: null, prediction: null, model: null, suggestions: null };
       this.legends = { prediction: null, model: null };
       this.infoCache = {};
       this.build();
@@ -96,7 +97,9 @@
       for (const m of o.models || []) modelSel.append(option(m.id, m.label, m.id === o.model && o.showModel));
       const modelDs = h("select", { id: `${id}-model-ds` });
       for (const d of ds) modelDs.append(option(d.id, d.name, d.id === (o.modelDataset || o.imagery)));
-      this.el = { imgSel, bandSel, modeSel, autoBox, sMin, sMax, predSel, opacity, modelSel, modelDs };
+      const suggBox = h("input", { type: "checkbox", id: `${id}-sugg`, checked: true });
+      this.suggCount = h("span", { class: "muted", id: `${id}-sugg-count` });
+      this.el = { imgSel, bandSel, modeSel, autoBox, sMin, sMax, predSel, opacity, modelSel, modelDs, suggBox };
 
       const lab = (forId, text) => h("label", { for: forId }, text);
       const imagery = h("fieldset", { class: "map-group" }, h("legend", {}, "Imagery"),
@@ -118,7 +121,11 @@
         "Click the map to see the class and band values at a point.");
       this.mapDiv = h("div", { class: "map", id: `${id}-map`, tabindex: "0", "aria-label": "Map: arrow keys pan, + and - zoom" });
       this.msg = h("div", { class: "map-msg", role: "status", "aria-live": "polite" });
-      const side = h("div", { class: "map-side" }, imagery, prediction, model, this.legendBox);
+      this.suggGroup = h("fieldset", { class: "map-group", id: `${id}-sugg-group`, hidden: !o.suggestions },
+        h("legend", {}, "Windows to label"),
+        h("div", { class: "row" }, suggBox, lab(suggBox.id, "Show the suggested windows (rank 1: most useful)")),
+        this.suggCount);
+      const side = h("div", { class: "map-side" }, imagery, prediction, this.suggGroup, model, this.legendBox);
       const mapCol = h("div", { class: "map-col" }, this.mapDiv, this.msg, this.info);
       this.container.append(h("div", { class: "map-layout" }, mapCol, side));
 
@@ -149,8 +156,10 @@
       });
       modelSel.addEventListener("change", () => this.loadModel());
       modelDs.addEventListener("change", () => this.loadModel());
+      suggBox.addEventListener("change", () => this.loadSuggestions());
 
       this.loadImagery();
+      this.loadSuggestions();
       this.loadPrediction();
       if (o.showModel) this.loadModel();
     }
@@ -269,6 +278,39 @@
       } catch (e) {
         this.say(`Prediction: ${e.message}`, "error");
       }
+    }
+
+    // a suggest job's windows: outlines with their rank, over whatever imagery is shown
+    async loadSuggestions() {
+      const s = this.opts.suggestions;
+      this.suggGroup.hidden = !s;
+      if (!s || !this.el.suggBox.checked) { this.setLayer("suggestions", null); this.suggCount.textContent = ""; return; }
+      try {
+        const fc = await api.json(api.path(s.url));
+        const feats = fc.features || [];
+        this.suggCount.textContent = `${feats.length} windows`;
+        if (!this.map) return;
+        const layer = window.L.geoJSON(fc, {
+          style: { color: "#ff00ff", weight: 2, fill: true, fillOpacity: 0.05, className: "layer-suggestion" },
+          onEachFeature: (f, l) => {
+            const p = f.properties || {};
+            const dis = p.disagreement === null || p.disagreement === undefined ? "" : `, disagreement ${Number(p.disagreement).toFixed(3)}`;
+            l.bindTooltip(`#${p.rank}: score ${Number(p.score).toFixed(3)}, entropy ${Number(p.entropy).toFixed(3)}${dis}`);
+          },
+        });
+        this.setLayer("suggestions", layer);
+        if (!this.fitted && feats.length) {
+          this.map.fitBounds(layer.getBounds());
+          this.fitted = true;
+        }
+      } catch (e) {
+        this.say(`Suggested windows: ${e.message}`, "error");
+      }
+    }
+
+    setSuggestions(s) {
+      this.opts.suggestions = s;
+      this.loadSuggestions();
     }
 
     async classesOf(p) {
