@@ -144,6 +144,9 @@ class BenchSettings:
     # and ST-DASegNet's pseudo-label weights, for every method alike. Off by default: the configs' own
     # weights (none for segformer-tiny) define the methods as measured so far.
     auto_class_weights: bool = False
+    # options of benchmarks built on this one, by name (benchmarks.fewlabels: "fewlabels"); they travel to the
+    # parallel workers with the rest
+    extra: dict = field(default_factory=dict)
 
     def for_case(self, case: str) -> "BenchSettings":
         """These settings for ``case``: its defaults wherever these leave a value unset."""
@@ -441,6 +444,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
             entry["late_losses"] = [m.get("late_losses") or {} for m in per_seed]
         if any(m.get("label_free") for m in per_seed):
             entry["label_free"] = [{k: (m.get("label_free") or {}).get(k) for k in SIGNALS} for m in per_seed]
+        if any(m.get("labels") for m in per_seed):  # rows that learnt from some target labels (fewlabels)
+            entry["labels"] = [m.get("labels") for m in per_seed]
         methods[name] = entry
     so = [r for r in SOURCE_ONLY_ROWS if r in methods and methods[r]["mean"]["miou"] is not None]
     best_so = max(so, key=lambda r: methods[r]["mean"]["miou"]) if so else None

@@ -1,4 +1,5 @@
-"""`geoadapt bench adapt|predict|service|security|ddp`: the project's benchmarks (see shared design benchmarks.md)."""
+"""`geoadapt bench adapt|fewlabels|consensus|predict|service|security|ddp`: the project's benchmarks (see shared
+design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,6 +51,69 @@ def adapt_benchmark(
             typer.echo(f"  {name:<26} mIoU {mean:.4f} ± {sd:.4f}   OA {m['mean']['oa']:.4f}   mF1 {m['mean']['mf1']:.4f}")
         for name, g in r["gap_closure"].items():
             typer.echo(f"  gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command("fewlabels")
+def fewlabels_benchmark(
+    seeds: int = typer.Option(3, "--seeds", min=1, help="training seeds per row"),
+    out: Path = typer.Option(Path("bench-fewlabels"), "--out", help="folder for report.json, report.md, the plot, runs/"),
+    case: list[str] = typer.Option(None, "--case", help="nc | neon (repeatable; default: both)"),
+    iterations: int = typer.Option(None, "--iterations", min=1,
+                                   help="source-only and oracle iterations (default: the case's: nc 800, neon 200)"),
+    semi_iterations: int = typer.Option(None, "--semi-iterations", min=1,
+                                        help="semi iterations after the source-only model (default: a quarter of "
+                                             "--iterations)"),
+    window: int = typer.Option(None, "--window", min=16,
+                               help="side of the labelled windows; the budgets count windows of this side (default: "
+                                    "the crop)"),
+    crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: nc 64, neon 128)"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="crops per batch (default: 8)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per training process (default: 1)"),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="training processes in parallel (default: 2)"),
+    semi_override: list[str] = typer.Option(None, "--semi-override",
+                                            help="KEY=JSON model override of the semi runs, e.g. "
+                                                 "adaptation.phase1=0.5 (repeatable)"),
+) -> None:
+    """Benchmark fewlabels: method semi with 1 % and 5 % of the target train region's windows labelled, chosen by
+    labels suggest and at random, beside source-only and the oracle, on Benchmark A's cases; prints mIoU and
+    gap closure per seed. Writes report.json (few_labels), report.md and few_labels.png."""
+    import json
+
+    from benchmarks.adapt import BenchSettings
+    from benchmarks.fewlabels import FewLabelsOptions, run_fewlabels
+    from core.errors import ConfigError
+
+    s = BenchSettings(seeds=seeds)
+    for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
+                       ("jobs", jobs)):
+        if value is not None:
+            setattr(s, key, value)
+    overrides = {}
+    for item in semi_override or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--semi-override takes KEY=VALUE, got {item!r}", field="semi-override")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    opts = FewLabelsOptions(iterations=semi_iterations, window=window, overrides=overrides or None)
+    r = run_fewlabels(out, s, cases=case or None, options=opts, log=lambda m: typer.echo(m, err=True))
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    for case_name, c in r["few_labels"].items():
+        typer.echo(f"case {case_name}: best source-only ({c['best_source_only']}) mIoU {f(c['source_only']['mean'])}, "
+                   f"oracle {f(c['oracle']['mean'])}")
+        for key, e in c.items():
+            if not isinstance(e, dict) or "miou" not in e or key in ("source_only", "oracle"):
+                continue
+            labs = [x for x in e.get("labels") or [] if x]
+            n = f"{labs[0]['windows']} window(s)" if labs else ""
+            typer.echo(f"  {key:<11} {n:<12} mIoU {', '.join(f(x) for x in e['miou'])}   gap closure "
+                       f"{', '.join(f(x) for x in e.get('gap_closure') or [])}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -33,12 +33,12 @@ from core.errors import SpecError
 from core.stac_items import StacItemError, band_files, check_common_names
 
 JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus"]
-Method = Literal["st-dasegnet", "feature-regression", "adabn", "source-only"]
+Method = Literal["st-dasegnet", "feature-regression", "adabn", "semi", "source-only"]
 #: the methods a job of each type may name; predict and evaluate jobs run a bundle's model as it was
 #: trained, so they take any method and ignore it
 METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
     "train": ("source-only",),
-    "adapt": ("st-dasegnet", "feature-regression", "adabn"),
+    "adapt": ("st-dasegnet", "feature-regression", "adabn", "semi"),
 }
 
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -168,6 +168,10 @@ class SceneSpec(_Strict):
     label_class: StrictInt | None = Field(
         default=None, description="vector labels: one class id for every polygon"
     )
+    label_windows: Path | None = Field(
+        default=None,
+        description="GeoPackage/GeoJSON polygons (e.g. `geoadapt labels suggest`'s windows) where 'labels' hold; "
+        "labels outside them are ignored (a semi job's partly labelled target scenes)")
 
     @model_validator(mode="before")
     @classmethod
@@ -213,7 +217,7 @@ class SceneSpec(_Strict):
         out["bands"] = files
         return out
 
-    @field_validator("image", "labels", mode="before")
+    @field_validator("image", "labels", "label_windows", mode="before")
     @classmethod
     def _one_path(cls, v: Any, info: ValidationInfo) -> Any:
         return None if v is None else _resolve(v, info)
@@ -239,6 +243,12 @@ class SceneSpec(_Strict):
                              "(geoadapt submit, POST /v1/jobs); to run here, give 'image' or 'bands'")
         if self.label_property and self.label_class is not None:
             raise ValueError("give at most one of 'label_property' and 'label_class'")
+        if self.label_windows is not None and self.labels is None:
+            raise RuleError("label_windows", "label_windows limits a scene's 'labels' to these polygons: give "
+                                             "'labels' too (a label raster, or vector polygons with classes)")
+        if self.label_windows is not None and self.label_windows.suffix.lower() not in (".gpkg", ".geojson", ".json"):
+            raise RuleError("label_windows", "label_windows must be a GeoPackage (.gpkg) or GeoJSON (.geojson, "
+                                             ".json) file of polygons")
         return self
 
     @property
@@ -477,6 +487,11 @@ class JobSpec(_Strict):
         self._labelled("source", f"labels is required for {_a(self.type)} job (source scenes are labelled)")
         if self.type == "adapt" and self.target is None:
             raise RuleError("target", "an adapt job needs 'target' scenes")
+        if self.type == "adapt" and self.method == "semi" and not any(
+                s.labels is not None or s.dataset is not None for s in self.target.scenes):
+            raise RuleError("target.scenes.0.labels", "a semi adapt job needs labels on part of the target: "
+                                                      "'labels' (a raster, nodata where unlabelled, or vector "
+                                                      "polygons with classes), optionally with 'label_windows'")
 
     def _adabn_inputs(self) -> None:
         """AdaBN starts from a trained model and sees only target imagery: the bundle stands for the model

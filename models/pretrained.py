@@ -2,7 +2,8 @@
 :mod:`core.data.fetch` and verified first).
 
 Accepted: a backbone checkpoint (keys without prefix, e.g. a converted ``mit_b5.pth``), a full mmseg
-segmentor checkpoint (``backbone.*``, ``decode_head.*``, optionally under ``state_dict``), or an
+segmentor checkpoint (``backbone.*``, ``decode_head.*``, optionally under ``state_dict``), a model bundle of
+ours (a source-only or an ST-DASegNet one: its folder, job output folder or zip; :data:`BUNDLE_PARTS`), or an
 EfficientNet-Lite ImageNet checkpoint (``_conv_stem.*``, ``_blocks.N.*``; mapped onto
 :class:`models.backbones.efficientnet_lite.EfficientNetLite`). Every student backbone gets the backbone
 weights (ST-DASegNet's two backbones start identical); decoders get ``decode_head.*`` weights whose shapes
@@ -22,7 +23,61 @@ from torch import nn
 from core.errors import ConfigError
 
 
+#: how a bundle's inference segmentor maps onto one plain segmentor: key prefix in its weights -> ours.
+#: ST-DASegNet's target student (B_T, D_T) is the one that saw the target style; its decoder's extra DDM
+#: input channels are dropped when it is fitted (see _fit: "narrowed")
+BUNDLE_PARTS = {
+    "Segmentor": {"backbone.": "backbone.", "neck.": "neck.", "decode_head.": "decode_head."},
+    "DualSegmentor": {"backbone_t.": "backbone.", "decoder_t.": "decode_head."},
+}
+
+
+def _bundle_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The weights of a model bundle (its folder, a job output folder holding bundle/, or a zip of either) as a
+    plain segmentor's (``backbone.*``, ``decode_head.*``), or None when ``path`` is no bundle."""
+    import zipfile
+
+    from core.bundle_manifest import WEIGHTS, BundleManifest, bundle_dir_of, manifest_member
+    from core.errors import BundleError
+
+    if path.is_file():  # a torch checkpoint is a zip too: a bundle's zip holds a manifest
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as zf:
+            if manifest_member(zf.namelist()) is None:
+                return None
+    elif not path.is_dir():
+        return None
+    if path.is_file():  # a zipped bundle: load_bundle unpacks it safely
+        from models.bundle import load_bundle
+
+        try:
+            bundle = load_bundle(path)
+        except BundleError as e:
+            raise ConfigError(f"model.checkpoint {path.name}: {e.message}", field="model.checkpoint") from None
+        kind, state = bundle.metadata.get("inference", {}).get("type", "Segmentor"), bundle.segmentor.state_dict()
+    else:
+        d = bundle_dir_of(path)
+        if d is None:
+            raise ConfigError(f"model.checkpoint {path} is a folder but no model bundle (no bundle.json in it or "
+                              "in its bundle/)", field="model.checkpoint")
+        try:
+            kind = BundleManifest.read(d).inference.get("type", "Segmentor")
+        except BundleError as e:
+            raise ConfigError(f"model.checkpoint {path}: {e.message}", field="model.checkpoint") from None
+        state = _load_state(d / WEIGHTS)
+    parts = BUNDLE_PARTS.get(kind)
+    if parts is None:
+        raise ConfigError(f"model.checkpoint {path}: a {kind} bundle cannot start another model; bundles of "
+                          f"{', '.join(BUNDLE_PARTS)} can", field="model.checkpoint")
+    return {ours + k[len(theirs):]: v for k, v in state.items()
+            for theirs, ours in parts.items() if k.startswith(theirs)}
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    bundled = _bundle_state(Path(path))
+    if bundled is not None:
+        return bundled
     try:
         obj = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -88,6 +143,11 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, ban
             w[:, : v.shape[1]] = v
             fitted[k] = w
             report["widened"].append(k)
+        elif _only_input_dim_differs(o, v) and bands is None and o.shape[1] < v.shape[1]:
+            # a decoder input widened by the DDM (an ST-DASegNet bundle) onto a plain one: the checkpoint's
+            # weights on the plain channels, which come first
+            fitted[k] = v[:, : o.shape[1]].clone()
+            report["narrowed"].append(k)
         else:
             report["skipped"].append(k)
     missing = [k for k in own if k not in fitted]
@@ -109,7 +169,8 @@ def load_pretrained(method, path: str | Path) -> dict:
         head = {k[len("decode_head."):]: v for k, v in state.items() if k.startswith("decode_head.")}
     else:
         bb, head = state, {}
-    report = {"path": str(path), "loaded": 0, "missing": 0, "adapted": [], "widened": [], "skipped": []}
+    report = {"path": str(path), "loaded": 0, "missing": 0, "adapted": [], "widened": [], "narrowed": [],
+              "skipped": []}
     bands = int(method.cfg["model"]["backbone"].get("in_channels", 3))
     roles = method.cfg.get("band_roles")
     report["band_roles"] = roles
@@ -121,7 +182,7 @@ def load_pretrained(method, path: str | Path) -> dict:
     for d in method.decoders() if head else []:
         _fit(d, head, report)
     method.after_pretrained()
-    for key in ("adapted", "widened", "skipped"):
+    for key in ("adapted", "widened", "narrowed", "skipped"):
         report[key] = sorted(set(report[key]))
     return report
 

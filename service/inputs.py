@@ -81,6 +81,8 @@ def check_scene_files(spec) -> None:
                 check_client_file(Path(b), f"{f}.bands.{j}")
             if scene.labels is not None:
                 check_client_file(Path(scene.labels), f"{f}.labels", labels=True)
+            if scene.label_windows is not None:
+                check_client_file(Path(scene.label_windows), f"{f}.label_windows", labels=True)
 
 
 def known_configs() -> list[str]:
@@ -214,7 +216,7 @@ def _validation_key(spec, expected_bands: int | None) -> str:
             continue
         aoi = d.region.aoi if d.region is not None and isinstance(d.region.aoi, Path) else None
         for scene in d.scenes:
-            for f in (scene.image, *(scene.bands or []), scene.labels, aoi):
+            for f in (scene.image, *(scene.bands or []), scene.labels, scene.label_windows, aoi):
                 if f is None:
                     continue
                 try:

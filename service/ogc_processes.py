@@ -31,6 +31,10 @@ _TITLES = {
     "adapt-adabn": ("Adapt with AdaBN",
                     "Re-estimate a trained model's batch-norm statistics on unlabelled target scenes; 'bundle' "
                     "names the model and stands for the source."),
+    "adapt-semi": ("Adapt with a few target labels (semi-supervised correction)",
+                   "Adapt a segmentor with the source labels and the labels on part of the target (a label raster, "
+                   "or polygons, optionally limited by 'label_windows'): segmentation and inpainting decoders on "
+                   "one encoder, per-class masking, gated feature fusion."),
     "predict": ("Predict class maps",
                 "Run a trained model ('bundle': a path or a model id) over scenes: a class COG per scene and, "
                 "unless turned off, its per-class probabilities."),
@@ -47,7 +51,7 @@ _TITLES = {
 #: the spec's fields whose schema says nothing of their role
 _INPUT_DESCRIPTIONS = {
     "source": "source-domain scenes (labelled where the job trains on them), and the part of them to use",
-    "target": "target-domain scenes (unlabelled, except for evaluate jobs), and the part of them to use",
+    "target": "target-domain scenes (unlabelled, except for evaluate and semi jobs), and the part of them to use",
     "validation": "labelled scenes the model is scored on during and after training",
     "model": "the model config (see `geoadapt configs`) with optional overrides; a string names a config",
     "classes": "the classes: id as in the label rasters, name, colour (#rrggbb)",

@@ -8,7 +8,8 @@ from typing import Callable
 from core.errors import SpecError
 from service.errors import NotFoundError
 
-#: the domains whose scenes take their dataset's labels (a target scene is unlabelled by definition)
+#: the domains whose scenes take their dataset's labels (a target scene is unlabelled by definition, but in a
+#: semi job, which learns from the labels on part of the target)
 LABELLED_ROLES = ("source", "validation")
 
 
@@ -23,13 +24,14 @@ def resolve_scene_datasets(body: dict, lookup: Callable[[str], dict]) -> dict:
         scenes = []
         for i, scene in enumerate(domain["scenes"]):
             if isinstance(scene, dict) and scene.get("dataset") is not None:
-                scene = _resolve(scene, role, f"{role}.scenes.{i}", lookup)
+                labelled = role in LABELLED_ROLES or (role == "target" and body.get("method") == "semi")
+                scene = _resolve(scene, labelled, f"{role}.scenes.{i}", lookup)
             scenes.append(scene)
         out[role] = {**domain, "scenes": scenes}
     return out
 
 
-def _resolve(scene: dict, role: str, where: str, lookup: Callable[[str], dict]) -> dict:
+def _resolve(scene: dict, labelled: bool, where: str, lookup: Callable[[str], dict]) -> dict:
     ident = scene["dataset"]
     if any(scene.get(k) is not None for k in ("image", "bands", "stac")):
         raise SpecError("give either 'dataset' or 'image'/'bands'/'stac', not both", field=f"{where}.dataset")
@@ -45,6 +47,6 @@ def _resolve(scene: dict, role: str, where: str, lookup: Callable[[str], dict]) 
         out["image"] = paths["image"]
     else:
         out["bands"] = list(paths.get("bands") or [])
-    if role in LABELLED_ROLES and out.get("labels") is None and paths.get("labels"):
+    if labelled and out.get("labels") is None and paths.get("labels"):
         out["labels"] = paths["labels"]
     return out

@@ -302,7 +302,13 @@ class Domain:
         return self._stats
 
 
+#: fields of a scene that an error may name by themselves; placed under the scene's own field
+_SCENE_FIELDS = ("labels", "label_windows")
+
+
 def _with_field(e: GeoadaptError, f: str | None) -> GeoadaptError:
     if f and not e.field:
         e.field = f
+    elif f and e.field in _SCENE_FIELDS:
+        e.field = f"{f}.{e.field}"
     return e

@@ -5,6 +5,10 @@ the class colours (ISPRS), a single-band palette image whose palette colours are
 or vector polygons (GeoJSON / GeoPackage) with a class property or one class for all. A raster on
 another CRS or grid is reprojected onto the image grid with nearest resampling; rasters without
 georeferencing must have the image's size and are taken as pixel-aligned with it.
+
+Label windows (polygons, e.g. the windows ``geoadapt labels suggest`` proposed) limit any of these to
+the part of the scene that was labelled: pixels outside every window read as 255 (unlabelled). On an
+image without a CRS the windows must have none either; their coordinates are then the image grid's own.
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
-from core.errors import LabelValuesError, MissingCRSError, NoOverlapError, UnreadableRasterError
+from core.errors import GeoadaptError, LabelValuesError, MissingCRSError, NoOverlapError, UnreadableRasterError
 from core.jobspec import IGNORE_INDEX
 from core.raster.grid import Grid, iter_blocks
 from core.raster.scene import DEFAULT_MAX_PIXELS, Scene, data_band_indexes, open_raster, read_problem
-from core.raster.vector import geometry_bounds, read_vector
+from core.raster.vector import VectorLayer, geometry_bounds, read_vector
 from core.raster.warp import bounds_in, covering_window, pixel_grids, reproject_array
 
 VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg"}
@@ -85,6 +89,9 @@ class Labels:
         self.footprint_fraction: float | None = None
         self._summary: dict | None = None
         self._ds = None
+        #: label windows (geometry, bounds) in the image CRS, or None: the labels hold everywhere
+        self._windows: list[tuple[dict, tuple]] | None = None
+        self.windows_path: Path | None = None
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -96,12 +103,15 @@ class Labels:
         *,
         label_property: str | None = None,
         label_class: int | None = None,
+        windows: str | Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> "Labels":
-        """Open the labels of a SceneSpec (or a label path) against its opened scene."""
+        """Open the labels of a SceneSpec (or a label path) against its opened scene; ``windows`` (or the
+        SceneSpec's ``label_windows``): polygons outside which the labels are ignored."""
         if hasattr(source, "labels") and hasattr(source, "paths"):
             label_property = source.label_property if label_property is None else label_property
             label_class = source.label_class if label_class is None else label_class
+            windows = getattr(source, "label_windows", None) if windows is None else windows
             source = source.labels
         if source is None:
             raise ValueError("this scene has no labels")
@@ -111,7 +121,46 @@ class Labels:
             lab._open_vector(label_property, label_class)
         else:
             lab._open_raster(max_pixels)
+        if windows is not None:
+            try:
+                lab._open_windows(Path(windows))
+            except BaseException:
+                lab.close()
+                raise
         return lab
+
+    def _open_windows(self, path: Path) -> None:
+        """The polygons the labels are limited to, in the image CRS (or the image grid's own coordinates
+        when neither has a CRS)."""
+        try:
+            layer = read_vector(path)
+        except GeoadaptError as e:
+            e.field = e.field or "label_windows"
+            raise
+        polygons = [(g, p) for g, p in layer.features if g.get("type") in ("Polygon", "MultiPolygon")]
+        if not polygons:
+            raise LabelValuesError(f"label windows {path.name} hold no polygons", field="label_windows")
+        if layer.crs is not None and "undefined srs" in layer.crs.to_wkt().lower():
+            layer.crs = None  # GDAL writes a GeoPackage without a CRS as an "Undefined SRS" local system
+        if self.grid.crs is None:
+            if layer.crs is not None:
+                raise MissingCRSError(
+                    f"image {self.scene.name} has no CRS but label windows {path.name} are in {layer.crs}: write "
+                    f"the windows without a CRS, in the image grid's coordinates", field="label_windows")
+            geoms = [g for g, _ in polygons]
+        else:
+            if layer.crs is None:
+                raise MissingCRSError(f"label windows {path.name} have no CRS, so they cannot be placed on image "
+                                      f"{self.scene.name}", field="label_windows")
+            geoms = [g for g, _ in VectorLayer(polygons, layer.crs, layer.path).to_crs(self.grid.crs)]
+        windows = [(g, geometry_bounds(g)) for g in geoms]
+        left, bottom, right, top = self.grid.bounds
+        if not any(b[0] < right and b[2] > left and b[1] < top and b[3] > bottom for _, b in windows):
+            raise NoOverlapError(f"label windows {path.name} and image {self.scene.name} share no ground",
+                                 field="label_windows")
+        self._windows = windows
+        self.windows_path = path
+        self.notes.append(f"labels limited to the {len(windows)} polygon(s) of {path.name}")
 
     def _open_raster(self, max_pixels: int) -> None:
         ds = open_raster(self.path, max_pixels=max_pixels, what="label raster")
@@ -239,6 +288,30 @@ class Labels:
             onto = self.grid if window is None else self.grid.window(window)
         elif window is not None:
             raise ValueError("give either a window or a grid to read onto, not both")
+        ids = self._read_onto(onto)
+        if self._windows is not None:
+            ids = np.where(self.inside_windows(onto), ids, np.uint8(IGNORE_INDEX))
+        return ids
+
+    def inside_windows(self, onto: Grid) -> np.ndarray:
+        """(h, w) bool: which pixels of a grid lie in the label windows (all of them without windows)."""
+        if self._windows is None:
+            return np.ones((onto.height, onto.width), bool)
+        shapes = self._windows
+        if onto.crs != self.grid.crs:
+            if onto.crs is None or self.grid.crs is None:
+                raise MissingCRSError("label windows can only be placed on a grid with the image's CRS status")
+            from rasterio.warp import transform_geom
+
+            shapes = [(g, geometry_bounds(g)) for g in (transform_geom(self.grid.crs, onto.crs, g) for g, _ in shapes)]
+        left, bottom, right, top = onto.bounds
+        hits = [g for g, b in shapes if b[0] <= right and b[2] >= left and b[1] <= top and b[3] >= bottom]
+        if not hits:
+            return np.zeros((onto.height, onto.width), bool)
+        return rasterize([(g, 1) for g in hits], out_shape=(onto.height, onto.width), transform=onto.transform,
+                         fill=0, dtype="uint8").astype(bool)
+
+    def _read_onto(self, onto: Grid) -> np.ndarray:
         if self.kind == "vector":
             return self._rasterize(onto)
         src, dst = pixel_grids(self._src_grid, onto)

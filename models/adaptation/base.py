@@ -6,7 +6,8 @@ knows how to do one training iteration. Inference is always delegated to a plain
 
 Batch contract for ``train_step`` (tensors from the data layer's samplers, already normalised):
 ``{"source": {"img": (B,C,h,w) float, "label": (B,h,w) int64 (255 ignore), "valid": (B,h,w) bool},
-   "target": {"img": ..., "valid": ...}}`` -- "target" only for methods with ``needs_target``.
+   "target": {"img": ..., "valid": ...}}`` -- "target" only for methods with ``needs_target``; methods with
+``needs_target_labels`` also get ``"target_labelled": {"img", "label", "valid"}`` (crops of labelled target windows).
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class AdaptationMethod:
     name: ClassVar[str] = "base"
     #: whether train_step needs unlabelled target images in the batch
     needs_target: ClassVar[bool] = False
+    #: whether it also needs labelled target windows (``batch["target_labelled"]``: img, label, valid)
+    needs_target_labels: ClassVar[bool] = False
 
     def __init__(self, cfg: Config | Mapping, *, total_iters: int):
         self.cfg = to_plain(cfg)

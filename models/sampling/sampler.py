@@ -103,6 +103,9 @@ class WindowSampler(_Base):
     ``crop / r`` px of ground, resized to ``crop`` px; None reads ``crop`` px as they are.
     """
 
+    #: what a window's pixels must mostly be (for messages)
+    _drawn = "valid"
+
     def __init__(
         self,
         domain: Domain,
@@ -126,9 +129,9 @@ class WindowSampler(_Base):
         self.labelled, self.min_valid, self.rare_class_bias = labelled, float(min_valid), float(rare_class_bias)
         self.cell = cell or _default_cell(self.crop)
         self.index = [
-            _CellIndex(it, self.crop, self.cell, it.valid_map(self.cell), self.min_valid) for it in domain.items
+            _CellIndex(it, self.crop, self.cell, self._cell_fractions(it), self.min_valid) for it in domain.items
         ]
-        _weights_or_fail(self.index, "the region", self.crop, self.min_valid)
+        self._check_positions()
         self._item_p = _position_weights(self.index)
         self.class_freq: np.ndarray | None = None
         if self.labelled and self.rare_class_bias > 0:
@@ -137,6 +140,17 @@ class WindowSampler(_Base):
         self.photometric = None if photometric is None else PhotometricDistortion(
             normalizer.stats, photometric, seed=int(seed) + 104_729)
         self.rescale = None if rescale is None else RandomRescale(rescale, self.crop, seed=int(seed) + 130_363)
+
+    def _cell_fractions(self, item: DomainScene) -> np.ndarray:
+        """The per-cell fraction of the pixels a window must mostly hold (here: valid ones)."""
+        return item.valid_map(self.cell)
+
+    def _check_positions(self) -> None:
+        _weights_or_fail(self.index, "the region", self.crop, self.min_valid)
+
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None) -> bool:
+        """Whether a read window holds enough of what the sampler draws (here: valid pixels)."""
+        return valid.mean() >= self.min_valid
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -195,18 +209,18 @@ class WindowSampler(_Base):
                 if self.rescale is not None:
                     win = self.rescale.window_around(win, (idx.r0, idx.c0, idx.h, idx.w))
                 rw = idx.item.read(win)
-                if rw.valid.mean() >= self.min_valid:
+                label = idx.item.read_labels(win, rw.valid) if self.labelled else None
+                if self._accept(rw.valid, label):
                     break
             else:
                 raise EmptyRegionError(
-                    f"no {self.crop} px window with {self.min_valid:.0%} valid pixels found in {_MAX_TRIES} tries"
+                    f"no {self.crop} px window with {self.min_valid:.0%} {self._drawn} pixels found in "
+                    f"{_MAX_TRIES} tries"
                 )
             self.last_windows.append((idx.item.index, win))
             data = rw.data if self.photometric is None else self.photometric(rw.data)
             img, valid = self.normalizer(data, rw.valid), rw.valid
-            if self.labelled:
-                label = idx.item.read_labels(win, valid)
-            else:
+            if label is None:
                 label = np.full(valid.shape, IGNORE_INDEX, np.uint8)
             if self.rescale is not None:
                 img, valid, label = self.rescale.resize(img, valid, label)
@@ -218,6 +232,38 @@ class WindowSampler(_Base):
             "label": torch.from_numpy(np.stack(labels).astype(np.int64)),
             "valid": torch.from_numpy(np.stack(valids)),
         }
+
+
+class LabelledWindowSampler(WindowSampler):
+    """Random windows over the labelled pixels of a partly labelled domain (a semi job's target: labels on
+    some scenes, or only inside label windows): positions are drawn where at least ``min_labelled`` of a
+    window's pixels carry a label, and each read is checked again. Scenes without labels are never drawn."""
+
+    _drawn = "labelled"
+
+    def __init__(self, domain: Domain, crop: int, normalizer: Normalizer, *, seed: int, min_labelled: float = 0.5,
+                 cell: int | None = None, photometric: PhotometricSettings | None = None):
+        if not 0.0 < min_labelled <= 1.0:
+            raise ValueError("min_labelled is a fraction (0-1]")
+        if not any(it.labels is not None for it in domain.items):
+            raise EmptyRegionError("no scene of the domain has labels to draw labelled windows from")
+        # labels are checked per scene (_cell_fractions), not required on every scene
+        self._classes = len(domain.classes)
+        super().__init__(domain, crop, normalizer, seed=seed, labelled=False, min_valid=min_labelled, cell=cell,
+                         photometric=photometric)
+        self.labelled = True
+
+    def _cell_fractions(self, item: DomainScene) -> np.ndarray:
+        h, w = int(item.region.height), int(item.region.width)
+        if item.labels is None:
+            return np.zeros((math.ceil(h / self.cell), math.ceil(w / self.cell)))
+        return item.label_map(self.cell, self._classes).sum(axis=0) / cell_areas(h, w, self.cell)
+
+    def _check_positions(self) -> None:
+        _weights_or_fail(self.index, "the labelled part of the domain", self.crop, self.min_valid, "labelled")
+
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None) -> bool:
+        return label is not None and (label != IGNORE_INDEX).mean() >= self.min_valid
 
 
 class PairedSampler(_Base):
@@ -335,6 +381,6 @@ def _position_weights(index: list[_CellIndex]) -> np.ndarray:
     return n / n.sum()
 
 
-def _weights_or_fail(index: list[_CellIndex], what: str, crop: int, min_valid: float) -> None:
+def _weights_or_fail(index: list[_CellIndex], what: str, crop: int, min_valid: float, kind: str = "valid") -> None:
     if sum(len(ix.positions) for ix in index) == 0:
-        raise EmptyRegionError(f"{what} holds no {crop} px window with {min_valid:.0%} valid pixels")
+        raise EmptyRegionError(f"{what} holds no {crop} px window with {min_valid:.0%} {kind} pixels")

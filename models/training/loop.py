@@ -54,9 +54,13 @@ class SamplerBatches:
     random resize and photometric distortion happen in the samplers, where the windows are read)."""
 
     def __init__(self, source: Any, target: Any | None, batch_size: int, *, flip: bool = False, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", target_labelled: Any | None = None,
+                 labelled_batch_size: int | None = None):
         self.source, self.target = source, target
+        #: labelled target windows (methods with needs_target_labels), flipped like the source crops
+        self.target_labelled = target_labelled
         self.batch_size = int(batch_size)
+        self.labelled_batch_size = int(labelled_batch_size or batch_size)
         self.flip = flip
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(int(seed) + 7919)  # own stream: resume-exact
@@ -83,17 +87,27 @@ class SamplerBatches:
         if self.target is not None:
             tgt = self.target.sample(self.batch_size)
             batch["target"] = {k: v.to(self.device) for k, v in tgt.items() if k in ("img", "valid")}
+        if self.target_labelled is not None:
+            tl = self.target_labelled.sample(self.labelled_batch_size)
+            if self.flip:
+                tl = self._flip(tl)
+            batch["target_labelled"] = {k: v.to(self.device) for k, v in tl.items()}
         return batch
 
     def state_dict(self) -> dict:
-        return {"source": self.source.state_dict(),
-                "target": self.target.state_dict() if self.target is not None else None,
-                "generator": self.generator.get_state()}
+        state = {"source": self.source.state_dict(),
+                 "target": self.target.state_dict() if self.target is not None else None,
+                 "generator": self.generator.get_state()}
+        if self.target_labelled is not None:
+            state["target_labelled"] = self.target_labelled.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.source.load_state_dict(state["source"])
         if self.target is not None and state.get("target") is not None:
             self.target.load_state_dict(state["target"])
+        if self.target_labelled is not None and state.get("target_labelled") is not None:
+            self.target_labelled.load_state_dict(state["target_labelled"])
         self.generator.set_state(state["generator"])
 
 

@@ -16,8 +16,9 @@ Call flow of ``run_training`` (train jobs, and adapt jobs that train through the
     adapt job (unless params.predict_targets is false) -> one class COG per target scene
         (workers.pipelines.predict) under <output>/predictions/
 
-Adapt jobs of method feature-regression and adabn have pipelines of their own (feature_regression.py,
-adabn.py; dispatch.py picks). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
+Adapt jobs of method semi also open the target's labels and draw labelled target windows beside the
+unlabelled crops (models.sampling.sampler.LabelledWindowSampler). Adapt jobs of method feature-regression
+and adabn have pipelines of their own (feature_regression.py, adabn.py; dispatch.py picks). Evaluate jobs load ``spec.bundle`` and score it on each labelled domain given.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from core.errors import BandCountMismatchError, SpecError
+from core.errors import BandCountMismatchError, EmptyRegionError, SpecError
 from core.files import write_json
 from core.job_layout import BUNDLE, CHECKPOINTS, HISTORY, METRICS, SOURCE_ONLY
 from core.jobspec import JobSpec, SceneSpec
@@ -41,7 +42,7 @@ from models.class_weights import auto_fields, fill_auto_class_weights
 from models.config import resolve_config, train_settings
 from models.sampling.photometric import photometric_of
 from models.sampling.rescale import rescale_of
-from models.sampling.sampler import WindowSampler
+from models.sampling.sampler import LabelledWindowSampler, WindowSampler
 from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization
@@ -94,11 +95,13 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         domains.append(source)
         target = None
         needs_target = METHODS[method_name].needs_target
+        target_labels = METHODS[method_name].needs_target_labels
         if spec.target is not None and (needs_target or spec.type == "adapt"):
             say("opening the target domain")
-            # the target's labels are never read for training: open it unlabelled
+            # the target's labels are never read for training (open it unlabelled), but by a method that
+            # learns from the labels on part of it (semi)
             target = Domain.open(spec.target, classes, match_grid_of=source, match_gsd=spec.params.match_gsd,
-                                 labels=False, field="target")
+                                 labels=target_labels, field="target")
             domains.append(target)
             if target.band_count != source.band_count:
                 raise BandCountMismatchError(
@@ -143,8 +146,19 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                 raise SpecError(f"method {method_name} needs target scenes", field="target")
             tgt_sampler = WindowSampler(target, run["crop"], normalization.for_domain(TARGET), seed=rank_seed + 1,
                                         labelled=False, photometric=photometric)
+        tl_sampler, adaptation = None, cfg.get("adaptation") or {}
+        if target_labels:
+            try:
+                tl_sampler = LabelledWindowSampler(target, run["crop"], normalization.for_domain(TARGET),
+                                                   seed=rank_seed + 2,
+                                                   min_labelled=float(adaptation.get("min_labelled", 0.5)),
+                                                   photometric=photometric)
+            except EmptyRegionError as e:
+                raise EmptyRegionError(f"the target's labels: {e.message}; label larger windows or lower "
+                                       "model.overrides adaptation.min_labelled", field="target") from None
         batches = SamplerBatches(src_sampler, tgt_sampler, share,
-                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=rank_seed, device=dev)
+                                 flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=rank_seed, device=dev,
+                                 target_labelled=tl_sampler, labelled_batch_size=adaptation.get("labelled_batch_size"))
 
         seed_everything(seed)
         method = build_method(cfg, total_iters=run["iterations"], method=method_name)
@@ -188,6 +202,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                          "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1)},
         }
+        if target_labels:  # how much of the target the model learnt from
+            metrics["target_labelled_pixels"] = int(target.class_counts().sum())
         if spec.type == "adapt" and target is not None:
             say("computing the label-free signals on target and source windows")
             metrics["label_free"] = label_free_record(method, cfg, classes, target, source, normalization)

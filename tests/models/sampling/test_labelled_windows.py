@@ -1,0 +1,91 @@
+"""LabelledWindowSampler on the real NC scene labelled in one window only (a semi job's target): crops come
+from the labelled part, their labels line up, scenes without labels are never drawn, and none labelled is
+a clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from core.errors import EmptyRegionError
+from core.jobspec import IGNORE_INDEX, DomainSpec
+from core.raster.domain import Domain
+from core.raster.scene import Scene
+from core.raster.vector_write import write_gpkg
+from models.normalization import Normalizer
+from models.sampling.sampler import LabelledWindowSampler
+
+torch.set_num_threads(1)
+ROW, COL, SIDE = 200, 150, 64
+
+
+@pytest.fixture(scope="module")
+def one_window(nc_bands, tmp_path_factory):
+    with Scene.open(nc_bands) as scene:
+        t, crs = scene.grid.transform, scene.grid.crs
+    ring = [t @ (c, r) for c, r in ((COL, ROW), (COL + SIDE, ROW), (COL + SIDE, ROW + SIDE), (COL, ROW + SIDE),
+                                   (COL, ROW))]
+    path = tmp_path_factory.mktemp("one") / "window.gpkg"
+    write_gpkg(path, [({"type": "Polygon", "coordinates": [ring]}, {"rank": 1})], crs, layer="windows")
+    return path
+
+
+def _scene(nc_bands, nc_data, windows=None, labels=True) -> dict:
+    s = {"bands": [str(p) for p in nc_bands]}
+    if labels:
+        s["labels"] = str(nc_data["strata"])
+    if windows is not None:
+        s["label_windows"] = str(windows)
+    return s
+
+
+def test_crops_come_from_the_labelled_window_with_their_labels(nc_bands, nc_data, nc_classes, one_window):
+    spec = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data, one_window)],
+                                      "region": {"columns": [0.0, 0.6]}})
+    with rasterio.open(nc_data["strata"]) as ds:
+        strata = ds.read(1)
+    with Domain.open(spec, nc_classes) as dom:
+        s = LabelledWindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=0, min_labelled=0.5)
+        for _ in range(5):
+            b = s.sample(4)
+            assert b["img"].shape == (4, 6, SIDE, SIDE)
+            labelled = (b["label"] != IGNORE_INDEX).float().mean(dim=(1, 2))
+            assert labelled.min() >= 0.5
+            for k, (_, w) in enumerate(s.last_windows):
+                r, c = int(w.row_off), int(w.col_off)
+                # every crop overlaps the window by half its area at least; its labels are the strata there
+                assert abs(r - ROW) < SIDE // 2 + 8 and abs(c - COL) < SIDE // 2 + 8
+                lab = b["label"][k].numpy()
+                rows, cols = np.nonzero(lab != IGNORE_INDEX)
+                assert (r + rows >= ROW).all() and (r + rows < ROW + SIDE).all()
+                assert (c + cols >= COL).all() and (c + cols < COL + SIDE).all()
+                np.testing.assert_array_equal(lab[rows, cols], strata[r + rows, c + cols] - 1)
+        # resumable like every sampler
+        state = s.state_dict()
+        a = s.sample(2)["img"]
+        s.load_state_dict(state)
+        assert torch.equal(s.sample(2)["img"], a)
+
+
+def test_scenes_without_labels_are_never_drawn(nc_bands, nc_data, nc_classes, one_window):
+    spec = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data, labels=False),
+                                                 _scene(nc_bands, nc_data, one_window)]})
+    with Domain.open(spec, nc_classes) as dom:
+        s = LabelledWindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=3)
+        for _ in range(3):
+            s.sample(4)
+            assert {i for i, _ in s.last_windows} == {1}
+
+
+def test_no_labelled_window_is_a_clear_error(nc_bands, nc_data, nc_classes, one_window):
+    unlabelled = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data, labels=False)]})
+    with Domain.open(unlabelled, nc_classes) as dom:
+        with pytest.raises(EmptyRegionError, match="no scene of the domain has labels"):
+            LabelledWindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=0)
+    # the only window lies outside the region (columns 60-100 %): nothing labelled to draw
+    east = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data, one_window)],
+                                      "region": {"columns": [0.6, 1.0]}})
+    with Domain.open(east, nc_classes) as dom:
+        with pytest.raises(EmptyRegionError, match="labelled pixels"):
+            LabelledWindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=0)
