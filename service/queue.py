@@ -12,7 +12,8 @@ from core.task_names import GPU_QUEUE, JOB_QUEUES, RUN_JOB
 log = logging.getLogger("geoadapt.queue")
 
 #: every job type runs a network
-QUEUE_FOR_TYPE = {"adapt": GPU_QUEUE, "train": GPU_QUEUE, "predict": GPU_QUEUE, "evaluate": GPU_QUEUE}
+QUEUE_FOR_TYPE = {"adapt": GPU_QUEUE, "train": GPU_QUEUE, "predict": GPU_QUEUE, "evaluate": GPU_QUEUE,
+                  "pretrain": GPU_QUEUE}
 
 
 def task_queues() -> list[Queue]:

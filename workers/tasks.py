@@ -37,7 +37,7 @@ from workers.celery_app import app
 log = logging.getLogger("geoadapt.worker")
 
 #: job type -> "module:function", imported when a job of that type runs (torch loads only then)
-PIPELINES = {t: "workers.pipelines.dispatch:run_job" for t in ("train", "adapt", "evaluate", "predict")}
+PIPELINES = {t: "workers.pipelines.dispatch:run_job" for t in ("train", "adapt", "evaluate", "predict", "pretrain")}
 
 
 # ---- which process runs a job, and is it still alive? -------------------------------------------
