@@ -32,6 +32,8 @@ OUTPUT = "output"
 
 # ---- an output folder (a job's, or a sub-job's) ------------------------------------------------------
 BUNDLE = "bundle"
+#: a bundle's weights file (core.bundle_manifest knows the rest of a bundle)
+BUNDLE_WEIGHTS = "weights.pth"
 METRICS = "metrics.json"
 HISTORY = "history.jsonl"
 PREDICTIONS = "predictions"
@@ -84,12 +86,10 @@ def checkpoint_file_of(path: Path) -> Path | None:
     """The weights file that a job's ``model.checkpoint`` names: a file as it is; in a folder, a pretrain job's
     weights (its output folder), else a bundle's weights (a bundle folder, or an output folder holding one);
     None for a folder holding neither."""
-    from core.bundle_manifest import WEIGHTS
-
     path = Path(path)
     if not path.is_dir():
         return path
-    for candidate in (path / PRETRAINED, path / WEIGHTS, path / BUNDLE / WEIGHTS):
+    for candidate in (path / PRETRAINED, path / BUNDLE_WEIGHTS, path / BUNDLE / BUNDLE_WEIGHTS):
         if candidate.is_file():
             return candidate
     return None
