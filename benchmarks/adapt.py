@@ -144,6 +144,10 @@ class BenchSettings:
     # and ST-DASegNet's pseudo-label weights, for every method alike. Off by default: the configs' own
     # weights (none for segformer-tiny) define the methods as measured so far.
     auto_class_weights: bool = False
+    # Where every run's model starts (benchmarks/pretrain.py's "start" dimension): a name for the run folders
+    # ("" = the config's own weights) and the weights file or pretrain output folder (model.checkpoint) of each job.
+    start: str = ""
+    checkpoint: str | None = None
 
     def for_case(self, case: str) -> "BenchSettings":
         """These settings for ``case``: its defaults wherever these leave a value unset."""
@@ -187,6 +191,8 @@ class BenchContext:
             tag += "_autocw"
         if s.overrides:
             tag += "_" + hashlib.sha256(json.dumps(s.overrides, sort_keys=True).encode()).hexdigest()[:8]
+        if s.start:
+            tag += f"_start-{s.start}"
         return self.out / "runs" / tag / f"seed{seed}" / name
 
     def job(self, name: str, seed: int, *, type: str, method: str, source: str = "source",
@@ -202,6 +208,8 @@ class BenchContext:
         if target:
             body["target"] = self.domains[target]
         body.update(extra)
+        if s.checkpoint and isinstance(body.get("model"), dict):  # the start of every run, unless a runner names one
+            body["model"].setdefault("checkpoint", s.checkpoint)
         return run_job(load_job_spec(body), self.callbacks_for(name, seed))
 
     def source_only_run(self, seed: int) -> Path:
