@@ -324,7 +324,8 @@ def run_pretrain_benchmark(out: str | Path, settings: PretrainBenchSettings | No
                                            data_dir=data_dir, log=say)
         summary = summarise_case(case_reports, ps.label_fractions)
         report["pretraining"][case] = {start: block for start, block in summary["starts"].items()}
-        report["gap_closure"][case] = {start: b["gap_closure"].get("st-dasegnet") for start, b in summary["starts"].items()}
+        report["gap_closure"][case] = {start: b["gap_closure"].get("st-dasegnet")
+                                       for start, b in summary["starts"].items()}
         report["lift_over_random"][case] = summary["lift_over_random"]
         report["label_efficiency"][case] = summary["label_efficiency"]
         report["case_settings"][case] = asdict(fs)
@@ -372,7 +373,9 @@ def render_markdown(report: dict) -> str:
         for start, b in starts.items():
             def cell(row):
                 m = b.get(row)
-                return "-" if not m else f"{_f(m['mean_miou'])} ± {_f(m['std_miou'])} ({', '.join(_f(x) for x in m['miou'])})"
+                if not m:
+                    return "-"
+                return f"{_f(m['mean_miou'])} ± {_f(m['std_miou'])} ({', '.join(_f(x) for x in m['miou'])})"
             lines.append(f"| {start} | {cell('source-only')} | {cell('source-only+target-stats')} | "
                          f"{cell('st-dasegnet')} | {cell('oracle')} | {_f(b['gap_closure'].get('st-dasegnet'), 3)} | "
                          f"{_pct(lifts[start]['source-only'])} | {_pct(lifts[start]['st-dasegnet'])} |")

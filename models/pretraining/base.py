@@ -123,6 +123,9 @@ class PretrainingMethod(SingleOptimizerMethod):
         modules.update(heads)
         optim = dict(self.block.get("optim") or self.cfg["optim"])
         schedule = dict(self.block.get("lr_schedule") or self.cfg.get("lr_schedule") or {})
+        # a short run (a time-boxed one) must not spend most of itself warming up: at most a tenth of it
+        if "warmup_iters" in schedule:
+            schedule["warmup_iters"] = min(int(schedule["warmup_iters"]), max(1, self.total_iters // 10))
         self.add_optimizer("student", modules, optim_modules_cfg(optim, []), schedule)
 
     @property

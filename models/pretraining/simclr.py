@@ -68,7 +68,8 @@ class SimCLR(PretrainingMethod):
         self.local_grid = int(a.get("local_grid", 4))
         self.local_region = int(a.get("local_region", 3))
         if self.temperature <= 0 or self.local_temperature <= 0 or self.local_grid < 1 or self.local_region < 1:
-            raise ConfigError("pretraining: temperatures are > 0, local_grid and local_region >= 1", field="pretraining")
+            raise ConfigError("pretraining: temperatures are > 0, local_grid and local_region >= 1",
+                              field="pretraining")
         self.geometry = GeometrySettings.of(a.get("views"))
         self.photometric = IntensitySettings.of(a.get("photometric"))
         proj = dict(a.get("projection") or {})

@@ -15,5 +15,5 @@ pretraining = dict(
     flip=True, rotate=True,       # the same random flip / 90-degree rotation of both views (they stay registered)
     photometric=dict(brightness=0.2, contrast=(0.8, 1.2), blur_p=0.0, blur_sigma=(0.1, 1.0), noise=0.05),
     optim=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05, norm_decay=False),
-    lr_schedule=dict(power=1.0, min_lr=0.0, warmup_iters=50, warmup_ratio=1e-3),
+    lr_schedule=dict(power=1.0, min_lr=0.0, warmup_iters=50, warmup_ratio=1e-3),  # warm-up: at most a tenth of the run
 )

@@ -14,5 +14,5 @@ pretraining = dict(
     views=dict(scale=(0.3, 1.0), ratio=(0.75, 1.333), flip=True, rotate=True),
     photometric=dict(brightness=0.4, contrast=(0.6, 1.4), blur_p=0.5, blur_sigma=(0.1, 1.5), noise=0.1),
     optim=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, norm_decay=False),
-    lr_schedule=dict(power=1.0, min_lr=0.0, warmup_iters=50, warmup_ratio=1e-3),
+    lr_schedule=dict(power=1.0, min_lr=0.0, warmup_iters=50, warmup_ratio=1e-3),  # warm-up: at most a tenth of the run
 )

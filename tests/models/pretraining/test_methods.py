@@ -48,7 +48,8 @@ def test_every_method_is_registered_with_its_config_block():
     assert "pretraining.mask_ratio" in str(e.value)
 
 
-@pytest.mark.parametrize("name, overrides, decoder", [("simclr", {}, False), ("simclr", {"pretraining.local": True}, True),
+@pytest.mark.parametrize("name, overrides, decoder", [("simclr", {}, False),
+                                                     ("simclr", {"pretraining.local": True}, True),
                                                      ("siameseim", {}, True), ("croco", {}, False)])
 def test_the_checkpoint_holds_what_was_trained_and_a_train_job_loads_it(name, overrides, decoder, tmp_path):
     torch.manual_seed(0)
@@ -61,7 +62,7 @@ def test_the_checkpoint_holds_what_was_trained_and_a_train_job_loads_it(name, ov
     assert not any(k.startswith("decode_head.conv_seg.") for k in state)  # a later job has its own classes
     # the heads of pretraining stay behind
     assert all(k.split(".")[0] in ("backbone", "decode_head") for k in state)
-    # a source-only model (other class count) starts from it: every backbone tensor, and the decoder's but its classifier
+    # a source-only model (other class count) starts from it: every backbone tensor, the decoder's but its classifier
     so = build_method(resolve_config("segformer-tiny", in_channels=4, num_classes=5), total_iters=1)
     path = tmp_path / "pretrained.pth"
     torch.save({"state_dict": state}, path)
