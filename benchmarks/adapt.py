@@ -191,8 +191,10 @@ class BenchContext:
             tag += "_autocw"
         if s.overrides:
             tag += "_" + hashlib.sha256(json.dumps(s.overrides, sort_keys=True).encode()).hexdigest()[:8]
-        if s.start:
+        if s.start:  # and which weights: another pretraining run under the same name is another start
             tag += f"_start-{s.start}"
+            if s.checkpoint:
+                tag += "-" + hashlib.sha256(str(s.checkpoint).encode()).hexdigest()[:6]
         return self.out / "runs" / tag / f"seed{seed}" / name
 
     def job(self, name: str, seed: int, *, type: str, method: str, source: str = "source",

@@ -23,6 +23,7 @@ Call flow of ``run_pretrain_benchmark``::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -195,7 +196,11 @@ def pretrain_method(method: str, domains: dict, fs: BenchSettings, ps: PretrainB
     its = plan["iterations"]
     log(f"{fs.case}: pretraining {method}, {its} iterations")
     t0 = time.perf_counter()
-    res = run_job(load_job_spec(pretrain_body(method, domains, fs, ps, its, root / f"it{its}")))
+    # one folder per setting, so a rerun resumes or reuses the same run and never another one
+    body = pretrain_body(method, domains, fs, ps, its, root)
+    tag = hashlib.sha256(json.dumps({k: body[k] for k in ("model", "params")}, sort_keys=True).encode()).hexdigest()
+    body["output"] = str(root / f"it{its}-{tag[:8]}")
+    res = run_job(load_job_spec(body))
     training = res["metrics"]["training"]
     return {"method": method, "iterations": its, "path": str(Path(res["pretrained"]).parent),
             "probe_s_per_iteration": plan["probe_s_per_iteration"], "elapsed_s": training["elapsed_s"],

@@ -87,7 +87,7 @@ def test_bench_pretrain_smoke(nc_data, tmp_path):
     # the croco start's runs began from the pretrain job's weights
     from models.bundle import load_bundle
 
-    [run] = (tmp_path / "nc" / "croco" / "runs").glob("*start-croco/seed0")
+    [run] = (tmp_path / "nc" / "croco" / "runs").glob("*start-croco-*/seed0")
     started = load_bundle(run / "source-only").provenance["pretrained"]
     assert started["pretraining"]["method"] == "croco" and started["loaded"] > 0
     assert set(report["label_efficiency"]["nc"]["croco"]) == {"5", "20", "100"}
