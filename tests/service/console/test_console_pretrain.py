@@ -21,6 +21,7 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
     page.get_by_role("button", name="Use token").click()
     expect(page.locator("#token-status")).to_contain_text("accepted")
     page.get_by_role("link", name="Submit", exact=True).click()
+    page.locator("#f-start option").first.wait_for(state="attached")  # the form is filled and wired
     page.get_by_label("Job type").select_option("pretrain")
     # the pretraining methods only; nothing to validate or compare with
     visible = page.evaluate("() => Array.from(document.querySelectorAll('#f-method option')).filter(o => !o.hidden)"
@@ -34,9 +35,9 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
     page.get_by_label("Method").select_option("siameseim")
     page.get_by_label("Target scenes").select_option([served.olinda])
     page.get_by_label("Classes", exact=True).fill("")
-    page.get_by_label("Iterations").fill("2")
-    page.get_by_label("Batch size").fill("2")
-    page.get_by_label("Crop (pixels)").fill("32")
+    page.get_by_label("Iterations", exact=True).fill("2")
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label("Crop (pixels)", exact=True).fill("32")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
     pre_id = page.url.rsplit("/", 1)[-1]
@@ -49,13 +50,14 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
 
     # a train job that starts from it: the form offers the finished pretrain job
     page.get_by_role("link", name="Submit", exact=True).click()
+    page.locator(f"#f-start option[value='{pre_id}']").wait_for(state="attached")
     page.get_by_label("Job type").select_option("train")
     page.get_by_label("Source scenes (with labels)").select_option([served.nc])
     page.get_by_label("Classes", exact=True).fill("\n".join(f"{c['id']} {c['name']} {c['color']}" for c in served.classes))
     page.get_by_label("Start from (optional)").select_option(pre_id)
-    page.get_by_label("Iterations").fill("2")
-    page.get_by_label("Batch size").fill("2")
-    page.get_by_label("Crop (pixels)").fill("32")
+    page.get_by_label("Iterations", exact=True).fill("2")
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label("Crop (pixels)", exact=True).fill("32")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
     train_id = page.url.rsplit("/", 1)[-1]
