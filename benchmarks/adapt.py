@@ -147,6 +147,10 @@ class BenchSettings:
     # options of benchmarks built on this one, by name (benchmarks.fewlabels: "fewlabels"); they travel to the
     # parallel workers with the rest
     extra: dict = field(default_factory=dict)
+    # Where every run's model starts (benchmarks/pretrain.py's "start" dimension): a name for the run folders
+    # ("" = the config's own weights) and the weights file or pretrain output folder (model.checkpoint) of each job.
+    start: str = ""
+    checkpoint: str | None = None
 
     def for_case(self, case: str) -> "BenchSettings":
         """These settings for ``case``: its defaults wherever these leave a value unset."""
@@ -190,6 +194,10 @@ class BenchContext:
             tag += "_autocw"
         if s.overrides:
             tag += "_" + hashlib.sha256(json.dumps(s.overrides, sort_keys=True).encode()).hexdigest()[:8]
+        if s.start:  # and which weights: another pretraining run under the same name is another start
+            tag += f"_start-{s.start}"
+            if s.checkpoint:
+                tag += "-" + hashlib.sha256(str(s.checkpoint).encode()).hexdigest()[:6]
         return self.out / "runs" / tag / f"seed{seed}" / name
 
     def job(self, name: str, seed: int, *, type: str, method: str, source: str = "source",
@@ -205,6 +213,8 @@ class BenchContext:
         if target:
             body["target"] = self.domains[target]
         body.update(extra)
+        if s.checkpoint and isinstance(body.get("model"), dict):  # the start of every run, unless a runner names one
+            body["model"].setdefault("checkpoint", s.checkpoint)
         return run_job(load_job_spec(body), self.callbacks_for(name, seed))
 
     def source_only_run(self, seed: int) -> Path:

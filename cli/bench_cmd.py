@@ -1,5 +1,5 @@
-"""`geoadapt bench adapt|fewlabels|consensus|predict|service|security|ddp`: the project's benchmarks (see shared
-design benchmarks.md)."""
+"""`geoadapt bench adapt|pretrain|fewlabels|consensus|predict|service|security|ddp`: the project's benchmarks
+(see shared design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -114,6 +114,61 @@ def fewlabels_benchmark(
             n = f"{labs[0]['windows']} window(s)" if labs else ""
             typer.echo(f"  {key:<11} {n:<12} mIoU {', '.join(f(x) for x in e['miou'])}   gap closure "
                        f"{', '.join(f(x) for x in e.get('gap_closure') or [])}")
+
+
+@app.command("pretrain")
+def pretrain_benchmark(
+    seeds: int = typer.Option(3, "--seeds", min=1, help="fine-tuning seeds per start and row"),
+    out: Path = typer.Option(Path("bench-pretrain"), "--out", help="folder for report.json, report.md, plots, runs"),
+    case: list[str] = typer.Option(None, "--case", help="nc | neon (repeatable; default: every case)"),
+    budget_minutes: float = typer.Option(10.0, "--budget-minutes", min=0.05,
+                                         help="pretraining wall time per method and case (default 10; the issue "
+                                              "allows up to 20, longer is an option)"),
+    pretrain_iterations: int = typer.Option(None, "--pretrain-iterations", min=1,
+                                            help="pretraining iterations per method instead of a time budget"),
+    pretrain_batch_size: int = typer.Option(None, "--pretrain-batch-size", min=2,
+                                            help="windows per pretraining batch (default: the case's batch)"),
+    method: list[str] = typer.Option(None, "--method", help="simclr | siameseim | croco (repeatable; default: all)"),
+    simclr_local: bool = typer.Option(False, "--simclr-local/--no-simclr-local",
+                                      help="SimCLR with the local contrastive loss (pretraining.local)"),
+    label_efficiency: bool = typer.Option(True, "--label-efficiency/--no-label-efficiency",
+                                          help="also source-only on 5 and 20 % of the source labels per start"),
+    iterations: int = typer.Option(None, "--iterations", min=1,
+                                   help="fine-tuning iterations per run (default: the case's: nc 800, neon 200)"),
+    crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: nc 64, neon 128)"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="fine-tuning batch (default: 8)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per process (default: 1)"),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="processes in parallel (default: 2)"),
+) -> None:
+    """Benchmark the pretrain job: source-only, ST-DASegNet and oracle (and source-only on 5 / 20 % of the source
+    labels) fine-tuned from random weights, ImageNet (neon) and each pretraining (simclr, siameseim; croco on nc),
+    pretrained on both domains' unlabelled train regions. Prints mIoU per start, the lift over random and the gap
+    closure."""
+    from benchmarks.pretrain import PretrainBenchSettings, run_pretrain_benchmark
+
+    s = PretrainBenchSettings(seeds=seeds, budget_minutes=budget_minutes, pretrain_iterations=pretrain_iterations,
+                              pretrain_batch_size=pretrain_batch_size, simclr_local=simclr_local,
+                              iterations=iterations, crop=crop, batch_size=batch_size)
+    if not label_efficiency:
+        s.label_fractions = ()
+    if method:
+        s.methods = tuple(dict.fromkeys(method))
+    for key, value in (("threads", threads), ("jobs", jobs)):
+        if value is not None:
+            setattr(s, key, value)
+    r = run_pretrain_benchmark(out, s, cases=case or None, log=lambda m: typer.echo(m, err=True))
+    for case_name, starts in r["pretraining"].items():
+        typer.echo(f"case {case_name}")
+        for start, b in starts.items():
+            lift = r["lift_over_random"][case_name][start]["source-only"]
+            so, st = b.get("source-only") or {}, b.get("st-dasegnet") or {}
+            gap = b["gap_closure"].get("st-dasegnet")
+            typer.echo(f"  {start:<10} source-only {so.get('mean_miou') or 0:.4f}   st-dasegnet "
+                       f"{st.get('mean_miou') or 0:.4f}   gap closure {'-' if gap is None else f'{gap:.3f}'}   "
+                       f"source-only vs random {'-' if lift is None else f'{lift:+.0%}'}")
+    met = r["goal"]["met"]
+    typer.echo(f"goal (nc: +{r['goal']['lift_goal']:.0%} source-only and a higher gap closure): "
+               f"{'-' if met is None else 'met' if met else 'not met'}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
     ) -> None:
-        """Run a train, adapt or evaluate job locally (no service): bundle in <output>/bundle, metrics in
-        <output>/metrics.json. Ctrl-C stops cooperatively after a checkpoint; run again to resume."""
+        """Run a train, adapt, pretrain or evaluate job locally (no service): bundle in <output>/bundle (a pretrain
+        job's weights in <output>/pretrained.pth), metrics in <output>/metrics.json. Ctrl-C stops cooperatively
+        after a checkpoint; run again to resume."""
         import signal
 
         from core.jobspec import load_job_spec
@@ -74,6 +75,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(3)
         if "bundle" in result:
             typer.echo(f"bundle: {result['bundle']}")
+        if "pretrained" in result:  # a pretrain job: model.checkpoint of a later job names it (or its folder)
+            typer.echo(f"pretrained weights: {result['pretrained']}")
         typer.echo(f"metrics: {result['metrics_path']}")
 
     @app.command()

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from core.errors import BundleError
-from core.job_layout import BUNDLE
+from core.job_layout import BUNDLE, BUNDLE_WEIGHTS
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.stats import BandStats
 
 FORMAT = 1
 MANIFEST = "bundle.json"
 CONFIG = "config.json"
-WEIGHTS = "weights.pth"
+WEIGHTS = BUNDLE_WEIGHTS
 ONNX = "model.onnx"
 #: why a worker could not export the network (the download reports it instead of asking again)
 ONNX_FAILED = "model.onnx.failed"

@@ -14,6 +14,9 @@ serves them) and by the workers (which write them), so both sides agree by const
         checkpoints/                   resume state (last.pth, best.pth); dropped once the job succeeds
         teacher/                       a feature-regression job's source-only teacher: an output folder
         source-only/                   an adapt job's source-only baseline: an output folder
+        pretrained.pth                 a pretrain job's weights (backbone.*, decode_head.* keys): what
+                                       model.checkpoint of a later job names (this file or the folder)
+        pretrained.json                what made them: method, config, bands, data, iterations, losses
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ OUTPUT = "output"
 
 # ---- an output folder (a job's, or a sub-job's) ------------------------------------------------------
 BUNDLE = "bundle"
+#: a bundle's weights file (core.bundle_manifest knows the rest of a bundle)
+BUNDLE_WEIGHTS = "weights.pth"
 METRICS = "metrics.json"
 HISTORY = "history.jsonl"
 PREDICTIONS = "predictions"
@@ -40,6 +45,10 @@ REPORTS = ("report.json", "report.html", "report.md")
 #: sub-jobs: output folders of their own inside a job's output
 TEACHER = "teacher"
 SOURCE_ONLY = "source-only"
+
+#: a pretrain job's weights and their record
+PRETRAINED = "pretrained.pth"
+PRETRAINED_RECORD = "pretrained.json"
 
 #: folders of intermediate state, not results: ours (checkpoints) and those other tools leave
 INTERMEDIATE_DIRS = frozenset({CHECKPOINTS, "checkpoint", "ckpt", "work_dirs", "tmp", ".cache"})
@@ -71,3 +80,16 @@ def probability_path_for(class_path: str | Path) -> Path:
 def is_probabilities(path: Path) -> bool:
     """Whether a predicted raster holds probabilities rather than classes (by its name, as results list it)."""
     return "prob" in path.name.lower()
+
+
+def checkpoint_file_of(path: Path) -> Path | None:
+    """The weights file that a job's ``model.checkpoint`` names: a file as it is; in a folder, a pretrain job's
+    weights (its output folder), else a bundle's weights (a bundle folder, or an output folder holding one);
+    None for a folder holding neither."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for candidate in (path / PRETRAINED, path / BUNDLE_WEIGHTS, path / BUNDLE / BUNDLE_WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    return None

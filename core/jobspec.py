@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,17 +30,24 @@ from pydantic import (
 )
 
 from core.errors import SpecError
+from core.job_layout import checkpoint_file_of
 from core.stac_items import StacItemError, band_files, check_common_names
 
-JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus"]
-Method = Literal["st-dasegnet", "feature-regression", "adabn", "semi", "source-only"]
+JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus", "pretrain"]
+Method = Literal["st-dasegnet", "feature-regression", "adabn", "semi", "source-only", "simclr", "siameseim", "croco"]
 #: the methods a job of each type may name; predict and evaluate jobs run a bundle's model as it was
 #: trained, so they take any method and ignore it
 METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
     "train": ("source-only",),
     "adapt": ("st-dasegnet", "feature-regression", "adabn", "semi"),
+    # self-supervised pretraining of a backbone on unlabelled imagery (models/pretraining/)
+    "pretrain": ("simclr", "siameseim", "croco"),
 }
+#: pretraining methods that learn from co-registered pairs (source and target over the same ground)
+PAIRED_PRETRAINING = ("croco",)
 
+#: a scene's fields about labels (a pretrain job drops them)
+_LABEL_KEYS = ("labels", "label_property", "label_class", "label_windows")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: the model config of a spec that names none
@@ -299,7 +306,9 @@ class ModelSpec(_Strict):
 
     config: str = Field(min_length=1)
     overrides: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Path | None = Field(default=None, description="mmseg-format pretrained weights")
+    checkpoint: Path | None = Field(
+        default=None, description="pretrained weights: an mmseg-format checkpoint file, a pretrain job's output "
+        "folder (or its pretrained.pth), or a model bundle (over REST also the id of a pretrain, train or adapt job)")
     band_roles: list[str] | None = Field(
         default=None, min_length=1,
         description="one role per input band (red, green, blue, pan, nir, swir16, ...): maps the bands onto a "
@@ -309,7 +318,13 @@ class ModelSpec(_Strict):
     @field_validator("checkpoint", mode="before")
     @classmethod
     def _ckpt(cls, v: Any, info: ValidationInfo) -> Any:
-        return None if v is None else _resolve(v, info)
+        if v is None:
+            return None
+        p = _resolve(v, info)
+        if p.is_dir() and checkpoint_file_of(p) is None:
+            raise ValueError(f"folder {v} holds no weights: give a pretrain job's output folder, a model bundle or "
+                             "a checkpoint file")
+        return p
 
     @field_validator("band_roles")
     @classmethod
@@ -395,7 +410,8 @@ class JobSpec(_Strict):
     type: JobType
     method: Method = "source-only"
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(config=DEFAULT_MODEL))
-    classes: list[ClassSpec] = Field(min_length=1, max_length=254)
+    # null only in a pretrain job, which learns no classes (it may leave them out)
+    classes: Annotated[list[ClassSpec], Field(min_length=1, max_length=254)] | None
     source: DomainSpec | None = None
     target: DomainSpec | None = None
     validation: DomainSpec | None = None
@@ -407,6 +423,22 @@ class JobSpec(_Strict):
     suggest: SuggestParams | None = None  # suggest jobs (defaults when left out)
     consensus: ConsensusParams | None = None  # consensus jobs
     output: Path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrain_reads_imagery_only(cls, data: Any) -> Any:
+        """A pretrain job learns from imagery alone: its classes may be left out, and labels given with its
+        scenes (a registered dataset's, say) are dropped rather than read and checked."""
+        if not isinstance(data, dict) or data.get("type") != "pretrain":
+            return data
+        out = {"classes": None, **data}
+        for domain in ("source", "target"):
+            d = out.get(domain)
+            if isinstance(d, dict) and isinstance(d.get("scenes"), list):
+                scenes = [{k: v for k, v in sc.items() if k not in _LABEL_KEYS} if isinstance(sc, dict) else sc
+                          for sc in d["scenes"]]
+                out[domain] = {**d, "scenes": scenes}
+        return out
 
     @field_validator("model", mode="before")
     @classmethod
@@ -430,7 +462,9 @@ class JobSpec(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _unique_classes(cls, v: list[ClassSpec]) -> list[ClassSpec]:
+    def _unique_classes(cls, v: list[ClassSpec] | None) -> list[ClassSpec] | None:
+        if v is None:
+            return v
         ids = [c.id for c in v]
         names = [c.name for c in v]
         if len(set(ids)) != len(ids):
@@ -444,7 +478,11 @@ class JobSpec(_Strict):
         """What a job of this type needs and refuses: checked here, once, so the API (422), the CLI (exit 2)
         and the worker refuse the same specs, and no job fails late on its own spec."""
         self._method_fits_type()
-        if self.type == "adapt" and self.method == "adabn":
+        if self.classes is None and self.type != "pretrain":
+            raise RuleError("classes", f"{_a(self.type)} job needs 'classes' (id, name, colour of each)")
+        if self.type == "pretrain":
+            self._pretrain_inputs()
+        elif self.type == "adapt" and self.method == "adabn":
             self._adabn_inputs()
         elif self.type in ("train", "adapt"):
             self._training_inputs()
@@ -476,6 +514,9 @@ class JobSpec(_Strict):
         if self.type == "train":
             raise RuleError("method", f"a train job trains a plain segmentor (source-only); use type 'adapt' for "
                                       f"{self.method}")
+        if self.type == "pretrain":
+            raise RuleError("method", f"a pretrain job needs a pretraining method: {', '.join(allowed[:-1])} or "
+                                      f"{allowed[-1]}")
         raise RuleError("method", f"{_a(self.type)} job needs an adaptation method: {', '.join(allowed[:-1])} or "
                                   f"{allowed[-1]}")
 
@@ -492,6 +533,22 @@ class JobSpec(_Strict):
             raise RuleError("target.scenes.0.labels", "a semi adapt job needs labels on part of the target: "
                                                       "'labels' (a raster, nodata where unlabelled, or vector "
                                                       "polygons with classes), optionally with 'label_windows'")
+
+    def _pretrain_inputs(self) -> None:
+        """Pretraining learns a backbone from unlabelled imagery of either domain or both; CroCo's pairs are
+        source and target scenes over the same ground. Its output is a checkpoint, not a model to start from."""
+        if self.source is None and self.target is None:
+            raise RuleError("source", "a pretrain job needs imagery: 'source' and/or 'target' scenes")
+        if self.method in PAIRED_PRETRAINING:
+            missing = "source" if self.source is None else "target" if self.target is None else None
+            if missing:
+                raise RuleError(missing, f"{self.method} pretrains on co-registered pairs: it needs 'source' and "
+                                         "'target' scenes over the same ground")
+        if self.bundle is not None:
+            raise RuleError("bundle", "a pretrain job takes no 'bundle'; to start from weights, give "
+                                      "model.checkpoint")
+        if self.validation is not None:
+            raise RuleError("validation", "a pretrain job learns no classes: it has nothing to validate")
 
     def _adabn_inputs(self) -> None:
         """AdaBN starts from a trained model and sees only target imagery: the bundle stands for the model
@@ -541,9 +598,9 @@ class JobSpec(_Strict):
     # convenience -----------------------------------------------------------------------------
     @property
     def training_method(self) -> Method | None:
-        """The method a train or adapt job trains its model with; None for predict and evaluate jobs, which
-        run a bundle's model as it is (their `method` is ignored)."""
-        return self.method if self.type in ("train", "adapt") else None
+        """The method a train or adapt job trains its model with (a pretrain job its backbone); None for predict
+        and evaluate jobs, which run a bundle's model as it is (their `method` is ignored)."""
+        return self.method if self.type in ("train", "adapt", "pretrain") else None
 
     @property
     def predicts_targets(self) -> bool:
@@ -553,7 +610,7 @@ class JobSpec(_Strict):
 
     @property
     def class_ids(self) -> list[int]:
-        return [c.id for c in self.classes]
+        return [c.id for c in self.classes or []]
 
     def to_jsonable(self) -> dict:
         return json.loads(self.model_dump_json())

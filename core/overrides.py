@@ -92,7 +92,7 @@ def _check_entry(section: Mapping, path: list[str], name: str, value: Any, key: 
 
 def _check_type(path: list[str], old: Any, new: Any, field: str, modules: Modules) -> None:
     where = ".".join([*path, "type"])
-    if path == ["adaptation"]:
+    if path in (["adaptation"], ["pretraining"]):
         raise ConfigError(f"{where} is the job's method; set 'method' instead", field=field)
     if old in OPTIMIZERS:
         if new not in OPTIMIZERS:

@@ -87,16 +87,30 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
 
 def select_adaptation(cfg: dict, method: str) -> dict:
     """Put the adaptation block for ``method`` in place (see module docstring)."""
+    return _select_block(cfg, "adaptation", method)
+
+
+def select_pretraining(cfg: dict, method: str) -> dict:
+    """Put the pretraining block for ``method`` (``_base_/pretraining/<method>.py``, the leaf's block merged on
+    top when it is for the same method) in place of any adaptation block: a pretrain job adapts nothing."""
+    out = _select_block(cfg, "pretraining", method)
+    out.pop("adaptation", None)
+    return out
+
+
+def _select_block(cfg: dict, kind: str, method: str) -> dict:
+    """``cfg`` with its ``kind`` block (adaptation or pretraining) for ``method``: the method's base block
+    with the leaf's merged on top when the leaf's is for the same method (or names none)."""
     out = copy.deepcopy(cfg)
-    base_file = config_dir() / "_base_" / "adaptation" / f"{method}.py"
+    base_file = config_dir() / "_base_" / kind / f"{method}.py"
     block: dict = {"type": method}
     if base_file.exists():
-        block = _plain(Config.fromfile(str(base_file)).to_dict()).get("adaptation", block)
-    leaf_block = cfg.get("adaptation") or {}
+        block = _plain(Config.fromfile(str(base_file)).to_dict()).get(kind, block)
+    leaf_block = cfg.get(kind) or {}
     if leaf_block.get("type", method) == method:
         block = core_overrides.merge(block, {k: v for k, v in leaf_block.items() if k != "type"})
     block["type"] = method
-    out["adaptation"] = block
+    out[kind] = block
     return out
 
 
@@ -109,11 +123,13 @@ def resolve_config(
     num_classes: int | None = None,
     checkpoint: str | Path | None = None,
     band_roles: list[str] | None = None,
+    pretraining: str | None = None,
 ) -> dict:
-    """Load (or copy) a config, choose the method's adaptation block, apply overrides, fit the
-    bands and classes of a job, and check the result. Returns a plain dict."""
+    """Load (or copy) a config, choose the method's adaptation block (or, with ``pretraining``, that pretraining
+    method's block instead), apply overrides, fit the bands and classes of a job, and check the result.
+    Returns a plain dict."""
     cfg = copy.deepcopy(dict(name_or_path)) if isinstance(name_or_path, Mapping) else load_config(name_or_path)
-    cfg = select_adaptation(cfg, method)
+    cfg = select_pretraining(cfg, pretraining) if pretraining else select_adaptation(cfg, method)
     cfg = apply_overrides(cfg, overrides)
     for key in REQUIRED_KEYS:
         if key not in cfg:
@@ -215,14 +231,17 @@ def train_settings(cfg: Mapping, explicit: Mapping[str, Any], defaults: Mapping[
 
 def override_catalogue() -> dict:
     """What the API needs to judge overrides at submit: module arguments and each config per method that
-    builds a model from it (the registered adaptation wrappers; adabn re-estimates a bundle's model)."""
+    builds a model from it (the registered adaptation wrappers and pretraining methods; adabn re-estimates a
+    bundle's model)."""
     from models.adaptation import METHODS
     from models.overrides import module_arguments
+    from models.pretraining import PRETRAINING
 
     configs = {}
     for name in list_configs():
         cfg = load_config(name)
         configs[name] = {method: select_adaptation(cfg, method) for method in sorted(METHODS)}
+        configs[name].update({method: select_pretraining(cfg, method) for method in sorted(PRETRAINING)})
     return {"modules": module_arguments(), "configs": configs}
 
 

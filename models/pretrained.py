@@ -1,13 +1,13 @@
 """Pretrained weights from a local checkpoint file (never downloaded here; named weights are fetched by
 :mod:`core.data.fetch` and verified first).
 
-Accepted: a backbone checkpoint (keys without prefix, e.g. a converted ``mit_b5.pth``), a full mmseg
-segmentor checkpoint (``backbone.*``, ``decode_head.*``, optionally under ``state_dict``), a model bundle of
-ours (a source-only or an ST-DASegNet one: its folder, job output folder or zip; :data:`BUNDLE_PARTS`), or an
-EfficientNet-Lite ImageNet checkpoint (``_conv_stem.*``, ``_blocks.N.*``; mapped onto
-:class:`models.backbones.efficientnet_lite.EfficientNetLite`). Every student backbone gets the backbone
-weights (ST-DASegNet's two backbones start identical); decoders get ``decode_head.*`` weights whose shapes
-fit (a different class count does not).
+Accepted (a file, or a folder holding one: a pretrain job's output, a bundle): a backbone checkpoint (keys
+without prefix, e.g. a converted ``mit_b5.pth``), a full mmseg segmentor checkpoint (``backbone.*``,
+``decode_head.*``, optionally under ``state_dict``), a model bundle of ours (a source-only or an ST-DASegNet
+one: its folder, job output folder or zip; :data:`BUNDLE_PARTS`), or an EfficientNet-Lite ImageNet checkpoint
+(``_conv_stem.*``, ``_blocks.N.*``; mapped onto :class:`models.backbones.efficientnet_lite.EfficientNetLite`).
+Every student backbone gets the backbone weights (ST-DASegNet's two backbones start identical); decoders get
+``decode_head.*`` weights whose shapes fit (a different class count does not).
 
 A first convolution trained on RGB is fitted to the job's bands by role (:func:`stem_for_bands`): a red,
 green or blue band takes that channel's filter, any other band the mean of the three, a panchromatic band
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.job_layout import PRETRAINED, PRETRAINED_RECORD
 
 
 #: how a bundle's inference segmentor maps onto one plain segmentor: key prefix in its weights -> ours.
@@ -160,7 +161,10 @@ def load_pretrained(method, path: str | Path) -> dict:
     """Load ``path`` into the method's backbones (and decoders when present); returns a report."""
     from models.backbones.efficientnet_lite_weights import is_efficientnet_lite, map_efficientnet_lite
 
-    state = _load_state(Path(path))
+    path = Path(path)
+    if path.is_dir() and (path / PRETRAINED).is_file():  # a pretrain job's output folder: its weights file
+        path = path / PRETRAINED  # (a bundle folder stays a folder: _bundle_state maps its parts)
+    state = _load_state(path)
     if is_efficientnet_lite(state):
         state = map_efficientnet_lite(state)
     has_prefix = any(k.startswith(("backbone.", "decode_head.")) for k in state)
@@ -184,7 +188,25 @@ def load_pretrained(method, path: str | Path) -> dict:
     method.after_pretrained()
     for key in ("adapted", "widened", "narrowed", "skipped"):
         report[key] = sorted(set(report[key]))
+    made_by = _pretrain_record(path)
+    if made_by is not None:  # weights a pretrain job made: say how, beside the path
+        report["pretraining"] = made_by
     return report
+
+
+def _pretrain_record(path: Path) -> dict | None:
+    """The gist of the record a pretrain job left beside its weights (core.job_layout), or None."""
+    import json
+
+    record = path.parent / PRETRAINED_RECORD
+    if path.name != PRETRAINED or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: data.get(k) for k in ("method", "config", "iterations", "batch_size", "crop", "seed", "band_count",
+                                     "trained", "finished")}
 
 
 def pretrained_path(cfg: dict, *, log=None) -> Path | None:

@@ -35,6 +35,16 @@ _TITLES = {
                    "Adapt a segmentor with the source labels and the labels on part of the target (a label raster, "
                    "or polygons, optionally limited by 'label_windows'): segmentation and inpainting decoders on "
                    "one encoder, per-class masking, gated feature fusion."),
+    "pretrain-simclr": ("Pretrain a backbone with SimCLR",
+                        "Learn a backbone from unlabelled source and/or target imagery by contrasting two augmented "
+                        "views of each window (with pretraining.local, also regions of the decoder's map); train and "
+                        "adapt jobs start from it (model.checkpoint: this job's id)."),
+    "pretrain-siameseim": ("Pretrain a backbone with SiameseIM",
+                           "Learn a backbone and decoder from unlabelled imagery: a masked view predicts the dense "
+                           "representation of a second view (EMA target branch) at their relative positions."),
+    "pretrain-croco": ("Pretrain a backbone with CroCo",
+                       "Learn a backbone from co-registered source and target scenes over the same ground: masked "
+                       "patches of one are reconstructed from its visible patches and the other, unmasked."),
     "predict": ("Predict class maps",
                 "Run a trained model ('bundle': a path or a model id) over scenes: a class COG per scene and, "
                 "unless turned off, its per-class probabilities."),
@@ -54,7 +64,7 @@ _INPUT_DESCRIPTIONS = {
     "target": "target-domain scenes (unlabelled, except for evaluate and semi jobs), and the part of them to use",
     "validation": "labelled scenes the model is scored on during and after training",
     "model": "the model config (see `geoadapt configs`) with optional overrides; a string names a config",
-    "classes": "the classes: id as in the label rasters, name, colour (#rrggbb)",
+    "classes": "the classes: id as in the label rasters, name, colour (#rrggbb); a pretrain job needs none",
     "params": "run parameters (iterations, batch size, crop, seed, ...)",
     "suggest": "suggest jobs: how many windows, their size, the class-mix penalty",
     "consensus": "consensus jobs: the annotation files (two or more) and the MRF's weights",
@@ -72,6 +82,10 @@ OUTPUTS: dict[str, dict[str, Any]] = {
     "classes": {"title": "class maps", "description": "one class COG per predicted scene",
                 "schema": {"type": "array",
                            "items": {"type": "string", "format": "uri", "contentMediaType": COG_MEDIA_TYPE}}},
+    "pretrained": {"title": "pretrained weights",
+                   "description": "a pretrain job's backbone weights (pretrained.pth): model.checkpoint of a train "
+                                  "or adapt job names them by this job's id",
+                   "schema": {"type": "string", "format": "uri", "contentMediaType": "application/octet-stream"}},
     "probabilities": {"title": "probability maps",
                       "description": "per-class probabilities (uint8, p x 254) of each predicted scene",
                       "schema": {"type": "array",
@@ -84,6 +98,7 @@ _OUTPUTS_OF_TYPE: dict[str, tuple[str, ...]] = {
     "evaluate": ("metrics", "report", "classes", "probabilities"),
     "suggest": (),
     "consensus": ("classes",),
+    "pretrain": ("pretrained", "metrics"),
 }
 
 

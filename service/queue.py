@@ -13,7 +13,8 @@ log = logging.getLogger("geoadapt.queue")
 
 #: every job type runs a network
 QUEUE_FOR_TYPE = {"adapt": GPU_QUEUE, "train": GPU_QUEUE, "predict": GPU_QUEUE, "evaluate": GPU_QUEUE,
-                  "suggest": GPU_QUEUE, "consensus": GPU_QUEUE}  # consensus: no network, but the same workers
+                  "suggest": GPU_QUEUE, "consensus": GPU_QUEUE,  # consensus: no network, but the same workers
+                  "pretrain": GPU_QUEUE}
 
 
 def task_queues() -> list[Queue]:

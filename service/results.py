@@ -1,4 +1,5 @@
-"""What a finished job left in its folder: bundle, metrics, report, predicted COGs, other files.
+"""What a finished job left in its folder: bundle (or a pretrain job's weights), metrics, report, predicted COGs,
+other files.
 
 Where each lies is core.job_layout's to say. Read from disk, so results written by any worker on a
 shared artefact store are seen the same way.
@@ -9,7 +10,8 @@ import json
 from pathlib import Path
 
 from core.bundle_manifest import MANIFEST
-from core.job_layout import BUNDLE, METRICS, REPORTS, is_intermediate, is_prediction, is_probabilities, output_dir
+from core.job_layout import (BUNDLE, METRICS, PRETRAINED, PRETRAINED_RECORD, REPORTS, is_intermediate, is_prediction,
+                              is_probabilities, output_dir)
 
 _MAX_JSON = 4 * 1024 * 1024
 _MAX_FILES = 1000
@@ -60,12 +62,14 @@ def prediction_files(job_dir: Path) -> dict[str, Path]:
 def describe(job_dir: Path) -> dict:
     """Plain description (relative paths, no URLs); the API adds links."""
     out = output_dir(job_dir)
-    res: dict = {"bundle": None, "metrics": None, "report": None, "predictions": [], "files": []}
+    res: dict = {"bundle": None, "pretrained": None, "metrics": None, "report": None, "predictions": [], "files": []}
     if not out.is_dir():
         return res
     bundle = out / BUNDLE
     if bundle.is_dir():
         res["bundle"] = {"path": BUNDLE, "metadata": _bundle_metadata(bundle)}
+    if (out / PRETRAINED).is_file():  # a pretrain job's weights: what model.checkpoint of a later job names
+        res["pretrained"] = {"path": PRETRAINED, "record": _read_json(out / PRETRAINED_RECORD)}
     res["metrics"] = _read_json(out / METRICS)
     for name in REPORTS:
         if (out / name).is_file():

@@ -38,7 +38,7 @@ log = logging.getLogger("geoadapt.worker")
 
 #: job type -> "module:function", imported when a job of that type runs (torch loads only then)
 PIPELINES = {t: "workers.pipelines.dispatch:run_job"
-             for t in ("train", "adapt", "evaluate", "predict", "suggest", "consensus")}
+             for t in ("train", "adapt", "evaluate", "predict", "suggest", "consensus", "pretrain")}
 
 
 # ---- which process runs a job, and is it still alive? -------------------------------------------

@@ -131,17 +131,18 @@ def _check_across(spec, opened: dict[str, Domain], report: dict) -> None:
                 f"target GSD {tgt.gsd:.3g} m differs from source {src.gsd:.3g} m: the target is resampled to the "
                 f"source GSD for training and prediction (params.match_gsd)"
             )
-        if getattr(spec, "method", None) == "feature-regression":
-            _check_pairs(src, tgt)
+        if getattr(spec, "method", None) in ("feature-regression", "croco"):  # methods that pair the ground
+            _check_pairs(src, tgt, "feature regression" if spec.method == "feature-regression" else spec.method)
 
 
-def _check_pairs(src: Domain, tgt: Domain) -> None:
-    """Feature regression pairs the same ground in both domains: both need CRSs and shared ground."""
+def _check_pairs(src: Domain, tgt: Domain, method: str = "feature regression") -> None:
+    """Feature regression (and CroCo pretraining) pair the same ground in both domains: both need CRSs and shared
+    ground."""
     for name, dom in (("source", src), ("target", tgt)):
         for it in dom.items:
             if it.scene.grid.crs is None:
                 raise MissingCRSError(
-                    f"feature regression pairs source and target ground, but scene {it.scene.name} has no CRS",
+                    f"{method} pairs source and target ground, but scene {it.scene.name} has no CRS",
                     field=f"{name}.scenes.{it.index}",
                 )
     for s in src.items:
@@ -151,7 +152,7 @@ def _check_pairs(src: Domain, tgt: Domain) -> None:
             if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
                 return
     raise NoOverlapError(
-        "feature regression pairs the same ground in both domains, but no target scene overlaps a source scene",
+        f"{method} pairs the same ground in both domains, but no target scene overlaps a source scene",
         field="target",
     )
 

@@ -1,7 +1,8 @@
 """Submitting a job spec: validate it, store it, enqueue it. The one path every front end takes
 (POST /v1/jobs and the OGC API - Processes execution), so both refuse and accept the same specs.
 
-    body -> idempotency lookup -> quota -> own folder as output -> model id, datasets resolved
+    body -> idempotency lookup -> quota -> own folder as output -> model ids (bundle, model.checkpoint) and
+         datasets resolved
          -> load_job_spec (paths confined) -> input checks -> job record -> spec file -> broker
 
 Where a job writes is the server's choice: the spec's `output` is replaced by the job's own folder,
@@ -25,7 +26,7 @@ from core.job_layout import INPUTS_REPORT, JOB_SPEC, output_dir
 from core.jobspec import check_nesting, load_job_spec
 from service import usage
 from service.api.deps import CurrentToken, PathPolicyDep, Producer, SessionDep, SettingsDep
-from service.api.routes.models import model_output_dir
+from service.api.routes.models import checkpoint_output_dir, model_output_dir
 from service.errors import ServiceUnavailableError
 from service.inputs import check_job_inputs, model_id_of
 from service.paths import PathPolicy
@@ -77,6 +78,14 @@ def submit(
             raise SpecError(f"no model {model_id}: a model id is the id of a successful train or adapt job of yours",
                             field="bundle")
         data["bundle"] = str(found)
+    model = data.get("model")
+    checkpoint_id = model_id_of(model.get("checkpoint")) if isinstance(model, dict) else None
+    if checkpoint_id is not None:  # a job id stands for the weights that job left (a pretrain job's, a model's)
+        found = checkpoint_output_dir(session, settings, token, checkpoint_id)
+        if found is None:
+            raise SpecError(f"no weights {checkpoint_id}: a job id here is the id of a successful pretrain, train or "
+                            "adapt job of yours", field="model.checkpoint")
+        data["model"] = {**model, "checkpoint": str(found)}
     data = resolve_scene_datasets(data, lambda ident: dict(datasets.get_dataset(session, ident, token).paths or {}))
     spec = load_job_spec(data, check_files=True, path_resolver=policy)
     report = check_job_inputs(spec, bundle_as_given if isinstance(bundle_as_given, str) else None,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 JobStatus = Literal["accepted", "running", "successful", "failed", "dismissed"]
-JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus"]
+JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus", "pretrain"]
 
 
 class Link(BaseModel):
@@ -87,6 +87,9 @@ class ResultsPublic(BaseModel):
     job_id: uuid.UUID
     status: JobStatus
     bundle: dict[str, Any] | None = None
+    pretrained: dict[str, Any] | None = Field(
+        default=None, description="a pretrain job's weights (path, record, download link): model.checkpoint of a "
+        "later job names them by this job's id")
     metrics: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
     predictions: list[PredictionEntry] = Field(default_factory=list)

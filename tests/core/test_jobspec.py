@@ -154,7 +154,7 @@ def test_model_accepts_a_name_or_a_config_with_overrides(spec_dir):
     spec = load_job_spec(data, base_dir=spec_dir)
     assert spec.model.overrides == {"model.decode_head.channels": 128}
     assert JobSpec.model_json_schema()["properties"]["type"]["enum"] == ["adapt", "train", "predict", "evaluate", "suggest",
-                                                                     "consensus"]
+                                                                     "consensus", "pretrain"]
 
 
 def _adabn(spec_dir, **edits) -> dict:
@@ -308,3 +308,72 @@ def test_only_adapt_jobs_predict_their_targets_and_only_when_asked(spec_dir):
     quiet = load_job_spec(_job(spec_dir, "adapt", params={"predict_targets": False}), base_dir=spec_dir)
     assert not quiet.predicts_targets
     assert not load_job_spec(_job(spec_dir, "train"), base_dir=spec_dir).predicts_targets
+
+
+# ---- pretrain jobs: imagery only -------------------------------------------------------------------------------
+
+def _pretrain(method="simclr", **fields) -> dict:
+    data = {"type": "pretrain", "method": method, "source": LABELLED, "target": UNLABELLED, "output": "out", **fields}
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@pytest.mark.parametrize("method", ["simclr", "siameseim", "croco"])
+def test_a_pretrain_job_needs_no_classes_and_drops_labels(spec_dir, method):
+    spec = load_job_spec(_pretrain(method), base_dir=spec_dir)
+    assert spec.classes is None and spec.class_ids == [] and spec.training_method == method
+    assert spec.source.scenes[0].labels is None and spec.source.scenes[0].image == spec_dir / "a/multiband.tif"
+    assert not spec.predicts_targets
+    # as the worker reads it back from the stored JSON
+    again = load_job_spec(spec.to_jsonable(), base_dir=spec_dir)
+    assert again.classes is None and again.method == method
+    # classes may be given all the same (ignored)
+    assert load_job_spec(_pretrain(method, classes=CLASSES), base_dir=spec_dir).class_ids == [1]
+
+
+def test_simclr_and_siameseim_pretrain_on_either_domain_alone(spec_dir):
+    for method in ("simclr", "siameseim"):
+        assert load_job_spec(_pretrain(method, source=None), base_dir=spec_dir).source is None
+        assert load_job_spec(_pretrain(method, target=None), base_dir=spec_dir).target is None
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (_pretrain(source=None, target=None), "source", "a pretrain job needs imagery"),
+        (_pretrain("croco", target=None), "target", "croco pretrains on co-registered pairs"),
+        (_pretrain("croco", source=None), "source", "needs 'source' and 'target' scenes"),
+        (_pretrain(bundle="model"), "bundle", "give model.checkpoint"),
+        (_pretrain(validation={"scenes": [{"image": "b/scene.tif", "labels": "b/labels.tif"}]}), "validation",
+         "nothing to validate"),
+        (_pretrain(method=None), "method", "a pretraining method: simclr, siameseim or croco"),
+        (_pretrain("st-dasegnet"), "method", "simclr, siameseim or croco"),
+        ({"type": "train", "classes": None, "source": LABELLED, "output": "out"}, "classes",
+         "a train job needs 'classes'"),
+    ],
+)
+def test_pretrain_rules_name_their_field(spec_dir, data, field, words):
+    (spec_dir / "model").mkdir(exist_ok=True)
+    problems = _refused(data, spec_dir)
+    assert words in problems.get(field, ""), problems
+
+
+def test_a_train_job_without_classes_is_refused_as_before(spec_dir):
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec({"type": "train", "source": LABELLED, "output": "out"}, base_dir=spec_dir)
+    assert _problems(excinfo)["classes"] == "Field required"
+
+
+def test_model_checkpoint_names_a_file_or_a_folder_that_holds_weights(spec_dir):
+    empty = spec_dir / "empty"
+    empty.mkdir()
+    problems = _refused(_job(spec_dir, "train", model={"config": "segformer-tiny", "checkpoint": "empty"}), spec_dir)
+    assert "holds no weights" in problems["model.checkpoint"], problems
+    pre = spec_dir / "pre"
+    pre.mkdir()
+    (pre / "pretrained.pth").write_bytes(b"")
+    spec = load_job_spec(_job(spec_dir, "train", model={"config": "segformer-tiny", "checkpoint": "pre"}),
+                         base_dir=spec_dir)
+    assert spec.model.checkpoint == pre
+    (spec_dir / "bundle").mkdir()
+    (spec_dir / "bundle" / "weights.pth").write_bytes(b"")
+    load_job_spec(_job(spec_dir, "train", model={"config": "segformer-tiny", "checkpoint": "bundle"}), base_dir=spec_dir)

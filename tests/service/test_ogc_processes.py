@@ -27,7 +27,7 @@ from owslib.ogcapi.processes import Processes  # noqa: E402
 
 EXC = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
 PROCESSES = ["adapt-st-dasegnet", "adapt-feature-regression", "adapt-adabn", "adapt-semi", "train-source-only",
-             "predict", "evaluate", "suggest", "consensus"]
+             "predict", "evaluate", "suggest", "consensus", "pretrain-simclr", "pretrain-siameseim", "pretrain-croco"]
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +92,7 @@ def test_owslib_reads_the_landing_page_conformance_and_one_process_per_type_and_
     assert desc["inputs"]["params"]["schema"]["properties"]["iterations"]["type"] == "integer"
     assert {"bundle", "metrics", "classes"} <= set(desc["outputs"])
     assert "bundle" not in p.process("predict")["outputs"]
+    assert set(p.process("pretrain-croco")["outputs"]) == {"pretrained", "metrics"}
 
 
 def test_execute_async_then_poll_as_owner_and_nothing_for_another_token(live):

@@ -5,6 +5,7 @@
     suggest, consensus            -> labels.run_suggest_job, labels.run_consensus_job
     adapt, method adabn           -> adabn.run_adabn (no training)
     adapt, method feature-regression -> feature_regression.run_feature_regression (teacher, then student)
+    pretrain                      -> pretrain.run_pretrain (a backbone from unlabelled imagery)
     train, or adapt by any other method -> train.run_training
 
 It sits above the pipelines so none of them imports another to dispatch (feature regression trains
@@ -19,6 +20,7 @@ from models.training.callbacks import Callback
 from workers.pipelines import labels, predict
 from workers.pipelines.adabn import run_adabn
 from workers.pipelines.feature_regression import run_feature_regression
+from workers.pipelines.pretrain import run_pretrain
 from workers.pipelines.run_options import RunOptions
 from workers.pipelines.train import evaluate_job, run_training
 
@@ -42,6 +44,8 @@ def run_job(
     if spec.type == "consensus":
         return labels.run_consensus_job(spec, callbacks, log=log)
     run = RunOptions.of(callbacks, resume=resume, device=device, log=log)
+    if spec.type == "pretrain":
+        return run_pretrain(spec, run)
     if spec.training_method == "adabn":
         return run_adabn(spec, run)
     if spec.training_method == "feature-regression":

@@ -154,10 +154,13 @@ def get_results(job_id: uuid.UUID, request: Request, session: SessionDep, settin
         desc["bundle"]["links"] = {"model": links.model(base, jid)}
     if desc["report"]:
         desc["report"]["links"] = {"download": links.job_file(base, jid, desc["report"]["path"])}
+    if desc["pretrained"]:
+        desc["pretrained"]["links"] = {"download": links.job_file(base, jid, desc["pretrained"]["path"])}
     return ResultsPublic(
         job_id=jid,
         status=job.status,
         bundle=desc["bundle"],
+        pretrained=desc["pretrained"],
         metrics=desc["metrics"],
         report=desc["report"],
         predictions=[

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core.bundle_manifest import ONNX, ONNX_FAILED
 from core.errors import BundleError
 from core.task_names import CPU_QUEUE, EXPORT_MODEL_ONNX
-from core.job_layout import BUNDLE, output_dir
+from core.job_layout import BUNDLE, PRETRAINED, output_dir
 from service import results as job_results
 from service.api import links
 from service.api.server_paths import hide
@@ -67,6 +67,19 @@ def model_output_dir(session, settings, token, model_id: uuid.UUID) -> Path | No
     out = output_dir(settings.job_dir(job.id))
     ok = job.status == SUCCESSFUL and job.type in _TRAINING and (out / BUNDLE).is_dir()
     return out if ok else None
+
+
+def checkpoint_output_dir(session, settings, token, job_id: uuid.UUID) -> Path | None:
+    """The output folder whose weights ``model.checkpoint: <job id>`` names: a successful pretrain job of the
+    caller's that left pretrained weights, or one of their models (a train or adapt job's bundle); None else."""
+    try:
+        job = job_store.get_job(session, job_id, token)
+    except NotFoundError:
+        return None
+    out = output_dir(settings.job_dir(job.id))
+    if job.status == SUCCESSFUL and job.type == "pretrain" and (out / PRETRAINED).is_file():
+        return out
+    return model_output_dir(session, settings, token, job_id)
 
 
 @router.get("", response_model=ModelList, responses=_ERRORS)

@@ -349,6 +349,9 @@ def get_results(job_id: str, session: SessionDep, settings: SettingsDep, token: 
     out: dict[str, Any] = {}
     if desc["bundle"]:
         out["bundle"] = _link(links.model(base, job.id), "enclosure", "model bundle")
+    if desc["pretrained"]:
+        out["pretrained"] = _link(links.job_file(base, job.id, desc["pretrained"]["path"]), "enclosure",
+                                  "pretrained weights", "application/octet-stream")
     if desc["metrics"] is not None:
         out["metrics"] = desc["metrics"]
     if desc["report"]:

@@ -316,20 +316,33 @@
     return f.type.value === "adapt" && f.method.value === "adabn";
   }
 
+  async function pretrainedJobs() {  // finished pretrain jobs: weights a job may start from (model.checkpoint)
+    return (await api.json("v1/jobs?type=pretrain&status=successful&limit=200")).jobs || [];
+  }
+
   function specFromForm() {
     const f = $("#job-form");
     const byId = Object.fromEntries((state.datasets || []).map((d) => [d.id, d]));
     const type = f.type.value;
     const { classes, problems } = parseClasses(f.classes.value);
     const adabn = isAdabn(f);
+    const pretrain = type === "pretrain";
     const spec = {
       type,
       method: type === "train" ? "source-only" : f.method.value,
       model: f.model.value.trim(),
       classes,
-      source: { scenes: selected(f.source).map((id) => sceneOf(byId[id], true)) },
+      source: { scenes: selected(f.source).map((id) => sceneOf(byId[id], !pretrain)) },
       params: {},
     };
+    if (f.start.value && !adabn) spec.model = { config: spec.model, checkpoint: f.start.value };
+    if (pretrain) {  // imagery only: no classes, no validation; source and/or target scenes
+      if (!classes.length) delete spec.classes;
+      if (!spec.source.scenes.length) delete spec.source;
+      spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], false)) };
+      if (!spec.target.scenes.length) delete spec.target;
+      if (!spec.source && !spec.target) problems.push({ field: "source", message: "choose source and/or target imagery to pretrain on" });
+    }
     if (adabn) {  // the model and what stands for the source come from the chosen model
       delete spec.model;
       delete spec.source;
@@ -337,7 +350,7 @@
       if (!spec.bundle) problems.push({ field: "bundle", message: "choose the model whose batch-norm statistics to re-estimate" });
     }
     if (type === "adapt") spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], false)) };
-    const val = selected(f.validation);
+    const val = pretrain ? [] : selected(f.validation);
     if (val.length) spec.validation = { scenes: val.map((id) => sceneOf(byId[id], true)) };
     for (const k of adabn ? ["batches", "batch_size", "crop", "seed"] : ["iterations", "batch_size", "crop", "seed"]) {
       const v = f[k].value.trim();
@@ -346,9 +359,9 @@
       else spec.params[k] = Number(v);
     }
     if (type === "adapt" && !adabn && f.compare_source_only.checked) spec.params.compare_source_only = true;
-    if (spec.source && !spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
+    if (!pretrain && spec.source && !spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
     if (type === "adapt" && !spec.target.scenes.length) problems.push({ field: "target", message: "an adapt job needs target scenes" });
-    if (!classes.length && !problems.some((p) => p.field.startsWith("classes"))) problems.push({ field: "classes", message: "give at least one class" });
+    if (!pretrain && !classes.length && !problems.some((p) => p.field.startsWith("classes"))) problems.push({ field: "classes", message: "give at least one class" });
     return { spec, problems };
   }
 
@@ -381,9 +394,9 @@
     const form = $("#job-form"), spec = $("#spec-form");
     form.dataset.key = form.dataset.key || uuid4();
     spec.dataset.key = spec.dataset.key || uuid4();
-    let ds = [], ms = [];
+    let ds = [], ms = [], pre = [];
     try {
-      [ds, ms] = await Promise.all([datasets(true), models(true)]);
+      [ds, ms, pre] = await Promise.all([datasets(true), models(true), pretrainedJobs()]);
     } catch (e) {
       banner("action-msg", `Could not load datasets or models: ${e.message}`, "error");
     }
@@ -410,17 +423,31 @@
     for (const m of ms) form.bundle.append(h("option", { value: m.id }, modelLabel(m)));
     form.bundle.value = ms.some((m) => m.id === keep) ? keep : "";
     form.bundle.onchange = () => copyClasses(form.bundle.value);  // AdaBN keeps the model's classes
+    const keepStart = form.start.value;
+    form.start.textContent = "";
+    form.start.append(h("option", { value: "" }, "the config's own weights"));
+    for (const j of pre) form.start.append(h("option", { value: j.id }, `${short(j.id)} · ${j.method} · ${((j.spec || {}).model || {}).config || ""}`));
+    form.start.value = pre.some((j) => j.id === keepStart) ? keepStart : "";
     const syncType = () => {
-      const adapt = form.type.value === "adapt";
+      const type = form.type.value;
+      const adapt = type === "adapt", pretrain = type === "pretrain";
+      for (const o of form.method.options) o.hidden = !(o.dataset.types || "").split(" ").includes(type);
+      if (form.method.selectedOptions[0] && form.method.selectedOptions[0].hidden) {
+        form.method.value = Array.from(form.method.options).find((o) => !o.hidden)?.value || "";
+      }
       const adabn = isAdabn(form);
-      form.target.disabled = !adapt;
-      form.method.disabled = !adapt;
+      form.target.disabled = !(adapt || pretrain);
+      form.method.disabled = !(adapt || pretrain);
+      $("#f-start-field").hidden = adabn;
       // AdaBN starts from a trained model: no source scenes, no model config, no training iterations
       $("#f-bundle-field").hidden = !adabn;
       $("#f-batches-field").hidden = !adabn;
       for (const el of [form.source, form.model, form.iterations, form.compare_source_only]) {
         el.closest(".field").hidden = adabn;
       }
+      // pretraining learns from imagery alone: nothing to validate or compare with
+      form.validation.closest(".field").hidden = pretrain;
+      form.compare_source_only.closest(".field").hidden = adabn || pretrain;
     };
     form.type.onchange = syncType;
     form.method.onchange = syncType;
@@ -614,7 +641,7 @@
 
   async function loadCurve(j) {
     const box = $("#job-curve");
-    if (!["train", "adapt"].includes(j.type)) { box.textContent = "Only training and adaptation jobs have a training curve."; return; }
+    if (!["train", "adapt", "pretrain"].includes(j.type)) { box.textContent = "Only training, adaptation and pretraining jobs have a training curve."; return; }
     let text = null;
     try {
       text = await (await api.raw(`v1/jobs/${j.id}/files/history.jsonl`)).text();

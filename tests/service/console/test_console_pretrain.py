@@ -1,0 +1,69 @@
+"""A pretrain job from the console's form against a real `geoadapt serve` (imagery only: no classes, no
+validation), then a train job started from its weights by choosing it in the form."""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from .conftest import wait_job
+
+pytestmark = pytest.mark.integration
+
+
+def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
+    from playwright.sync_api import expect
+
+    h = {"Authorization": f"Bearer {served.token}"}
+    page.goto(served.url + "/")
+    page.get_by_label("API token").fill(served.token)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.get_by_role("link", name="Submit", exact=True).click()
+    page.locator("#f-start option").first.wait_for(state="attached")  # the form is filled and wired
+    page.get_by_label("Job type").select_option("pretrain")
+    # the pretraining methods only; nothing to validate or compare with
+    visible = page.evaluate("() => Array.from(document.querySelectorAll('#f-method option')).filter(o => !o.hidden)"
+                            ".map(o => o.value)")
+    assert visible == ["simclr", "siameseim", "croco"]
+    expect(page.get_by_label("Validation scenes (optional)")).to_be_hidden()
+    expect(page.get_by_label("Compare with source-only")).to_be_hidden()
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#f-source-err")).to_contain_text("pretrain on")  # no imagery chosen yet
+
+    page.get_by_label("Method").select_option("siameseim")
+    page.get_by_label("Target scenes").select_option([served.olinda])
+    page.get_by_label("Classes", exact=True).fill("")
+    page.get_by_label("Iterations", exact=True).fill("2")
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label("Crop (pixels)", exact=True).fill("32")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
+    pre_id = page.url.rsplit("/", 1)[-1]
+    j = wait_job(served, pre_id)
+    assert j["status"] == "successful", j
+    assert j["type"] == "pretrain" and j["method"] == "siameseim" and j["spec"]["classes"] is None
+    res = httpx.get(f"{served.url}/v1/jobs/{pre_id}/results", headers=h, timeout=10).json()
+    assert res["pretrained"]["record"]["method"] == "siameseim" and res["pretrained"]["record"]["iterations"] == 2
+    expect(page.locator("#job-status .badge")).to_have_text("successful")
+
+    # a train job that starts from it: the form offers the finished pretrain job
+    page.get_by_role("link", name="Submit", exact=True).click()
+    page.locator(f"#f-start option[value='{pre_id}']").wait_for(state="attached")
+    page.get_by_label("Job type").select_option("train")
+    page.get_by_label("Source scenes (with labels)").select_option([served.nc])
+    page.get_by_label("Classes", exact=True).fill("\n".join(f"{c['id']} {c['name']} {c['color']}" for c in served.classes))
+    page.get_by_label("Start from (optional)").select_option(pre_id)
+    page.get_by_label("Iterations", exact=True).fill("2")
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label("Crop (pixels)", exact=True).fill("32")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
+    train_id = page.url.rsplit("/", 1)[-1]
+    j = wait_job(served, train_id)
+    assert j["status"] == "successful", j
+    assert j["spec"]["model"]["checkpoint"] == f"jobs/{pre_id}/output"
+    meta = httpx.get(f"{served.url}/v1/models/{train_id}", headers=h, timeout=10).json()["metadata"]
+    started = meta["provenance"]["pretrained"]
+    assert started["pretraining"]["method"] == "siameseim" and started["loaded"] > 0
