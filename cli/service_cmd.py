@@ -2,7 +2,8 @@
 `submit`, `status`, `wait`, `dismiss`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
 here too.
 
-    geoadapt serve   -> worker subprocess (`python -m cli worker`, restarted if it dies)
+    geoadapt serve   -> N job worker subprocesses (`python -m cli worker --hostname jobsK@%h`, each
+                        restarted if it dies; a sharded prediction uses them all) + a tile worker
                      -> uvicorn(create_app(Settings()))
 """
 from __future__ import annotations
@@ -52,11 +53,26 @@ def _die_with_parent() -> None:
         pass
 
 
-class WorkerProcess:
-    """The embedded worker: started, restarted after a crash, stopped with the API."""
+def _cores_for(k: int, n: int) -> set[int] | None:
+    """The CPU cores job worker ``k`` of ``n`` keeps to: an even share each, so that N workers of one
+    stream run side by side instead of all of them spreading threads over every core; None (every core)
+    for a single worker, or when there are fewer cores than workers."""
+    if n <= 1 or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < n:
+        return None
+    share = len(cores) // n
+    return set(cores[k * share:(k + 1) * share])
 
-    def __init__(self, args: list[str]):
+
+class WorkerProcess:
+    """The embedded worker: started, restarted after a crash, stopped with the API. ``cores``: the CPU
+    cores it keeps to (its prediction streams and torch threads follow them), None for all."""
+
+    def __init__(self, args: list[str], cores: set[int] | None = None):
         self.cmd = [sys.executable, "-m", "cli", "worker", *args]
+        self.cores = cores
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
@@ -66,7 +82,14 @@ class WorkerProcess:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent)
+        cores = self.cores
+
+        def before_exec() -> None:
+            _die_with_parent()
+            if cores:
+                os.sched_setaffinity(0, cores)
+
+        self.proc = subprocess.Popen(self.cmd, preexec_fn=before_exec)
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -125,8 +148,12 @@ def register(app: typer.Typer) -> None:
         worker: Annotated[bool, typer.Option(help="also run a worker (embedded mode)")] = True,
         pool: Annotated[str, typer.Option(help="worker pool: prefork (1 process) or solo")] = "prefork",
         log_level: Annotated[str, typer.Option(help="uvicorn/celery log level")] = "info",
+        workers: Annotated[int, typer.Option(
+            "--workers", min=1, max=64,
+            help="job workers, each a process of its own on an even share of the cores; a large prediction "
+                 "goes in shards that they all run")] = 1,
     ) -> None:
-        """Run the API and one worker: no servers to install (SQLite store and queue by default)."""
+        """Run the API and its job workers: no servers to install (SQLite store and queue by default)."""
         import uvicorn
 
         from service.app import create_app
@@ -137,15 +164,22 @@ def register(app: typer.Typer) -> None:
                    f"broker {redact_url(settings.broker_url)}; allowed roots "
                    f"{':'.join(map(str, settings.allowed_roots)) or '(none: uploads only)'}")
         api = create_app(settings)  # creates the tables before the worker needs them
-        wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
+        # job workers: one process each, with node names of their own (jobs1@host, ...) when there are several
+        wps = [WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level,
+                              *(["--hostname", f"jobs{k + 1}@%h"] if workers > 1 else [])],
+                             cores=_cores_for(k, workers))
+               for k in range(workers)] if worker else []
+        if len(wps) > 1:
+            typer.echo(f"geoadapt: {len(wps)} job workers" + (
+                f", on cores {', '.join(str(sorted(w.cores)) for w in wps)}" if wps[0].cores else ""))
         # tile inference in a worker of its own: a long job in the first one must not stall the map
         tw = WorkerProcess(["--queues", TILES_QUEUE, "--pool", "solo", "--hostname", "tiles@%h",
                             "--loglevel", log_level]) if worker else None
         started = time.time()
-        for w in (wp, tw):
+        for w in (*wps, tw):
             if w:
                 w.start()
-        if wp:  # so that the first submissions are checked against it (model.overrides) like every later one
+        if wps:  # so that the first submissions are checked against it (model.overrides) like every later one
             _wait_for_catalogue(settings.override_catalogue, newer_than=started, timeout=120)
         # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
         # `finally` below stop the worker instead of killing this process on the spot
@@ -153,10 +187,10 @@ def register(app: typer.Typer) -> None:
         try:
             uvicorn.run(api, host=host, port=port, log_level=log_level)
         finally:
-            workers = [w for w in (wp, tw) if w]
-            for w in workers:  # both at once: a cold shutdown takes seconds
+            children = [w for w in (*wps, tw) if w]
+            for w in children:  # all at once: a cold shutdown takes seconds
                 w.begin_stop()
-            for w in workers:
+            for w in children:
                 w.wait_stopped()
 
     @app.command("worker")
