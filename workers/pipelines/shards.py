@@ -224,6 +224,10 @@ def predict_sharded(
                  for r in sorted(records.values(), key=lambda r: r["index"])],
     }
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # .shards/, once no other prediction of the job has shards in it
+    except OSError:
+        pass
     return figures
 
 
