@@ -38,7 +38,8 @@ class ScaleSettings:
     small: int | None = None  # side of the second raster for peak RSS (default size // 2)
     shards: int = 4  # shards of a sharded run
     workers: int = 2  # job workers of the sharded runs
-    kill_after: float = 0.4  # the kill run: a job worker goes at this fraction of the sharded run's e2e
+    kill_after: float = 0.4  # the kill run: a job worker goes at this fraction of the sharded run's e2e,
+    #                          once a shard is running
     probabilities: bool = True  # the jobs also write probability COGs (a predict job's default)
     timeout_s: float = 7200.0  # per job
 
@@ -258,7 +259,7 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
             if killed or j["status"] != "running":
                 return
             t_sub[0] = t_sub[0] or time.monotonic()
-            if time.monotonic() - t_sub[0] < kill_at:
+            if time.monotonic() - t_sub[0] < kill_at or not _shards_running(many, jid):
                 return
             workers = many.job_workers()
             coordinator = _coordinator_worker(many, j)
@@ -329,21 +330,39 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
     return report
 
 
-def _coordinator_worker(served: Served, job: dict) -> int | None:
-    """The serve child whose pool process coordinates the job (None when it cannot be told)."""
+def _store_session(served: Served):
     from service.settings import Settings
     from service.store.db import make_engine, session_factory
-    from service.store.tables import Job
 
     engine = make_engine(Settings(data_dir=served.root / "state").database_url)
+    return engine, session_factory(engine)()
+
+
+def _shards_running(served: Served, jid: str) -> int:
+    """How many shards of the job a worker runs now (the kill lands mid-shard, not between them)."""
+    from service.store.tables import JobShard
+
+    engine, session = _store_session(served)
     try:
-        with session_factory(engine)() as session:
-            ident = session.get(Job, uuid.UUID(job["id"])).worker
+        return session.query(JobShard).filter(JobShard.job_id == uuid.UUID(jid), JobShard.status == "running").count()
+    finally:
+        session.close()
+        engine.dispose()
+
+
+def _coordinator_worker(served: Served, job: dict) -> int | None:
+    """The serve child whose pool process coordinates the job (None when it cannot be told)."""
+    from service.store.tables import Job
+
+    engine, session = _store_session(served)
+    try:
+        ident = session.get(Job, uuid.UUID(job["id"])).worker
         pid = int(ident.rsplit(":", 2)[1])
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, AttributeError, IndexError):
         return None
     finally:
+        session.close()
         engine.dispose()
 
 
