@@ -3,15 +3,16 @@
     the raster and the model: benchmarks.predict's (the NC scene tiled to size x size x 6; segformer-tiny,
     random weights), each prediction a predict job over REST to a `geoadapt serve` of its own:
 
-      serve --workers 1  (1 worker x 2 threads: its predict runs 2 streams)   shards 1   small, then size
-      serve --workers 2  (2 workers x 1 thread: a core each)                  shards N   small, then size
-                          the same, one job worker SIGKILLed mid-job          shards N   size
+      serve --workers 1  (1 worker x 2 threads: its predict runs 2 streams)   shards 1   small | size
+      serve --workers 2  (2 workers x 1 thread: a core each)                  shards N   small | size
+                          then the same job, one job worker SIGKILLed mid-shard          size
+      (each size's job the first of a served instance of its own: fresh workers, symmetric cold starts)
 
     e2e: job created -> finished (the service's own timestamps: queue, load, predict, COG with overviews).
     ratio = e2e(1 x 2) / e2e(2 x 1 sharded): >= 0.9 means sharding costs little.
     outputs: class and probability COGs of each sharded run against the 1 x 2 run's, every pixel.
     peak RSS per worker: VmHWM of each job worker's process tree (its pool process runs the jobs) during
-    the small job and during the large one (the same warm processes; the peak is reset between jobs).
+    the small job and during the large one, each in fresh workers (peaks reset after start-up).
 
 Writes report.json and report.md.
 """
@@ -233,25 +234,27 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
             f", {r['shards']['reruns']} shard(s) re-run" if r.get("shards") else ""))
         return r
 
-    # 1 worker x 2 threads: the single path, its predict on 2 streams
-    one = Served(out / "serve-1x", 1, roots, log)
-    try:
-        one.reset_peaks()  # not start-up's (imports, the catalogue): the jobs'
-        rss["1 worker x 2 threads"] = {str(small): job(one, f"1x_single_{small}", little, 1)["peak_rss_mb_per_worker"]}
-        ref = job(one, f"1x_single_{s.size}", big, 1)
-        rss["1 worker x 2 threads"][str(s.size)] = ref["peak_rss_mb_per_worker"]
-    finally:
-        one.close()
+    def fresh(workers: int, name: str, image: Path, shards: int, then=None):
+        """A job as the first of a served instance of its own (its peak RSS is that job's alone); ``then``:
+        more work on the same instance before it stops."""
+        served = Served(out / f"serve-{name}", workers, roots, log)
+        try:
+            served.reset_peaks()  # not start-up's (imports, the catalogue): the job's
+            r = job(served, name, image, shards)
+            return r, (then(served, r) if then else None)
+        finally:
+            served.close()
 
-    # N workers x 1 thread: shards
-    many = Served(out / f"serve-{s.workers}x", s.workers, roots, log)
+    # 1 worker x 2 threads: the single path, its predict on 2 streams
+    single = "1 worker x 2 threads"
+    small_ref, _ = fresh(1, f"1x_single_{small}", little, 1)
+    ref, _ = fresh(1, f"1x_single_{s.size}", big, 1)
+    rss[single] = {str(small): small_ref["peak_rss_mb_per_worker"], str(s.size): ref["peak_rss_mb_per_worker"]}
+
+    # N workers x 1 thread: shards; then the same job with a job worker SIGKILLed mid-shard
     killed: dict = {}
-    try:
-        many.reset_peaks()
-        name = f"{s.workers} workers x 1 thread"
-        rss[name] = {str(small): job(many, f"{s.workers}x_sharded_{small}", little, s.shards)["peak_rss_mb_per_worker"]}
-        sharded = job(many, f"{s.workers}x_sharded_{s.size}", big, s.shards)
-        rss[name][str(s.size)] = sharded["peak_rss_mb_per_worker"]
+
+    def with_a_kill(many: Served, sharded: dict) -> dict:
         kill_at = s.kill_after * sharded["e2e_s"]
         t_sub = [None]
 
@@ -259,19 +262,24 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
             if killed or j["status"] != "running":
                 return
             t_sub[0] = t_sub[0] or time.monotonic()
-            if time.monotonic() - t_sub[0] < kill_at or not _shards_running(many, jid):
+            if time.monotonic() - t_sub[0] < kill_at:
                 return
-            workers = many.job_workers()
+            running = [w for w in _shard_workers(many, jid) if w in many.job_workers()]
+            if not running:
+                return
+            victim = running[0]  # a worker mid-shard: the kill loses work
             coordinator = _coordinator_worker(many, j)
-            victim = workers[0]
             os.kill(victim, signal.SIGKILL)
             killed.update(pid=victim, coordinator=victim == coordinator, after_s=round(time.monotonic() - t_sub[0], 1))
             log(f"  killed job worker {victim} ({'the coordinator' if killed['coordinator'] else 'a helper'}) "
                 f"after {killed['after_s']} s")
 
-        with_kill = job(many, f"{s.workers}x_sharded_{s.size}_worker_killed", big, s.shards, during=kill_one)
-    finally:
-        many.close()
+        return job(many, f"{s.workers}x_sharded_{s.size}_worker_killed", big, s.shards, during=kill_one)
+
+    many = f"{s.workers} workers x 1 thread"
+    small_sharded, _ = fresh(s.workers, f"{s.workers}x_sharded_{small}", little, s.shards)
+    sharded, with_kill = fresh(s.workers, f"{s.workers}x_sharded_{s.size}", big, s.shards, then=with_a_kill)
+    rss[many] = {str(small): small_sharded["peak_rss_mb_per_worker"], str(s.size): sharded["peak_rss_mb_per_worker"]}
 
     def same(a: dict, b: dict) -> dict:
         d = {"classes": same_rasters(a["path"], b["path"])}
@@ -284,7 +292,7 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
     growth = {}
     for name, by_size in rss.items():
         a, b = by_size[str(small)], by_size[str(s.size)]
-        growth[name] = round(max(b[k] / a[k] - 1 for k in a if k in b and a[k]), 3)
+        growth[name] = round(max(b.values()) / max(a.values()) - 1, 3)  # the largest worker at each size
     pixels = s.size * s.size
     report = {
         "benchmark": "B (extended): one large prediction across job workers",
@@ -311,9 +319,9 @@ def run_scale_benchmark(out: str | Path, s: ScaleSettings | None = None, *, data
             "e2e": "job created -> finished by the service's timestamps: queue, model load, predict (all shards), "
                    "the COGs with overviews",
             "e2e_ratio": "e2e of 1 worker x 2 threads / e2e of the sharded run (>= 0.9: sharding costs little)",
-            "peak_rss_mb_per_worker": "VmHWM of each job worker's process tree during the small job, then during "
-                                      "the large one (the same warm processes; peaks reset between jobs)",
-            "peak_rss_growth": "largest (peak after large / peak after small - 1) over the workers",
+            "peak_rss_mb_per_worker": "VmHWM of each job worker's process tree during the small job and during the "
+                                      "large one, each the first job of fresh workers (peaks reset after start-up)",
+            "peak_rss_growth": "largest worker's peak at the large size / largest worker's at the small size - 1",
         },
     }
     report["goals"] = {
@@ -338,16 +346,25 @@ def _store_session(served: Served):
     return engine, session_factory(engine)()
 
 
-def _shards_running(served: Served, jid: str) -> int:
-    """How many shards of the job a worker runs now (the kill lands mid-shard, not between them)."""
+def _shard_workers(served: Served, jid: str) -> list[int]:
+    """The serve children whose pool processes run a shard of the job now (the kill lands mid-shard)."""
     from service.store.tables import JobShard
 
     engine, session = _store_session(served)
     try:
-        return session.query(JobShard).filter(JobShard.job_id == uuid.UUID(jid), JobShard.status == "running").count()
+        idents = [r.worker for r in session.query(JobShard).filter(JobShard.job_id == uuid.UUID(jid),
+                                                                    JobShard.status == "running")]
     finally:
         session.close()
         engine.dispose()
+    out = []
+    for ident in idents:
+        try:
+            pid = int(ident.rsplit(":", 2)[1])
+            out.append(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (OSError, ValueError, AttributeError, IndexError):
+            pass
+    return out
 
 
 def _coordinator_worker(served: Served, job: dict) -> int | None:

@@ -130,9 +130,9 @@ class WorkerJobStore:
             return dict(job.spec) if job is not None else None
 
     # shards of sharded predictions (service/store/shards.py) -------------------------------------
-    def plan_shards(self, job_id: str, part: str, n: int) -> None:
+    def plan_shards(self, job_id: str, part: str, n: int, *, fresh: bool = False) -> None:
         with session_scope(self.sessions) as s:
-            shards.plan(s, uuid.UUID(job_id), part, n)
+            shards.plan(s, uuid.UUID(job_id), part, n, fresh=fresh)
 
     def shards(self, job_id: str, part: str) -> list[dict]:
         """Each shard's index, status, worker, heartbeat age (s), attempts and result."""

@@ -1,7 +1,8 @@
 """Shard records of sharded predictions: planned once per prediction, claimed by one live process at a time
 (the same optimistic rule as job claims), kept alive by heartbeats, marked done once their part is written.
 
-    plan(job, part, n)        rows 0..n-1, pending (again: no change, so a resumed job keeps what is done)
+    plan(job, part, n)        rows 0..n-1, pending (again: no change, so a resumed job keeps what is done;
+                              fresh: a new plan of the part, earlier records dropped)
     claim(..., me, dead?)     pending, or running under a dead process -> running under me, attempts + 1
     beat(..., me)             heartbeat; says stop when the job is cancelled or ended, or I lost the claim
     finish / fail / release   done (with figures) | failed (with the error) | pending again (stopped)
@@ -11,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.store.tables import (
@@ -26,8 +27,11 @@ from service.store.tables import (
 )
 
 
-def plan(session: Session, job_id: uuid.UUID, part: str, n: int) -> None:
-    """Make sure shards 0..n-1 of ``part`` exist (a resumed coordinator keeps the records it finds)."""
+def plan(session: Session, job_id: uuid.UUID, part: str, n: int, *, fresh: bool = False) -> None:
+    """Make sure shards 0..n-1 of ``part`` exist (a resumed coordinator keeps the records it finds);
+    ``fresh``: a new plan, so records an earlier plan of the same part left go first."""
+    if fresh:
+        session.execute(delete(JobShard).where(JobShard.job_id == job_id, JobShard.part == part))
     have = set(session.scalars(select(JobShard.index).where(JobShard.job_id == job_id, JobShard.part == part)))
     for i in range(n):
         if i not in have:

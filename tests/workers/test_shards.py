@@ -106,6 +106,11 @@ def test_a_lost_shard_runs_again_a_written_one_stays_and_the_cog_equals_one_piec
     for a, b in (("one.tif", output), ("one_probs.tif", output.with_name("target-0-nc_probs.tif"))):
         with rasterio.open(tmp_path / a) as x, rasterio.open(b) as y:
             assert np.array_equal(x.read(), y.read()) and x.tags() == y.tags()
+    # the job was lost after the assembly, before it said so: its next attempt plans and runs anew
+    again = predict_sharded(pool, bundle, bundle_path, bands, output, 3, options=OPTS)
+    assert again["shards"]["reruns"] == 0 and [r["attempts"] for r in again["shards"]["runs"]] == [1, 1, 1]
+    with rasterio.open(tmp_path / "one.tif") as x, rasterio.open(output) as y:
+        assert np.array_equal(x.read(), y.read())
 
 
 def test_a_cancel_stops_the_shards_not_yet_run(scene, store, tmp_path):

@@ -42,6 +42,8 @@ log = logging.getLogger("geoadapt.worker")
 
 #: how often the coordinator looks at the shard records while it has none to run
 POLL_S = 0.5
+#: the longest a shard run goes without a heartbeat (and without hearing of a cancel)
+BEAT_MAX_S = 5.0
 
 
 class ShardFailed(Exception):
@@ -107,7 +109,8 @@ class _ShardBeat(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(self.pool.heartbeat_s):
+        # at most every few seconds: a cancel reaches a shard in another worker within that
+        while not self._done.wait(min(self.pool.heartbeat_s, BEAT_MAX_S)):
             try:
                 self.stop_asked = self.pool.store.shard_beat(self.pool.job_id, self.key, self.index,
                                                              self.pool.worker) or self.stop_asked
@@ -171,16 +174,17 @@ def predict_sharded(
     folder = shard_folder(output)
     key = pool.key(folder)
     manifest_path = folder / SHARD_MANIFEST
-    if manifest_path.is_file():  # a resumed job: the plan, and every part already written, stay
+    fresh = not manifest_path.is_file()
+    if not fresh:  # a resumed job: the plan, and every part already written, stay
         manifest = ShardManifest.load(manifest_path)
         say(f"resuming {len(manifest.shards)} shards of {output.name}")
-    else:
+    else:  # the first attempt, or one after an assembly whose job was lost before it said so: plan anew
         folder.mkdir(parents=True, exist_ok=True)
         manifest = plan_shards(bundle, input, shards, **(options or {}))
         manifest.bundle = str(bundle_path)
         manifest.save(manifest_path)
     n = len(manifest.shards)
-    pool.store.plan_shards(pool.job_id, key, n)
+    pool.store.plan_shards(pool.job_id, key, n, fresh=fresh)
     records = {r["index"]: r for r in pool.store.shards(pool.job_id, key)}
     for i in range(n):
         if records[i]["status"] != "done":
@@ -239,16 +243,16 @@ def _claim_order(records: dict[int, dict], is_dead) -> list[int]:
     return sorted(open_, reverse=True)
 
 
-_last_rescue: dict[str, float] = {}
+_last_rescue: dict[tuple[str, str], float] = {}  # (job, shard folder) -> when its shards were last looked at
 
 
 def _resend_lost(pool: ShardPool, key: str, force: bool = False) -> bool:
     """Send again (once per lost run) the shards whose claimant died: their message died with it, and an
     idle worker may take them while this process is busy. Looked at every few seconds; never asks to stop."""
     now = time.monotonic()
-    if not force and now - _last_rescue.get(key, 0.0) < max(2.0, pool.heartbeat_s / 2):
+    if not force and now - _last_rescue.get((pool.job_id, key), 0.0) < max(2.0, min(pool.heartbeat_s, BEAT_MAX_S) / 2):
         return False
-    _last_rescue[key] = now
+    _last_rescue[(pool.job_id, key)] = now
     try:
         for r in pool.store.shards(pool.job_id, key):
             if r["status"] == "running" and pool.is_dead(r["worker"], r["heartbeat_age_s"]) \
