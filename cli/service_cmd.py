@@ -53,24 +53,21 @@ def _die_with_parent() -> None:
         pass
 
 
-def _cores_for(k: int, n: int) -> set[int] | None:
-    """The CPU cores job worker ``k`` of ``n`` keeps to: an even share each, so that N workers of one
-    stream run side by side instead of all of them spreading threads over every core; None (every core)
-    for a single worker, or when there are fewer cores than workers."""
-    if n <= 1 or not hasattr(os, "sched_getaffinity"):
+def _cores_per_worker(n: int) -> int | None:
+    """Each of ``n`` job workers' share of the cores (GEOADAPT_WORKER_CORES), so that N workers of one stream
+    each run side by side rather than N times every core's worth of threads; None for a single worker, or
+    when the operator set the share."""
+    if n <= 1 or os.environ.get("GEOADAPT_WORKER_CORES"):
         return None
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < n:
-        return None
-    share = len(cores) // n
-    return set(cores[k * share:(k + 1) * share])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // n)
 
 
 class WorkerProcess:
     """The embedded worker: started, restarted after a crash, stopped with the API. ``cores``: the CPU
-    cores it keeps to (its prediction streams and torch threads follow them), None for all."""
+    cores its jobs use (its prediction streams and torch threads), None for every core."""
 
-    def __init__(self, args: list[str], cores: set[int] | None = None):
+    def __init__(self, args: list[str], cores: int | None = None):
         self.cmd = [sys.executable, "-m", "cli", "worker", *args]
         self.cores = cores
         self.proc: subprocess.Popen | None = None
@@ -82,14 +79,10 @@ class WorkerProcess:
         self._thread.start()
 
     def _spawn(self) -> None:
-        cores = self.cores
-
-        def before_exec() -> None:
-            _die_with_parent()
-            if cores:
-                os.sched_setaffinity(0, cores)
-
-        self.proc = subprocess.Popen(self.cmd, preexec_fn=before_exec)
+        env = None
+        if self.cores:  # the OS still places it on any core: a busy core elsewhere slows no worker for long
+            env = {**os.environ, "GEOADAPT_WORKER_CORES": str(self.cores), "OMP_NUM_THREADS": str(self.cores)}
+        self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent, env=env)
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -150,7 +143,7 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="uvicorn/celery log level")] = "info",
         workers: Annotated[int, typer.Option(
             "--workers", min=1, max=64,
-            help="job workers, each a process of its own on an even share of the cores; a large prediction "
+            help="job workers, each a process of its own using an even share of the cores; a large prediction "
                  "goes in shards that they all run")] = 1,
     ) -> None:
         """Run the API and its job workers: no servers to install (SQLite store and queue by default)."""
@@ -165,13 +158,12 @@ def register(app: typer.Typer) -> None:
                    f"{':'.join(map(str, settings.allowed_roots)) or '(none: uploads only)'}")
         api = create_app(settings)  # creates the tables before the worker needs them
         # job workers: one process each, with node names of their own (jobs1@host, ...) when there are several
+        share = _cores_per_worker(workers)
         wps = [WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level,
-                              *(["--hostname", f"jobs{k + 1}@%h"] if workers > 1 else [])],
-                             cores=_cores_for(k, workers))
+                              *(["--hostname", f"jobs{k + 1}@%h"] if workers > 1 else [])], cores=share)
                for k in range(workers)] if worker else []
         if len(wps) > 1:
-            typer.echo(f"geoadapt: {len(wps)} job workers" + (
-                f", on cores {', '.join(str(sorted(w.cores)) for w in wps)}" if wps[0].cores else ""))
+            typer.echo(f"geoadapt: {len(wps)} job workers" + (f", {share} core(s) each" if share else ""))
         # tile inference in a worker of its own: a long job in the first one must not stall the map
         tw = WorkerProcess(["--queues", TILES_QUEUE, "--pool", "solo", "--hostname", "tiles@%h",
                             "--loglevel", log_level]) if worker else None
@@ -209,6 +201,10 @@ def register(app: typer.Typer) -> None:
         from workers.celery_app import app as celery, configure
 
         settings = _settings(data_dir)
+        if settings.worker_cores:  # training keeps to this worker's share too (predictions: workers.pipelines)
+            import torch
+
+            torch.set_num_threads(settings.worker_cores)
         prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
         try:  # the API checks model.overrides at submit with it; without it, jobs still check when they start

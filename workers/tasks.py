@@ -305,8 +305,8 @@ def _shard_pool(celery, job_id: str, me: str, queue: str | None, output) -> list
         celery.send_task(RUN_SHARD, args=[job_id, folder, index], queue=queue, routing_key=queue)
 
     return [ShardPool(store=celery.job_store, job_id=job_id, worker=me, is_dead=make_is_dead(settings.orphan_after_s),
-                      send=send, shard_pixels=settings.shard_pixels, heartbeat_s=settings.heartbeat_interval_s,
-                      output=Path(output))]
+                      send=send, shard_pixels=settings.shard_pixels, cores=settings.worker_cores,
+                      heartbeat_s=settings.heartbeat_interval_s, output=Path(output))]
 
 
 @app.task(name=RUN_SHARD, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -222,15 +222,18 @@ def window_model(bundle: Any, opts: PredictOptions) -> tuple[Any, Any]:
     return OnnxWindowModel(path, threads=threads, tta=opts.tta, pad_multiple=opts.pad_multiple), tmp
 
 
-def default_streams(device: torch.device, streams: int | None, threads: int | None) -> tuple[int, int]:
-    """(batches in the model at once, torch threads each).
+def default_streams(device: torch.device, streams: int | None, threads: int | None,
+                    cores: int | None = None) -> tuple[int, int]:
+    """(batches in the model at once, torch threads each), on ``cores`` CPU cores (default: every core this
+    process may run on).
 
     On a CPU, small segmentation networks scale poorly across the threads of one forward pass
     (each op is short, and the threads wait at every op's barrier, worse still when reading and
     writing threads share the cores), while independent forward passes on one core each scale
     almost linearly; so several streams of one thread each. On a GPU one stream keeps it busy.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type != "cpu":
         return int(streams or 1), int(threads or torch.get_num_threads())
     n = int(streams or min(cores, 4))

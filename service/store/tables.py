@@ -1,4 +1,5 @@
-"""Tables of the job store: tokens, jobs, datasets, workers (portable between SQLite and PostgreSQL)."""
+"""Tables of the job store: tokens, jobs, datasets, workers, the shards of sharded predictions (portable between
+SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import uuid

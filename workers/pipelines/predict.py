@@ -76,6 +76,7 @@ def predict_domains(
             bundle_path = bundle_path or bundle
             bundle = load_bundle(bundle)  # once for every scene (the shards' plans need it loaded)
         bundle_path = bundle_path or bundle.path
+        options = {**pool.run_options(), **(options or {})}  # this worker's share of the cores
     pred_dir = Path(out_dir) / PREDICTIONS
     pred_dir.mkdir(parents=True, exist_ok=True)
     for p in remove_stale_temporaries(pred_dir):  # an earlier attempt of this job was killed mid-write

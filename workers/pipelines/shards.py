@@ -64,9 +64,22 @@ class ShardPool(Callback):
     is_dead: Callable[[str | None, float | None], bool]
     send: Callable[[str, int], None]  # (shard folder relative to the job's output, index) -> a message
     shard_pixels: int = 0  # predictions over more output pixels than this are sharded (0: only on request)
+    cores: int | None = None  # CPU cores this worker's predictions use (GEOADAPT_WORKER_CORES); None: all
     heartbeat_s: float = 15.0
     output: Path | None = None  # the job's output folder (shard folders are named relative to it)
     reruns_sent: dict = field(default_factory=dict)  # (key, index) -> attempt whose loss was re-sent
+
+    def run_options(self) -> dict:
+        """The prediction options that fit this worker's share of the cores (streams x threads), on a CPU;
+        they change how fast a prediction runs, never its pixels (one thread per stream either way)."""
+        import torch
+
+        from models.inference.windowed import default_streams
+
+        if not self.cores or torch.cuda.is_available():
+            return {}
+        streams, threads = default_streams(torch.device("cpu"), None, None, cores=self.cores)
+        return {"streams": streams, "threads": threads}
 
     def key(self, folder: Path) -> str:
         """The shard records' name of a shard folder: its path relative to the job's output."""
@@ -138,7 +151,8 @@ def run_shard(pool: ShardPool, folder: Path, index: int, *, bundle: Any = None,
     beat.start()
     try:
         result = predict_shard(bundle if bundle is not None else _bundle(manifest.bundle), manifest, index, folder,
-                               should_stop=lambda: beat.stop_asked or bool(should_stop and should_stop()))
+                               should_stop=lambda: beat.stop_asked or bool(should_stop and should_stop()),
+                               **pool.run_options())
     except PredictionCancelled:
         pool.store.shard_released(pool.job_id, key, index, pool.worker)
         return "stopped"
