@@ -159,3 +159,29 @@ def test_a_failed_shard_fails_the_prediction_with_its_reason(scene, store, tmp_p
     with pytest.raises(ShardFailed, match="shard 1 of target-0-nc.tif failed: UnreadableRasterError"):
         predict_sharded(_pool(store, jid, out, []), bundle, bundle_path, moved, output, 2, options=OPTS)
     assert not output.exists()
+
+
+def test_an_adapt_jobs_target_maps_go_in_shards_through_the_jobs_callbacks(scene, store, bench_domains, tmp_path):
+    """The target-map step of a training pipeline (here adabn's) finds the worker's ShardPool among the job's
+    callbacks and predicts in params.shards shards: the same COG as predict_raster with the new bundle."""
+    from core.jobspec import DomainSpec, load_job_spec
+    from models.bundle import load_bundle
+    from workers.pipelines.dispatch import run_job
+
+    bundle_path, _, _ = scene
+    jid = _running_job(store)
+    out = tmp_path / "out"
+    spec = load_job_spec({"type": "adapt", "method": "adabn", "classes": NC_CLASSES, "bundle": str(bundle_path),
+                          "target": bench_domains["target"], "output": str(out),
+                          "params": {"batches": 2, "batch_size": 2, "crop": 32, "shards": 2,
+                                     "predict_probabilities": False}})
+    sent: list = []
+    res = run_job(spec, [_pool(store, jid, out, sent)])
+    assert res["status"] == "finished", res
+    pred = res["predictions"][0]
+    assert pred["shards"]["count"] == 2 and pred["shards"]["reruns"] == 0
+    assert sorted(i for _, i in sent) == [0, 1]  # both offered to the other workers
+    target = DomainSpec.model_validate(bench_domains["target"])
+    predict_raster(load_bundle(out), target.scenes[0], tmp_path / "one.tif", region=target.region)
+    with rasterio.open(tmp_path / "one.tif") as x, rasterio.open(pred["path"]) as y:
+        assert np.array_equal(x.read(), y.read())
