@@ -1,5 +1,5 @@
-"""`geoadapt bench adapt|pretrain|fewlabels|consensus|predict|service|security|ddp`: the project's benchmarks
-(see shared design benchmarks.md)."""
+"""`geoadapt bench adapt|pretrain|fewlabels|consensus|predict|scale|service|security|ddp`: the project's
+benchmarks (see shared design benchmarks.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -212,6 +212,30 @@ def predict_benchmark(
         typer.echo(f"onnxruntime e2e / torch e2e {r['onnxruntime_e2e_over_torch_e2e']:.3f} (goal >= 1.0)")
     typer.echo(f"e2e/model {r['e2e_over_model']:.3f} (goal >= 0.85) | e2e/naive {r['e2e_over_naive']:.3f} "
                f"(goal >= 1.5) | peak RSS MB {r['peak_rss_mb']} (goal: within 10%)")
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+@app.command("scale")
+def scale_benchmark(
+    size: int = typer.Option(16384, "--size", min=256, help="side of the large raster in pixels"),
+    out: Path = typer.Option(Path("bench-scale"), "--out", help="folder for report.json, report.md, data/"),
+    small: int = typer.Option(None, "--small", min=256, help="side of the second raster for peak RSS (size/2)"),
+    shards: int = typer.Option(4, "--shards", min=2, help="shards of the sharded runs"),
+    workers: int = typer.Option(2, "--workers", min=2, help="job workers of the sharded runs"),
+    probabilities: bool = typer.Option(True, "--probabilities/--no-probabilities",
+                                       help="the jobs also write probability COGs (a predict job's default)"),
+) -> None:
+    """Benchmark B, extended: one large prediction as predict jobs to `geoadapt serve`, 1 worker x 2 threads
+    against 2 workers x 1 thread in shards (e2e ratio, identical outputs), the sharded run again with a job
+    worker SIGKILLed mid-job (shards re-run), and peak RSS per worker at two raster sizes."""
+    from benchmarks.scale import ScaleSettings, run_scale_benchmark
+
+    s = ScaleSettings(size=size, small=small, shards=shards, workers=workers, probabilities=probabilities)
+    r = run_scale_benchmark(out, s, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"e2e s {r['e2e_seconds']} | ratio {r['e2e_ratio']:.3f} (goal >= 0.9)")
+    typer.echo(f"identical outputs {r['identical_outputs']} | worker killed {r['worker_killed']}")
+    typer.echo(f"peak RSS MB per worker {r['peak_rss_mb_per_worker']} | growth {r['peak_rss_growth']} "
+               "(goal: within 10%)")
     typer.echo(f"report: {out / 'report.json'}")
 
 

@@ -2,7 +2,8 @@
 `submit`, `status`, `wait`, `dismiss`, `delete`, `results`, `jobs`, `usage`; `token ...` is registered from
 here too.
 
-    geoadapt serve   -> worker subprocess (`python -m cli worker`, restarted if it dies)
+    geoadapt serve   -> N job worker subprocesses (`python -m cli worker --hostname jobsK@%h`, each
+                        restarted if it dies; a sharded prediction uses them all) + a tile worker
                      -> uvicorn(create_app(Settings()))
 """
 from __future__ import annotations
@@ -52,11 +53,23 @@ def _die_with_parent() -> None:
         pass
 
 
-class WorkerProcess:
-    """The embedded worker: started, restarted after a crash, stopped with the API."""
+def _cores_per_worker(n: int) -> int | None:
+    """Each of ``n`` job workers' share of the cores (GEOADAPT_WORKER_CORES), so that N workers of one stream
+    each run side by side rather than N times every core's worth of threads; None for a single worker, or
+    when the operator set the share."""
+    if n <= 1 or os.environ.get("GEOADAPT_WORKER_CORES"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // n)
 
-    def __init__(self, args: list[str]):
+
+class WorkerProcess:
+    """The embedded worker: started, restarted after a crash, stopped with the API. ``cores``: the CPU
+    cores its jobs use (its prediction streams and torch threads), None for every core."""
+
+    def __init__(self, args: list[str], cores: int | None = None):
         self.cmd = [sys.executable, "-m", "cli", "worker", *args]
+        self.cores = cores
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
@@ -66,7 +79,10 @@ class WorkerProcess:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent)
+        env = None
+        if self.cores:  # the OS still places it on any core: a busy core elsewhere slows no worker for long
+            env = {**os.environ, "GEOADAPT_WORKER_CORES": str(self.cores), "OMP_NUM_THREADS": str(self.cores)}
+        self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent, env=env)
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -125,8 +141,12 @@ def register(app: typer.Typer) -> None:
         worker: Annotated[bool, typer.Option(help="also run a worker (embedded mode)")] = True,
         pool: Annotated[str, typer.Option(help="worker pool: prefork (1 process) or solo")] = "prefork",
         log_level: Annotated[str, typer.Option(help="uvicorn/celery log level")] = "info",
+        workers: Annotated[int, typer.Option(
+            "--workers", min=1, max=64,
+            help="job workers, each a process of its own using an even share of the cores; a large prediction "
+                 "goes in shards that they all run")] = 1,
     ) -> None:
-        """Run the API and one worker: no servers to install (SQLite store and queue by default)."""
+        """Run the API and its job workers: no servers to install (SQLite store and queue by default)."""
         import uvicorn
 
         from service.app import create_app
@@ -137,15 +157,21 @@ def register(app: typer.Typer) -> None:
                    f"broker {redact_url(settings.broker_url)}; allowed roots "
                    f"{':'.join(map(str, settings.allowed_roots)) or '(none: uploads only)'}")
         api = create_app(settings)  # creates the tables before the worker needs them
-        wp = WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level]) if worker else None
+        # job workers: one process each, with node names of their own (jobs1@host, ...) when there are several
+        share = _cores_per_worker(workers)
+        wps = [WorkerProcess(["--pool", pool, "--concurrency", "1", "--loglevel", log_level,
+                              *(["--hostname", f"jobs{k + 1}@%h"] if workers > 1 else [])], cores=share)
+               for k in range(workers)] if worker else []
+        if len(wps) > 1:
+            typer.echo(f"geoadapt: {len(wps)} job workers" + (f", {share} core(s) each" if share else ""))
         # tile inference in a worker of its own: a long job in the first one must not stall the map
         tw = WorkerProcess(["--queues", TILES_QUEUE, "--pool", "solo", "--hostname", "tiles@%h",
                             "--loglevel", log_level]) if worker else None
         started = time.time()
-        for w in (wp, tw):
+        for w in (*wps, tw):
             if w:
                 w.start()
-        if wp:  # so that the first submissions are checked against it (model.overrides) like every later one
+        if wps:  # so that the first submissions are checked against it (model.overrides) like every later one
             _wait_for_catalogue(settings.override_catalogue, newer_than=started, timeout=120)
         # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
         # `finally` below stop the worker instead of killing this process on the spot
@@ -153,10 +179,10 @@ def register(app: typer.Typer) -> None:
         try:
             uvicorn.run(api, host=host, port=port, log_level=log_level)
         finally:
-            workers = [w for w in (wp, tw) if w]
-            for w in workers:  # both at once: a cold shutdown takes seconds
+            children = [w for w in (*wps, tw) if w]
+            for w in children:  # all at once: a cold shutdown takes seconds
                 w.begin_stop()
-            for w in workers:
+            for w in children:
                 w.wait_stopped()
 
     @app.command("worker")
@@ -175,6 +201,10 @@ def register(app: typer.Typer) -> None:
         from workers.celery_app import app as celery, configure
 
         settings = _settings(data_dir)
+        if settings.worker_cores:  # training keeps to this worker's share too (predictions: workers.pipelines)
+            import torch
+
+            torch.set_num_threads(settings.worker_cores)
         prepare_embedded_broker(settings)
         configure(celery, settings, WorkerJobStore(settings))
         try:  # the API checks model.overrides at submit with it; without it, jobs still check when they start

@@ -10,6 +10,7 @@ serves them) and by the workers (which write them), so both sides agree by const
         history.jsonl                  training curves, one line per logged iteration (the console plots it)
         predictions/<role>-<i>-<image>.tif         a class COG per predicted scene
         predictions/<role>-<i>-<image>_probs.tif   its probability twin, when asked for
+        predictions/.shards/<role>-<i>-<image>/    a sharded prediction's manifest and parts, until assembled
         predictions.json               what the predict step wrote, with its figures
         checkpoints/                   resume state (last.pth, best.pth); dropped once the job succeeds
         teacher/                       a feature-regression job's source-only teacher: an output folder
@@ -69,6 +70,16 @@ def is_intermediate(relpath: Path) -> bool:
 def is_prediction(relpath: Path) -> bool:
     """Whether a path relative to an output folder is a predicted raster: a COG outside the bundle."""
     return relpath.parts[0] != BUNDLE and relpath.suffix.lower() in COG_SUFFIXES
+
+
+#: beside a sharded prediction's COG: a folder per prediction with its manifest and its shards' parts
+SHARDS = ".shards"
+
+
+def shard_folder(class_path: str | Path) -> Path:
+    """Where the shards of the prediction written to ``class_path`` keep their manifest and parts."""
+    class_path = Path(class_path)
+    return class_path.parent / SHARDS / class_path.stem
 
 
 def probability_path_for(class_path: str | Path) -> Path:

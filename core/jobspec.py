@@ -367,6 +367,12 @@ class Params(_Strict):
         description="predictions also write <name>_probs.tif: per-class probabilities (uint8, p x 254) for "
         "confidence maps and point queries",
     )
+    shards: StrictInt | None = Field(
+        default=None, ge=1, le=1024,
+        description="predictions (a predict job's, or an adapt job's target maps) in this many shards of whole "
+        "window rows, run by any of the service's workers and assembled into the same COG; default: one shard "
+        "per GEOADAPT_SHARD_PIXELS output pixels (a raster at most that large is predicted in one piece)",
+    )
     batches: int = Field(
         default=100, ge=1, le=100_000,
         description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 #: run one job (adapt, train, predict, evaluate) by its id: workers/tasks.py
 RUN_JOB = "geoadapt.run_job"
+#: run one shard of a sharded prediction of a job (job id, shard folder, index): workers/tasks.py
+RUN_SHARD = "geoadapt.run_shard"
 #: compute a registered dataset's statistics by its id: workers/tasks.py
 DATASET_STATS = "geoadapt.dataset_stats"
 #: render one map tile through a model: workers/tile_tasks.py

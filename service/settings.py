@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     #: a job whose worker is lost this many times (OOM, kill, hard time limit) fails for good
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    #: CPU cores one job worker's predictions use (streams x torch threads); default: every core it may run on.
+    #: `serve --workers N` gives each of its job workers cores / N
+    worker_cores: int | None = Field(default=None, ge=1)
+    #: a prediction over more output pixels than this goes in shards (one per this many pixels) that every
+    #: worker helps with; a job's params.shards decides instead when given. 0: only on request
+    shard_pixels: int = Field(default=64 * 1024 * 1024, ge=0)
     #: a job that succeeded keeps its resume checkpoints (by default only its bundle and results stay)
     keep_checkpoints: bool = False
 

@@ -4,7 +4,9 @@ function with a callback that reports progress/checkpoints and relays cancel, re
     run_job(job_id)
       store.claim(job_id, me)        -> spec, or None (finished, dismissed, or alive elsewhere)
       Heartbeat thread               -> store.report(...) every few seconds; reads cancel flag
-      PIPELINES[spec.type](spec, callbacks=[StoreReporter])
+      PIPELINES[spec.type](spec, callbacks=[StoreReporter, ShardPool])
+                                     (ShardPool: a large prediction's shards go to every worker as
+                                      run_shard(job_id, folder, index) messages: workers/pipelines/shards.py)
       store.succeed (then its checkpoints go, unless kept) | store.dismiss (on request, checkpoint kept)
         | store.fail(error type, message)
 
@@ -31,7 +33,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
-from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, RUN_JOB
+from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, GPU_QUEUE, RUN_JOB, RUN_SHARD
 from workers.celery_app import app
 
 log = logging.getLogger("geoadapt.worker")
@@ -271,7 +273,8 @@ def run_job(self, job_id: str) -> str:
     beat.start()
     log.info("job %s: attempt %s on %s", job_id, claimed["attempts"], me)
     try:
-        result = _pipeline(spec.type)(spec, callbacks=[reporter], log=reporter.on_log)
+        callbacks = [reporter, *_shard_pool(self.app, job_id, me, claimed.get("queue"), spec.output)]
+        result = _pipeline(spec.type)(spec, callbacks=callbacks, log=reporter.on_log)
     except SoftTimeLimitExceeded:
         store.fail(job_id, me, "time_limit_exceeded", f"the job ran past {settings.job_soft_time_limit_s} s")
         return "failed"
@@ -287,6 +290,48 @@ def run_job(self, job_id: str) -> str:
     if store.succeed(job_id, me, _jsonable(summary)) and not settings.keep_checkpoints:
         _drop_resume_state(store, job_id, str(spec.output))
     return "successful"
+
+
+def _shard_pool(celery, job_id: str, me: str, queue: str | None, output) -> list:
+    """The job's offer of sharded predictions (workers/pipelines/shards.py), as a callback; none when the
+    pipelines cannot load here (the pipeline then fails with the reason)."""
+    try:
+        from workers.pipelines.shards import ShardPool
+    except ModuleNotFoundError:
+        return []
+    settings = celery.settings
+    queue = queue or GPU_QUEUE
+
+    def send(folder: str, index: int) -> None:
+        celery.send_task(RUN_SHARD, args=[job_id, folder, index], queue=queue, routing_key=queue)
+
+    return [ShardPool(store=celery.job_store, job_id=job_id, worker=me, is_dead=make_is_dead(settings.orphan_after_s),
+                      send=send, shard_pixels=settings.shard_pixels, cores=settings.worker_cores,
+                      heartbeat_s=settings.heartbeat_interval_s, output=Path(output))]
+
+
+@app.task(name=RUN_SHARD, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_shard(self, job_id: str, folder: str, index: int) -> str:
+    """Run one shard of a job's sharded prediction, if nobody alive runs it and it is not written yet."""
+    store = self.app.job_store
+    if store is None:
+        raise RuntimeError("the worker was started without a job store: use `geoadapt worker`")
+    spec = store.job_spec(job_id)
+    if spec is None or store.job_stopping(job_id):
+        return "skipped"
+    output = Path(spec["output"]).resolve()
+    where = (output / folder).resolve()
+    if not where.is_relative_to(output) or not where.is_dir():  # the message names a folder of the job's
+        log.warning("job %s: no shard folder %s", job_id, folder)
+        return "skipped"
+    from workers.pipelines.shards import run_shard as run_one
+
+    pools = _shard_pool(self.app, job_id, process_ident(), None, output)
+    if not pools:
+        return "skipped"
+    outcome = run_one(pools[0], where, int(index))
+    log.info("job %s: shard %s/%s %s", job_id, folder, index, outcome)
+    return outcome
 
 
 def _training_share(spec: JobSpec) -> float:

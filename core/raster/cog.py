@@ -5,6 +5,9 @@ source dataset, so a streamed prediction goes through a tiled temporary GeoTIFF 
 (same filesystem, so the final ``os.replace`` is atomic and a reader never sees half a file).
 A class map's names and attribute table, which GeoTIFF cannot hold, go in GDAL's ``.aux.xml`` sidecar
 (core.raster.pam), moved into place just before the COG.
+A raster already written in parts (row bands written by the shards of a sharded prediction,
+core.raster.prediction_shards) is finished the same way: the temporary file is then a VRT over the parts,
+so the COG driver reads them in place and nothing is copied twice.
 Callers that stream large rasters cap GDAL's block cache (:func:`gdal_cache_limit`) so that memory
 does not grow with the raster.
 """
@@ -79,7 +82,7 @@ def read_class_tags(tags: dict[str, str]) -> list[ClassStyle]:
 
 
 #: the temporary files a writer makes beside its output: (kind, suffix)
-_TEMPORARIES = (("part", ".tif"), ("cog", ".tif"), ("pam", ".xml"))
+_TEMPORARIES = (("part", ".tif"), ("part", ".vrt"), ("cog", ".tif"), ("pam", ".xml"))
 
 
 def _temp_name(path: Path, what: str, suffix: str = ".tif") -> Path:
@@ -107,7 +110,9 @@ class CogWriter:
     Use as a context manager: on an exception nothing is left at ``path`` (an older file there stays
     untouched) and the temporary files are removed. ``sidecar``: a GDAL PAM document (core.raster.pam)
     for ``<path>.aux.xml``; without one, a sidecar left there by an earlier file is removed, since GDAL
-    would read it as this file's.
+    would read it as this file's. ``parts``: the raster is already written, as GeoTIFFs each covering the
+    whole width and a band of rows ((path, first row) pairs; rows nobody covers read as nodata): the
+    temporary file is a VRT over them, and :meth:`write` is not used.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class CogWriter:
         band_descriptions: Sequence[str] | None = None,
         scales: Sequence[float] | None = None,
         sidecar: str | None = None,
+        parts: Sequence[tuple[str | Path, int]] | None = None,
     ):
         self.path = Path(path)
         self.grid = grid
@@ -137,16 +143,23 @@ class CogWriter:
         self.overview_resampling = overview_resampling
         self.sidecar = sidecar
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_name(self.path, "part")
-        # the temporary file is uncompressed: written once, read once by the COG driver, then deleted
-        tile = _tile_size(blocksize, grid.width, grid.height)
-        profile = dict(
-            driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
-            crs=grid.crs, transform=grid.transform, nodata=nodata, interleave="band",
-            tiled=True, blockxsize=tile, blockysize=tile, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
-        )
         try:
-            self._ds = rasterio.open(self._tmp, "w", **profile)
+            if parts is None:
+                self._tmp = _temp_name(self.path, "part")
+                # the temporary file is uncompressed: written once, read once by the COG driver, then deleted
+                tile = _tile_size(blocksize, grid.width, grid.height)
+                profile = dict(
+                    driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
+                    crs=grid.crs, transform=grid.transform, nodata=nodata, interleave="band",
+                    tiled=True, blockxsize=tile, blockysize=tile, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
+                )
+                self._ds = rasterio.open(self._tmp, "w", **profile)
+            else:
+                self._tmp = _temp_name(self.path, "part", ".vrt")
+                self._tmp.write_text(_mosaic_vrt(grid, count, dtype, nodata, parts), encoding="utf-8")
+                self._ds = rasterio.open(self._tmp, "r+")  # the metadata below goes into the VRT
+                if grid.crs is not None:
+                    self._ds.crs = grid.crs
             if colormap:
                 self._ds.write_colormap(1, colormap)
             if tags:
@@ -248,6 +261,39 @@ def gdal_cache_limit(mb: int = DEFAULT_CACHE_MB) -> rasterio.Env:
     then follow the raster's size up to that cap instead of staying flat.
     """
     return rasterio.Env(GDAL_CACHEMAX=int(mb))
+
+
+#: numpy dtype -> GDAL's name for it, for VRT documents
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
+               "float32": "Float32", "float64": "Float64"}
+
+
+def _mosaic_vrt(grid: Any, count: int, dtype: str, nodata: float | None,
+                parts: Sequence[tuple[str | Path, int]]) -> str:
+    """A VRT document of ``grid``'s size whose bands read each part (full width, a band of rows) in place."""
+    from xml.sax.saxutils import escape
+
+    gt = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
+    placed = []  # (absolute path, first row, rows)
+    for path, row in parts:
+        with rasterio.open(path) as ds:
+            if ds.width != grid.width or ds.count != count or not 0 <= row <= grid.height - ds.height:
+                raise ValueError(f"part {path} ({ds.width} x {ds.height}, {ds.count} bands at row {row}) "
+                                 f"does not fit a {grid.width} x {grid.height} raster of {count} bands")
+            placed.append((escape(str(Path(path).resolve())), int(row), ds.height))
+    bands = []
+    for b in range(1, count + 1):
+        sources = [
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{path}</SourceFilename><SourceBand>{b}</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{h}"/>'
+            f'<DstRect xOff="0" yOff="{row}" xSize="{grid.width}" ySize="{h}"/></SimpleSource>'
+            for path, row, h in placed
+        ]
+        nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
+        bands.append(f'<VRTRasterBand dataType="{_GDAL_TYPES[str(np.dtype(dtype))]}" band="{b}">{nd}'
+                     + "".join(sources) + "</VRTRasterBand>")
+    return (f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">'
+            f"<GeoTransform>{gt}</GeoTransform>" + "".join(bands) + "</VRTDataset>")
 
 
 def _tile_size(blocksize: int, width: int, height: int) -> int:

@@ -216,12 +216,20 @@ class StreamingBlender:
     window (in row-major order) has been added, and is then emitted. Windows that were skipped
     (entirely nodata) are added as ``None``: the cells they alone cover are never emitted, so the
     output keeps nodata there.
+
+    ``window_rows`` [first, stop): only the windows of those rows are added (a shard's,
+    core.raster.prediction_shards). Cells that windows outside them also cover come out blended from
+    these windows alone; the caller keeps only the output rows that no other window row reaches.
     """
 
-    def __init__(self, plan: WindowPlan, num_classes: int):
+    def __init__(self, plan: WindowPlan, num_classes: int, window_rows: tuple[int, int] | None = None):
         self.plan = plan
         self.k = num_classes
-        self._next = 0
+        first, stop = window_rows or (0, plan.n_rows)
+        if not 0 <= first < stop <= plan.n_rows:
+            raise ValueError(f"window rows {first}..{stop} are not rows of a plan of {plan.n_rows}")
+        self._next = first * plan.n_cols
+        self._end = stop * plan.n_cols
         self._rseg = _segments(plan.row_starts, plan.win_h, plan.height)
         self._cseg = _segments(plan.col_starts, plan.win_w, plan.width)
         # for window row i: the row segments inside it (indexes); same for columns
@@ -233,7 +241,7 @@ class StreamingBlender:
 
     def add(self, index: int, probs: np.ndarray | None, valid: np.ndarray | None = None) -> list[Piece]:
         """Add window ``index`` (probabilities (K, h, w) or None when skipped); return finished pieces."""
-        if index != self._next:
+        if index != self._next or index >= self._end:
             raise ValueError(f"windows must be added in plan order: expected {self._next}, got {index}")
         self._next += 1
         p = self.plan
@@ -286,7 +294,19 @@ class StreamingBlender:
 
     @property
     def done(self) -> bool:
-        return self._next == len(self.plan)
+        return self._next == self._end
+
+
+def clip_piece(piece: Piece, first: int, stop: int) -> Piece | None:
+    """The part of ``piece`` in output rows [first, stop), or None when it has none there."""
+    r0, h = int(piece.window.row_off), int(piece.window.height)
+    a, b = max(r0, first), min(r0 + h, stop)
+    if b <= a:
+        return None
+    if (a, b) == (r0, r0 + h):
+        return piece
+    w = piece.window
+    return Piece(Window(w.col_off, a, w.width, b - a), piece.probs[:, a - r0 : b - r0], piece.valid[a - r0 : b - r0])
 
 
 # regions -----------------------------------------------------------------------------------------

@@ -51,7 +51,14 @@ from core.raster.cog import (
 )
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from core.raster.prediction_windows import PredictOptions, StreamingBlender, WindowPlan, aoi_mask, resolve_region
+from core.raster.prediction_windows import (
+    PredictOptions,
+    StreamingBlender,
+    WindowPlan,
+    aoi_mask,
+    clip_piece,
+    resolve_region,
+)
 from models.normalization import Normalizer
 
 
@@ -215,15 +222,18 @@ def window_model(bundle: Any, opts: PredictOptions) -> tuple[Any, Any]:
     return OnnxWindowModel(path, threads=threads, tta=opts.tta, pad_multiple=opts.pad_multiple), tmp
 
 
-def default_streams(device: torch.device, streams: int | None, threads: int | None) -> tuple[int, int]:
-    """(batches in the model at once, torch threads each).
+def default_streams(device: torch.device, streams: int | None, threads: int | None,
+                    cores: int | None = None) -> tuple[int, int]:
+    """(batches in the model at once, torch threads each), on ``cores`` CPU cores (default: every core this
+    process may run on).
 
     On a CPU, small segmentation networks scale poorly across the threads of one forward pass
     (each op is short, and the threads wait at every op's barrier, worse still when reading and
     writing threads share the cores), while independent forward passes on one core each scale
     almost linearly; so several streams of one thread each. On a GPU one stream keeps it busy.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type != "cpu":
         return int(streams or 1), int(threads or torch.get_num_threads())
     n = int(streams or min(cores, 4))
@@ -260,60 +270,16 @@ def predict_raster(
     _refuse_overwriting_input(input, [output, probs_path])
 
     with gdal_cache_limit(opts.cache_mb):
-        with open_scene() as scene:
-            expected = getattr(bundle, "band_count", None)
-            if expected is not None and scene.count != expected:
-                raise BandCountMismatchError(
-                    f"{scene.name} has {scene.count} bands but the model was trained on {expected}"
-                )
-            region, geoms = resolve_region(scene.grid, opts.region)
-            # a streaming pass over the input's valid pixels in the region, only if asked for
-            normalizer = bundle.normalization.for_prediction(
-                opts.stats, input_stats=lambda: compute_stats([scene], [region]))
-            out_grid = scene.grid.window(region)
-        plan = WindowPlan(int(region.height), int(region.width), opts.window, opts.overlap, opts.blend)
-        model, onnx_tmp = window_model(bundle, opts)
-        n_streams, n_threads = default_streams(model.device, opts.streams, opts.threads)
-        dtype, nodata = class_encoding([c.id for c in classes])
-        lut = np.array([c.id for c in classes], dtype=dtype)
-        writer = class_cog_writer(output, out_grid, classes, blocksize=opts.blocksize, compress=opts.compress)
+        setup = prepare_prediction(bundle, open_scene, opts)
+        writer = class_cog_writer(output, setup.out_grid, classes, blocksize=opts.blocksize, compress=opts.compress)
         pwriter = None
-        pipe = _Pipeline()
-        threads_before = torch.get_num_threads()
         try:
             if probs_path is not None:
                 pwriter = probability_cog_writer(
-                    probs_path, out_grid, classes, blocksize=opts.blocksize, compress=opts.compress
+                    probs_path, setup.out_grid, classes, blocksize=opts.blocksize, compress=opts.compress
                 )
-            torch.set_num_threads(n_threads)
-            q_in: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
-            q_out: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
-            workers = [
-                threading.Thread(
-                    target=_read_windows, name="predict-reader", daemon=True,
-                    args=(pipe, q_in, open_scene, plan, region, geoms, normalizer, opts.batch_size),
-                ),
-                *(
-                    threading.Thread(target=_forward, name=f"predict-model-{i}", daemon=True,
-                                     args=(pipe, q_in, q_out, model))
-                    for i in range(n_streams)
-                ),
-            ]
-            sink = threading.Thread(
-                target=_write_windows, name="predict-writer", daemon=True,
-                args=(pipe, q_out, plan, len(classes), lut, nodata, writer, pwriter),
-            )
-            for t in (*workers, sink):
-                t.start()
-            try:
-                _watch(pipe, sink, len(plan), progress, should_stop)
-            except BaseException as e:  # Ctrl-C in the calling thread: stop the others, clean up
-                pipe.fail(e)
-            pipe.stop.set()  # the writer is done (or failed): release anything still waiting
-            for t in (*workers, sink):
-                t.join()
-            if pipe.failure is not None:
-                raise pipe.failure
+            pipe, engine = run_windows(bundle, open_scene, setup, opts, writer, pwriter,
+                                       progress=progress, should_stop=should_stop)
             t_cog = time.perf_counter()
             writer.close()
             if pwriter is not None:
@@ -324,18 +290,107 @@ def predict_raster(
             if pwriter is not None:
                 pwriter.abort()
             raise
-        finally:
-            torch.set_num_threads(threads_before)
-            if onnx_tmp is not None:
-                onnx_tmp.cleanup()
 
+    region, plan = setup.region, setup.plan
     seconds = time.perf_counter() - t0
     return PredictionResult(
         output=output, probabilities=probs_path, windows=len(plan), predicted=pipe.predicted,
         skipped=pipe.skipped, pixels=int(region.width) * int(region.height), valid_pixels=pipe.valid_pixels,
-        stats=normalizer.name, seconds=seconds, timings={k: round(v, 3) for k, v in pipe.busy.items()},
-        options={**opts.as_dict(), "streams": n_streams, "threads": n_threads, "device": str(model.device)},
+        stats=setup.normalizer.name, seconds=seconds, timings={k: round(v, 3) for k, v in pipe.busy.items()},
+        options={**opts.as_dict(), **engine},
     )
+
+
+@dataclass
+class PredictionSetup:
+    """What a prediction settles before any window runs: where it reads, how it normalises, what it writes."""
+
+    region: Window  # the input's pixels predicted
+    geoms: list[dict] | None  # an AOI's geometries in the raster's CRS (pixels outside are nodata)
+    normalizer: Normalizer
+    out_grid: Any  # the output's grid (the region's)
+    plan: WindowPlan  # windows over the whole region (a shard runs some of its rows)
+
+
+def prepare_prediction(bundle: Any, open_scene: Callable[[], Scene], opts: PredictOptions) -> PredictionSetup:
+    """Check the input against the model and resolve the region, the statistics and the window plan."""
+    with open_scene() as scene:
+        expected = getattr(bundle, "band_count", None)
+        if expected is not None and scene.count != expected:
+            raise BandCountMismatchError(
+                f"{scene.name} has {scene.count} bands but the model was trained on {expected}"
+            )
+        region, geoms = resolve_region(scene.grid, opts.region)
+        # a streaming pass over the input's valid pixels in the region, only if asked for
+        normalizer = bundle.normalization.for_prediction(
+            opts.stats, input_stats=lambda: compute_stats([scene], [region]))
+        out_grid = scene.grid.window(region)
+    plan = WindowPlan(int(region.height), int(region.width), opts.window, opts.overlap, opts.blend)
+    return PredictionSetup(region, geoms, normalizer, out_grid, plan)
+
+
+def run_windows(
+    bundle: Any,
+    open_scene: Callable[[], Scene],
+    setup: PredictionSetup,
+    opts: PredictOptions,
+    writer: Any,
+    pwriter: Any | None,
+    *,
+    window_rows: tuple[int, int] | None = None,
+    rows: tuple[int, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[_Pipeline, dict]:
+    """Run the plan's windows (only ``window_rows`` [first, stop) of them when given) through the reader,
+    model and writer threads; class ids (and probabilities) go to ``writer`` (``pwriter``), each piece cut
+    to the output ``rows`` [first, stop) when given. Returns the pipeline's counters and the engine's
+    streams/threads/device. Raises :class:`PredictionCancelled` when ``should_stop`` said so."""
+    classes = list(bundle.classes)
+    plan = setup.plan
+    window_rows = window_rows or (0, plan.n_rows)
+    model, onnx_tmp = window_model(bundle, opts)
+    n_streams, n_threads = default_streams(model.device, opts.streams, opts.threads)
+    dtype, nodata = class_encoding([c.id for c in classes])
+    lut = np.array([c.id for c in classes], dtype=dtype)
+    pipe = _Pipeline()
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n_threads)
+        q_in: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
+        q_out: queue.Queue = queue.Queue(maxsize=opts.prefetch + n_streams)
+        workers = [
+            threading.Thread(
+                target=_read_windows, name="predict-reader", daemon=True,
+                args=(pipe, q_in, open_scene, plan, setup.region, setup.geoms, setup.normalizer, opts.batch_size,
+                      window_rows),
+            ),
+            *(
+                threading.Thread(target=_forward, name=f"predict-model-{i}", daemon=True,
+                                 args=(pipe, q_in, q_out, model))
+                for i in range(n_streams)
+            ),
+        ]
+        sink = threading.Thread(
+            target=_write_windows, name="predict-writer", daemon=True,
+            args=(pipe, q_out, plan, len(classes), lut, nodata, writer, pwriter, window_rows, rows),
+        )
+        for t in (*workers, sink):
+            t.start()
+        try:
+            _watch(pipe, sink, (window_rows[1] - window_rows[0]) * plan.n_cols, progress, should_stop)
+        except BaseException as e:  # Ctrl-C in the calling thread: stop the others, clean up
+            pipe.fail(e)
+        pipe.stop.set()  # the writer is done (or failed): release anything still waiting
+        for t in (*workers, sink):
+            t.join()
+        if pipe.failure is not None:
+            raise pipe.failure
+    finally:
+        torch.set_num_threads(threads_before)
+        if onnx_tmp is not None:
+            onnx_tmp.cleanup()
+    return pipe, {"streams": n_streams, "threads": n_threads, "device": str(model.device)}
 
 
 def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should_stop) -> None:
@@ -360,12 +415,17 @@ def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should
 READ_CHUNK_BYTES = 4 << 20
 
 
-def read_chunks(plan: WindowPlan, bands: int, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[tuple[Window, list]]:
+def read_chunks(plan: WindowPlan, bands: int, chunk_bytes: int = READ_CHUNK_BYTES,
+                window_rows: tuple[int, int] | None = None) -> Iterator[tuple[Window, list]]:
     """The plan as (chunk window, its windows), in plan order: each chunk is a run of neighbouring
-    windows of one window row, as wide as ``chunk_bytes`` of float32 allows (at least one window)."""
+    windows of one window row, as wide as ``chunk_bytes`` of float32 allows (at least one window).
+    ``window_rows``: only the window rows [first, stop)."""
     max_width = max(plan.win_w, chunk_bytes // (4 * max(1, bands) * plan.win_h))
+    first, stop = window_rows or (0, plan.n_rows)
     run: list = []
     for pw in plan:
+        if not first <= pw.row < stop:
+            continue
         w = pw.window
         if run and (w.row_off != run[0].window.row_off or w.col_off + w.width - run[0].window.col_off > max_width):
             yield _span(run), run
@@ -381,8 +441,14 @@ def _span(run: list) -> Window:
 
 
 def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: Window, geoms,
-                  normalizer: Normalizer, batch: int):
-    """Reader thread: read chunks of windows, mask, skip all-nodata windows, normalise and stack batches."""
+                  normalizer: Normalizer, batch: int, window_rows: tuple[int, int]):
+    """Reader thread: read chunks of windows, mask, skip all-nodata windows, normalise and stack batches.
+
+    A batch never spans two window rows: a network's output for one window can differ in its last bits
+    with the batch around it (CPU kernels pick their path by batch size), so batches start afresh at each
+    window row, and a shard that runs some rows of the plan forwards each window in the same batch as a
+    run of the whole plan does: its pixels come out the same, bit for bit.
+    """
     try:
         with pipe.gdal:
             scene = open_scene()
@@ -397,9 +463,16 @@ def _read_windows(pipe: _Pipeline, q_in, open_scene, plan: WindowPlan, region: W
             xs: list[np.ndarray] = []
             valids: list[np.ndarray] = []
             c0, r0 = int(region.col_off), int(region.row_off)
-            for span, windows in read_chunks(plan, scene.count):
+            batch_row = None
+            for span, windows in read_chunks(plan, scene.count, window_rows=window_rows):
                 if pipe.stop.is_set():
                     return
+                if indices and windows[0].row != batch_row:  # a new window row: the last one's batch goes
+                    if not pipe.put(q_in, _Batch(seq, indices, run, np.stack(xs) if xs else None, valids)):
+                        return
+                    seq += 1
+                    indices, run, xs, valids = [], [], [], []
+                batch_row = windows[0].row
                 t = time.perf_counter()
                 with pipe.gdal:
                     chunk = scene.read(Window(c0 + span.col_off, r0 + span.row_off, span.width, span.height))
@@ -470,11 +543,12 @@ def _forward(pipe: _Pipeline, q_in, q_out, model: WindowModel) -> None:
         pipe.fail(e)
 
 
-def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata, writer, pwriter):
+def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata, writer, pwriter,
+                   window_rows: tuple[int, int], rows: tuple[int, int] | None):
     """Writer thread: put batches back in plan order, blend windows into finished pieces, write class ids
-    (nodata where invalid) to the temporary file."""
+    (nodata where invalid) to the temporary file; only the output ``rows`` of each piece when given."""
     try:
-        blender = StreamingBlender(plan, k)
+        blender = StreamingBlender(plan, k, window_rows=window_rows)
         pending: dict[int, tuple] = {}  # batches that overtook an earlier one in another stream
         next_seq = 0
         while not blender.done:
@@ -492,6 +566,10 @@ def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata
                     else:
                         p = v = None
                     for piece in blender.add(idx, p, v):
+                        if rows is not None:
+                            piece = clip_piece(piece, *rows)
+                            if piece is None:
+                                continue
                         _write_piece(pipe, piece, lut, nodata, writer, pwriter)
                 pipe.done += len(item.indices)
                 pipe.add("write", time.perf_counter() - t)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.store import jobs, workers
+from service.store import jobs, shards, workers
 from service.store.db import init_db, make_engine, session_factory, session_scope
 from service.store.tables import Dataset, Job
 
@@ -122,6 +122,58 @@ class WorkerJobStore:
         """After sending an orphan again: back to accepted, unless a worker already claimed it."""
         with session_scope(self.sessions) as s:
             jobs.mark_requeued(s, uuid.UUID(job_id), worker)
+
+    def job_spec(self, job_id: str) -> dict | None:
+        """A job's stored spec (shard tasks read what the job predicts from it), None if it is gone."""
+        with self.sessions() as s:
+            job = s.get(Job, uuid.UUID(job_id))
+            return dict(job.spec) if job is not None else None
+
+    # shards of sharded predictions (service/store/shards.py) -------------------------------------
+    def plan_shards(self, job_id: str, part: str, n: int, *, fresh: bool = False) -> None:
+        with session_scope(self.sessions) as s:
+            shards.plan(s, uuid.UUID(job_id), part, n, fresh=fresh)
+
+    def shards(self, job_id: str, part: str) -> list[dict]:
+        """Each shard's index, status, worker, heartbeat age (s), attempts and result."""
+        now = jobs.utcnow()
+        with self.sessions() as s:
+            return [{"index": r.index, "status": r.status, "worker": r.worker, "attempts": r.attempts,
+                     "heartbeat_age_s": (now - r.heartbeat_at).total_seconds() if r.heartbeat_at else None,
+                     "result": r.result} for r in shards.shards(s, uuid.UUID(job_id), part)]
+
+    def claim_shard(self, job_id: str, part: str, index: int, worker: str,
+                    is_dead: Callable[[str | None, float | None], bool]) -> int | None:
+        """Claim a shard (see shards.claim); returns this run's attempt number, or None."""
+
+        def claimant_dead(rec) -> bool:
+            age = (jobs.utcnow() - rec.heartbeat_at).total_seconds() if rec.heartbeat_at else None
+            return is_dead(rec.worker, age)
+
+        with session_scope(self.sessions) as s:
+            rec = shards.claim(s, uuid.UUID(job_id), part, index, worker, claimant_dead)
+            return rec.attempts if rec is not None else None
+
+    def shard_beat(self, job_id: str, part: str, index: int, worker: str) -> bool:
+        """Heartbeat of a shard run; True when it should stop."""
+        with session_scope(self.sessions) as s:
+            return shards.beat(s, uuid.UUID(job_id), part, index, worker)
+
+    def shard_done(self, job_id: str, part: str, index: int, result: dict) -> bool:
+        with session_scope(self.sessions) as s:
+            return shards.finish(s, uuid.UUID(job_id), part, index, result)
+
+    def shard_failed(self, job_id: str, part: str, index: int, worker: str, error: dict) -> bool:
+        with session_scope(self.sessions) as s:
+            return shards.fail(s, uuid.UUID(job_id), part, index, worker, error)
+
+    def shard_released(self, job_id: str, part: str, index: int, worker: str) -> bool:
+        with session_scope(self.sessions) as s:
+            return shards.release(s, uuid.UUID(job_id), part, index, worker)
+
+    def job_stopping(self, job_id: str) -> bool:
+        with self.sessions() as s:
+            return shards.job_stopping(s, uuid.UUID(job_id))
 
     # datasets ----------------------------------------------------------------------------------
     def dataset_paths(self, dataset_id: str) -> dict | None:

@@ -1,4 +1,5 @@
-"""Tables of the job store: tokens, jobs, datasets, workers (portable between SQLite and PostgreSQL)."""
+"""Tables of the job store: tokens, jobs, datasets, workers, the shards of sharded predictions (portable between
+SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import uuid
@@ -132,3 +133,27 @@ class WorkerRecord(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+#: shard states: waiting for a worker, being run by one, its part written
+SHARD_PENDING, SHARD_RUNNING, SHARD_DONE, SHARD_FAILED = "pending", "running", "done", "failed"
+
+
+class JobShard(Base):
+    """One shard of a sharded prediction of a job (workers/pipelines/shards.py): who runs it, and whether its
+    part is written. ``part`` names the prediction it belongs to (a job may predict several scenes)."""
+
+    __tablename__ = "job_shards"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    part: Mapped[str] = mapped_column(String(255), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=SHARD_PENDING)
+    #: "host:pid:start" of the process running it (as Job.worker)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: how many runs started it; more than one means a run was lost (its worker killed) and it ran again
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: the run's figures (models.inference.shards.ShardResult), or its error {type, message}
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -106,7 +106,8 @@ def finish_job(spec: JobSpec, out: Path, bundle_dir: Path, metrics: dict, proven
         from workers.pipelines.predict import predict_domains
 
         predicted = predict_domains(bundle_dir, [("target", spec.target)], out, callbacks, log=say,
-                                    options={"probabilities": spec.params.predict_probabilities})
+                                    options={"probabilities": spec.params.predict_probabilities},
+                                    shards=spec.params.shards)
         if predicted["status"] == "stopped":
             return {**summary, "status": "stopped", "predictions": predicted["predictions"]}
         summary["predictions"] = predicted["predictions"]

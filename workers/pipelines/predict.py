@@ -8,10 +8,13 @@ Call flow of ``run_job`` (predict jobs)::
     for each scene: predict_raster(bundle, scene, <output>/predictions/<role>-<i>-<name>.tif)
         -> progress through callbacks' on_stage("predicting <role> <i>", windows done, total)
         -> should_stop() between windows: PredictionCancelled leaves nothing half-written
+      or, in a worker (a ShardPool among the callbacks) when params.shards > 1 or the scene is larger than
+      GEOADAPT_SHARD_PIXELS: workers.pipelines.shards.predict_sharded (progress counts shards)
     <output>/predictions.json: what was written, with each run's figures
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +26,9 @@ from models.inference.windowed import PredictionCancelled, predict_raster
 from models.normalization import prediction_choice
 from core.files import write_json
 from core.raster.cog import remove_stale_temporaries
+from core.raster.prediction_shards import shard_count
+from models.inference.shards import prediction_pixels
+from workers.pipelines.shards import predict_sharded, shard_pool_of
 
 
 def scene_output_name(role: str, index: int, scene: SceneSpec) -> str:
@@ -50,14 +56,27 @@ def predict_domains(
     *,
     log: Callable[[str], None] | None = None,
     options: dict | None = None,
+    shards: int | None = None,
+    bundle_path: str | Path | None = None,
 ) -> dict:
     """Predict every scene of the given (role, domain) pairs into ``out_dir``/predictions.
 
     Target scenes are normalised with the bundle's target statistics when it has them (its
     default), source scenes with its source statistics. Returns {"status", "predictions": [...]}.
+    ``shards``: the job's ``params.shards``; with a ShardPool among the callbacks (a worker's), a scene
+    goes in shards across the workers when it asks for more than one, or is larger than the pool's
+    ``shard_pixels``. ``bundle_path``: where other workers load the bundle from (default: ``bundle`` when
+    it is a path, else its folder).
     """
     say = log or (lambda msg: None)
     callbacks = list(callbacks or [])
+    pool = shard_pool_of(callbacks)
+    if pool is not None:
+        if isinstance(bundle, (str, os.PathLike)):
+            bundle_path = bundle_path or bundle
+            bundle = load_bundle(bundle)  # once for every scene (the shards' plans need it loaded)
+        bundle_path = bundle_path or bundle.path
+        options = {**pool.run_options(), **(options or {})}  # this worker's share of the cores
     pred_dir = Path(out_dir) / PREDICTIONS
     pred_dir.mkdir(parents=True, exist_ok=True)
     for p in remove_stale_temporaries(pred_dir):  # an earlier attempt of this job was killed mid-write
@@ -69,7 +88,19 @@ def predict_domains(
         stage = f"predicting {role} scene {i + 1}/{sum(1 for t in todo if t[0] == role)}"
         say(f"{stage} -> {output.name}")
         _stage(callbacks, stage, 0, None)
+        n = 1 if pool is None else shard_count(shards, prediction_pixels(scene, region), pool.shard_pixels)
         try:
+            if n > 1:
+                say(f"{stage}: {n} shards, run by every free worker")
+                figures = predict_sharded(
+                    pool, bundle, bundle_path, scene, output, n,
+                    options={"stats": prediction_choice(role), "region": region, **(options or {})},
+                    progress=lambda done, total, s=f"{stage} (shards)": _stage(callbacks, s, done, total),
+                    should_stop=lambda: _should_stop(callbacks), say=say,
+                )
+                written.append({"role": role, "scene": i, "path": str(output), **_figures(figures),
+                                "shards": figures["shards"]})
+                continue
             result = predict_raster(
                 bundle, scene, output, stats=prediction_choice(role), region=region, **(options or {}),
                 progress=lambda done, total, s=stage: _stage(callbacks, s, done, total),
@@ -83,7 +114,7 @@ def predict_domains(
 
 
 def _figures(result) -> dict:
-    d = result.to_dict()
+    d = result if isinstance(result, dict) else result.to_dict()
     return {k: d[k] for k in ("windows", "predicted", "skipped", "pixels", "valid_pixels", "stats", "seconds")}
 
 
@@ -99,6 +130,7 @@ def run_job(
     bundle = load_bundle(spec.bundle)
     domains = [(role, d) for role, d in (("target", spec.target), ("source", spec.source)) if d is not None]
     result = predict_domains(bundle, domains, Path(spec.output), callbacks, log=say,
-                             options={"probabilities": spec.params.predict_probabilities})
+                             options={"probabilities": spec.params.predict_probabilities},
+                             shards=spec.params.shards, bundle_path=spec.bundle)
     result["bundle"] = str(bundle.path)
     return result
