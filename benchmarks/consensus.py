@@ -6,7 +6,7 @@
         dilated   every class region dilated by 2 px over its neighbours, half of those pixels at random
         missing   a random third of each class's connected regions left unannotated
         careless  10 % of 8 x 8 px blocks labelled with a random class
-      written as GeoTIFFs (nodata = not annotated) -> models.consensus.run_consensus (the CLI's path)
+      written as GeoTIFFs (nodata = not annotated) -> models.consensus.run.run_consensus (the CLI's path)
       scored against the real labels: mIoU over the classes present, for the consensus, the majority vote
       (ties to the lowest class id, as a plain argmax does) and each annotator alone; and whether the
       self-consistency scores rank the annotators as their faults do: by precision, the share of an
@@ -92,7 +92,7 @@ def run_consensus_case(case_name: str, labels_on_grid: str | Path, image: str | 
                        log: Callable[[str], None] | None = None) -> dict:
     """Faulty annotators of ``labels_on_grid`` (class ids on ``image``'s grid, its nodata = unlabelled), their
     consensus over ``image``, and the scores (see the module docstring)."""
-    from models.consensus import run_consensus
+    from models.consensus.run import run_consensus
 
     say = log or (lambda _m: None)
     out = Path(out)

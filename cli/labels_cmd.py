@@ -130,7 +130,8 @@ def consensus(
     class_list = _class_list(classes)
     from tqdm import tqdm
 
-    from models.consensus import ConsensusOptions, run_consensus
+    from models.consensus.consensus import ConsensusOptions
+    from models.consensus.run import run_consensus
 
     steps = ["features", "self-consistency scores", "missing annotations", "image classifier", "graph cuts"]
     bar = tqdm(total=len(steps), desc="consensus", disable=not progress, dynamic_ncols=True)

@@ -1,7 +1,4 @@
 """Consensus labels from several annotators: self-consistency scores, filled missing annotations, and a
-second-order MRF solved by graph cuts (see models.consensus.consensus)."""
-from models.consensus.consensus import AnnotatorScore, ConsensusOptions, ConsensusResult, consensus_labels
-from models.consensus.run import ConsensusOutputs, run_consensus
-
-__all__ = ["AnnotatorScore", "ConsensusOptions", "ConsensusOutputs", "ConsensusResult", "consensus_labels",
-           "run_consensus"]
+second-order MRF solved by graph cuts. `consensus.consensus_labels` on arrays; `run.run_consensus` on files.
+(Nothing is imported here: the submodules import each other, and a package that imports them back would
+make a cycle.)"""

@@ -16,7 +16,8 @@ from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.annotations import AnnotationStack, read_annotations
 from core.raster.grid import Grid
 from core.raster.scene import Scene
-from models.consensus import ConsensusOptions, consensus_labels, run_consensus
+from models.consensus.consensus import ConsensusOptions, consensus_labels
+from models.consensus.run import run_consensus
 from models.consensus.graph_cut import alpha_expansion, potts_energy
 
 TRANSFORM = from_origin(500000.0, 3000000.0, 10.0, 10.0)

@@ -54,7 +54,8 @@ def run_suggest_job(spec: JobSpec, callbacks: Sequence[Any] | None = None, *,
 
 def run_consensus_job(spec: JobSpec, callbacks: Sequence[Any] | None = None, *,
                       log: Callable[[str], None] | None = None) -> dict:
-    from models.consensus import ConsensusOptions, run_consensus
+    from models.consensus.consensus import ConsensusOptions
+    from models.consensus.run import run_consensus
 
     say = log or (lambda msg: None)
     callbacks = list(callbacks or [])
