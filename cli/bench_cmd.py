@@ -75,9 +75,9 @@ def fewlabels_benchmark(
                                             help="KEY=JSON model override of the semi runs, e.g. "
                                                  "adaptation.phase1=0.5 (repeatable)"),
 ) -> None:
-    """Benchmark fewlabels: method semi with 1 % and 5 % of the target train region's windows labelled, chosen by
-    labels suggest and at random, beside source-only and the oracle, on Benchmark A's cases; prints mIoU and
-    gap closure per seed. Writes report.json (few_labels), report.md and few_labels.png."""
+    """Method semi with 1 and 5 percent of the target's train windows labelled, chosen by labels suggest or at
+    random, beside source-only and the oracle on Benchmark A's cases: mIoU and gap closure per seed. Writes
+    report.json (few_labels), report.md and few_labels.png."""
     import json
 
     from benchmarks.adapt import BenchSettings
