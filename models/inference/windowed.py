@@ -397,6 +397,9 @@ def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should
     """Calling thread: report progress and honour cancel until the writer has finished."""
     last = -1
     while True:
+        # asked before each wait, not after: a stop asked before a short run ends must still stop it
+        if should_stop is not None and not pipe.stop.is_set() and sink.is_alive() and should_stop():
+            pipe.fail(PredictionCancelled(f"stopped after {pipe.done} of {total} windows"))
         sink.join(timeout=0.2)
         running = sink.is_alive()
         if progress is not None and pipe.done != last:
@@ -404,8 +407,6 @@ def _watch(pipe: _Pipeline, sink: threading.Thread, total: int, progress, should
             progress(last, total)
         if not running:
             return
-        if should_stop is not None and not pipe.stop.is_set() and should_stop():
-            pipe.fail(PredictionCancelled(f"stopped after {pipe.done} of {total} windows"))
 
 
 #: raw bytes read at once by the reader: a run of neighbouring windows in one window row is read as one
