@@ -27,6 +27,18 @@ def write_tiny_scene(folder, *, bands: int = 3, size: int = 32, classes=(1, 2), 
     return img, lab
 
 
+def write_raster(path, arr, nodata, dtype):
+    """A one- or multi-band GeoTIFF of ``arr`` on a fixed 10 m UTM grid (annotations and images that share it)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[-1], height=arr.shape[-2],
+                       count=1 if arr.ndim == 2 else arr.shape[0], dtype=dtype, crs="EPSG:32617",
+                       transform=from_origin(500000.0, 3000000.0, 10.0, 10.0), nodata=nodata) as ds:
+        ds.write(arr if arr.ndim == 3 else arr[None])
+    return path
+
+
 def write_stac_scene(folder, common_names=("blue", "green", "red", "nir"), *, form: str = "1.0", size: int = 32):
     """A tiny scene as a STAC Item: one single-band GeoTIFF per common name (B1.tif, ...; relative hrefs) and a
     label raster. ``form``: "1.0" names bands in ``eo:bands[].common_name``, "1.1" in ``bands[].eo:common_name``.

@@ -9,12 +9,11 @@ import sys
 import numpy as np
 import pyogrio
 import rasterio
-from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from tests.helpers import small_conv_bundle
+from tests.helpers import small_conv_bundle, write_raster
 
 
 def test_suggest_writes_ranked_non_overlapping_windows(nc_bands, nc_classes, tmp_path):
@@ -39,29 +38,21 @@ def test_suggest_writes_ranked_non_overlapping_windows(nc_bands, nc_classes, tmp
     assert [s["rank"] for s in summary["suggestions"]] == [1, 2, 3, 4, 5, 6]
 
 
-def _write(path, arr, nodata, dtype):
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[-1], height=arr.shape[-2],
-                       count=1 if arr.ndim == 2 else arr.shape[0], dtype=dtype, crs="EPSG:32617",
-                       transform=from_origin(500000.0, 3000000.0, 10.0, 10.0), nodata=nodata) as ds:
-        ds.write(arr if arr.ndim == 3 else arr[None])
-    return path
-
-
 def test_consensus_writes_labels_disagreement_and_scores(tmp_path):
     from cli import app
 
     rng = np.random.default_rng(0)
     truth = np.ones((48, 48), np.uint8)
     truth[:, 24:] = 4
-    img = _write(tmp_path / "img.tif", (truth * 2.0 + rng.normal(0, 0.2, (3, 48, 48))).astype("float32"), -99999,
+    img = write_raster(tmp_path / "img.tif", (truth * 2.0 + rng.normal(0, 0.2, (3, 48, 48))).astype("float32"), -99999,
                  "float32")
-    a = _write(tmp_path / "a.tif", truth, 0, "uint8")
+    a = write_raster(tmp_path / "a.tif", truth, 0, "uint8")
     b_arr = truth.copy()
     b_arr[:8, :8] = 4  # one careless block
-    b = _write(tmp_path / "b.tif", b_arr, 0, "uint8")
+    b = write_raster(tmp_path / "b.tif", b_arr, 0, "uint8")
     c_arr = truth.copy()
     c_arr[:, 20:28] = 0  # not annotated along the boundary
-    c = _write(tmp_path / "c.tif", c_arr, 0, "uint8")
+    c = write_raster(tmp_path / "c.tif", c_arr, 0, "uint8")
     out = tmp_path / "cons.tif"
     res = CliRunner().invoke(app, ["labels", "consensus", str(a), str(b), str(c), "--image", str(img), "--out", str(out),
                                    "--no-progress", "--json"])
@@ -77,8 +68,8 @@ def test_consensus_writes_labels_disagreement_and_scores(tmp_path):
 
 
 def test_bad_labels_input_exits_2_naming_it(tmp_path):
-    img = _write(tmp_path / "img.tif", np.zeros((3, 32, 32), "float32"), -99999, "float32")
-    lab = _write(tmp_path / "lab.tif", np.ones((32, 32), np.uint8), 0, "uint8")
+    img = write_raster(tmp_path / "img.tif", np.zeros((3, 32, 32), "float32"), -99999, "float32")
+    lab = write_raster(tmp_path / "lab.tif", np.ones((32, 32), np.uint8), 0, "uint8")
     cases = [
         (["labels", "suggest", str(tmp_path / "nowhere"), str(img), "--out", str(tmp_path / "s.shp")], "--out must end"),
         (["labels", "suggest", str(tmp_path / "nowhere"), str(img), "--out", str(tmp_path / "s.gpkg")], "no model bundle"),

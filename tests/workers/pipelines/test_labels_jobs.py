@@ -8,35 +8,26 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
 from core.errors import SpecError
 from core.jobspec import load_job_spec
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
-from tests.helpers import small_conv_bundle
+from tests.helpers import small_conv_bundle, write_raster
 from workers.pipelines.dispatch import run_job
 
 CLASSES = [{"id": 1, "name": "a", "color": "#ff0000"}, {"id": 4, "name": "b", "color": "#00ff00"}]
 
 
-def _write(path, arr, nodata, dtype):
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[-1], height=arr.shape[-2],
-                       count=1 if arr.ndim == 2 else arr.shape[0], dtype=dtype, crs="EPSG:32617",
-                       transform=from_origin(500000.0, 3000000.0, 10.0, 10.0), nodata=nodata) as ds:
-        ds.write(arr if arr.ndim == 3 else arr[None])
-    return path
-
-
 def _consensus_inputs(tmp_path):
     truth = np.ones((40, 40), np.uint8)
     truth[:, 20:] = 4
-    img = _write(tmp_path / "img.tif", (truth * 2.0 + np.random.default_rng(0).normal(0, 0.2, (3, 40, 40)))
+    img = write_raster(tmp_path / "img.tif", (truth * 2.0 + np.random.default_rng(0).normal(0, 0.2, (3, 40, 40)))
                  .astype("float32"), -99999, "float32")
-    a = _write(tmp_path / "a.tif", truth, 0, "uint8")
+    a = write_raster(tmp_path / "a.tif", truth, 0, "uint8")
     b_arr = truth.copy()
     b_arr[:, 16:24] = 0
-    b = _write(tmp_path / "b.tif", b_arr, 0, "uint8")
+    b = write_raster(tmp_path / "b.tif", b_arr, 0, "uint8")
     return truth, img, [a, b]
 
 
