@@ -93,6 +93,26 @@ def is_probabilities(path: Path) -> bool:
     return "prob" in path.name.lower()
 
 
+#: a consensus label COG's twin: where its annotators disagree (float in [0, 1]; no class map)
+DISAGREEMENT_SUFFIX = "_disagreement"
+
+
+def disagreement_path_for(labels_path: str | Path) -> Path:
+    """Where a consensus label COG's disagreement map goes: ``<stem>_disagreement.tif`` beside it."""
+    labels_path = Path(labels_path)
+    return labels_path.with_name(f"{labels_path.stem}{DISAGREEMENT_SUFFIX}{labels_path.suffix or '.tif'}")
+
+
+def prediction_kind(path: Path) -> str:
+    """What a predicted raster holds, by its name: ``probabilities``, ``disagreement`` or ``classes`` (the only
+    kind that tiles, points and catalogues read as a class map)."""
+    if is_probabilities(path):
+        return "probabilities"
+    if Path(path).stem.lower().endswith(DISAGREEMENT_SUFFIX):
+        return "disagreement"
+    return "classes"
+
+
 def checkpoint_file_of(path: Path) -> Path | None:
     """The weights file that a job's ``model.checkpoint`` names: a file as it is; in a folder, a pretrain job's
     weights (its output folder), else a bundle's weights (a bundle folder, or an output folder holding one);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.bundle_manifest import MANIFEST
 from core.job_layout import (BUNDLE, METRICS, PRETRAINED, PRETRAINED_RECORD, REPORTS, is_intermediate, is_prediction,
-                              is_probabilities, output_dir)
+                              output_dir, prediction_kind)
 
 _MAX_JSON = 4 * 1024 * 1024
 _MAX_FILES = 1000
@@ -77,8 +77,7 @@ def describe(job_dir: Path) -> dict:
             break
     for name, p in prediction_files(job_dir).items():
         rel = p.relative_to(out).as_posix()
-        kind = "probabilities" if is_probabilities(p) else "classes"
-        res["predictions"].append({"name": name, "path": rel, "kind": kind})
+        res["predictions"].append({"name": name, "path": rel, "kind": prediction_kind(p)})
     res["files"] = [{"path": p.relative_to(out).as_posix(), "size": p.stat().st_size} for p in _files(out)]
     return res
 

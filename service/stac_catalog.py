@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.bundle_manifest import MANIFEST, bundle_dir_of
-from core.job_layout import BUNDLE, is_probabilities, output_dir, probability_path_for
+from core.job_layout import BUNDLE, output_dir, prediction_kind, probability_path_for
 from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, read_class_tags
 from service import results as job_results
@@ -100,7 +100,7 @@ def predicted_scenes(job_dir: Path) -> list[Scene]:
     preds = job_results.prediction_files(job_dir)
     scenes = []
     for name, p in preds.items():
-        if is_probabilities(p):
+        if prediction_kind(p) != "classes":  # probabilities are a scene's twin; a disagreement map no scene
             continue
         twin = probability_path_for(p)
         scenes.append(Scene(name, p, twin if twin.is_file() else None))

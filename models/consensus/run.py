@@ -18,6 +18,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from core.files import write_json
+from core.job_layout import disagreement_path_for
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.annotations import read_annotations
 from core.raster.cog import CogWriter, class_cog_writer, class_encoding
@@ -36,7 +37,7 @@ class ConsensusOutputs:
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """(labels, disagreement, scores) paths of a consensus written to ``out``."""
     out = Path(out)
-    return out, out.with_name(f"{out.stem}_disagreement.tif"), out.with_name(f"{out.stem}_scores.json")
+    return out, disagreement_path_for(out), out.with_name(f"{out.stem}_scores.json")
 
 
 def run_consensus(annotations: Sequence[str | Path], image: str | Path | Sequence[str | Path], out: str | Path, *,

@@ -79,7 +79,7 @@ class PredictionEntry(BaseModel):
 
     name: str
     path: str
-    kind: str = Field(description="classes | probabilities | other")
+    kind: str = Field(description="classes | probabilities | disagreement (a consensus job's, float in [0, 1])")
     links: dict[str, str]
 
 

@@ -53,3 +53,19 @@ def test_checkpoints_are_intermediate_state_wherever_a_run_writes_them():
     for sub in (layout.TEACHER, layout.SOURCE_ONLY):
         assert layout.is_intermediate(Path(sub) / layout.CHECKPOINTS / "last.pth")
         assert not layout.is_intermediate(Path(sub) / layout.BUNDLE / "weights.pth")
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("target-0-a.tif", "classes"),
+    ("target-0-a_probs.tif", "probabilities"),
+    ("consensus_disagreement.tif", "disagreement"),
+    ("labels_DISAGREEMENT.TIF", "disagreement"),
+    ("disagreement_of_students.tif", "classes"),  # only the twin's suffix marks one
+])
+def test_what_a_predicted_raster_holds_by_its_name(name, kind):
+    assert layout.prediction_kind(Path("out") / name) == kind
+
+
+def test_a_consensus_and_its_disagreement_twin():
+    twin = layout.disagreement_path_for("out/consensus.tif")
+    assert twin == Path("out/consensus_disagreement.tif") and layout.prediction_kind(twin) == "disagreement"
