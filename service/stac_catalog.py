@@ -15,7 +15,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 
 from core.bundle_manifest import MANIFEST, bundle_dir_of
