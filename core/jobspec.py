@@ -341,6 +341,10 @@ class ModelSpec(_Strict):
         return roles
 
 
+#: params a model config's ``train`` block supplies when the job leaves them unset (models.config.train_settings)
+CONFIG_DEFAULTED_PARAMS = ("iterations", "batch_size", "crop")
+
+
 class Params(_Strict):
     """Run parameters common to every method; method specifics go in the model overrides."""
 
@@ -619,7 +623,10 @@ class JobSpec(_Strict):
         return [c.id for c in self.classes or []]
 
     def to_jsonable(self) -> dict:
-        return json.loads(self.model_dump_json())
+        """The spec as the service stores it and a worker loads it again. Params a config may supply are left
+        out while the job leaves them unset, so the config's ``train`` block still applies when it runs."""
+        unset = {k for k in CONFIG_DEFAULTED_PARAMS if k not in self.params.model_fields_set}
+        return json.loads(self.model_dump_json(exclude={"params": unset} if unset else None))
 
 
 #: levels of objects and lists a spec may nest; real ones need ~10 (a GeoJSON multipolygon AOI). Far deeper

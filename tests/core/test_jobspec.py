@@ -63,6 +63,18 @@ def test_json_round_trip_is_the_same_spec(spec_dir):
     assert load_job_spec(spec_dir / "job.json") == spec
 
 
+def test_params_a_config_supplies_stay_unset_through_the_stored_spec(spec_dir):
+    """What the service stores and its worker loads again: iterations, batch and crop the job left unset stay
+    unset, so the model config's train block applies to it as to a spec run from a file."""
+    data = EXAMPLE.replace("params: {iterations: 20, batch_size: 2, crop: 64, seed: 3}", "params: {crop: 64, seed: 3}")
+    (spec_dir / "job.yaml").write_text(data)
+    stored = load_job_spec(spec_dir / "job.yaml").to_jsonable()
+    assert set(stored["params"]) >= {"crop", "seed", "normalization"} and "iterations" not in stored["params"]
+    again = load_job_spec(stored, base_dir=spec_dir).params
+    assert {"iterations", "batch_size"}.isdisjoint(again.model_fields_set) and "crop" in again.model_fields_set
+    assert (again.iterations, again.batch_size, again.crop) == (Params().iterations, Params().batch_size, 64)
+
+
 @pytest.mark.parametrize(
     "edit, field, words",
     [

@@ -114,3 +114,22 @@ def test_pretrained_mmseg_checkpoint_fills_every_backbone_and_adapts_bands(tiny,
     assert torch.equal(m.net["teacher_s"].conv_seg.weight, donor.decode_head.conv_seg.weight)
     with pytest.raises(ConfigError):
         load_pretrained(m, tmp_path / "missing.pth")
+
+
+def test_a_configs_train_block_fills_what_a_stored_spec_leaves_unset(tmp_path):
+    """The paper-scale configs carry their schedule (40k iterations, batch 4, 384 px); a job spec that went
+    through the service's store and names none of them gets it; a param the job set wins."""
+    from core.jobspec import CONFIG_DEFAULTED_PARAMS, load_job_spec
+    from models.config import train_settings
+
+    img = tmp_path / "img.tif"
+    img.write_bytes(b"")
+    body = {"type": "train", "method": "source-only", "model": "segformer_mit-b0",
+            "classes": [{"id": 1, "name": "a", "color": "#000000"}],
+            "source": {"scenes": [{"image": str(img), "labels": str(img)}]}, "params": {"crop": 256},
+            "output": str(tmp_path / "out")}
+    spec = load_job_spec(load_job_spec(body).to_jsonable())
+    explicit = {k: getattr(spec.params, k) for k in CONFIG_DEFAULTED_PARAMS if k in spec.params.model_fields_set}
+    defaults = {k: getattr(spec.params, k) for k in CONFIG_DEFAULTED_PARAMS}
+    cfg = resolve_config(spec.model.config, overrides=spec.model.overrides, num_classes=1, in_channels=3)
+    assert train_settings(cfg, explicit, defaults) == {"iterations": 40000, "batch_size": 4, "crop": 256}

@@ -34,7 +34,7 @@ import torch
 from core.errors import BandCountMismatchError, EmptyRegionError, SpecError
 from core.files import write_json
 from core.job_layout import BUNDLE, CHECKPOINTS, HISTORY, METRICS, SOURCE_ONLY
-from core.jobspec import JobSpec, SceneSpec
+from core.jobspec import CONFIG_DEFAULTED_PARAMS, JobSpec, SceneSpec
 from core.raster.domain import Domain
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
@@ -55,7 +55,7 @@ from workers.distributed import Ranks
 from workers.pipelines.run_options import RunOptions
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
-TRAIN_KEYS = ("iterations", "batch_size", "crop")
+TRAIN_KEYS = CONFIG_DEFAULTED_PARAMS
 
 
 def seed_everything(seed: int) -> None:

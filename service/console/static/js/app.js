@@ -621,8 +621,10 @@
     add("model", (s.model || {}).config);
     if (s.model && s.model.overrides && Object.keys(s.model.overrides).length) add("overrides", h("code", {}, JSON.stringify(s.model.overrides)));
     const p = s.params || {};
-    add("iterations", p.iterations);
-    add("batch · crop · seed", `${p.batch_size} · ${p.crop} px · ${p.seed}`);
+    // left unset, iterations, batch and crop come from the model config's train block (or the defaults)
+    const fromConfig = (v, unit = "") => (v === undefined || v === null ? "config's" : `${v}${unit}`);
+    add("iterations", fromConfig(p.iterations));
+    add("batch · crop · seed", `${fromConfig(p.batch_size)} · ${fromConfig(p.crop, " px")} · ${p.seed}`);
     add("normalisation", p.normalization);
     add("source", domainText(s.source));
     add("target", domainText(s.target));
