@@ -113,6 +113,7 @@ class StoreReporter:
         self.result = None
         self.resumed_from: int | None = None
         self._last = 0.0
+        self._stage: str | None = None  # the stage last written
         self._lock = threading.Lock()
 
     def _write(self, force: bool = False, **fields) -> None:
@@ -121,6 +122,7 @@ class StoreReporter:
             return
         with self._lock:
             self._last = now
+            self._stage = fields.get("stage", self._stage)
             try:
                 self.cancel = self.store.report(self.job_id, self.worker, **fields) or self.cancel
             except Exception as e:  # a store hiccup must not kill a long job; the next write retries
@@ -140,7 +142,8 @@ class StoreReporter:
                     progress=self._scaled(iteration, total), message=msg)
 
     def on_progress(self, progress) -> None:
-        self._write(stage="training", done=progress.iteration, total=progress.total,
+        self._write(force=progress.stage != self._stage,  # a new stage shows at once
+                    stage=progress.stage, done=progress.iteration, total=progress.total,
                     progress=self._scaled(progress.iteration, progress.total), eta_s=progress.eta_s)
 
     def on_validation(self, iteration: int, metrics: dict, is_best: bool) -> None:

@@ -22,6 +22,7 @@ class Progress:
     elapsed_s: float
     eta_s: float | None             # None until a few iterations have been timed
     sec_per_iter: float | None = None
+    stage: str = "training"         # what the iterations are (an adabn job's are batches of statistics)
 
     @property
     def fraction(self) -> float:

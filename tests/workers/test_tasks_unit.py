@@ -38,8 +38,8 @@ def _row(store, job_id):
 
 
 class _P:  # the fields of models.training.callbacks.Progress that the reporter reads
-    def __init__(self, iteration, total, eta_s=None):
-        self.iteration, self.total, self.eta_s = iteration, total, eta_s
+    def __init__(self, iteration, total, eta_s=None, stage="training"):
+        self.iteration, self.total, self.eta_s, self.stage = iteration, total, eta_s, stage
 
 
 def test_reporter_writes_progress_throttled_and_relays_cancel(store):
@@ -66,6 +66,19 @@ def test_reporter_writes_progress_throttled_and_relays_cancel(store):
     with session_scope(store.sessions) as s:
         jobs.request_cancel(s, s.get(jobs.Job, uuid.UUID(job_id)))
     assert rep.should_stop() is True
+
+
+def test_a_loop_that_is_no_training_names_its_own_stage_at_once(store):
+    """An adabn job's batches go through the same progress hooks; its stage shows from the first one on, not
+    "training" (a changed stage is written within the throttle interval)."""
+    job_id = _job(store)
+    store.claim(job_id, "me", lambda ident, age: False)
+    rep = tasks.StoreReporter(store, job_id, "me", min_interval_s=3600)
+    rep.on_start(0, 10)
+    rep.on_progress(_P(0, 10, stage="re-estimating batch-norm statistics"))
+    assert (_row(store, job_id).stage, _row(store, job_id).total) == ("re-estimating batch-norm statistics", 10)
+    rep.on_progress(_P(5, 10, stage="re-estimating batch-norm statistics"))  # same stage: throttled
+    assert _row(store, job_id).done == 0
 
 
 def test_liveness_of_the_process_recorded_on_a_job():

@@ -36,6 +36,8 @@ from workers.pipelines.job_parts import finish_job, open_validation, provenance_
 from workers.pipelines.run_options import RunOptions
 
 METHOD = "adabn"
+#: what the job's progress names its batches (no training happens)
+STAGE = "re-estimating batch-norm statistics"
 
 
 def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks: CallbackList,
@@ -43,6 +45,7 @@ def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks:
     """``run['batches']`` target batches, reporting progress after each and stopping when asked."""
     total, t0 = run["batches"], time.perf_counter()
     callbacks.on_start(0, total)
+    callbacks.on_progress(Progress(iteration=0, total=total, losses={}, lr={}, elapsed_s=0.0, eta_s=None, stage=STAGE))
     for i in range(total):
         if callbacks.should_stop():
             state["stopped"] = True
@@ -51,7 +54,8 @@ def _batches(sampler: WindowSampler, run: dict, device: torch.device, callbacks:
         state["done"] = i + 1
         elapsed = time.perf_counter() - t0
         callbacks.on_progress(Progress(iteration=i + 1, total=total, losses={}, lr={}, elapsed_s=elapsed,
-                                       eta_s=elapsed / (i + 1) * (total - i - 1), sec_per_iter=elapsed / (i + 1)))
+                                       eta_s=elapsed / (i + 1) * (total - i - 1), sec_per_iter=elapsed / (i + 1),
+                                       stage=STAGE))
 
 
 def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
