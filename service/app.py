@@ -13,6 +13,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
@@ -94,6 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes,
                        upload_paths=("/v1/datasets/upload",))
+    if settings.cors_origins:  # pages on other origins (a MapLibre map, a notebook) read the API and its tiles
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Range", "If-None-Match"],
+                           expose_headers=["X-Request-ID", "ETag", "Content-Range", "Accept-Ranges", "Retry-After",
+                                           "Location"], max_age=600)
     app.add_middleware(RequestIds)  # added last, so outermost: it also sees what BodySizeLimit raises
     for r in (jobs.router, datasets.router, models.router, tiles.router, usage.router, health.router, stac.router):
         app.include_router(r)

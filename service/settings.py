@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     tile_url_ttl: int = Field(default=3600, ge=10, le=7 * 86400, description="seconds")
     #: the HMAC key of signed tile URLs; unset: one generated once and kept in the state folder
     tile_url_secret: SecretStr | None = None
+    #: web origins whose pages may call the API from the browser (CORS; env: comma-separated, "*" = any);
+    #: empty = none (same-origin only, e.g. the console). Credentials travel as bearer tokens or signed URLs,
+    #: never cookies, so no origin is ever sent Allow-Credentials
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -89,6 +93,27 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             v = [p for p in v.split(os.pathsep) if p.strip()]
         return v
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v):
+        if isinstance(v, str):
+            v = [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _bare_origins(cls, v: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for o in v:
+            if o == "*":
+                continue
+            u = urlsplit(o)
+            if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/") or u.query:
+                raise ValueError(f"CORS origin {o!r} is not an origin like https://maps.example.org (scheme, "
+                                 "host and port only) or '*'")
+        return [o.rstrip("/") for o in v]
 
     @field_validator("allowed_roots")
     @classmethod
