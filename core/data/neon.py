@@ -183,36 +183,6 @@ def prepare_neon(files: dict[str, Path], out_dir: str | Path | None = None) -> d
     return out
 
 
-def neon_domains(scenes: dict[str, NeonScene]) -> dict:
-    """The NEON case's DomainSpec-shaped dicts.
-
-    ``{"source": the two Yellowstone scenes with labels, "targets": {"osbs": T, "soap": T}}`` where
-    each T holds its ``image`` and ``labels`` paths, ``target`` (the train half: columns 0-50 %, its
-    labels read only by an oracle) and ``target_test`` (columns 50-100 %).
-    """
-    def scene(name: str) -> dict:
-        return {"image": str(scenes[name].image), "labels": str(scenes[name].labels)}
-
-    targets = {}
-    for key, name in TARGET_SCENES.items():
-        targets[key] = {
-            **scene(name),
-            "target": {"scenes": [scene(name)], "region": {"columns": list(TRAIN_COLUMNS)}},
-            "target_test": {"scenes": [scene(name)], "region": {"columns": list(TEST_COLUMNS)}},
-        }
-    return {"source": {"scenes": [scene(n) for n in SOURCE_SCENES]}, "targets": targets}
-
-
-def neon_benchmark_domains(scenes: dict[str, NeonScene], target: str) -> dict:
-    """One target's domains in Benchmark A's shape (:func:`core.data.demo.benchmark_a_domains`):
-    source, target (train half), target_test. ``target``: "osbs" or "soap"."""
-    case = neon_domains(scenes)
-    if target not in case["targets"]:
-        raise ValueError(f"unknown NEON target {target!r}; known: {', '.join(case['targets'])}")
-    t = case["targets"][target]
-    return {"source": case["source"], "target": t["target"], "target_test": t["target_test"]}
-
-
 def _half(scene: NeonScene, columns: tuple[float, float], out_dir: Path) -> dict:
     """A column range of a scene as its own image + labels (a local 0.1 m grid, no CRS), built once."""
     lo, hi = columns

@@ -13,9 +13,8 @@ from core.data.fetch import DATASETS, cached, fetch, sha256_of
 from core.data.neon import (
     NEON_CLASSES,
     build_scene,
-    neon_benchmark_domains,
     neon_class_specs,
-    neon_domains,
+    neon_train_test_halves,
     prepare_neon,
     read_crown_boxes,
 )
@@ -159,41 +158,31 @@ def test_derived_rasters_are_built_once_and_rebuilt_when_stale(tmp_path, neon_da
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary leftovers
 
 
-def test_the_domains_split_each_target_into_halves(neon_scenes):
+def test_the_benchmark_domains_split_each_target_into_halves_of_their_own(neon_scenes, tmp_path):
     from core.jobspec import DomainSpec
     from core.raster.domain import Domain
 
-    case = neon_domains(neon_scenes)
+    case = neon_train_test_halves(neon_scenes, tmp_path / "halves")
     assert [sc["image"] for sc in case["source"]["scenes"]] == [
         str(neon_scenes[n].image) for n in ("YELL_528000_4978000", "YELL_541000_4977000")
     ]
     assert all(sc["labels"] for sc in case["source"]["scenes"]) and "region" not in case["source"]
-    assert set(case["targets"]) == {"osbs", "soap"}
-    for key, name in (("osbs", "OSBS_029"), ("soap", "SOAP_061")):
-        t = case["targets"][key]
-        assert (t["image"], t["labels"]) == (str(neon_scenes[name].image), str(neon_scenes[name].labels))
-        assert t["target"]["region"] == {"columns": [0.0, 0.5]}
-        assert t["target_test"]["region"] == {"columns": [0.5, 1.0]}
-        windows = []
-        for part in ("target", "target_test"):
-            with Domain.open(DomainSpec.model_validate(t[part]), neon_class_specs()) as dom:
-                [it] = dom.items
-                windows.append(tuple(int(v) for v in it.region.flatten()))
-        assert windows == [(0, 0, 200, 400), (200, 0, 200, 400)]
-    assert neon_benchmark_domains(neon_scenes, "soap") == {
-        "source": case["source"], "target": case["targets"]["soap"]["target"],
-        "target_test": case["targets"]["soap"]["target_test"],
-    }
-    with pytest.raises(ValueError, match="unknown NEON target 'yell'"):
-        neon_benchmark_domains(neon_scenes, "yell")
+    for part, columns in (("target", (0, 200)), ("target_test", (200, 400))):
+        assert len(case[part]["scenes"]) == 2  # OSBS's and SOAP's halves, in that order
+        for sc, name in zip(case[part]["scenes"], ("OSBS_029", "SOAP_061")):
+            with rasterio.open(neon_scenes[name].labels) as whole, rasterio.open(sc["labels"]) as half:
+                assert half.read(1).tolist() == whole.read(1)[:, slice(*columns)].tolist()
+        with Domain.open(DomainSpec.model_validate(case[part]), neon_class_specs()) as dom:
+            assert [(it.region.width, it.region.height) for it in dom.items] == [(200, 400), (200, 400)]
+    again = neon_train_test_halves(neon_scenes, tmp_path / "halves")  # built once
+    assert again == case
 
 
-@pytest.mark.parametrize("target", ["osbs", "soap"])
-def test_a_job_on_the_domains_passes_submission_validation(tmp_path, neon_scenes, target):
+def test_a_job_on_the_domains_passes_submission_validation(tmp_path, neon_scenes):
     from core.jobspec import load_job_spec
     from core.raster.validate import validate_job_inputs
 
-    d = neon_benchmark_domains(neon_scenes, target)
+    d = neon_train_test_halves(neon_scenes, tmp_path / "halves")
     spec = load_job_spec(
         {"type": "adapt", "method": "st-dasegnet", "classes": NEON_CLASSES, "source": d["source"],
          "target": d["target"], "validation": d["target_test"], "output": str(tmp_path / "out")},
@@ -209,5 +198,5 @@ def test_a_job_on_the_domains_passes_submission_validation(tmp_path, neon_scenes
             labels = sc["labels"]
             assert labels["kind"] == "ids" and labels["coverage"]["labelled_fraction"] == 1.0
             assert labels["class_counts"]["0"] > 0 and labels["class_counts"]["1"] > 0  # trees and not trees
-    assert report["domains"]["target"]["scenes"][0]["region"] == [0, 0, 200, 400]
-    assert report["domains"]["validation"]["scenes"][0]["region"] == [200, 0, 200, 400]
+    for name in ("target", "validation"):  # each half a whole file of its own
+        assert [sc["region"] for sc in report["domains"][name]["scenes"]] == [[0, 0, 200, 400]] * 2
