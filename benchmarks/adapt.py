@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmarks.common import saved_figure
 from core.data.demo import TEST_COLUMNS, TRAIN_COLUMNS, benchmark_a_domains, ensure_shifted_target, shifted_target_path
 from core.data.fetch import fetch
 from core.data.nc import NC_CLASSES
@@ -559,29 +560,21 @@ def adaptation_diagnostics(report: dict) -> list[str]:
 
 
 def plot_per_class(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     classes = report["classes"]
     names = list(report["methods"])
     x = np.arange(len(classes))
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 1.3), 4))
-    for i, n in enumerate(names):
-        m = report["methods"][n]
-        vals = [m["per_class_iou_mean"][c] or 0.0 for c in classes]
-        errs = [_std(m["per_class_iou"][c]) or 0.0 for c in classes]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=errs, label=f"{n} ({m['mean']['miou']:.3f})",
-               capsize=2)
-    ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set_ylabel("IoU on the target test region")
-    ax.set_title("Benchmark A: per-class IoU by method (mean over seeds; legend: mIoU)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(max(6, len(classes) * 1.3), 4), dpi=120) as (_, ax):
+        for i, n in enumerate(names):
+            m = report["methods"][n]
+            vals = [m["per_class_iou_mean"][c] or 0.0 for c in classes]
+            errs = [_std(m["per_class_iou"][c]) or 0.0 for c in classes]
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=errs,
+                   label=f"{n} ({m['mean']['miou']:.3f})", capsize=2)
+        ax.set_xticks(x, classes, rotation=30, ha="right")
+        ax.set_ylabel("IoU on the target test region")
+        ax.set_title("Benchmark A: per-class IoU by method (mean over seeds; legend: mIoU)")
+        ax.legend(fontsize=8)
     return path
 
 

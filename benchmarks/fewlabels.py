@@ -34,6 +34,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from benchmarks.adapt import CASES, BenchContext, BenchSettings, register_runner, run_case
+from benchmarks.common import saved_figure
 from core.errors import ConfigError
 from core.files import write_json
 from core.jobspec import DomainSpec, RegionSpec
@@ -328,36 +329,30 @@ def render_markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases = list(report["few_labels"])
-    fig, axes = plt.subplots(1, max(len(cases), 1), figsize=(5.5 * max(len(cases), 1), 4), squeeze=False)
-    for ax, case in zip(axes[0], cases):
-        c = report["few_labels"][case]
-        for k, strategy in enumerate(STRATEGIES):
-            xs, ys, es = [], [], []
-            for pct in BUDGETS:
-                e = c.get(f"{strategy}@{pct}%")
-                if e is None:
-                    continue
-                v = np.array(e["miou"], dtype=float)
-                xs.append(pct + (k - 0.5) * 0.3)
-                ys.append(v.mean())
-                es.append(v.std(ddof=1) if len(v) > 1 else 0.0)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"semi, {strategy}")
-        if c["source_only"]["mean"] is not None:
-            ax.axhline(c["source_only"]["mean"], color="grey", ls="--", label=f"best source-only ({c['best_source_only']})")
-        if c["oracle"]["mean"] is not None:
-            ax.axhline(c["oracle"]["mean"], color="black", ls=":", label="oracle")
-        ax.set_xticks(list(BUDGETS), [f"{p} %" for p in BUDGETS])
-        ax.set_xlabel("target train windows labelled")
-        ax.set_ylabel("mIoU on the target test region")
-        ax.set_title(f"case {case}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    n = max(len(cases), 1)
+    with saved_figure(path, 1, n, figsize=(5.5 * n, 4), squeeze=False, dpi=120) as (_, axes):
+        for ax, case in zip(axes[0], cases):
+            c = report["few_labels"][case]
+            for k, strategy in enumerate(STRATEGIES):
+                xs, ys, es = [], [], []
+                for pct in BUDGETS:
+                    e = c.get(f"{strategy}@{pct}%")
+                    if e is None:
+                        continue
+                    v = np.array(e["miou"], dtype=float)
+                    xs.append(pct + (k - 0.5) * 0.3)
+                    ys.append(v.mean())
+                    es.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"semi, {strategy}")
+            if c["source_only"]["mean"] is not None:
+                ax.axhline(c["source_only"]["mean"], color="grey", ls="--",
+                           label=f"best source-only ({c['best_source_only']})")
+            if c["oracle"]["mean"] is not None:
+                ax.axhline(c["oracle"]["mean"], color="black", ls=":", label="oracle")
+            ax.set_xticks(list(BUDGETS), [f"{p} %" for p in BUDGETS])
+            ax.set_xlabel("target train windows labelled")
+            ax.set_ylabel("mIoU on the target test region")
+            ax.set_title(f"case {case}")
+            ax.legend(fontsize=7)
     return path

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.adapt import CASES, RUNNERS, BenchContext, BenchSettings, Runner, register_runner, run_case
+from benchmarks.common import saved_figure
 from core.errors import ConfigError
 from core.files import write_json
 from core.jobspec import load_job_spec
@@ -414,50 +415,36 @@ def render_markdown(report: dict) -> str:
 
 
 def plot_starts(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases = list(report["pretraining"])
-    fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(6 * max(1, len(cases)), 4), squeeze=False)
-    for ax, case in zip(axes[0], cases):
-        starts = report["pretraining"][case]
-        names = list(starts)
-        x = np.arange(len(names))
-        for i, row in enumerate(("source-only", "st-dasegnet", "oracle")):
-            vals = [(starts[s].get(row) or {}).get("mean_miou") or 0.0 for s in names]
-            errs = [(starts[s].get(row) or {}).get("std_miou") or 0.0 for s in names]
-            ax.bar(x + (i - 1) * 0.27, vals, 0.27, yerr=errs, capsize=2, label=row)
-        ax.set_xticks(x, names, rotation=20)
-        ax.set_ylabel("target test mIoU")
-        ax.set_title(f"{case}: fine-tuned from each start")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    n = max(1, len(cases))
+    with saved_figure(path, 1, n, figsize=(6 * n, 4), squeeze=False, dpi=110) as (_, axes):
+        for ax, case in zip(axes[0], cases):
+            starts = report["pretraining"][case]
+            names = list(starts)
+            x = np.arange(len(names))
+            for i, row in enumerate(("source-only", "st-dasegnet", "oracle")):
+                vals = [(starts[s].get(row) or {}).get("mean_miou") or 0.0 for s in names]
+                errs = [(starts[s].get(row) or {}).get("std_miou") or 0.0 for s in names]
+                ax.bar(x + (i - 1) * 0.27, vals, 0.27, yerr=errs, capsize=2, label=row)
+            ax.set_xticks(x, names, rotation=20)
+            ax.set_ylabel("target test mIoU")
+            ax.set_title(f"{case}: fine-tuned from each start")
+            ax.legend(fontsize=8)
     return path
 
 
 def plot_label_efficiency(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases = list(report["label_efficiency"])
-    fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(5 * max(1, len(cases)), 4), squeeze=False)
-    for ax, case in zip(axes[0], cases):
-        for start, curve in report["label_efficiency"][case].items():
-            pts = sorted((float(k), v) for k, v in curve.items() if v is not None)
-            if pts:
-                ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=start)
-        ax.set_xscale("log")
-        ax.set_xlabel("% of the source labels")
-        ax.set_ylabel("source-only target test mIoU")
-        ax.set_title(f"{case}: label efficiency")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    n = max(1, len(cases))
+    with saved_figure(path, 1, n, figsize=(5 * n, 4), squeeze=False, dpi=110) as (_, axes):
+        for ax, case in zip(axes[0], cases):
+            for start, curve in report["label_efficiency"][case].items():
+                pts = sorted((float(k), v) for k, v in curve.items() if v is not None)
+                if pts:
+                    ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=start)
+            ax.set_xscale("log")
+            ax.set_xlabel("% of the source labels")
+            ax.set_ylabel("source-only target test mIoU")
+            ax.set_title(f"{case}: label efficiency")
+            ax.legend(fontsize=8)
     return path
