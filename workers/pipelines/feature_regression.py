@@ -106,7 +106,7 @@ def check_overlap(source: Domain, target: Domain) -> None:
 def teacher_spec(spec: JobSpec) -> JobSpec:
     """Phase 1: the same job as a source-only train job in <output>/teacher (adaptation overrides dropped)."""
     overrides = {k: v for k, v in (spec.model.overrides or {}).items() if not str(k).startswith("adaptation")}
-    body = spec.model_dump(mode="json")
+    body = spec.to_jsonable()  # params the job left to the config stay unset, as the job's phase plan counts them
     body.update(type="train", method="source-only", target=None, bundle=None,
                 output=str(Path(spec.output) / TEACHER))
     body["model"]["overrides"] = overrides

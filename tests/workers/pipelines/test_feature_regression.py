@@ -153,3 +153,17 @@ def test_band_counts_that_do_not_match_are_clear_errors(finished_job, bench_doma
     out, _, _ = finished_job
     with pytest.raises(BandCountMismatchError, match="teacher model takes 6"):
         run_job(_spec(bench_domains, tmp_path / "b", source=src5, target=five, bundle=str(out / "teacher")))
+
+
+def test_the_teacher_leaves_to_the_config_what_the_job_leaves_to_it(bench_domains, tmp_path):
+    """Phase 1's train job: iterations the adapt job did not set stay unset (its config's train block decides,
+    as the job's phase plan assumes); those it set are the teacher's too."""
+    from workers.pipelines.feature_regression import teacher_spec
+
+    spec = _spec(bench_domains, tmp_path / "out")
+    body = spec.to_jsonable()
+    del body["params"]["iterations"]
+    left = teacher_spec(load_job_spec(body))
+    assert left.type == "train" and "iterations" not in left.params.model_fields_set
+    assert {"batch_size", "crop"} <= left.params.model_fields_set
+    assert teacher_spec(spec).params.iterations == 3 and "iterations" in teacher_spec(spec).params.model_fields_set
