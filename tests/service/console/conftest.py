@@ -147,9 +147,12 @@ def nc_job(served) -> str:
     """A successful tiny NC -> Olinda adapt job with its source-only baseline: the one the form test submitted,
     else one submitted here."""
     h = {"Authorization": f"Bearer {served.token}"}
-    done = httpx.get(f"{served.url}/v1/jobs?status=successful&type=adapt", headers=h, timeout=10).json()["jobs"]
-    if done:
-        return done[0]["id"]
+    done = httpx.get(f"{served.url}/v1/jobs?status=successful&type=adapt&limit=200", headers=h,
+                     timeout=10).json()["jobs"]
+    for j in (j for j in done if j["method"] == "st-dasegnet"):  # not other tests' adabn or semi jobs
+        spec = httpx.get(f"{served.url}/v1/jobs/{j['id']}", headers=h, timeout=10).json()["spec"]
+        if spec["params"].get("compare_source_only"):
+            return j["id"]
     ds = {d["id"]: d for d in httpx.get(f"{served.url}/v1/datasets", headers=h, timeout=10).json()["datasets"]}
     nc, ol = ds[served.nc]["paths"], ds[served.olinda]["paths"]
     spec = {"type": "adapt", "method": "st-dasegnet", "model": "segformer-tiny", "classes": served.classes,

@@ -316,6 +316,14 @@
     return f.type.value === "adapt" && f.method.value === "adabn";
   }
 
+  function isSemi(f) {  // trains on the target scenes' labels too (a few windows of them)
+    return f.type.value === "adapt" && f.method.value === "semi";
+  }
+
+  function takesDevices(f) {  // the jobs that train through the loop in several processes (params.devices)
+    return f.type.value === "train" || (f.type.value === "adapt" && ["st-dasegnet", "semi", "source-only"].includes(f.method.value));
+  }
+
   async function pretrainedJobs() {  // finished pretrain jobs: weights a job may start from (model.checkpoint)
     return (await api.json("v1/jobs?type=pretrain&status=successful&limit=200")).jobs || [];
   }
@@ -349,7 +357,11 @@
       spec.bundle = f.bundle.value;
       if (!spec.bundle) problems.push({ field: "bundle", message: "choose the model whose batch-norm statistics to re-estimate" });
     }
-    if (type === "adapt") spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], false)) };
+    const semi = isSemi(f);
+    if (type === "adapt") spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], semi)) };
+    if (semi && spec.target.scenes.length && !spec.target.scenes.some((sc) => sc.labels)) {
+      problems.push({ field: "target", message: "semi-supervised adaptation needs a target dataset with labels (on a few windows)" });
+    }
     const val = pretrain ? [] : selected(f.validation);
     if (val.length) spec.validation = { scenes: val.map((id) => sceneOf(byId[id], true)) };
     for (const k of adabn ? ["batches", "batch_size", "crop", "seed"] : ["iterations", "batch_size", "crop", "seed"]) {
@@ -359,6 +371,11 @@
       else spec.params[k] = Number(v);
     }
     if (type === "adapt" && !adabn && f.compare_source_only.checked) spec.params.compare_source_only = true;
+    const devices = f.devices.value.trim();
+    if (takesDevices(f) && devices !== "") {
+      if (!/^\d+$/.test(devices) || Number(devices) < 1) problems.push({ field: "params.devices", message: "must be a whole number, 1 or more" });
+      else spec.params.devices = Number(devices);
+    }
     if (!pretrain && spec.source && !spec.source.scenes.length) problems.push({ field: "source", message: "choose at least one labelled source dataset" });
     if (type === "adapt" && !spec.target.scenes.length) problems.push({ field: "target", message: "an adapt job needs target scenes" });
     if (!pretrain && !classes.length && !problems.some((p) => p.field.startsWith("classes"))) problems.push({ field: "classes", message: "give at least one class" });
@@ -448,6 +465,8 @@
       // pretraining learns from imagery alone: nothing to validate or compare with
       form.validation.closest(".field").hidden = pretrain;
       form.compare_source_only.closest(".field").hidden = adabn || pretrain;
+      $("#f-devices-field").hidden = !takesDevices(form);
+      $("#f-target-semi").hidden = !isSemi(form);
     };
     form.type.onchange = syncType;
     form.method.onchange = syncType;
