@@ -56,7 +56,7 @@ class Served:
         with Scene.open(nc_bands) as s:
             stats = compute_stats([s])
         self.bundle = small_conv_bundle(root, NC_CLASSES, stats)
-        self.mosaic = build_mosaic(1536, root / "data" / "mosaic.tif")
+        self.mosaic = build_mosaic(3072, root / "data" / "mosaic.tif")  # shards of ~1 s: a second worker gets one
         self.env = {**os.environ, "GEOADAPT_DATA_DIR": str(root / "state"), "GEOADAPT_ALLOWED_ROOTS": str(root),
                     "GEOADAPT_HEARTBEAT_INTERVAL_S": "1"}
         self.settings = Settings(data_dir=root / "state")
