@@ -154,6 +154,26 @@ def test_yaml_spec_errors_then_submit_then_cancel(served, page):
     assert wait_job(served, job_id, 5)["status"] == "dismissed"
 
 
+def test_the_spec_side_works_while_the_forms_lists_still_load(served, page):
+    """Choosing "Job spec" and submitting one does not wait for the datasets and models the form lists
+    (on a loaded server that took longer than a user waits)."""
+    held = []
+    page.route("**/v1/datasets?*", lambda route: held.append(route))  # answered only at the end
+    _login(page, served, "#/submit")
+    for _ in range(100):  # until the form has asked for its datasets (and waits for them)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the form's dataset list was not asked for"
+    page.get_by_label("Job spec (YAML or JSON)", exact=True).check()
+    page.get_by_label("Spec text (YAML or JSON)").fill("type: adapt\nclasses: [1, 2\n")
+    page.locator("#spec-submit").click()
+    page.locator("#spec-errors li").first.wait_for()
+    assert "line 3" in page.locator("#spec-errors").text_content()
+    for route in held:
+        route.continue_()
+
+
 def test_training_curve_from_the_jobs_history(served, nc_job, page):
     """The curve reads <output>/history.jsonl: losses per logged iteration, validations on the right axis."""
     out = served.data_dir / "jobs" / nc_job / "output" / "history.jsonl"

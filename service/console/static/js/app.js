@@ -411,6 +411,40 @@
     const form = $("#job-form"), spec = $("#spec-form");
     form.dataset.key = form.dataset.key || uuid4();
     spec.dataset.key = spec.dataset.key || uuid4();
+    // the spec side needs nothing loaded: wired at once, so a choice made while the lists load still counts
+    const showMode = () => {
+      const mode = document.querySelector("input[name=submit-mode]:checked").value;
+      form.hidden = mode !== "form";
+      spec.hidden = mode !== "spec";
+    };
+    for (const r of document.querySelectorAll("input[name=submit-mode]")) r.onchange = showMode;
+    showMode();
+    $("#spec-file").onchange = async (ev) => {
+      const file = ev.target.files[0];
+      if (file) $("#spec-text").value = await file.text();
+    };
+    spec.onsubmit = async (ev) => {
+      ev.preventDefault();
+      const box = $("#spec-errors");
+      clearErrors(spec, box);
+      const text = $("#spec-text").value;
+      let body;
+      try {
+        body = JSON.parse(text);
+      } catch (e) {
+        try {  // not JSON: YAML, read by the server (the same parser the CLI uses)
+          body = await api.json("console/api/spec", { method: "POST", headers: { "Content-Type": "application/yaml" }, body: text });
+        } catch (e2) {
+          if (e2.status !== 401) showErrors(spec, box, e2.problems);
+          return;
+        }
+      }
+      if (!body || typeof body !== "object" || Array.isArray(body)) {
+        showErrors(spec, box, [{ field: "(spec)", message: "a job spec must be a mapping of fields" }]);
+        return;
+      }
+      await submitSpec(body, spec, box, $("#spec-submit"));
+    };
     let ds = [], ms = [], pre = [];
     try {
       [ds, ms, pre] = await Promise.all([datasets(true), models(true), pretrainedJobs()]);
@@ -472,13 +506,6 @@
     form.method.onchange = syncType;
     syncType();
 
-    for (const r of document.querySelectorAll("input[name=submit-mode]")) {
-      r.onchange = () => {
-        const mode = document.querySelector("input[name=submit-mode]:checked").value;
-        form.hidden = mode !== "form";
-        spec.hidden = mode !== "spec";
-      };
-    }
     form.onsubmit = async (ev) => {
       ev.preventDefault();
       const box = $("#job-form-errors");
@@ -493,32 +520,6 @@
       document.querySelector("input[name=submit-mode][value=spec]").checked = true;
       form.hidden = true; spec.hidden = false;
       $("#spec-text").focus();
-    };
-    $("#spec-file").onchange = async (ev) => {
-      const file = ev.target.files[0];
-      if (file) $("#spec-text").value = await file.text();
-    };
-    spec.onsubmit = async (ev) => {
-      ev.preventDefault();
-      const box = $("#spec-errors");
-      clearErrors(spec, box);
-      const text = $("#spec-text").value;
-      let body;
-      try {
-        body = JSON.parse(text);
-      } catch (e) {
-        try {  // not JSON: YAML, read by the server (the same parser the CLI uses)
-          body = await api.json("console/api/spec", { method: "POST", headers: { "Content-Type": "application/yaml" }, body: text });
-        } catch (e2) {
-          if (e2.status !== 401) showErrors(spec, box, e2.problems);
-          return;
-        }
-      }
-      if (!body || typeof body !== "object" || Array.isArray(body)) {
-        showErrors(spec, box, [{ field: "(spec)", message: "a job spec must be a mapping of fields" }]);
-        return;
-      }
-      await submitSpec(body, spec, box, $("#spec-submit"));
     };
   }
 
