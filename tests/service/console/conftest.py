@@ -131,6 +131,18 @@ def served(tmp_path_factory, nc_data, nc_bands, nc_classes):
         log.close()
 
 
+def open_submit_form(page, served: Served) -> None:
+    """Sign in with the served token and open the Submit page's form once it is filled and wired."""
+    from playwright.sync_api import expect
+
+    page.goto(served.url + "/")
+    page.get_by_label("API token").fill(served.token)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.get_by_role("link", name="Submit", exact=True).click()
+    page.locator("#f-start option").first.wait_for(state="attached")
+
+
 def wait_job(served: Served, job_id: str, timeout_s: float = 150.0) -> dict:
     h = {"Authorization": f"Bearer {served.token}"}
     deadline = time.monotonic() + timeout_s

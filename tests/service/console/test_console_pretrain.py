@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from .conftest import wait_job
+from .conftest import open_submit_form, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +16,7 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
     from playwright.sync_api import expect
 
     h = {"Authorization": f"Bearer {served.token}"}
-    page.goto(served.url + "/")
-    page.get_by_label("API token").fill(served.token)
-    page.get_by_role("button", name="Use token").click()
-    expect(page.locator("#token-status")).to_contain_text("accepted")
-    page.get_by_role("link", name="Submit", exact=True).click()
-    page.locator("#f-start option").first.wait_for(state="attached")  # the form is filled and wired
+    open_submit_form(page, served)
     page.get_by_label("Job type").select_option("pretrain")
     # the pretraining methods only; nothing to validate or compare with
     visible = page.evaluate("() => Array.from(document.querySelectorAll('#f-method option')).filter(o => !o.hidden)"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .conftest import wait_job
+from .conftest import open_submit_form, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -15,12 +15,7 @@ pytestmark = pytest.mark.integration
 def test_semi_from_the_form_takes_the_target_labels_and_devices(served, page):
     from playwright.sync_api import expect
 
-    page.goto(served.url + "/")
-    page.get_by_label("API token").fill(served.token)
-    page.get_by_role("button", name="Use token").click()
-    expect(page.locator("#token-status")).to_contain_text("accepted")
-    page.get_by_role("link", name="Submit", exact=True).click()
-    page.locator("#f-start option").first.wait_for(state="attached")  # the form is filled and wired
+    open_submit_form(page, served)
     devices = page.get_by_label("Devices (optional)")
     for job_type, method, shown in (("train", None, True), ("adapt", "st-dasegnet", True), ("adapt", "semi", True),
                                     ("adapt", "feature-regression", False), ("adapt", "adabn", False),
