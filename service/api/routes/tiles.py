@@ -91,7 +91,14 @@ def _result_cog(rid: str, session, settings, token) -> Path:
 
 def _result_source(rid: str, tms_id: str, session, settings, token) -> tuple[Path, sources.CogSource]:
     path = _result_cog(rid, session, settings, token)
-    return path, sources.class_source(path, sources.get_tms(tms_id))
+    tms = sources.get_tms(tms_id)
+    try:
+        return path, sources.class_source(path, tms)
+    except OSError:  # FileNotFoundError, or GDAL's (rasterio's RasterioIOError is one)
+        if path.exists():
+            raise
+        # deleted (its job with it) between finding it and opening it: gone, as for a later request
+        raise NotFoundError(f"no result {rid!r}: it was deleted", field="id") from None
 
 
 @router.get("/v1/results/{result_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response,
