@@ -143,6 +143,22 @@ def open_submit_form(page, served: Served) -> None:
     page.locator("#f-start option").first.wait_for(state="attached")
 
 
+def fill_tiny_run(page) -> None:
+    """The smallest run the form tests train: 2 iterations of 2 crops of 32 px."""
+    page.get_by_label("Iterations", exact=True).fill("2")
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label("Crop (pixels)", exact=True).fill("32")
+
+
+def submit_form_and_wait(page, served: Served) -> dict:
+    """Submit the job form, follow it to its page, and wait for the job to end; the job as the API has it."""
+    import re
+
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
+    return wait_job(served, page.url.rsplit("/", 1)[-1])
+
+
 def wait_job(served: Served, job_id: str, timeout_s: float = 150.0) -> dict:
     h = {"Authorization": f"Bearer {served.token}"}
     deadline = time.monotonic() + timeout_s

@@ -2,12 +2,11 @@
 validation), then a train job started from its weights by choosing it in the form."""
 from __future__ import annotations
 
-import re
 
 import httpx
 import pytest
 
-from .conftest import open_submit_form, wait_job
+from .conftest import fill_tiny_run, open_submit_form, submit_form_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +29,9 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
     page.get_by_label("Method").select_option("siameseim")
     page.get_by_label("Target scenes").select_option([served.olinda])
     page.get_by_label("Classes", exact=True).fill("")
-    page.get_by_label("Iterations", exact=True).fill("2")
-    page.get_by_label("Batch size", exact=True).fill("2")
-    page.get_by_label("Crop (pixels)", exact=True).fill("32")
-    page.get_by_role("button", name="Submit job").click()
-    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
-    pre_id = page.url.rsplit("/", 1)[-1]
-    j = wait_job(served, pre_id)
+    fill_tiny_run(page)
+    j = submit_form_and_wait(page, served)
+    pre_id = j["id"]
     assert j["status"] == "successful", j
     assert j["type"] == "pretrain" and j["method"] == "siameseim" and j["spec"]["classes"] is None
     res = httpx.get(f"{served.url}/v1/jobs/{pre_id}/results", headers=h, timeout=10).json()
@@ -50,13 +45,9 @@ def test_pretrain_from_the_form_then_train_from_its_weights(served, page):
     page.get_by_label("Source scenes (with labels)").select_option([served.nc])
     page.get_by_label("Classes", exact=True).fill("\n".join(f"{c['id']} {c['name']} {c['color']}" for c in served.classes))
     page.get_by_label("Start from (optional)").select_option(pre_id)
-    page.get_by_label("Iterations", exact=True).fill("2")
-    page.get_by_label("Batch size", exact=True).fill("2")
-    page.get_by_label("Crop (pixels)", exact=True).fill("32")
-    page.get_by_role("button", name="Submit job").click()
-    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
-    train_id = page.url.rsplit("/", 1)[-1]
-    j = wait_job(served, train_id)
+    fill_tiny_run(page)
+    j = submit_form_and_wait(page, served)
+    train_id = j["id"]
     assert j["status"] == "successful", j
     assert j["spec"]["model"]["checkpoint"] == f"jobs/{pre_id}/output"
     meta = httpx.get(f"{served.url}/v1/models/{train_id}", headers=h, timeout=10).json()["metadata"]

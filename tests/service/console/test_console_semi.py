@@ -3,11 +3,10 @@ the target scenes' labels go into the spec only for semi, a semi job on unlabell
 form, and params.devices is offered only for the jobs that can train on several devices."""
 from __future__ import annotations
 
-import re
 
 import pytest
 
-from .conftest import open_submit_form, wait_job
+from .conftest import fill_tiny_run, open_submit_form, submit_form_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +30,7 @@ def test_semi_from_the_form_takes_the_target_labels_and_devices(served, page):
     page.get_by_label("Source scenes (with labels)").select_option([served.nc])
     page.get_by_label("Target scenes").select_option([served.olinda])  # no labels: refused before submitting
     page.get_by_label("Classes", exact=True).fill("\n".join(f"{c['id']} {c['name']} {c['color']}" for c in served.classes))
-    page.get_by_label("Iterations", exact=True).fill("2")
-    page.get_by_label("Batch size", exact=True).fill("2")
-    page.get_by_label("Crop (pixels)", exact=True).fill("32")
+    fill_tiny_run(page)
     devices.fill("0")
     page.get_by_role("button", name="Submit job").click()
     expect(page.locator("#f-target-err")).to_contain_text("target dataset with labels")
@@ -41,9 +38,7 @@ def test_semi_from_the_form_takes_the_target_labels_and_devices(served, page):
 
     page.get_by_label("Target scenes").select_option([served.nc])  # labelled (here everywhere: a test's budget)
     devices.fill("1")
-    page.get_by_role("button", name="Submit job").click()
-    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
-    j = wait_job(served, page.url.rsplit("/", 1)[-1])
+    j = submit_form_and_wait(page, served)
     assert j["status"] == "successful", j
     assert j["method"] == "semi" and j["spec"]["params"]["devices"] == 1
     assert [bool(sc.get("labels")) for sc in j["spec"]["target"]["scenes"]] == [True]
