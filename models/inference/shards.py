@@ -24,7 +24,9 @@ from typing import Any
 from rasterio.windows import Window
 
 from core.files import write_json
-from core.raster.cog import PROB_NODATA, class_cog_writer, class_encoding, gdal_cache_limit, probability_cog_writer
+from core.raster.cog import (
+    PROB_NODATA, class_cog_writer, class_encoding, close_together, gdal_cache_limit, probability_cog_writer,
+)
 from core.raster.prediction_shards import PartWriter, Shard, part_path, remove_part_temporaries, split_plan
 from core.raster.prediction_windows import PredictOptions, WindowPlan
 from core.raster.scene import Scene
@@ -233,10 +235,18 @@ def assemble_shards(
         setup = _setup(manifest, lambda: Scene.open(manifest.paths, nodata=manifest.nodata))
         kw = dict(blocksize=opts.blocksize, compress=opts.compress)
         parts = [(part_path(folder, s.index, "classes"), s.rows[0]) for s in manifest.shards]
-        class_cog_writer(output, setup.out_grid, classes, parts=parts, **kw).close()
-        if probs_path is not None:
-            parts = [(part_path(folder, s.index, "probabilities"), s.rows[0]) for s in manifest.shards]
-            probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts, **kw).close()
+        writer = class_cog_writer(output, setup.out_grid, classes, parts=parts, **kw)
+        pwriter = None
+        try:
+            if probs_path is not None:
+                parts = [(part_path(folder, s.index, "probabilities"), s.rows[0]) for s in manifest.shards]
+                pwriter = probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts, **kw)
+            close_together([writer, pwriter])
+        except BaseException:
+            writer.abort()  # a writer already closed ignores it
+            if pwriter is not None:
+                pwriter.abort()
+            raise
     by_index = {int(r["index"]): r for r in results}
     total = lambda key: sum(int(r.get(key, 0)) for r in by_index.values())  # noqa: E731
     r = setup.region

@@ -46,6 +46,7 @@ from core.raster.cog import (
     PROB_SCALE,
     class_cog_writer,
     class_encoding,
+    close_together,
     gdal_cache_limit,
     probability_cog_writer,
 )
@@ -281,9 +282,7 @@ def predict_raster(
             pipe, engine = run_windows(bundle, open_scene, setup, opts, writer, pwriter,
                                        progress=progress, should_stop=should_stop)
             t_cog = time.perf_counter()
-            writer.close()
-            if pwriter is not None:
-                pwriter.close()
+            close_together([writer, pwriter])
             pipe.busy["cog"] = time.perf_counter() - t_cog
         except BaseException:
             writer.abort()
