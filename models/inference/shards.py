@@ -4,8 +4,11 @@ a manifest that settles everything once, one shard's run, and the assembly of th
     plan_shards(bundle, input, n)      region, statistics, window plan -> ShardManifest (JSON: every
                                        shard reads the same, so none re-resolves anything)
     predict_shard(bundle, m, i, dir)   run_windows over shard i's window rows, keep its output rows
-                                       -> <dir>/shard-000i-classes.tif (+ -probabilities), published once
-    assemble_shards(bundle, m, dir, out)  CogWriter over the parts (a VRT, no copy) -> the class COG
+                                       -> <dir>/shard-000i-classes.tif (+ -probabilities), and what its
+                                       windows predicted over the seams at its edges (-edge-top/bottom.npz),
+                                       each published once
+    assemble_shards(bundle, m, dir, out)  each seam blended from its two edge files -> seam-000k-*.tif;
+                                       CogWriter over the parts and seams (a VRT, no copy) -> the class COG
                                        (+ probability COG) with overviews, as predict_raster writes them
 
 The assembled COG equals predict_raster's on the same input and options, pixel for pixel (see
@@ -21,13 +24,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rasterio.windows import Window
 
 from core.files import write_json
 from core.raster.cog import (
     PROB_NODATA, class_cog_writer, class_encoding, close_together, gdal_cache_limit, probability_cog_writer,
 )
-from core.raster.prediction_shards import PartWriter, Shard, part_path, remove_part_temporaries, split_plan
+from core.raster.prediction_shards import (
+    EdgeRecorder, PartWriter, Shard, blend_seam, edge_path, part_path, remove_part_temporaries, seam_part_path, seams,
+    shard_edges, split_plan,
+)
 from core.raster.prediction_windows import PredictOptions, WindowPlan
 from core.raster.scene import Scene
 from core.raster.stats import BandStats
@@ -38,6 +45,7 @@ from models.inference.windowed import (
     _refuse_overwriting_input,
     _resolve_bundle,
     _uniform_nodata,
+    encode_piece,
     prepare_prediction,
     run_windows,
 )
@@ -144,7 +152,7 @@ class ShardResult:
 
     index: int
     published: bool  # False: its part was already there (another run wrote it), this run's was dropped
-    windows: int  # windows run: its window rows, with the border rows it shares with a neighbour
+    windows: int  # windows run: its window rows (no other shard runs them)
     predicted: int  # of them, passed to the model
     skipped: int  # of them, entirely nodata
     valid_pixels: int  # in its own rows
@@ -182,6 +190,7 @@ def predict_shard(
     dtype, nodata = class_encoding([c.id for c in classes])
     with gdal_cache_limit(opts.cache_mb):
         setup = _setup(manifest, open_scene)
+        edges = EdgeRecorder(setup.plan, shard_edges(setup.plan, manifest.shards, index))
         writers = [PartWriter(part_path(folder, index, "classes"), setup.out_grid, shard.rows, count=1, dtype=dtype,
                               nodata=nodata, blocksize=opts.blocksize)]
         try:
@@ -191,10 +200,11 @@ def predict_shard(
                                           blocksize=opts.blocksize))
             pipe, engine = run_windows(bundle, open_scene, setup, opts, writers[0],
                                        writers[1] if len(writers) > 1 else None,
-                                       window_rows=shard.window_rows, rows=shard.rows,
+                                       window_rows=shard.window_rows, rows=shard.rows, record=edges.add,
                                        progress=progress, should_stop=should_stop)
-            # the probabilities first: the class part's presence is what says the shard is done
-            published = all([w.close() for w in reversed(writers)])
+            # the edges and probabilities first: the class part's presence is what says the shard is done
+            published = edges.publish(folder, index)
+            published = all([w.close() for w in reversed(writers)]) and published
         except BaseException:
             for w in writers:
                 w.abort()
@@ -206,9 +216,11 @@ def predict_shard(
 
 
 def shard_done(manifest: ShardManifest, folder: str | Path, index: int) -> bool:
-    """Whether shard ``index``'s parts are all published in ``folder``."""
+    """Whether shard ``index``'s parts and edge files are all published in ``folder``."""
     kinds = ("classes", "probabilities") if manifest.probabilities else ("classes",)
-    return all(part_path(folder, index, k).is_file() for k in kinds)
+    edges = shard_edges(manifest.plan(), manifest.shards, index)
+    return (all(part_path(folder, index, k).is_file() for k in kinds)
+            and all(edge_path(folder, index, e).is_file() for e in edges))
 
 
 def assemble_shards(
@@ -230,17 +242,21 @@ def assemble_shards(
     _refuse_overwriting_input(manifest.paths, [output, probs_path])
     missing = [s.index for s in manifest.shards if not shard_done(manifest, folder, s.index)]
     if missing:
-        raise FileNotFoundError(f"shards {missing} have no part in {folder}")
+        raise FileNotFoundError(f"shards {missing} have not written all their files (parts, edges) in {folder}")
     with gdal_cache_limit(opts.cache_mb):
         setup = _setup(manifest, lambda: Scene.open(manifest.paths, nodata=manifest.nodata))
+        seam_rows, seam_valid = _write_seams(setup, manifest, classes, folder, opts.blocksize)
         kw = dict(blocksize=opts.blocksize, compress=opts.compress)
-        parts = [(part_path(folder, s.index, "classes"), s.rows[0]) for s in manifest.shards]
-        writer = class_cog_writer(output, setup.out_grid, classes, parts=parts, **kw)
+
+        def parts(kind: str) -> list[tuple[Path, int]]:
+            return ([(part_path(folder, s.index, kind), s.rows[0]) for s in manifest.shards]
+                    + [(seam_part_path(folder, k, kind), row) for k, row in seam_rows])
+
+        writer = class_cog_writer(output, setup.out_grid, classes, parts=parts("classes"), **kw)
         pwriter = None
         try:
             if probs_path is not None:
-                parts = [(part_path(folder, s.index, "probabilities"), s.rows[0]) for s in manifest.shards]
-                pwriter = probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts, **kw)
+                pwriter = probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts("probabilities"), **kw)
             close_together([writer, pwriter])
         except BaseException:
             writer.abort()  # a writer already closed ignores it
@@ -252,9 +268,49 @@ def assemble_shards(
     r = setup.region
     return PredictionResult(
         output=output, probabilities=probs_path, windows=manifest.windows, predicted=total("predicted"),
-        skipped=total("skipped"), pixels=int(r.width) * int(r.height), valid_pixels=total("valid_pixels"),
+        skipped=total("skipped"), pixels=int(r.width) * int(r.height), valid_pixels=total("valid_pixels") + seam_valid,
         stats=manifest.stats_name, seconds=round(sum(float(x.get("seconds", 0)) for x in by_index.values())
                                                  + time.perf_counter() - t0, 3),
         timings={"assemble": round(time.perf_counter() - t0, 3)},
         options={**opts.as_dict(), "shards": len(manifest.shards)},
     )
+
+
+def _write_seams(setup: PredictionSetup, manifest: ShardManifest, classes: list, folder: str | Path,
+                 blocksize: int) -> tuple[list[tuple[int, int]], int]:
+    """Blend every seam from its two shards' edge files into seam parts (published once, like the shards'
+    parts). Returns each written seam's (index, first row) and the valid pixels in the seams."""
+    folder = Path(folder)
+    dtype, nodata = class_encoding([c.id for c in classes])
+    lut = np.array([c.id for c in classes], dtype=dtype)
+    written, valid = [], 0
+    for seam in seams(setup.plan, manifest.shards):
+        if not seam:
+            continue
+        above, below = edge_path(folder, seam.index, "bottom"), edge_path(folder, seam.index + 1, "top")
+        writer = PartWriter(seam_part_path(folder, seam.index, "classes"), setup.out_grid, seam.rows, count=1,
+                            dtype=dtype, nodata=nodata, blocksize=blocksize)
+        pwriter = None
+        try:
+            if manifest.probabilities:
+                pwriter = PartWriter(seam_part_path(folder, seam.index, "probabilities"), setup.out_grid, seam.rows,
+                                     count=len(classes), dtype="uint8", nodata=PROB_NODATA, blocksize=blocksize)
+            for piece in blend_seam(setup.plan, len(classes), seam, above, below):
+                n = int(piece.valid.sum())
+                if n == 0:
+                    continue
+                valid += n
+                cls, q = encode_piece(piece, lut, nodata, pwriter is not None)
+                writer.write(cls, piece.window)
+                if pwriter is not None:
+                    pwriter.write(q, piece.window)
+            if pwriter is not None:
+                pwriter.close()  # an assembly run again finds the seam written: the same rows, kept
+            writer.close()
+        except BaseException:
+            writer.abort()
+            if pwriter is not None:
+                pwriter.abort()
+            raise
+        written.append((seam.index, seam.rows[0]))
+    return written, valid

@@ -338,12 +338,14 @@ def run_windows(
     *,
     window_rows: tuple[int, int] | None = None,
     rows: tuple[int, int] | None = None,
+    record: Callable[[int, np.ndarray | None, np.ndarray | None], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[_Pipeline, dict]:
     """Run the plan's windows (only ``window_rows`` [first, stop) of them when given) through the reader,
     model and writer threads; class ids (and probabilities) go to ``writer`` (``pwriter``), each piece cut
-    to the output ``rows`` [first, stop) when given. Returns the pipeline's counters and the engine's
+    to the output ``rows`` [first, stop) when given; ``record(index, probs, valid)`` sees every window's
+    probabilities before they are blended (None for a skipped window). Returns the pipeline's counters and the engine's
     streams/threads/device. Raises :class:`PredictionCancelled` when ``should_stop`` said so."""
     classes = list(bundle.classes)
     plan = setup.plan
@@ -372,7 +374,7 @@ def run_windows(
         ]
         sink = threading.Thread(
             target=_write_windows, name="predict-writer", daemon=True,
-            args=(pipe, q_out, plan, len(classes), lut, nodata, writer, pwriter, window_rows, rows),
+            args=(pipe, q_out, plan, len(classes), lut, nodata, writer, pwriter, window_rows, rows, record),
         )
         for t in (*workers, sink):
             t.start()
@@ -544,7 +546,7 @@ def _forward(pipe: _Pipeline, q_in, q_out, model: WindowModel) -> None:
 
 
 def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata, writer, pwriter,
-                   window_rows: tuple[int, int], rows: tuple[int, int] | None):
+                   window_rows: tuple[int, int], rows: tuple[int, int] | None, record=None):
     """Writer thread: put batches back in plan order, blend windows into finished pieces, write class ids
     (nodata where invalid) to the temporary file; only the output ``rows`` of each piece when given."""
     try:
@@ -565,6 +567,8 @@ def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata
                         pos += 1
                     else:
                         p = v = None
+                    if record is not None:
+                        record(idx, p, v)
                     for piece in blender.add(idx, p, v):
                         if rows is not None:
                             piece = clip_piece(piece, *rows)
@@ -580,22 +584,32 @@ def _write_windows(pipe: _Pipeline, q_out, plan: WindowPlan, k: int, lut, nodata
 
 
 def _write_piece(pipe: _Pipeline, piece, lut, nodata, writer, pwriter) -> None:
-    valid = piece.valid
-    n = int(valid.sum())
+    n = int(piece.valid.sum())
     if n == 0:  # unwritten tiles of the sparse temporary file read back as nodata
         return
     pipe.valid_pixels += n
-    cls = lut[piece.probs.argmax(axis=0)]
-    if n < valid.size:
-        cls[~valid] = nodata
+    cls, q = encode_piece(piece, lut, nodata, pwriter is not None)
     with pipe.gdal:
         writer.write(cls, piece.window)
-    if pwriter is not None:
-        q = np.rint(piece.probs * PROB_SCALE).astype(np.uint8)
-        if n < valid.size:
-            q[:, ~valid] = PROB_NODATA
+    if q is not None:
         with pipe.gdal:
             pwriter.write(q, piece.window)
+
+
+def encode_piece(piece, lut: np.ndarray, nodata: int, probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A blended piece as stored: class ids (``lut`` of the most probable class; nodata where invalid) and,
+    when asked for, probabilities as uint8 (PROB_SCALE; PROB_NODATA where invalid)."""
+    valid = piece.valid
+    whole = bool(valid.all())
+    cls = lut[piece.probs.argmax(axis=0)]
+    if not whole:
+        cls[~valid] = nodata
+    q = None
+    if probabilities:
+        q = np.rint(piece.probs * PROB_SCALE).astype(np.uint8)
+        if not whole:
+            q[:, ~valid] = PROB_NODATA
+    return cls, q
 
 
 # inputs ------------------------------------------------------------------------------------------

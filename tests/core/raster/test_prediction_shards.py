@@ -11,47 +11,43 @@ from rasterio.windows import Window
 
 from core.raster.cog import class_cog_writer, probability_cog_writer
 from core.raster.grid import Grid
-from core.raster.prediction_shards import PartWriter, part_path, remove_part_temporaries, shard_count, split_plan
+from core.raster.prediction_shards import (
+    PartWriter, part_path, remove_part_temporaries, seams, shard_count, split_plan,
+)
 from core.raster.prediction_windows import WindowPlan
 
 CLASSES = [{"id": 0, "name": "water", "color": "#0000ff"}, {"id": 4, "name": "forest", "color": "#00aa00"}]
 
 
 @pytest.mark.parametrize("height,window,overlap,n", [(1000, 128, 16, 4), (1000, 128, 64, 3), (300, 256, 32, 5),
-                                                      (129, 64, 32, 2), (5000, 256, 32, 7)])
-def test_shards_own_every_row_once_and_run_every_window_row_that_reaches_them(height, window, overlap, n):
+                                                      (129, 64, 32, 2), (5000, 256, 32, 7), (16384, 256, 32, 4)])
+def test_each_window_row_runs_once_and_each_row_is_a_shards_or_a_seams(height, window, overlap, n):
     plan = WindowPlan(height, 50, window, overlap)
     shards = split_plan(plan, n)
     assert len(shards) == min(n, plan.n_rows)
+    assert [s.window_rows[0] for s in shards] + [plan.n_rows] == [0] + [s.window_rows[1] for s in shards]
+    own = [s.window_rows[1] - s.window_rows[0] for s in shards]
+    assert max(own) - min(own) <= 1  # as even as whole window rows allow
+
+    def covering(row: int) -> set[int]:
+        return {i for i, r in enumerate(plan.row_starts) if r <= row < r + plan.win_h}
+
+    borders = seams(plan, shards)
     assert shards[0].rows[0] == 0 and shards[-1].rows[1] == height
-    for a, b in zip(shards, shards[1:]):
-        assert a.rows[1] == b.rows[0] and a.rows[0] < a.rows[1]
+    for seam, a, b in zip(borders, shards, shards[1:]):
+        assert a.rows[1] == seam.rows[0] < seam.rows[1] == b.rows[0]
+        for row in range(*seam.rows):  # reached by windows of both neighbours, of no other shard
+            assert covering(row) & set(range(*a.window_rows)) and covering(row) & set(range(*b.window_rows))
+            assert covering(row) <= set(range(*seam.window_rows)) <= set(range(a.window_rows[0], b.window_rows[1]))
     for s in shards:
-        start, stop = s.rows
-        need = {i for i, r in enumerate(plan.row_starts) if r < stop and r + plan.win_h > start}
-        assert set(range(*s.window_rows)) == need
-    # as even as whole window rows allow in the rows each shard runs (a later shard re-runs its overlap):
-    # the longest shard is as short as in the best of all splits into as many shards
-    runs = [s.window_rows[1] - s.window_rows[0] for s in shards]
-    assert max(runs) == _shortest_longest_shard(plan, len(shards))
-    assert max(runs) - min(runs) <= 1
+        assert s.rows[0] < s.rows[1]
+        assert all(covering(row) <= set(range(*s.window_rows)) for row in range(*s.rows))  # its windows' alone
 
 
-def _shortest_longest_shard(plan: WindowPlan, n: int) -> int:
-    """By brute force: over every split of the plan's window rows into ``n`` runs, the least longest shard."""
-    import itertools
-
-    reaching = [sum(1 for r in plan.row_starts[:g] if r + plan.win_h > plan.row_starts[g]) for g in range(plan.n_rows)]
-    best = plan.n_rows
-    for cuts in itertools.combinations(range(1, plan.n_rows), n - 1):
-        bounds = (0, *cuts, plan.n_rows)
-        best = min(best, max(b - a + reaching[a] for a, b in zip(bounds, bounds[1:])))
-    return best
-
-
-def test_the_16384_benchmark_raster_splits_into_four_shards_of_equal_work():
-    shards = split_plan(WindowPlan(16384, 16384, 256, 32), 4)
-    assert [s.window_rows[1] - s.window_rows[0] for s in shards] == [19, 19, 19, 19]
+def test_shards_whose_neighbours_windows_would_meet_over_them_are_merged():
+    plan = WindowPlan(1000, 50, 128, 64)  # 15 window rows 62 px apart: a one-row shard has no row of its own
+    shards = split_plan(plan, 15)
+    assert 1 < len(shards) < 15 and all(s.rows[0] < s.rows[1] for s in shards)
 
 
 def test_shard_count_follows_the_request_else_the_pixel_setting():

@@ -1,5 +1,5 @@
 """A prediction in shards (models.inference.shards) against the same prediction in one piece (predict_raster):
-a real convolutional network whose receptive field spans windows, window rows that cross every shard border,
+a real convolutional network whose receptive field spans windows, seams blended across every shard border,
 nodata (a whole window row of it, skipped), an AOI, each blend mode; class ids, probabilities, overviews and
 metadata equal, pixel for pixel, whatever order the shards run in."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import rasterio
 from affine import Affine
 
 from core.jobspec import ClassSpec
-from core.raster.prediction_shards import part_path
+from core.raster.prediction_shards import edge_path, part_path, seams
 from core.raster.scene import Scene
 from core.raster.stats import compute_stats
 from models.inference import PredictionCancelled, predict_raster
@@ -60,9 +60,11 @@ def test_three_shards_equal_one_piece_pixel_for_pixel(raster, tmp_path, blend):
     manifest = plan_shards(bundle, path, 3, blend=blend, **OPTS)
     shards = manifest.shards
     assert len(shards) == 3 and shards[0].rows[0] == 0 and shards[-1].rows[1] == 330
-    assert all(a.rows[1] == b.rows[0] for a, b in zip(shards, shards[1:]))  # the rows, each owned once
-    # a window row crosses each border: it runs in both neighbours
-    assert all(a.window_rows[1] > b.window_rows[0] for a, b in zip(shards, shards[1:]))
+    # every window row runs in one shard; the rows its neighbour's windows also reach form a seam between them
+    assert all(a.window_rows[1] == b.window_rows[0] for a, b in zip(shards, shards[1:]))
+    borders = seams(manifest.plan(), shards)
+    assert all(seam.rows == (a.rows[1], b.rows[0]) and seam.rows[1] - seam.rows[0] >= OPTS["overlap"]
+               for seam, a, b in zip(borders, shards, shards[1:]))
     folder = tmp_path / "parts"
     manifest = ShardManifest.from_dict(manifest.to_dict())  # as other processes read it
     results = [predict_shard(bundle, manifest, i, folder).to_dict() for i in (2, 0, 1)]  # any order
@@ -72,6 +74,7 @@ def test_three_shards_equal_one_piece_pixel_for_pixel(raster, tmp_path, blend):
     _same_rasters(tmp_path / "one_probs.tif", tmp_path / "sharded_probs.tif")
     assert out.valid_pixels == ref.valid_pixels and out.pixels == ref.pixels and out.windows == ref.windows
     assert sum(r["skipped"] for r in results) >= 7  # the nodata window row never reached the model
+    assert sum(r["windows"] for r in results) == ref.windows  # no window predicted twice
 
 
 def test_an_aoi_and_a_region_shard_alike(raster, tmp_path):
@@ -99,16 +102,20 @@ def test_a_part_is_written_once_and_a_cancelled_shard_publishes_nothing(raster, 
     manifest = plan_shards(bundle, path, 3, **OPTS)
     folder = tmp_path / "parts"
     assert predict_shard(bundle, manifest, 1, folder).published
-    first = [part_path(folder, 1, k).stat() for k in ("classes", "probabilities")]
+    written = sorted(folder.iterdir())  # its parts, and the edge files of the seams above and below it
+    assert written == sorted([edge_path(folder, 1, "top"), edge_path(folder, 1, "bottom"),
+                              part_path(folder, 1, "classes"), part_path(folder, 1, "probabilities")])
+    first = [p.stat() for p in written]
     again = predict_shard(bundle, manifest, 1, folder)  # a second run (its claimant was presumed dead)
     assert not again.published
-    later = [part_path(folder, 1, k).stat() for k in ("classes", "probabilities")]
+    later = [p.stat() for p in written]
     assert [(s.st_ino, s.st_mtime_ns) for s in first] == [(s.st_ino, s.st_mtime_ns) for s in later]
     with pytest.raises(PredictionCancelled):
         predict_shard(bundle, manifest, 0, folder, should_stop=lambda: True)
-    assert not shard_done(manifest, folder, 0) and sorted(p.name for p in folder.iterdir()) == [
-        part_path(folder, 1, "classes").name, part_path(folder, 1, "probabilities").name]  # no temporaries left
-    with pytest.raises(FileNotFoundError, match=r"shards \[0, 2\]"):
+    assert not shard_done(manifest, folder, 0) and sorted(folder.iterdir()) == written  # no temporaries left
+    edge_path(folder, 1, "top").unlink()  # a part without its edge file is not done
+    assert not shard_done(manifest, folder, 1)
+    with pytest.raises(FileNotFoundError, match=r"shards \[0, 1, 2\] have not written all their files"):
         assemble_shards(bundle, manifest, folder, tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()
 
