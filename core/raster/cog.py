@@ -157,7 +157,8 @@ class CogWriter:
                 self._ds = rasterio.open(self._tmp, "w", **profile)
             else:
                 self._tmp = _temp_name(self.path, "part", ".vrt")
-                self._tmp.write_text(_mosaic_vrt(grid, count, dtype, nodata, parts), encoding="utf-8")
+                vrt = _mosaic_vrt(grid, count, dtype, nodata, parts, _tile_size(blocksize, grid.width, grid.height))
+                self._tmp.write_text(vrt, encoding="utf-8")
                 self._ds = rasterio.open(self._tmp, "r+")  # the metadata below goes into the VRT
                 if grid.crs is not None:
                     self._ds.crs = grid.crs
@@ -289,8 +290,10 @@ _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": 
 
 
 def _mosaic_vrt(grid: Any, count: int, dtype: str, nodata: float | None,
-                parts: Sequence[tuple[str | Path, int]]) -> str:
-    """A VRT document of ``grid``'s size whose bands read each part (full width, a band of rows) in place."""
+                parts: Sequence[tuple[str | Path, int]], block: int) -> str:
+    """A VRT document of ``grid``'s size whose bands read each part (full width, a band of rows) in place,
+    in ``block`` x ``block`` blocks, the COG's own: with VRT's default (128) the COG driver took 2.4 times
+    as long over a 4096 px mosaic's probability parts as over one GeoTIFF of them; at 512, as long."""
     from xml.sax.saxutils import escape
 
     gt = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
@@ -310,7 +313,8 @@ def _mosaic_vrt(grid: Any, count: int, dtype: str, nodata: float | None,
             for path, row, h in placed
         ]
         nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
-        bands.append(f'<VRTRasterBand dataType="{_GDAL_TYPES[str(np.dtype(dtype))]}" band="{b}">{nd}'
+        bands.append(f'<VRTRasterBand dataType="{_GDAL_TYPES[str(np.dtype(dtype))]}" band="{b}" '
+                     f'blockXSize="{block}" blockYSize="{block}">{nd}'
                      + "".join(sources) + "</VRTRasterBand>")
     return (f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">'
             f"<GeoTransform>{gt}</GeoTransform>" + "".join(bands) + "</VRTDataset>")
