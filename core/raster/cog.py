@@ -237,7 +237,7 @@ def close_together(writers: Sequence[CogWriter | None]) -> None:
 
     GDAL lets go of the GIL while it reads, computes overviews and compresses, so a prediction's class
     and probability COGs overlap on the cores one translate leaves idle (two 6000 x 6000 COGs on 2 cores:
-    22 s one after the other, 19 s together; the files are the same bytes either way). Each writer is
+    22 s one after the other, 19 s together; the same pixels and overviews either way). Each writer is
     closed, successfully or not, before this returns; the first failure is then raised.
     """
     todo = [w for w in writers if w is not None]
