@@ -51,6 +51,9 @@ from models.inference.windowed import (
 )
 from models.normalization import Normalizer
 
+#: how shards split a plan: 2, each window row in one shard and seams blended at assembly (1, before:
+#: a shard re-ran the window row above its own; its folder holds no edge files, so it is planned anew)
+SHARD_LAYOUT = 2
 #: PredictOptions fields the manifest settles elsewhere (resolved once by the coordinator)
 _RESOLVED = ("region", "stats", "nodata", "probabilities")
 
@@ -71,6 +74,7 @@ class ShardManifest:
     shards: list[Shard]
     windows: int = 0  # windows in the whole plan
     bundle: str | None = None  # the model bundle's folder, for shards run by other processes
+    layout: int = SHARD_LAYOUT  # how shards split the plan (a manifest saved without one: layout 1)
 
     def predict_options(self) -> PredictOptions:
         return PredictOptions(**self.options, region=Window(*self.region), nodata=self.nodata).validate()
@@ -86,7 +90,7 @@ class ShardManifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardManifest":
-        d = dict(d)
+        d = {"layout": 1, **d}
         d["shards"] = [Shard.from_dict(s) for s in d["shards"]]
         d["region"] = tuple(d["region"])
         return cls(**d)

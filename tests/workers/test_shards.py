@@ -4,6 +4,7 @@ rewritten, the result equals one piece's, a cancel stops the shards not yet run,
 the prediction with its reason. (Real worker processes, one killed mid-job: tests/cli/test_serve_workers.py.)"""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -184,4 +185,31 @@ def test_an_adapt_jobs_target_maps_go_in_shards_through_the_jobs_callbacks(scene
     target = DomainSpec.model_validate(bench_domains["target"])
     predict_raster(load_bundle(out), target.scenes[0], tmp_path / "one.tif", region=target.region)
     with rasterio.open(tmp_path / "one.tif") as x, rasterio.open(pred["path"]) as y:
+        assert np.array_equal(x.read(), y.read())
+
+
+def test_shards_planned_by_an_older_version_are_planned_anew(scene, store, tmp_path):
+    """A job resumed after an upgrade: its folder holds a layout-1 manifest (a shard re-ran the window row
+    above its own; no edge files) and a part written then. Neither is trusted: the shards run anew."""
+    bundle_path, bundle, bands = scene
+    jid = _running_job(store)
+    out = tmp_path / "out"
+    output = out / "predictions" / "target-0-nc.tif"
+    folder = shard_folder(output)
+    pool = _pool(store, jid, out, [])
+    old = json.loads(json.dumps(plan_shards(bundle, bands, 3, **OPTS).to_dict()))  # as saved: lists
+    del old["layout"]  # what the older version saved
+    for later in old["shards"][1:]:
+        later["window_rows"][0] -= 1  # its shards overlapped by a window row
+    folder.mkdir(parents=True)
+    (folder / SHARD_MANIFEST).write_text(json.dumps(old))
+    store.plan_shards(jid, pool.key(folder), 3)
+    with rasterio.open(part_path(folder, 0), "w", driver="GTiff", width=1, height=1, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((1, 1, 1), np.uint8))  # stands in for a part written by that version
+    said: list[str] = []
+    figures = predict_sharded(pool, bundle, bundle_path, bands, output, 3, options=OPTS, say=said.append)
+    assert any("anew" in m for m in said) and not any(m.startswith("resuming") for m in said)
+    assert [r["attempts"] for r in figures["shards"]["runs"]] == [1, 1, 1]
+    predict_raster(bundle, bands, tmp_path / "one.tif", **OPTS)
+    with rasterio.open(tmp_path / "one.tif") as x, rasterio.open(output) as y:
         assert np.array_equal(x.read(), y.read())

@@ -34,7 +34,9 @@ from typing import Any, Callable, Sequence
 from core.job_layout import shard_folder
 from core.raster.cog import remove_stale_temporaries
 from core.raster.prediction_shards import SHARD_MANIFEST
-from models.inference.shards import ShardManifest, assemble_shards, plan_shards, predict_shard, shard_done
+from models.inference.shards import (
+    SHARD_LAYOUT, ShardManifest, assemble_shards, plan_shards, predict_shard, shard_done,
+)
 from models.inference.windowed import PredictionCancelled
 from models.training.callbacks import Callback
 
@@ -191,8 +193,13 @@ def predict_sharded(
     fresh = not manifest_path.is_file()
     if not fresh:  # a resumed job: the plan, and every part already written, stay
         manifest = ShardManifest.load(manifest_path)
-        say(f"resuming {len(manifest.shards)} shards of {output.name}")
-    else:  # the first attempt, or one after an assembly whose job was lost before it said so: plan anew
+        if manifest.layout != SHARD_LAYOUT:  # planned by an older version: its parts do not fit this one's
+            say(f"planning the shards of {output.name} anew (they were planned by an older version)")
+            shutil.rmtree(folder)
+            fresh = True
+        else:
+            say(f"resuming {len(manifest.shards)} shards of {output.name}")
+    if fresh:  # the first attempt, or one after an assembly whose job was lost before it said so: plan anew
         folder.mkdir(parents=True, exist_ok=True)
         manifest = plan_shards(bundle, input, shards, **(options or {}))
         manifest.bundle = str(bundle_path)
