@@ -260,7 +260,8 @@ def assemble_shards(
         pwriter = None
         try:
             if probs_path is not None:
-                pwriter = probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts("probabilities"), **kw)
+                pwriter = probability_cog_writer(probs_path, setup.out_grid, classes, parts=parts("probabilities"),
+                                                 **kw)
             close_together([writer, pwriter])
         except BaseException:
             writer.abort()  # a writer already closed ignores it

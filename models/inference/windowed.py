@@ -345,8 +345,8 @@ def run_windows(
     """Run the plan's windows (only ``window_rows`` [first, stop) of them when given) through the reader,
     model and writer threads; class ids (and probabilities) go to ``writer`` (``pwriter``), each piece cut
     to the output ``rows`` [first, stop) when given; ``record(index, probs, valid)`` sees every window's
-    probabilities before they are blended (None for a skipped window). Returns the pipeline's counters and the engine's
-    streams/threads/device. Raises :class:`PredictionCancelled` when ``should_stop`` said so."""
+    probabilities before they are blended (None for a skipped window). Returns the pipeline's counters and
+    the engine's streams/threads/device. Raises :class:`PredictionCancelled` when ``should_stop`` said so."""
     classes = list(bundle.classes)
     plan = setup.plan
     window_rows = window_rows or (0, plan.n_rows)
