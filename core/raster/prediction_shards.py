@@ -89,9 +89,9 @@ def seams(plan: WindowPlan, shards: list[Shard]) -> list[Seam]:
     """The seam between each shard and the next (seam k between shards k and k + 1), empty ones included."""
     out = []
     for a, b in zip(shards, shards[1:]):
-        rows = (plan.row_starts[b.window_rows[0]], plan.row_starts[a.window_rows[1] - 1] + plan.win_h)
-        rows = (rows[0], max(rows))
-        out.append(Seam(a.index, rows, rows_touching(plan, *rows) if rows[1] > rows[0] else (0, 0)))
+        start = plan.row_starts[b.window_rows[0]]  # where b's windows begin
+        stop = max(start, plan.row_starts[a.window_rows[1] - 1] + plan.win_h)  # where a's end (empty if before)
+        out.append(Seam(a.index, (start, stop), rows_touching(plan, start, stop) if stop > start else (0, 0)))
     return out
 
 

@@ -190,28 +190,21 @@ def predict_shard(
     folder = Path(folder)
     remove_part_temporaries(folder, index)
     open_scene = lambda: Scene.open(manifest.paths, nodata=manifest.nodata)  # noqa: E731
-    classes = list(bundle.classes)
-    dtype, nodata = class_encoding([c.id for c in classes])
     with gdal_cache_limit(opts.cache_mb):
         setup = _setup(manifest, open_scene)
         edges = EdgeRecorder(setup.plan, shard_edges(setup.plan, manifest.shards, index))
-        writers = [PartWriter(part_path(folder, index, "classes"), setup.out_grid, shard.rows, count=1, dtype=dtype,
-                              nodata=nodata, blocksize=opts.blocksize)]
+        writers = _part_writers(setup.out_grid, shard.rows, list(bundle.classes), opts.blocksize,
+                                part_path(folder, index, "classes"),
+                                part_path(folder, index, "probabilities") if manifest.probabilities else None)
         try:
-            if manifest.probabilities:
-                writers.append(PartWriter(part_path(folder, index, "probabilities"), setup.out_grid, shard.rows,
-                                          count=len(classes), dtype="uint8", nodata=PROB_NODATA,
-                                          blocksize=opts.blocksize))
-            pipe, engine = run_windows(bundle, open_scene, setup, opts, writers[0],
-                                       writers[1] if len(writers) > 1 else None,
+            pipe, engine = run_windows(bundle, open_scene, setup, opts, *writers,
                                        window_rows=shard.window_rows, rows=shard.rows, record=edges.add,
                                        progress=progress, should_stop=should_stop)
             # the edges and probabilities first: the class part's presence is what says the shard is done
             published = edges.publish(folder, index)
-            published = all([w.close() for w in reversed(writers)]) and published
+            published = all([w.close() for w in reversed(writers) if w is not None]) and published
         except BaseException:
-            for w in writers:
-                w.abort()
+            _abort(writers)
             raise
     first, stop = shard.window_rows
     return ShardResult(index=index, published=published, windows=(stop - first) * setup.plan.n_cols,
@@ -293,13 +286,10 @@ def _write_seams(setup: PredictionSetup, manifest: ShardManifest, classes: list,
         if not seam:
             continue
         above, below = edge_path(folder, seam.index, "bottom"), edge_path(folder, seam.index + 1, "top")
-        writer = PartWriter(seam_part_path(folder, seam.index, "classes"), setup.out_grid, seam.rows, count=1,
-                            dtype=dtype, nodata=nodata, blocksize=blocksize)
-        pwriter = None
+        writer, pwriter = _part_writers(
+            setup.out_grid, seam.rows, classes, blocksize, seam_part_path(folder, seam.index, "classes"),
+            seam_part_path(folder, seam.index, "probabilities") if manifest.probabilities else None)
         try:
-            if manifest.probabilities:
-                pwriter = PartWriter(seam_part_path(folder, seam.index, "probabilities"), setup.out_grid, seam.rows,
-                                     count=len(classes), dtype="uint8", nodata=PROB_NODATA, blocksize=blocksize)
             for piece in blend_seam(setup.plan, len(classes), seam, above, below):
                 n = int(piece.valid.sum())
                 if n == 0:
@@ -313,9 +303,29 @@ def _write_seams(setup: PredictionSetup, manifest: ShardManifest, classes: list,
                 pwriter.close()  # an assembly run again finds the seam written: the same rows, kept
             writer.close()
         except BaseException:
-            writer.abort()
-            if pwriter is not None:
-                pwriter.abort()
+            _abort((writer, pwriter))
             raise
         written.append((seam.index, seam.rows[0]))
     return written, valid
+
+
+def _part_writers(grid: Any, rows: tuple[int, int], classes: list, blocksize: int, classes_path: Path,
+                  probabilities_path: Path | None) -> tuple[PartWriter, PartWriter | None]:
+    """The writers of one band of rows (a shard's or a seam's): class ids, and probabilities when a path is
+    given, encoded as the single run's COGs store them."""
+    dtype, nodata = class_encoding([c.id for c in classes])
+    writer = PartWriter(classes_path, grid, rows, count=1, dtype=dtype, nodata=nodata, blocksize=blocksize)
+    if probabilities_path is None:
+        return writer, None
+    try:
+        return writer, PartWriter(probabilities_path, grid, rows, count=len(classes), dtype="uint8",
+                                  nodata=PROB_NODATA, blocksize=blocksize)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _abort(writers: Sequence[PartWriter | None]) -> None:
+    for w in writers:
+        if w is not None:
+            w.abort()
