@@ -2,7 +2,6 @@
 validation), then a train job started from its weights by choosing it in the form."""
 from __future__ import annotations
 
-
 import httpx
 import pytest
 

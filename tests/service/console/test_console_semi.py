@@ -3,7 +3,6 @@ the target scenes' labels go into the spec only for semi, a semi job on unlabell
 form, and params.devices is offered only for the jobs that can train on several devices."""
 from __future__ import annotations
 
-
 import pytest
 
 from .conftest import fill_tiny_run, open_submit_form, submit_form_and_wait
