@@ -299,6 +299,11 @@ class RegionSpec(_Strict):
 class DomainSpec(_Strict):
     scenes: list[SceneSpec] = Field(min_length=1)
     region: RegionSpec | None = None
+    balance: Literal["area", "scenes"] = Field(
+        default="area",
+        description="how training crops are shared between the scenes: 'area', in proportion to each scene's "
+        "usable area; 'scenes', equally per scene, so a few small labelled tiles beside a large scene are not "
+        "drowned by it")
 
 
 class ModelSpec(_Strict):

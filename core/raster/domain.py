@@ -193,11 +193,14 @@ def region_of(grid: Grid, region, *, what: str = "scene") -> tuple[Window, np.nd
 class Domain:
     """The scenes of one domain (source, target or validation), opened, with regions and statistics."""
 
-    def __init__(self, items: list[DomainScene], classes, *, matched_gsd: float | None = None):
+    def __init__(self, items: list[DomainScene], classes, *, matched_gsd: float | None = None,
+                 balance: str = "area"):
         self.items = items
         self.classes = list(classes) if classes is not None else []
         #: the GSD (m) this domain was resampled to, when GSD matching applied
         self.matched_gsd = matched_gsd
+        #: how training crops are shared between the scenes (DomainSpec.balance): "area" or "scenes"
+        self.balance = balance
         self._stats: BandStats | None = None
 
     @classmethod
@@ -246,7 +249,7 @@ class Domain:
                 if it.labels is not None:
                     it.labels.close()
             raise
-        return cls(items, classes, matched_gsd=matched)
+        return cls(items, classes, matched_gsd=matched, balance=getattr(spec, "balance", "area"))
 
     def close(self) -> None:
         for it in self.items:

@@ -132,7 +132,7 @@ class WindowSampler(_Base):
             _CellIndex(it, self.crop, self.cell, self._cell_fractions(it), self.min_valid) for it in domain.items
         ]
         self._check_positions()
-        self._item_p = _position_weights(self.index)
+        self._item_p = _position_weights(self.index, domain.balance)
         self.class_freq: np.ndarray | None = None
         if self.labelled and self.rare_class_bias > 0:
             self._init_rare_classes()
@@ -301,7 +301,7 @@ class PairedSampler(_Base):
             cells = self._pair_cells(it, partners)
             self.index.append(_CellIndex(it, self.crop, self.cell, cells, self.min_valid))
         _weights_or_fail(self.index, "the ground shared by source and target", self.crop, self.min_valid)
-        self._item_p = _position_weights(self.index)
+        self._item_p = _position_weights(self.index, source.balance)
 
     def _pair_cells(self, it: DomainScene, partners: list[DomainScene]) -> np.ndarray:
         """Per-cell fraction of source-region pixels whose ground is valid in both domains (streamed)."""
@@ -376,8 +376,12 @@ def _overlap(a: DomainScene, b: DomainScene) -> bool:
     return min(x[2], y[2]) > max(x[0], y[0]) and min(x[3], y[3]) > max(x[1], y[1])
 
 
-def _position_weights(index: list[_CellIndex]) -> np.ndarray:
+def _position_weights(index: list[_CellIndex], balance: str = "area") -> np.ndarray:
+    """Each scene's share of the crops: in proportion to its admissible positions ("area"), or equal
+    among the scenes that have any ("scenes")."""
     n = np.array([len(ix.positions) for ix in index], np.float64)
+    if balance == "scenes":
+        n = (n > 0).astype(np.float64)
     return n / n.sum()
 
 

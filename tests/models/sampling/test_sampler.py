@@ -129,3 +129,37 @@ def test_paired_sampler_with_the_shifted_benchmark_target(tmp_path, source, nc_b
     for k in range(4):
         v = b["valid"][k].numpy()
         assert _corr(b["source"][k].numpy(), b["target"][k].numpy(), v) > 0.5
+
+
+@pytest.fixture(scope="module")
+def small_tile(tmp_path_factory, nc_bands):
+    """A 96 x 96 px tile cut from the NC scene (about 1 % of its area), as its own GeoTIFF."""
+    out = tmp_path_factory.mktemp("tile") / "tile.tif"
+    with rasterio.open(nc_bands[0]) as first:
+        win = Window(100, 100, 96, 96)
+        profile = {**first.profile, "count": len(nc_bands), "width": 96, "height": 96,
+                   "transform": first.window_transform(win)}
+    with rasterio.open(out, "w", **profile) as dst:
+        for i, p in enumerate(nc_bands, start=1):
+            with rasterio.open(p) as ds:
+                dst.write(ds.read(1, window=win), i)
+    return out
+
+
+@pytest.mark.parametrize("balance, tile_share", [("area", (0.0, 0.05)), ("scenes", (0.4, 0.6))])
+def test_balance_shares_crops_by_area_or_equally_per_scene(nc_bands, small_tile, balance, tile_share):
+    spec = DomainSpec.model_validate({"scenes": [{"bands": [str(p) for p in nc_bands]}, {"image": str(small_tile)}],
+                                      "balance": balance})
+    with Domain.open(spec, None, labels=False) as dom:
+        s = WindowSampler(dom, 64, Normalizer(dom.stats()), seed=0, labelled=False)
+        scenes = []
+        for _ in range(25):
+            s.sample(8)
+            scenes += [i for i, _ in s.last_windows]
+    share = scenes.count(1) / len(scenes)
+    assert tile_share[0] <= share <= tile_share[1]
+
+
+def test_balance_must_be_a_known_rule(nc_bands):
+    with pytest.raises(ValueError, match="balance"):
+        DomainSpec.model_validate({"scenes": [{"bands": [str(p) for p in nc_bands]}], "balance": "pixels"})
