@@ -243,3 +243,26 @@ def test_the_faithful_row_is_the_default_row_only_while_the_default_has_the_spec
         assert default_is_faithful(config, FAITHFUL_ST_DASEGNET)
     assert not default_is_faithful("efficientnet-lite0", {"adaptation.ema_horizon": 0.1})
     assert not default_is_faithful("segformer-tiny", {"adaptation.pseudo_threshold": 0.9})
+
+
+@pytest.mark.parametrize("case", ["nc", "neon"])
+def test_the_oracle_draws_half_its_crops_from_the_target_train_scenes(case):
+    """The same rule in every case: crops shared equally per scene, so small target scenes beside a large
+    source (NEON: 2 % of the labelled area) are not drowned by it."""
+    from benchmarks.adapt import CASES
+    from core.jobspec import DomainSpec
+    from core.raster.domain import Domain
+    from models.normalization import Normalizer
+    from models.sampling.sampler import WindowSampler
+
+    domains = CASES[case].domains(None, 0, lambda msg: None)
+    spec = DomainSpec.model_validate(domains["target_labelled"])
+    assert spec.balance == "scenes"
+    n_source = len(domains["source"]["scenes"])
+    with Domain.open(spec, None, labels=False) as dom:
+        sampler = WindowSampler(dom, 64, Normalizer(dom.stats()), seed=0, labelled=False)
+        drawn = []
+        for _ in range(20):
+            sampler.sample(8)
+            drawn += [i >= n_source for i, _ in sampler.last_windows]
+    assert 0.4 <= sum(drawn) / len(drawn) <= 0.6
