@@ -138,7 +138,9 @@ def run_consensus_case(case_name: str, labels_on_grid: str | Path, image: str | 
         "miou": {"consensus": round(s_cons, 4), "majority_vote": round(s_mv, 4),
                  "best_single": round(singles[best], 4), "best_single_name": best},
         "beats_majority_vote": s_cons > s_mv, "beats_best_single": s_cons > singles[best],
-        "annotators": {n: {"score": scores[n], "weight": res.report["annotators"][n]["weight"],
+        "annotators": {n: {"score": scores[n], "self_consistency": res.report["annotators"][n]["self_consistency"],
+                           "agreement": res.report["annotators"][n]["agreement"],
+                           "weight": res.report["annotators"][n]["weight"],
                            "precision": round(precision[n], 4), "miou": round(singles[n], 4),
                            "labelled_fraction": round(float((anns[n][scored] != nodata).mean()), 4)}
                        for n in anns},

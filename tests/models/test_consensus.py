@@ -150,7 +150,7 @@ def test_too_few_annotations_and_unlabelled_images_are_refused(tmp_path):
 
 def test_consensus_beats_majority_vote_on_faulty_annotators_of_real_labels(nc_bands, nc_data, tmp_path):
     """The outside check's setting, on a crop of the NC scene: eroded, dilated, missing and careless annotators."""
-    from benchmarks.consensus import make_annotators, miou_over_present, majority_vote
+    from benchmarks.consensus import make_annotators, miou_over_present, majority_vote, order_agreement
 
     with Scene.open(list(nc_bands)) as scene:
         rw = scene.read()
@@ -172,3 +172,8 @@ def test_consensus_beats_majority_vote_on_faulty_annotators_of_real_labels(nc_ba
     s_mv = miou_over_present(truth, majority_vote(anns), scored)
     best = max(miou_over_present(truth, a, scored) for a in anns.values())
     assert s_cons > s_mv and s_cons > best
+    # the scores rank the annotators as their faults do: by precision, the share of their own labels that are right
+    precision = {n: float((a[scored & (a > 0)] == truth[scored & (a > 0)]).mean()) for n, a in anns.items()}
+    by_name = {a.name: a for a in r.annotators}
+    assert order_agreement({n: a.score for n, a in by_name.items()}, precision) == 1.0
+    assert all(a.score == pytest.approx(a.self_consistency * a.agreement, abs=1e-3) for a in r.annotators)
