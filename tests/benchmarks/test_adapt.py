@@ -167,6 +167,34 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
     assert cfg["augment"]["photometric"] is False
 
 
+def test_the_mean_teacher_option_starts_from_the_seeds_source_only_model_with_its_overrides(tmp_path):
+    from models.config import resolve_config
+    from benchmarks.adapt import MEAN_TEACHER, RUNNERS, BenchContext, BenchSettings
+
+    name = "st-dasegnet+source-init+mean-teacher"
+    assert RUNNERS[name].needs == ("source-only",) and not RUNNERS[name].default
+    jobs = []
+
+    class Ctx(BenchContext):
+        def job(self, name, seed, **kw):
+            jobs.append((name, seed, kw))
+            return {"bundle": tmp_path / "bundle", "metrics": {}}
+
+        def evaluate(self, bundle, stats):
+            return {"miou": 0.2, "stats": stats}
+
+    ctx = Ctx(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
+    weights = ctx.run_dir(1, "source-only") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"trained")  # the seed's source-only run is there: it is not trained again
+    assert RUNNERS[name].runner(ctx, 1) == {name: {"miou": 0.2, "stats": "target", "late_losses": {}}}
+    [(job_name, seed, kw)] = jobs
+    assert (job_name, seed, kw["method"], kw["model"]["checkpoint"]) == (name, 1, "st-dasegnet", str(weights))
+    block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
+    assert {k: block[k.removeprefix("adaptation.")] for k in MEAN_TEACHER} == MEAN_TEACHER
+    assert block["self_training_weight"] == 1.0 and block["pseudo_rare_threshold"] == 0.8
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
