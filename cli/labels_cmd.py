@@ -156,5 +156,6 @@ def consensus(
     typer.echo(f"wrote {r.labels}, {r.disagreement.name}, {r.scores.name}")
     for name in r.report["ranking"]:
         a = r.report["annotators"][name]
-        typer.echo(f"  {name}: score {a['score']:.3f} = self-consistency {a['self_consistency']:.3f} x agreement with "
-                   f"the consensus {a['agreement']:.1%} (weight {a['weight']:.2f}), labelled {a['labelled_fraction']:.0%}")
+        typer.echo(f"  {name}: score {a['score']:.3f} = self-consistency {a['self_consistency']:.3f} x agreement "
+                   f"with the consensus {a['agreement']:.1%} (weight {a['weight']:.2f}), "
+                   f"labelled {a['labelled_fraction']:.0%}")

@@ -190,7 +190,8 @@ def test_the_mean_teacher_option_starts_from_the_seeds_source_only_model_with_it
     assert RUNNERS[name].runner(ctx, 1) == {name: {"miou": 0.2, "stats": "target", "late_losses": {}}}
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["model"]["checkpoint"]) == (name, 1, "st-dasegnet", str(weights))
-    block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
+    model = kw["model"]
+    block = resolve_config(model["config"], method="st-dasegnet", overrides=model["overrides"])["adaptation"]
     assert {k: block[k.removeprefix("adaptation.")] for k in MEAN_TEACHER} == MEAN_TEACHER
     assert block["self_training_weight"] == 1.0 and block["pseudo_rare_threshold"] == 0.8
 

@@ -73,5 +73,5 @@ def run_consensus_job(spec: JobSpec, callbacks: Sequence[Any] | None = None, *,
                       options=ConsensusOptions(smoothness=c.smoothness, image_weight=c.image_weight))
     return {"status": "finished", "labels": r.labels.name, "disagreement": r.disagreement.name,
             "scores": r.scores.name, "ranking": r.report["ranking"],
-            "annotators": {n: {"score": a["score"], "self_consistency": a["self_consistency"], "agreement": a["agreement"],
-                               "weight": a["weight"]} for n, a in r.report["annotators"].items()}}
+            "annotators": {n: {k: a[k] for k in ("score", "self_consistency", "agreement", "weight")}
+                           for n, a in r.report["annotators"].items()}}
