@@ -130,7 +130,8 @@ def run_consensus_case(case_name: str, labels_on_grid: str | Path, image: str | 
         cons = np.where(cons == ds.nodata, nodata, cons)
     singles = {n: miou_over_present(truth, a, scored) for n, a in anns.items()}
     precision = {n: float((a[scored & (a != nodata)] == truth[scored & (a != nodata)]).mean()) for n, a in anns.items()}
-    scores = {n: res.report["annotators"][n]["score"] for n in anns}
+    scored_by = res.report["annotators"]
+    scores = {n: scored_by[n]["score"] for n in anns}
     best = max(singles, key=singles.get)
     s_cons = miou_over_present(truth, cons, scored)
     s_mv = miou_over_present(truth, majority_vote(anns, nodata), scored)
@@ -138,9 +139,7 @@ def run_consensus_case(case_name: str, labels_on_grid: str | Path, image: str | 
         "miou": {"consensus": round(s_cons, 4), "majority_vote": round(s_mv, 4),
                  "best_single": round(singles[best], 4), "best_single_name": best},
         "beats_majority_vote": s_cons > s_mv, "beats_best_single": s_cons > singles[best],
-        "annotators": {n: {"score": scores[n], "self_consistency": res.report["annotators"][n]["self_consistency"],
-                           "agreement": res.report["annotators"][n]["agreement"],
-                           "weight": res.report["annotators"][n]["weight"],
+        "annotators": {n: {**{k: scored_by[n][k] for k in ("score", "self_consistency", "agreement", "weight")},
                            "precision": round(precision[n], 4), "miou": round(singles[n], 4),
                            "labelled_fraction": round(float((anns[n][scored] != nodata).mean()), 4)}
                        for n in anns},

@@ -249,7 +249,7 @@ class Domain:
                 if it.labels is not None:
                     it.labels.close()
             raise
-        return cls(items, classes, matched_gsd=matched, balance=getattr(spec, "balance", "area"))
+        return cls(items, classes, matched_gsd=matched, balance=spec.balance)
 
     def close(self) -> None:
         for it in self.items:

@@ -376,7 +376,7 @@ def _overlap(a: DomainScene, b: DomainScene) -> bool:
     return min(x[2], y[2]) > max(x[0], y[0]) and min(x[3], y[3]) > max(x[1], y[1])
 
 
-def _position_weights(index: list[_CellIndex], balance: str = "area") -> np.ndarray:
+def _position_weights(index: list[_CellIndex], balance: str) -> np.ndarray:
     """Each scene's share of the crops: in proportion to its admissible positions ("area"), or equal
     among the scenes that have any ("scenes")."""
     n = np.array([len(ix.positions) for ix in index], np.float64)
