@@ -136,6 +136,10 @@ class AdaptationMethod:
     def after_pretrained(self) -> None:
         """Hook run after pretrained weights were loaded (e.g. re-copy teachers)."""
 
+    def training_record(self) -> dict:
+        """What the method learnt besides weights, for the job's ``metrics.training`` (JSON-ready)."""
+        return {}
+
     # -- state ----------------------------------------------------------------------------------
     def lr(self) -> dict[str, float]:
         """Current base lr (first group) of each optimiser, for progress reports."""

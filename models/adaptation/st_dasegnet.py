@@ -27,7 +27,7 @@ them from random weights); teachers run with batch-statistics normalisation and 
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from mmengine.config import Config
@@ -36,11 +36,14 @@ from torch import Tensor, nn
 
 import models.ddm  # noqa: F401  (registers DomainDisentangledModule)
 import models.discriminator  # noqa: F401  (registers PatchGANDiscriminator)
+from core.errors import ConfigError
 from core.jobspec import IGNORE_INDEX
 from models.adaptation.base import AdaptationMethod, register_method
 from models.adaptation.source_only import class_weight_of, optim_modules_cfg
+from models.batchnorm_statistics import batchnorm_layers
 from models.ddm import reduced_channels
 from models.discriminator import spatial_softmax
+from models.label_shift import LabelShiftEstimate, pixel_rows
 from models.losses import cross_entropy, gan_loss
 from models.segmentor import build_module, decode, probe_channels, register_segmentor, upsample
 
@@ -81,9 +84,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
         pt.mul_(alpha).add_(ps.detach(), alpha=1.0 - alpha)
 
 
-def pseudo_labels(teacher_logits: Tensor, size: Sequence[int], valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Upsample, softmax -> (confidence p (B,H,W), label (B,H,W) int64; 255 where not valid)."""
+def pseudo_labels(teacher_logits: Tensor, size: Sequence[int], valid: Tensor | None = None, *,
+                  correct: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Upsample, softmax (then ``correct``, e.g. a label-shift correction, on the (B,K,H,W) probabilities)
+    -> (confidence p (B,H,W), label (B,H,W) int64; 255 where not valid)."""
     prob = upsample(teacher_logits.detach(), tuple(size)).softmax(dim=1)
+    if correct is not None:
+        prob = correct(prob)
     conf, label = prob.max(dim=1)
     if valid is not None:
         label = label.masked_fill(~valid, IGNORE_INDEX)
@@ -220,6 +227,8 @@ class STDASegNet(AdaptationMethod):
         students.backbone_t.load_state_dict(students.backbone_s.state_dict())
         self.net["students"] = students
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
+        #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts)
+        self.norm_frozen = False
         if a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"] = copy.deepcopy(students.decoder_s)
             self.net["teacher_t"] = copy.deepcopy(students.decoder_t)
@@ -237,6 +246,11 @@ class STDASegNet(AdaptationMethod):
         self.class_weight_t = class_weight_of({"decode_head": head_t})
         k = int(head["num_classes"])
         self.pseudo_class_weight = list(a.get("pseudo_class_weight") or [1.0] * k)
+        prior = a.get("pseudo_prior")
+        if prior == "em":  # pseudo-labels moved onto the target's class frequencies (models.label_shift)
+            self.net["label_shift"] = LabelShiftEstimate(k)  # estimated while the teachers are source models
+        elif prior is not None:
+            raise ConfigError(f"adaptation.pseudo_prior must be None (the spec) or 'em', not {prior!r}")
         self.add_optimizer(
             "student",
             {"backbone_s": students.backbone_s, "backbone_t": students.backbone_t, "ddm": students.ddm,
@@ -255,6 +269,10 @@ class STDASegNet(AdaptationMethod):
         if mode:
             set_teacher_mode(self.net["teacher_s"])
             set_teacher_mode(self.net["teacher_t"])
+            if self.norm_frozen:
+                for part in ("students", "teacher_s", "teacher_t"):
+                    for layer in batchnorm_layers(self.net[part]):
+                        layer.eval()
         return self
 
     # -- the objective --
@@ -291,8 +309,10 @@ class STDASegNet(AdaptationMethod):
         vt = batch["target"].get("valid")
         size = xs.shape[-2:]
 
-        f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=self.joint_backbone_pass)
-        f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=self.joint_backbone_pass)
+        # one pass for both domains where no batch statistics are computed: no batch norm, or batch norm frozen
+        joint = self.joint_backbone_pass or self.norm_frozen
+        f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=joint)
+        f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=joint)
         g_ss, g_st = st.ddm(f_ss, f_st)
         g_ts, g_tt = st.ddm(f_ts, f_tt)
         p_ss, p_ts = decode(st.decoder_s, g_ss), decode(st.decoder_s, g_ts)
@@ -301,7 +321,8 @@ class STDASegNet(AdaptationMethod):
         with torch.no_grad():
             t_logits = (decode(self.net["teacher_s"], [g.detach() for g in g_ts])
                         + decode(self.net["teacher_t"], [g.detach() for g in g_tt])) / 2
-            conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt)
+            correct = self.label_shift_correction((g_ss, g_st), ys, vt, adapting)
+            conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt, correct=correct)
             threshold = float(a.get("pseudo_threshold", 0.975))
             rare = float(a.get("pseudo_rare_threshold", 0.8))
             q = self.batch_quality(conf, yhat, vt, threshold)
@@ -317,8 +338,42 @@ class STDASegNet(AdaptationMethod):
         }
         terms["loss"] = self.combine(terms, adapting=adapting)
         terms["pseudo_q"] = torch.tensor(q)
+        if "label_shift" in self.net:  # how far the estimated target class frequencies sit from the source's
+            terms["prior_tv"] = self.net["label_shift"].total_variation()
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
+
+    def label_shift_correction(self, g_source: tuple[list[Tensor], list[Tensor]], ys: Tensor,
+                               valid: Tensor | None, adapting: bool) -> Callable[[Tensor], Tensor] | None:
+        """With ``pseudo_prior='em'`` (models.label_shift): while estimating, the teachers' log-probabilities on
+        this batch's labelled source pixels pooled; always, what pools their target probabilities and moves
+        them onto pi_t (unchanged until pi_t is estimated)."""
+        shift = self.net["label_shift"] if "label_shift" in self.net else None
+        if shift is None or not adapting:
+            return None
+        gather = self.collective.gather
+        if not shift.estimated:
+            t_source = (decode(self.net["teacher_s"], [g.detach() for g in g_source[0]])
+                        + decode(self.net["teacher_t"], [g.detach() for g in g_source[1]])) / 2
+            log_prob = upsample(t_source, tuple(ys.shape[-2:])).log_softmax(dim=1)
+            labelled = ys != IGNORE_INDEX
+            shift.observe_source(pixel_rows(log_prob, labelled), ys[labelled], gather=gather)
+
+        def correct(prob: Tensor) -> Tensor:
+            shift.observe_target(pixel_rows(prob, valid).clamp(min=1e-12).log(), gather=gather)
+            return shift.correct(prob)
+
+        return correct
+
+    def estimating_prior(self) -> bool:
+        """Whether ``pseudo_prior='em'`` is still estimating pi_t (it freezes after its estimation stage)."""
+        return "label_shift" in self.net and not self.net["label_shift"].estimated
+
+    def prior_estimation_iters(self) -> int:
+        """Adapting iterations over which ``pseudo_prior='em'`` estimates pi_t before freezing it: a stage without
+        self-training, so the teachers stay source models (self-training on corrected labels while estimating
+        feeds the estimate back into the teachers it is read from)."""
+        return max(1, int(round(float(self.a.get("pseudo_prior_estimation", 0.1)) * self.total_iters)))
 
     def batch_quality(self, conf: Tensor, yhat: Tensor, valid: Tensor | None, threshold: float) -> float:
         """q of the whole batch: over every rank's share of it when several train together (q is one scalar
@@ -338,6 +393,8 @@ class STDASegNet(AdaptationMethod):
         """L = CE_ss + CE_st + lambda_st [CE_w_ts + CE_w_tt] + lambda_adv [adv_s + adv_t]; the source terms
         alone while ``adapting`` is False (the source-only warm-up stage)."""
         lam_st = float(self.a.get("self_training_weight", 0.25)) if adapting else 0.0
+        if self.estimating_prior():  # pi_t is read from a teacher that has not yet learnt from its own labels
+            lam_st = 0.0
         lam_adv = float(self.a.get("adv_weight", 0.005)) if adapting else 0.0
         return (terms["ce_src_s"] + terms["ce_src_t"]
                 + lam_st * (terms["ce_pseudo_s"] + terms["ce_pseudo_t"])
@@ -360,6 +417,10 @@ class STDASegNet(AdaptationMethod):
 
     def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
         adapting = iteration >= self.warmup_iters()  # False through the source-only warm-up stage
+        if adapting and self.a.get("norm_eval") and not self.norm_frozen:
+            # frozen at the statistics of the source model adaptation starts from (after any warm-up stage)
+            self.norm_frozen = True
+            self.train()
         if iteration > 0:
             self.update_teachers(iteration)
         self.set_lr(iteration)
@@ -381,6 +442,8 @@ class STDASegNet(AdaptationMethod):
         loss_d.backward()
         self.step("discriminator")
 
+        if "label_shift" in self.net and iteration + 1 >= self.warmup_iters() + self.prior_estimation_iters():
+            self.net["label_shift"].freeze()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss_disc"] = float(loss_d.detach())
         # mean BCE per discriminator term: ln 2 = 0.693 where the discriminators cannot tell the domains apart
@@ -398,6 +461,18 @@ class STDASegNet(AdaptationMethod):
         if self.a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"].load_state_dict(self.net["students"].decoder_s.state_dict())
             self.net["teacher_t"].load_state_dict(self.net["students"].decoder_t.state_dict())
+
+    def training_record(self) -> dict:
+        """With ``pseudo_prior='em'``: the class frequencies the teachers encode on the source and the target's
+        estimate (per train index: the job's class order), so a user sees the shift the labels were moved by."""
+        if "label_shift" not in self.net:
+            return {}
+        shift = self.net["label_shift"]
+        if not shift.estimated:
+            return {"label_shift": {"source_prior": None, "target_prior": None}}
+        return {"label_shift": {"source_prior": [round(float(v), 4) for v in shift.source_prior],
+                                "target_prior": [round(float(v), 4) for v in shift.target_prior],
+                                "temperature": round(float(shift.temperature), 4)}}
 
     def inference_config(self) -> dict:
         return copy.deepcopy(self._inference_cfg)

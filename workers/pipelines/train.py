@@ -200,7 +200,7 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
             "best": result.best,
             "training": {"iterations": result.iterations_done, "final_losses": result.final_losses,
                          "late_losses": result.late_losses,
-                         "elapsed_s": round(result.elapsed_s, 1)},
+                         "elapsed_s": round(result.elapsed_s, 1), **method.training_record()},
         }
         if target_labels:  # how much of the target the model learnt from
             metrics["target_labelled_pixels"] = int(target.class_counts().sum())

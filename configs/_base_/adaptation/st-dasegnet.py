@@ -15,5 +15,9 @@ adaptation = dict(
     ema_horizon=None,             # EMA cap from the budget: 1 - 1 / (ema_horizon x iterations); None: ema_max_alpha
     source_warmup=0.0,            # fraction of the budget trained on the source alone before adapting
     pseudo_quantile=None,         # CBST-style class-wise thresholds (this quantile per class) decide q
+    pseudo_prior=None,            # 'em': pseudo-labels moved onto the target's class frequencies, estimated by EM
+    pseudo_prior_estimation=0.1,  # ... over this fraction of the budget from the start of adapting, then frozen
+    norm_eval=False,              # batch norm on running statistics (mmseg's norm_eval) in students and teachers once
+                                  # adapting starts: frozen at the source model's, per-domain batch statistics unused
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
 )

@@ -113,6 +113,27 @@ def test_stop_then_resume_finishes_the_same_job(bench_domains, tmp_path):
     assert straight["metrics"]["training"]["late_losses"] == second["metrics"]["training"]["late_losses"]
 
 
+def test_label_shift_options_record_their_estimate_and_resume_exactly(bench_domains, tmp_path):
+    # warm-up 4 iterations (batch norm trains), then frozen; pi_t estimated over iteration 4 and fixed after it
+    model = {"config": "segformer-tiny", "overrides": {
+        "adaptation.pseudo_prior": "em", "adaptation.norm_eval": True, "adaptation.source_warmup": 0.5}}
+    params = {"iterations": 8, "predict_targets": False}
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", validation=False, params=params,
+                 model=model)
+    first = run_job(spec, [StopAfter(6)])
+    assert first["status"] == "stopped" and first["iteration"] == 6
+    second = run_job(spec)
+    straight = run_job(_spec(bench_domains, tmp_path / "straight", type="adapt", method="st-dasegnet",
+                             validation=False, params=params, model=model))
+    shift = straight["metrics"]["training"]["label_shift"]
+    assert len(shift["target_prior"]) == len(NC_CLASSES) and sum(shift["target_prior"]) == pytest.approx(1, abs=1e-3)
+    assert second["metrics"]["training"]["label_shift"] == shift  # the resumed job kept the estimate and pools
+    a = load_bundle(tmp_path).segmentor.state_dict()
+    b = load_bundle(tmp_path / "straight").segmentor.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_bundle(tmp_path).provenance["adaptation"]["pseudo_prior"] == "em"
+
+
 def test_evaluate_job_scores_a_bundle(bench_domains, tmp_path):
     run_job(_spec(bench_domains, tmp_path / "train", validation=False, params={"iterations": 2}))
     spec = load_job_spec({"type": "evaluate", "classes": NC_CLASSES, "bundle": str(tmp_path / "train"),
