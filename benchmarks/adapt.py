@@ -306,7 +306,8 @@ def _st_dasegnet(ctx: BenchContext, seed: int) -> dict[str, dict]:
 #: the spec's values of the options the product default may change (st-dasegnet.md): what the faithful row runs
 FAITHFUL_ST_DASEGNET = {"adaptation.ema_horizon": None, "adaptation.source_warmup": 0.0,
                         "adaptation.pseudo_quantile": None, "adaptation.pseudo_threshold": 0.975,
-                        "adaptation.ema_max_alpha": 0.999}
+                        "adaptation.ema_max_alpha": 0.999, "adaptation.pseudo_prior": None,
+                        "adaptation.norm_eval": False}
 
 
 def default_is_faithful(config: str, overrides: dict) -> bool:
@@ -391,6 +392,10 @@ ST_DASEGNET_OPTIONS = {
     # a fixed 0.975 confidence leaves out whole classes a small model is never sure of (CBST): each
     # class's own median confidence
     "st-dasegnet+classwise": {"adaptation.pseudo_quantile": 0.5, "adaptation.ema_horizon": 0.1},
+    # the warm start inside one job, with label shift handled: half the budget on the source alone, then batch
+    # norm frozen at that model's statistics and pseudo-labels kept at the target's EM-estimated class mix
+    "st-dasegnet+source-warmup+norm-eval+prior-em": {"adaptation.source_warmup": 0.5, "adaptation.ema_horizon": 0.1,
+                                                     "adaptation.norm_eval": True, "adaptation.pseudo_prior": "em"},
 }
 
 
@@ -434,6 +439,22 @@ MEAN_TEACHER = {"adaptation.ema_horizon": 0.5, "adaptation.pseudo_threshold": 0.
 register_runner("st-dasegnet+source-init+mean-teacher",
                 _st_dasegnet_source_init("st-dasegnet+source-init+mean-teacher", MEAN_TEACHER),
                 default=False, cost=5.0, needs=("source-only",))
+# label shift handled on the warm start (models.label_shift; docs/st-dasegnet.md): a teacher trained on the
+# source under-predicts a class that is commoner on the target. PRIOR_EM: EM estimates the target's class mix
+# from the calibrated warm-started teacher and the pseudo-labels keep it. NORM_EVAL: batch norm frozen at the
+# source-only model's statistics, since per-domain batch statistics re-centre each target batch as if it had the
+# source's class mix, which hides the shift from the teachers and from EM. Each half alone, then both.
+PRIOR_EM = {"adaptation.pseudo_prior": "em"}
+NORM_EVAL = {"adaptation.norm_eval": True}
+EMA_BUDGET = {"adaptation.ema_horizon": 0.1}
+LABEL_SHIFT_OPTIONS = {
+    "st-dasegnet+source-init+ema-budget+prior-em": {**EMA_BUDGET, **PRIOR_EM},
+    "st-dasegnet+source-init+ema-budget+norm-eval": {**EMA_BUDGET, **NORM_EVAL},
+    "st-dasegnet+source-init+ema-budget+norm-eval+prior-em": {**EMA_BUDGET, **NORM_EVAL, **PRIOR_EM},
+    "st-dasegnet+source-init+mean-teacher+norm-eval+prior-em": {**MEAN_TEACHER, **NORM_EVAL, **PRIOR_EM},
+}
+for _name, _overrides in LABEL_SHIFT_OPTIONS.items():
+    register_runner(_name, _st_dasegnet_source_init(_name, _overrides), default=False, cost=5.0, needs=("source-only",))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)
 for _name, _overrides in ST_DASEGNET_OPTIONS.items():
     register_runner(_name, _st_dasegnet_option(_name, _overrides), default=False, cost=5.0)

@@ -167,11 +167,13 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
     assert cfg["augment"]["photometric"] is False
 
 
-def test_the_mean_teacher_option_starts_from_the_seeds_source_only_model_with_its_overrides(tmp_path):
+@pytest.mark.parametrize("name", ["st-dasegnet+source-init+mean-teacher",
+                                  "st-dasegnet+source-init+ema-budget+norm-eval+prior-em"])
+def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_their_overrides(tmp_path, name):
     from models.config import resolve_config
-    from benchmarks.adapt import MEAN_TEACHER, RUNNERS, BenchContext, BenchSettings
+    from benchmarks.adapt import LABEL_SHIFT_OPTIONS, MEAN_TEACHER, RUNNERS, BenchContext, BenchSettings
 
-    name = "st-dasegnet+source-init+mean-teacher"
+    wanted = LABEL_SHIFT_OPTIONS.get(name, MEAN_TEACHER)
     assert RUNNERS[name].needs == ("source-only",) and not RUNNERS[name].default
     jobs = []
 
@@ -192,8 +194,13 @@ def test_the_mean_teacher_option_starts_from_the_seeds_source_only_model_with_it
     assert (job_name, seed, kw["method"], kw["model"]["checkpoint"]) == (name, 1, "st-dasegnet", str(weights))
     model = kw["model"]
     block = resolve_config(model["config"], method="st-dasegnet", overrides=model["overrides"])["adaptation"]
-    assert {k: block[k.removeprefix("adaptation.")] for k in MEAN_TEACHER} == MEAN_TEACHER
-    assert block["self_training_weight"] == 1.0 and block["pseudo_rare_threshold"] == 0.8
+    assert {k: block[k.removeprefix("adaptation.")] for k in wanted} == wanted
+    assert block["pseudo_rare_threshold"] == 0.8  # the rest of the block stays the spec's
+    if name in LABEL_SHIFT_OPTIONS:
+        assert block["pseudo_prior"] == "em" and block["norm_eval"] is True and block["ema_horizon"] == 0.1
+        assert block["self_training_weight"] == 0.25 and block["pseudo_threshold"] == 0.975
+    else:
+        assert block["self_training_weight"] == 1.0
 
 
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
