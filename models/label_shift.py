@@ -163,6 +163,9 @@ class LabelShiftEstimate(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("bias", torch.zeros(num_classes))
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+        #: the factor moved into the delivered model's class biases (NaN until then; ST-DASegNet's
+        #: prior_at_prediction)
+        self.register_buffer("applied_ratio", torch.full((num_classes,), float("nan")))
 
     @property
     def estimated(self) -> bool:
@@ -199,9 +202,16 @@ class LabelShiftEstimate(nn.Module):
         before the estimate)."""
         if not self.estimated:
             return prob
-        ratio = matching_ratio(self.target.contents()[0].exp(), self.target_prior).to(prob)
+        ratio = self.prediction_ratio().to(prob)
         shifted = prob * ratio.view(1, -1, *([1] * (prob.dim() - 2)))
         return shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def prediction_ratio(self) -> Tensor:
+        """The per-class factor that gives the pool of recent target pixels the mean pi_t: what a model whose
+        probabilities are the pool's predicts the target with, once multiplied in (1 before the estimate)."""
+        if not self.estimated:
+            return torch.ones_like(self.target_prior)
+        return matching_ratio(self.target.contents()[0].exp(), self.target_prior)
 
     def total_variation(self) -> Tensor:
         """Half the L1 distance between the estimated pi_t and pi_s (0 before the estimate)."""

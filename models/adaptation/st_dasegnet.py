@@ -444,6 +444,8 @@ class STDASegNet(AdaptationMethod):
 
         if "label_shift" in self.net and iteration + 1 >= self.warmup_iters() + self.prior_estimation_iters():
             self.net["label_shift"].freeze()
+            if iteration == self.total_iters - 1 and self.a.get("prior_at_prediction", True):
+                self.predict_with_target_prior()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss_disc"] = float(loss_d.detach())
         # mean BCE per discriminator term: ln 2 = 0.693 where the discriminators cannot tell the domains apart
@@ -462,6 +464,21 @@ class STDASegNet(AdaptationMethod):
             self.net["teacher_s"].load_state_dict(self.net["students"].decoder_s.state_dict())
             self.net["teacher_t"].load_state_dict(self.net["students"].decoder_t.state_dict())
 
+    @torch.no_grad()
+    def predict_with_target_prior(self) -> None:
+        """After the last iteration: the factor that keeps the pseudo-labels at pi_t moved into both student
+        decoders' class biases (log of it added to each; the prediction is their mean), so the delivered model
+        predicts the target with its estimated class mix. Self-training moves the students only part of the
+        way there when few pixels are confident (q)."""
+        shift = self.net["label_shift"]
+        log_ratio = shift.prediction_ratio().log()
+        for decoder in self.decoders():
+            if getattr(decoder, "conv_seg", None) is None or decoder.conv_seg.bias is None:
+                raise ConfigError("adaptation.prior_at_prediction needs decode heads with a biased conv_seg "
+                                  f"classifier; {type(decoder).__name__} has none")
+            decoder.conv_seg.bias.add_(log_ratio.to(decoder.conv_seg.bias))
+        shift.applied_ratio.copy_(log_ratio.exp())
+
     def training_record(self) -> dict:
         """With ``pseudo_prior='em'``: the class frequencies the teachers encode on the source and the target's
         estimate (per train index: the job's class order), so a user sees the shift the labels were moved by."""
@@ -470,9 +487,12 @@ class STDASegNet(AdaptationMethod):
         shift = self.net["label_shift"]
         if not shift.estimated:
             return {"label_shift": {"source_prior": None, "target_prior": None}}
+        applied = None if torch.isnan(shift.applied_ratio).any() else shift.applied_ratio
         return {"label_shift": {"source_prior": [round(float(v), 4) for v in shift.source_prior],
                                 "target_prior": [round(float(v), 4) for v in shift.target_prior],
-                                "temperature": round(float(shift.temperature), 4)}}
+                                "temperature": round(float(shift.temperature), 4),
+                                "prediction_ratio": ([round(float(v), 4) for v in applied]
+                                                     if applied is not None else None)}}
 
     def inference_config(self) -> dict:
         return copy.deepcopy(self._inference_cfg)

@@ -191,6 +191,35 @@ def test_st_dasegnet_option_estimates_without_self_training_then_corrects_its_ps
     assert record["source_prior"] == pytest.approx(shift.source_prior.tolist(), abs=1e-4)
 
 
+@pytest.mark.parametrize("at_prediction", [True, False])
+def test_the_delivered_model_predicts_with_the_target_prior_after_the_last_iteration(tiny, make_batch, at_prediction):
+    torch.manual_seed(0)
+    cfg = tiny("st-dasegnet", bands=4, classes=3, **{"adaptation.pseudo_prior": "em",
+                                                     "adaptation.prior_at_prediction": at_prediction})
+    m = build_method(cfg, total_iters=3)  # estimated over iteration 0, frozen after it
+    for it in range(2):
+        m.train_step(make_batch(bands=4, classes=3, b=2, crop=32, seed=it), it)
+    shift, st = m.net["label_shift"], m.net["students"]
+    assert shift.estimated and torch.isnan(shift.applied_ratio).all()
+    x = make_batch(bands=4, classes=3, b=2, crop=32, seed=9)["target"]["img"]
+    ratio = shift.prediction_ratio()
+    m.eval()
+    with torch.no_grad():
+        before = st.predict_logits(x)
+        m.predict_with_target_prior()  # what the last iteration does
+        after = st.predict_logits(x)
+    # the mean of both decoders' logits moves by log(ratio) at every pixel: probabilities times the ratio
+    assert torch.allclose(after - before, ratio.log().view(1, -1, 1, 1).expand_as(after), atol=1e-5)
+    assert torch.allclose(shift.applied_ratio, ratio)
+    assert m.training_record()["label_shift"]["prediction_ratio"] == pytest.approx(ratio.tolist(), abs=1e-4)
+
+    again = build_method(cfg, total_iters=3)
+    for it in range(3):
+        again.train_step(make_batch(bands=4, classes=3, b=2, crop=32, seed=it), it)
+    applied = again.net["label_shift"].applied_ratio
+    assert (not torch.isnan(applied).any()) == at_prediction
+
+
 def test_st_dasegnet_without_the_option_has_no_estimate_and_refuses_unknown_values(tiny):
     m = build_method(tiny("st-dasegnet"), total_iters=10)
     assert "label_shift" not in m.net and m.training_record() == {}

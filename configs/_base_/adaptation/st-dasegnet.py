@@ -17,6 +17,7 @@ adaptation = dict(
     pseudo_quantile=None,         # CBST-style class-wise thresholds (this quantile per class) decide q
     pseudo_prior=None,            # 'em': pseudo-labels moved onto the target's class frequencies, estimated by EM
     pseudo_prior_estimation=0.1,  # ... over this fraction of the budget from the start of adapting, then frozen
+    prior_at_prediction=True,     # with pseudo_prior: the delivered model predicts the target with that class mix
     norm_eval=False,              # batch norm on running statistics (mmseg's norm_eval) in students and teachers once
                                   # adapting starts: frozen at the source model's, per-domain batch statistics unused
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
