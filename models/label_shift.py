@@ -31,7 +31,7 @@ What the stages guard against, seen on NEON: EM re-run through training follows 
 its own corrected labels (it drifted from 0.45 to 0.12 trees); self-training while estimating feeds the
 estimate back into the teacher (0.63 trees). Batch norm must run on running statistics (ST-DASegNet's
 ``norm_eval``): a target batch normalised by its own statistics looks like the source's class mix to the
-teacher, and EM finds no shift there (0.19 trees, against 0.43 with running statistics).
+teacher, and EM finds no shift there (0.19 trees, against 0.38 with running statistics).
 """
 from __future__ import annotations
 
