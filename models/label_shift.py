@@ -46,11 +46,15 @@ MIN_PRIOR = 1e-4
 Gather = Callable[[Tensor], Tensor]
 
 
+def reweighted(prob: Tensor, factor: Tensor) -> Tensor:
+    """Probabilities (class dimension 1 of (B, K, ...)) times a per-class factor, normalised again."""
+    shifted = prob * factor.to(prob).view(1, -1, *([1] * (prob.dim() - 2)))
+    return shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def shift_probabilities(prob: Tensor, source_prior: Tensor, target_prior: Tensor) -> Tensor:
     """p(y|x) pi_t(y) / pi_s(y), normalised over the class dimension (dim 1 of (B, K, ...))."""
-    ratio = target_prior.clamp(min=MIN_PRIOR) / source_prior.clamp(min=MIN_PRIOR)
-    shifted = prob * ratio.to(prob).view(1, -1, *([1] * (prob.dim() - 2)))
-    return shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return reweighted(prob, target_prior.clamp(min=MIN_PRIOR) / source_prior.clamp(min=MIN_PRIOR))
 
 
 def pixel_rows(values: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -161,7 +165,6 @@ class LabelShiftEstimate(nn.Module):
         self.register_buffer("source_prior", torch.full((num_classes,), float("nan")))
         self.register_buffer("target_prior", torch.full((num_classes,), float("nan")))
         self.register_buffer("temperature", torch.ones(()))
-        self.register_buffer("bias", torch.zeros(num_classes))
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
         #: the factor moved into the delivered model's class biases (NaN until then; ST-DASegNet's
         #: prior_at_prediction)
@@ -189,7 +192,6 @@ class LabelShiftEstimate(nn.Module):
         if len(source) and len(target):
             t, b = fit_bcts(source, labels)
             self.temperature.copy_(t)
-            self.bias.copy_(b)
             self.source_prior.copy_(calibrated(source, t, b).mean(dim=0))
             self.target_prior.copy_(em_target_prior(calibrated(target, t, b), self.source_prior))
         else:  # nothing seen: no correction
@@ -202,9 +204,7 @@ class LabelShiftEstimate(nn.Module):
         before the estimate)."""
         if not self.estimated:
             return prob
-        ratio = self.prediction_ratio().to(prob)
-        shifted = prob * ratio.view(1, -1, *([1] * (prob.dim() - 2)))
-        return shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return reweighted(prob, self.prediction_ratio())
 
     def prediction_ratio(self) -> Tensor:
         """The per-class factor that gives the pool of recent target pixels the mean pi_t: what a model whose

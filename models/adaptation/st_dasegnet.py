@@ -319,8 +319,7 @@ class STDASegNet(AdaptationMethod):
         p_st, p_tt = decode(st.decoder_t, g_st), decode(st.decoder_t, g_tt)
 
         with torch.no_grad():
-            t_logits = (decode(self.net["teacher_s"], [g.detach() for g in g_ts])
-                        + decode(self.net["teacher_t"], [g.detach() for g in g_tt])) / 2
+            t_logits = self.teacher_logits(g_ts, g_tt)
             correct = self.label_shift_correction((g_ss, g_st), ys, vt, adapting)
             conf, yhat = pseudo_labels(t_logits, xt.shape[-2:], vt, correct=correct)
             threshold = float(a.get("pseudo_threshold", 0.975))
@@ -343,6 +342,11 @@ class STDASegNet(AdaptationMethod):
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
 
+    def teacher_logits(self, g_s: list[Tensor], g_t: list[Tensor]) -> Tensor:
+        """The teachers' ensemble on one domain's disentangled features: (D_S_ema(G_s) + D_T_ema(G_t)) / 2."""
+        return (decode(self.net["teacher_s"], [g.detach() for g in g_s])
+                + decode(self.net["teacher_t"], [g.detach() for g in g_t])) / 2
+
     def label_shift_correction(self, g_source: tuple[list[Tensor], list[Tensor]], ys: Tensor,
                                valid: Tensor | None, adapting: bool) -> Callable[[Tensor], Tensor] | None:
         """With ``pseudo_prior='em'`` (models.label_shift): while estimating, the teachers' log-probabilities on
@@ -353,9 +357,7 @@ class STDASegNet(AdaptationMethod):
             return None
         gather = self.collective.gather
         if not shift.estimated:
-            t_source = (decode(self.net["teacher_s"], [g.detach() for g in g_source[0]])
-                        + decode(self.net["teacher_t"], [g.detach() for g in g_source[1]])) / 2
-            log_prob = upsample(t_source, tuple(ys.shape[-2:])).log_softmax(dim=1)
+            log_prob = upsample(self.teacher_logits(*g_source), tuple(ys.shape[-2:])).log_softmax(dim=1)
             labelled = ys != IGNORE_INDEX
             shift.observe_source(pixel_rows(log_prob, labelled), ys[labelled], gather=gather)
 
