@@ -40,6 +40,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from core.errors import ConfigError
+
 #: no class's prior falls below this (a class absent from the source would make the ratio infinite)
 MIN_PRIOR = 1e-4
 
@@ -63,6 +65,44 @@ def pixel_rows(values: Tensor, valid: Tensor | None = None) -> Tensor:
     return flat if valid is None else flat[valid.reshape(-1)]
 
 
+@torch.no_grad()
+def add_class_log_ratio(heads, ratio: Tensor, *, option: str) -> None:
+    """Add log(ratio) to the class biases of each decode head's classifier (an mmseg head's ``conv_seg``), so a
+    model whose prediction is their mean logits predicts with its probabilities times ``ratio`` (normalised):
+    what moves a delivered model onto the target's class mix. ``option``: what asked, for the error."""
+    heads = check_class_biases(heads, option=option)
+    for head in heads:
+        head.conv_seg.bias.add_(ratio.log().to(head.conv_seg.bias))
+
+
+def check_class_biases(heads, *, option: str) -> list:
+    """The decode heads, each with a biased ``conv_seg`` classifier (what :func:`add_class_log_ratio` moves), or a
+    clear error naming the head that has none."""
+    heads = list(heads)
+    for head in heads:
+        if getattr(head, "conv_seg", None) is None or head.conv_seg.bias is None:
+            raise ConfigError(f"{option} needs decode heads with a biased conv_seg classifier; "
+                              f"{type(head).__name__} has none")
+    return heads
+
+
+def given_prior(values, num_classes: int) -> Tensor:
+    """Class frequencies a user gives (one non-negative number per class, in the job's class order), normalised;
+    a clear error for anything else."""
+    try:
+        prior = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"adaptation.pseudo_prior: class frequencies must be numbers, not {values!r}",
+                          field="model.overrides") from None
+    if len(prior) != num_classes:
+        raise ConfigError(f"adaptation.pseudo_prior: {len(prior)} class frequencies for {num_classes} classes",
+                          field="model.overrides")
+    if not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
+        raise ConfigError(f"adaptation.pseudo_prior: class frequencies must be finite, non-negative and not all 0, "
+                          f"not {values!r}", field="model.overrides")
+    return prior / prior.sum()
+
+
 def em_target_prior(pixels: Tensor, source_prior: Tensor, *, iterations: int = 100) -> Tensor:
     """Saerens et al.'s EM estimate of the target's class frequencies from (N, K) probabilities that a model
     whose probabilities encode ``source_prior`` gives N target pixels."""
@@ -72,6 +112,27 @@ def em_target_prior(pixels: Tensor, source_prior: Tensor, *, iterations: int = 1
     for _ in range(iterations):
         prior = shift_probabilities(pixels.float(), source_prior, prior).mean(dim=0)
     return prior
+
+
+def bbse_target_prior(source_prob: Tensor, labels: Tensor, target_prob: Tensor) -> Tensor:
+    """Black-box shift estimation (Lipton, Wang and Smola, ICML 2018): with C[i, j] = P_s(argmax = i, y = j) on
+    labelled source pixels and mu[i] = P_t(argmax = i) on the target, label shift means mu = C w with
+    w = pi_t / pi_s >= 0. Returns pi_t = w pi_s, unconstrained: it leaves the simplex (a class below 0 or above
+    1) when the target's inputs changed too, which is what :func:`outside_simplex` measures."""
+    k = source_prob.shape[1]
+    keep = (labels >= 0) & (labels < k)
+    y, predicted = labels[keep].long(), source_prob[keep].argmax(dim=1)
+    joint = torch.zeros(k, k)
+    joint.index_put_((predicted.cpu(), y.cpu()), torch.ones(len(y)), accumulate=True)
+    joint /= max(len(y), 1)
+    mu = torch.bincount(target_prob.argmax(dim=1).cpu(), minlength=k).float() / max(len(target_prob), 1)
+    w = torch.linalg.pinv(joint) @ mu  # classes the model never predicts leave C singular: least squares
+    return w * joint.sum(dim=0)
+
+
+def outside_simplex(prior: Tensor) -> float:
+    """How far class frequencies leave the simplex: the mass below 0 (0 for frequencies that could be real)."""
+    return float(prior.clamp(max=0).neg().sum())
 
 
 def fit_bcts(log_probs: Tensor, labels: Tensor, *, iterations: int = 100) -> tuple[Tensor, Tensor]:
@@ -174,6 +235,18 @@ class LabelShiftEstimate(nn.Module):
     def estimated(self) -> bool:
         return bool(self.frozen)
 
+    @property
+    def source_known(self) -> bool:
+        """Whether pi_s was estimated (a target prior given by the user comes without one)."""
+        return self.estimated and not bool(torch.isnan(self.source_prior).any())
+
+    @torch.no_grad()
+    def fix_target_prior(self, prior: Tensor) -> None:
+        """pi_t given rather than estimated (known class proportions of the target, or a label-shift job's
+        estimate): frozen from the start, pi_s unknown. Pseudo-labels are matched to it as to an estimate."""
+        self.target_prior.copy_(prior / prior.sum())
+        self.frozen.fill_(True)
+
     def observe_source(self, log_probs: Tensor, labels: Tensor, *, gather: Gather | None = None) -> None:
         """(N, K) teacher log-probabilities on labelled source pixels and their (N,) labels."""
         self.source.add(log_probs, labels, gather=gather)
@@ -214,7 +287,7 @@ class LabelShiftEstimate(nn.Module):
         return matching_ratio(self.target.contents()[0].exp(), self.target_prior)
 
     def total_variation(self) -> Tensor:
-        """Half the L1 distance between the estimated pi_t and pi_s (0 before the estimate)."""
-        if not self.estimated:
+        """Half the L1 distance between the estimated pi_t and pi_s (0 before the estimate or without pi_s)."""
+        if not self.source_known:
             return torch.zeros(())
         return 0.5 * (self.target_prior.cpu() - self.source_prior.cpu()).abs().sum()

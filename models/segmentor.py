@@ -119,5 +119,9 @@ class Segmentor(nn.Module):
     def predict_logits(self, x: Tensor) -> Tensor:
         return upsample(self.forward_logits(x), x.shape[-2:])
 
+    def prediction_heads(self) -> list[nn.Module]:
+        """The decode heads whose mean logits are the prediction."""
+        return [self.decode_head]
+
     forward = predict_logits
 

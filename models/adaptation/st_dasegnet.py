@@ -43,7 +43,7 @@ from models.adaptation.source_only import class_weight_of, optim_modules_cfg
 from models.batchnorm_statistics import batchnorm_layers
 from models.ddm import reduced_channels
 from models.discriminator import spatial_softmax
-from models.label_shift import LabelShiftEstimate, pixel_rows
+from models.label_shift import LabelShiftEstimate, add_class_log_ratio, given_prior, pixel_rows
 from models.losses import cross_entropy, gan_loss
 from models.segmentor import build_module, decode, probe_channels, register_segmentor, upsample
 
@@ -198,6 +198,10 @@ class DualSegmentor(nn.Module):
         logits = (decode(self.decoder_s, g_s) + decode(self.decoder_t, g_t)) / 2
         return upsample(logits, x.shape[-2:])
 
+    def prediction_heads(self) -> list[nn.Module]:
+        """The decode heads whose mean logits are the prediction."""
+        return [self.decoder_s, self.decoder_t]
+
     forward = predict_logits
 
 
@@ -249,8 +253,12 @@ class STDASegNet(AdaptationMethod):
         prior = a.get("pseudo_prior")
         if prior == "em":  # pseudo-labels moved onto the target's class frequencies (models.label_shift)
             self.net["label_shift"] = LabelShiftEstimate(k)  # estimated while the teachers are source models
+        elif isinstance(prior, (list, tuple)):  # the target's class frequencies given: no estimating stage
+            self.net["label_shift"] = LabelShiftEstimate(k)
+            self.net["label_shift"].fix_target_prior(given_prior(prior, k))
         elif prior is not None:
-            raise ConfigError(f"adaptation.pseudo_prior must be None (the spec) or 'em', not {prior!r}")
+            raise ConfigError(f"adaptation.pseudo_prior must be None (the spec), 'em' or the target's class "
+                              f"frequencies (a list of {k} numbers, one per class), not {prior!r}")
         self.add_optimizer(
             "student",
             {"backbone_s": students.backbone_s, "backbone_t": students.backbone_t, "ddm": students.ddm,
@@ -374,7 +382,9 @@ class STDASegNet(AdaptationMethod):
     def prior_estimation_iters(self) -> int:
         """Adapting iterations over which ``pseudo_prior='em'`` estimates pi_t before freezing it: a stage without
         self-training, so the teachers stay source models (self-training on corrected labels while estimating
-        feeds the estimate back into the teachers it is read from)."""
+        feeds the estimate back into the teachers it is read from). None when pi_t is given."""
+        if self.a.get("pseudo_prior") != "em":
+            return 0
         return max(1, int(round(float(self.a.get("pseudo_prior_estimation", 0.1)) * self.total_iters)))
 
     def batch_quality(self, conf: Tensor, yhat: Tensor, valid: Tensor | None, threshold: float) -> float:
@@ -473,13 +483,9 @@ class STDASegNet(AdaptationMethod):
         predicts the target with its estimated class mix. Self-training moves the students only part of the
         way there when few pixels are confident (q)."""
         shift = self.net["label_shift"]
-        log_ratio = shift.prediction_ratio().log()
-        for decoder in self.decoders():
-            if getattr(decoder, "conv_seg", None) is None or decoder.conv_seg.bias is None:
-                raise ConfigError("adaptation.prior_at_prediction needs decode heads with a biased conv_seg "
-                                  f"classifier; {type(decoder).__name__} has none")
-            decoder.conv_seg.bias.add_(log_ratio.to(decoder.conv_seg.bias))
-        shift.applied_ratio.copy_(log_ratio.exp())
+        ratio = shift.prediction_ratio()
+        add_class_log_ratio(self.decoders(), ratio, option="adaptation.prior_at_prediction")
+        shift.applied_ratio.copy_(ratio)
 
     def training_record(self) -> dict:
         """With ``pseudo_prior='em'``: the class frequencies the teachers encode on the source and the target's
@@ -490,7 +496,8 @@ class STDASegNet(AdaptationMethod):
         if not shift.estimated:
             return {"label_shift": {"source_prior": None, "target_prior": None}}
         applied = None if torch.isnan(shift.applied_ratio).any() else shift.applied_ratio
-        return {"label_shift": {"source_prior": [round(float(v), 4) for v in shift.source_prior],
+        return {"label_shift": {"source_prior": ([round(float(v), 4) for v in shift.source_prior]
+                                                 if shift.source_known else None),
                                 "target_prior": [round(float(v), 4) for v in shift.target_prior],
                                 "temperature": round(float(shift.temperature), 4),
                                 "prediction_ratio": ([round(float(v), 4) for v in applied]

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from core.errors import ConfigError
 from models.adaptation import build_method
-from models.label_shift import (LabelShiftEstimate, PixelPool, calibrated, em_target_prior, fit_bcts,
-                                 matching_ratio, pixel_rows, shift_probabilities)
+from models.label_shift import (LabelShiftEstimate, PixelPool, bbse_target_prior, calibrated, em_target_prior,
+                                 fit_bcts, matching_ratio, outside_simplex, pixel_rows, reweighted,
+                                 shift_probabilities)
 
 
 def test_probabilities_move_by_the_prior_ratio():
@@ -225,3 +226,68 @@ def test_st_dasegnet_without_the_option_has_no_estimate_and_refuses_unknown_valu
     assert "label_shift" not in m.net and m.training_record() == {}
     with pytest.raises(ConfigError, match="pseudo_prior"):
         build_method(tiny("st-dasegnet", **{"adaptation.pseudo_prior": "uniform"}), total_iters=10)
+
+
+def test_a_given_target_prior_skips_the_estimate_and_corrects_from_the_first_adapting_step(tiny, make_batch):
+    """``pseudo_prior`` as the target's class frequencies (known proportions, or a label-shift job's estimate):
+    no estimating stage, self-training from the start, pseudo-labels matched to the given mix."""
+    torch.manual_seed(0)
+    cfg = tiny("st-dasegnet", bands=4, classes=3, **{"adaptation.pseudo_prior": [2, 1, 1],
+                                                     "adaptation.pseudo_threshold": 0.34})
+    m = build_method(cfg, total_iters=20)
+    shift = m.net["label_shift"]
+    assert shift.estimated and not shift.source_known and m.prior_estimation_iters() == 0
+    assert shift.target_prior.tolist() == pytest.approx([0.5, 0.25, 0.25])
+    terms, _ = m.student_losses(make_batch(bands=4, classes=3, b=2, crop=32))
+    assert len(shift.source) == 0 and len(shift.target) == shift.target.per_batch  # no source pool: nothing to fit
+    assert float(terms["prior_tv"]) == 0.0  # no pi_s to measure against
+    # self-training weighs in at once (the spec's objective with its pseudo-label terms)
+    expected = (terms["ce_src_s"] + terms["ce_src_t"] + 0.005 * (terms["adv_s"] + terms["adv_t"])
+                + 0.25 * (terms["ce_pseudo_s"] + terms["ce_pseudo_t"]))
+    assert float(terms["loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    # the pooled target probabilities, moved by the prediction ratio, have the given mean
+    pooled = reweighted(shift.target.contents()[0].exp(), shift.prediction_ratio())
+    assert pooled.mean(dim=0).tolist() == pytest.approx([0.5, 0.25, 0.25], abs=1e-3)
+    record = m.training_record()["label_shift"]
+    assert record["source_prior"] is None and record["target_prior"] == pytest.approx([0.5, 0.25, 0.25], abs=1e-4)
+
+
+@pytest.mark.parametrize("prior, words", [([1, 1], "2 class frequencies for 3 classes"),
+                                          ([1, -1, 1], "non-negative"), ([0, 0, 0], "not all 0"),
+                                          (["a", 1, 1], "must be numbers")])
+def test_a_given_prior_that_does_not_fit_the_classes_is_refused(tiny, prior, words):
+    with pytest.raises(ConfigError, match=words):
+        build_method(tiny("st-dasegnet", classes=3, **{"adaptation.pseudo_prior": prior}), total_iters=10)
+
+
+def _gaussian_pixels(n: int, prior, seed: int, *, offset: float = 0.0):
+    """(Bayes posteriors under the balanced prior, labels) of pixels drawn under ``prior``, their feature moved
+    by ``offset`` (an input shift: p(x|y) changes)."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(prior)
+    y = torch.multinomial(torch.tensor(prior), n, replacement=True, generator=g)
+    means = torch.arange(k, dtype=torch.float32) * 2 - (k - 1)
+    x = torch.randn(n, generator=g) + means[y] + offset
+    post = torch.exp(-(x[:, None] - means[None]) ** 2 / 2)
+    return post / post.sum(dim=1, keepdim=True), y
+
+
+def test_bbse_recovers_a_class_mix_shift_and_stays_in_the_simplex():
+    source, labels = _gaussian_pixels(100_000, [0.5, 0.3, 0.2], seed=0)
+    target, _ = _gaussian_pixels(100_000, [0.2, 0.3, 0.5], seed=1)
+    estimate = bbse_target_prior(source, labels, target)
+    assert torch.allclose(estimate, torch.tensor([0.2, 0.3, 0.5]), atol=0.02), estimate
+    assert outside_simplex(estimate) == 0.0
+
+
+def test_bbse_leaves_the_simplex_when_the_inputs_moved_rather_than_the_class_mix():
+    """The same class mix seen through a sensor that brightens everything (every feature moved by 4): the model
+    calls almost every pixel the brightest class, more of them than it calls that class on the source even
+    where it is all there is. No class mix explains that, and BBSE says so; EM reads it as a shift (NC's case).
+    A milder, uniform move can pass for a class mix: the check finds what no class mix explains, no more."""
+    source, labels = _gaussian_pixels(100_000, [0.5, 0.3, 0.2], seed=0)
+    target, _ = _gaussian_pixels(100_000, [0.5, 0.3, 0.2], seed=1, offset=4.0)
+    estimate = bbse_target_prior(source, labels, target)
+    assert outside_simplex(estimate) > 0.05, estimate
+    em = em_target_prior(target, source.mean(dim=0), iterations=100)
+    assert 0.5 * float((em - torch.tensor([0.5, 0.3, 0.2])).abs().sum()) > 0.2  # EM: a large, false shift

@@ -15,8 +15,10 @@ adaptation = dict(
     ema_horizon=None,             # EMA cap from the budget: 1 - 1 / (ema_horizon x iterations); None: ema_max_alpha
     source_warmup=0.0,            # fraction of the budget trained on the source alone before adapting
     pseudo_quantile=None,         # CBST-style class-wise thresholds (this quantile per class) decide q
-    pseudo_prior=None,            # 'em': pseudo-labels moved onto the target's class frequencies, estimated by EM
-    pseudo_prior_estimation=0.1,  # ... over this fraction of the budget from the start of adapting, then frozen
+    pseudo_prior=None,            # 'em': pseudo-labels moved onto the target's class frequencies, estimated by EM;
+                                  # or those frequencies given (one per class, e.g. a label-shift job's target_prior)
+    pseudo_prior_estimation=0.1,  # 'em' estimates over this fraction of the budget from the start of adapting, then
+                                  # freezes it
     prior_at_prediction=True,     # with pseudo_prior: the delivered model predicts the target with that class mix
     norm_eval=False,              # batch norm on running statistics (mmseg's norm_eval) in students and teachers once
                                   # adapting starts: frozen at the source model's, per-domain batch statistics unused
