@@ -109,6 +109,13 @@ class NoBatchNormError(BundleError):
                          "and would change nothing", field=field)
 
 
+class NotALabelShiftError(GeoadaptError):
+    """A label-shift correction asked where the target's inputs changed, not only its class mix: moving the
+    model's class frequencies would make its maps worse."""
+
+    code = "not_a_label_shift"
+
+
 class DevicesUnavailableError(GeoadaptError):
     """A job asks for more devices (``params.devices``) than the worker that runs it has."""
 

@@ -10,6 +10,7 @@ checked here and nowhere else: the API, the CLI and the worker all get them by l
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -34,12 +35,13 @@ from core.job_layout import checkpoint_file_of
 from core.stac_items import StacItemError, band_files, check_common_names
 
 JobType = Literal["adapt", "train", "predict", "evaluate", "suggest", "consensus", "pretrain"]
-Method = Literal["st-dasegnet", "feature-regression", "adabn", "semi", "source-only", "simclr", "siameseim", "croco"]
+Method = Literal["st-dasegnet", "feature-regression", "adabn", "label-shift", "semi", "source-only", "simclr", "siameseim",
+                 "croco"]
 #: the methods a job of each type may name; predict and evaluate jobs run a bundle's model as it was
 #: trained, so they take any method and ignore it
 METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
     "train": ("source-only",),
-    "adapt": ("st-dasegnet", "feature-regression", "adabn", "semi"),
+    "adapt": ("st-dasegnet", "feature-regression", "adabn", "label-shift", "semi"),
     # self-supervised pretraining of a backbone on unlabelled imagery (models/pretraining/)
     "pretrain": ("simclr", "siameseim", "croco"),
 }
@@ -384,7 +386,13 @@ class Params(_Strict):
     )
     batches: int = Field(
         default=100, ge=1, le=100_000,
-        description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over",
+        description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over; "
+        "label-shift: at most batches x batch_size evaluation windows of each domain are read",
+    )
+    skip_shift_check: bool = Field(
+        default=False,
+        description="label-shift: correct even where the check finds the target's inputs changed, not only its "
+        "class mix (black-box shift estimation leaves the simplex); the correction is then likely to hurt",
     )
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"
@@ -499,6 +507,8 @@ class JobSpec(_Strict):
             self._pretrain_inputs()
         elif self.type == "adapt" and self.method == "adabn":
             self._adabn_inputs()
+        elif self.type == "adapt" and self.method == "label-shift":
+            self._label_shift_inputs()
         elif self.type in ("train", "adapt"):
             self._training_inputs()
         elif self.type in ("suggest", "consensus"):
@@ -507,14 +517,30 @@ class JobSpec(_Strict):
             self._bundle_run_inputs()
         self._validation_labelled()
         self._devices_fit()
+        self._given_prior_fits_classes()
         return self
+
+    def _given_prior_fits_classes(self) -> None:
+        """``adaptation.pseudo_prior`` given as the target's class frequencies: one non-negative number per
+        class, not all 0 (the model checks again; here the API and the CLI refuse it before the job starts)."""
+        prior = (self.model.overrides or {}).get("adaptation.pseudo_prior")
+        if not isinstance(prior, list) or self.classes is None:
+            return
+        where = "model.overrides.adaptation.pseudo_prior"
+        if len(prior) != len(self.classes):
+            raise RuleError(where, f"{len(prior)} class frequencies for {len(self.classes)} classes (one per class, "
+                                   "in the order of 'classes')")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                      for v in prior)
+        if not numbers or sum(prior) <= 0:
+            raise RuleError(where, "class frequencies must be non-negative numbers, not all 0")
 
     def _devices_fit(self) -> None:
         """``params.devices`` applies to the jobs that train through the training loop, and shares the batch out."""
         n = self.params.devices
         if n is None:
             return
-        if self.type not in ("train", "adapt") or self.method in ("adabn", "feature-regression"):
+        if self.type not in ("train", "adapt") or self.method in ("adabn", "label-shift", "feature-regression"):
             what = f"{self.method if self.type == 'adapt' else self.type} jobs"
             raise RuleError("params.devices", f"{what} run in one process; leave out devices (it applies to train "
                                               "jobs and st-dasegnet adapt jobs)")
@@ -580,6 +606,23 @@ class JobSpec(_Strict):
         # (compared with the default, not model_fields_set: a spec read back from its JSON names every field)
         if self.model != ModelSpec(config=DEFAULT_MODEL):
             raise RuleError("model", "an adabn job takes its model from 'bundle'; leave out 'model'")
+
+    def _label_shift_inputs(self) -> None:
+        """Label-shift correction starts from a trained model and needs the labelled source (to calibrate the
+        model's probabilities and read the class frequencies they encode) and the unlabelled target."""
+        if self.bundle is None:
+            raise RuleError("bundle", "a label-shift job needs 'bundle': the model whose class frequencies it moves "
+                                      "onto the target's")
+        if self.source is None:
+            raise RuleError("source", "a label-shift job needs 'source' scenes with labels: the model's probabilities "
+                                      "are calibrated on them")
+        self._labelled("source", "labels is required for a label-shift job (its probabilities are calibrated on "
+                                 "the source labels)")
+        if self.target is None:
+            raise RuleError("target", "a label-shift job needs 'target' scenes (unlabelled) to estimate their class "
+                                      "frequencies on")
+        if self.model != ModelSpec(config=DEFAULT_MODEL):
+            raise RuleError("model", "a label-shift job takes its model from 'bundle'; leave out 'model'")
 
     def _bundle_run_inputs(self) -> None:
         """Predict and evaluate jobs run a trained model on scenes; evaluate jobs score it against their labels."""

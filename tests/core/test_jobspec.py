@@ -219,6 +219,44 @@ def test_adabn_batches_are_bounded(spec_dir):
     assert "greater than or equal to 1" in _problems(excinfo)["params.batches"]
 
 
+def _label_shift(spec_dir, **edits) -> dict:
+    """The example as a label-shift job: a bundle, labelled source scenes, target scenes, no model."""
+    import yaml
+
+    (spec_dir / "model").mkdir(exist_ok=True)
+    data = yaml.safe_load(EXAMPLE)
+    data.update(method="label-shift", bundle="model", params={"batches": 5, "batch_size": 2})
+    del data["model"]
+    data.update(edits)
+    return data
+
+
+def test_label_shift_job_needs_a_bundle_labelled_source_and_target_and_survives_its_json(spec_dir):
+    spec = load_job_spec(_label_shift(spec_dir), base_dir=spec_dir)
+    assert spec.method == "label-shift" and spec.training_method == "label-shift"
+    assert spec.bundle == spec_dir / "model" and spec.source is not None and spec.target is not None
+    assert load_job_spec(spec.to_jsonable(), base_dir=spec_dir) == spec
+
+
+@pytest.mark.parametrize(
+    "edit, field, words",
+    [
+        (lambda d: d.pop("bundle"), "bundle", "a label-shift job needs 'bundle'"),
+        (lambda d: d.pop("source"), "source", "needs 'source' scenes with labels"),
+        (lambda d: d["source"]["scenes"][0].pop("labels"), "source.scenes.0.labels", "calibrated on the source labels"),
+        (lambda d: d.pop("target"), "target", "needs 'target' scenes"),
+        (lambda d: d.update(model="segformer_mit-b0"), "model", "takes its model from 'bundle'"),
+        (lambda d: d["params"].update(devices=2), "params.devices", "run in one process"),
+    ],
+)
+def test_label_shift_job_refuses_what_it_cannot_use(spec_dir, edit, field, words):
+    data = _label_shift(spec_dir)
+    edit(data)
+    with pytest.raises(SpecError) as excinfo:
+        load_job_spec(data, base_dir=spec_dir)
+    assert words in _problems(excinfo)[field]
+
+
 # ---- the rules of each job type: one place (JobSpec), so the API, the CLI and the worker agree ----------
 
 LABELLED = {"scenes": [{"image": "a/multiband.tif", "labels": "a/labels.tif"}]}
@@ -265,7 +303,7 @@ def test_an_adapt_job_takes_an_adaptation_method(spec_dir, method):
         data = _job(spec_dir, "adapt", method=method, source=None, bundle="model")
     if method == "source-only":
         problems = _refused(data, spec_dir)
-        assert "st-dasegnet, feature-regression, adabn or semi" in problems["method"], problems
+        assert "st-dasegnet, feature-regression, adabn, label-shift or semi" in problems["method"], problems
         return
     assert load_job_spec(data, base_dir=spec_dir).training_method == method
 
@@ -392,3 +430,17 @@ def test_model_checkpoint_names_a_file_or_a_folder_that_holds_weights(spec_dir):
     (spec_dir / "bundle").mkdir()
     (spec_dir / "bundle" / "weights.pth").write_bytes(b"")
     load_job_spec(_job(spec_dir, "train", model={"config": "segformer-tiny", "checkpoint": "bundle"}), base_dir=spec_dir)
+
+
+@pytest.mark.parametrize("prior, words", [([0.5, 0.5, 0.0], "3 class frequencies for 2 classes"),
+                                          ([0.5, -0.5], "non-negative numbers"), ([0, 0], "not all 0"),
+                                          ([0.5, "x"], "non-negative numbers"), ([0.5, float("inf")], "non-negative")])
+def test_a_given_target_class_mix_must_fit_the_classes(spec_dir, prior, words):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE)
+    data["model"] = {"config": "segformer-tiny", "overrides": {"adaptation.pseudo_prior": prior}}
+    problems = _refused(data, spec_dir)
+    assert words in problems["model.overrides.adaptation.pseudo_prior"], problems
+    data["model"]["overrides"]["adaptation.pseudo_prior"] = [3, 1]  # one per class: accepted as given
+    assert load_job_spec(data, base_dir=spec_dir).model.overrides["adaptation.pseudo_prior"] == [3, 1]

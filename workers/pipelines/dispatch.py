@@ -4,6 +4,7 @@
     predict                       -> predict.run_job
     suggest, consensus            -> labels.run_suggest_job, labels.run_consensus_job
     adapt, method adabn           -> adabn.run_adabn (no training)
+    adapt, method label-shift     -> label_shift.run_label_shift (no training)
     adapt, method feature-regression -> feature_regression.run_feature_regression (teacher, then student)
     pretrain                      -> pretrain.run_pretrain (a backbone from unlabelled imagery)
     train, or adapt by any other method -> train.run_training
@@ -20,6 +21,7 @@ from models.training.callbacks import Callback
 from workers.pipelines import labels, predict
 from workers.pipelines.adabn import run_adabn
 from workers.pipelines.feature_regression import run_feature_regression
+from workers.pipelines.label_shift import run_label_shift
 from workers.pipelines.pretrain import run_pretrain
 from workers.pipelines.run_options import RunOptions
 from workers.pipelines.train import evaluate_job, run_training
@@ -48,6 +50,8 @@ def run_job(
         return run_pretrain(spec, run)
     if spec.training_method == "adabn":
         return run_adabn(spec, run)
+    if spec.training_method == "label-shift":
+        return run_label_shift(spec, run)
     if spec.training_method == "feature-regression":
         return run_feature_regression(spec, run)
     return run_training(spec, run)

@@ -1,0 +1,227 @@
+"""Label-shift adapt job: a trained model's class frequencies moved onto the target's; no training.
+
+A model trained where trees cover 23 % of the ground predicts trees as if they did everywhere. Where the
+target's mix differs (p(y) changes, p(x|y) does not), the correction is a per-class factor on the model's
+probabilities (models.label_shift): BCTS calibration on the labelled source, the class frequencies the
+calibrated model encodes there (pi_s), EM for the target's (pi_t) on unlabelled target windows, then the
+factor that gives the target windows the mean pi_t, added as log to the classifier's biases.
+
+Call flow of ``run_label_shift`` (workers.pipelines.dispatch hands every label-shift job here)::
+
+    load_bundle(spec.bundle): the model, its classes and statistics; classes must be the job's
+    open the source scenes (labelled), the target scenes (unlabelled) and the validation scenes
+    evaluation windows of each (256 px cores with context, at most batches x batch_size per domain, spread
+        evenly), normalised as the bundle normalises that domain; the unchanged model in eval mode
+        -> log-probabilities of up to PIXELS_PER_WINDOW evenly spaced pixels of each window (labelled ones on
+        the source); progress per window, cancel between windows (a cancelled job writes nothing)
+    LabelShiftEstimate.freeze(): T and b (BCTS), pi_s, pi_t (EM); the factor (matching the target pool)
+    the check: BBSE on the same pixels must give class frequencies that could be real, else
+        NotALabelShiftError (the target's inputs changed too; EM would read that as a class mix), unless
+        params.skip_shift_check
+    <output>/bundle: the same model with log(factor) added to its classifiers' biases (both students' for a
+        dual segmentor), the same statistics and default; metrics.json: priors, factor, the model before and
+        after on the validation scenes, label-free signals before and after; target predictions
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import BandCountMismatchError, NotALabelShiftError, SpecError
+from core.job_layout import BUNDLE
+from core.jobspec import JobSpec
+from core.raster.domain import Domain
+from models.bundle import Bundle, load_bundle, save_bundle
+from models.evaluate import context_windows
+from models.label_free import domain_windows, label_free_signals
+from models.label_shift import (LabelShiftEstimate, add_class_log_ratio, bbse_target_prior, check_class_biases,
+                                outside_simplex, pixel_rows)
+from models.normalization import SOURCE, TARGET, Normalizer
+from models.training.callbacks import CallbackList, LoopResult, Progress
+from workers.pipelines.job_parts import finish_job, open_validation, provenance_record, validation_scorer
+from workers.pipelines.run_options import RunOptions
+
+METHOD = "label-shift"
+STAGE = "estimating class frequencies"
+#: pixels of each window that enter the estimate (evenly spaced over its counted pixels)
+PIXELS_PER_WINDOW = 4096
+#: mass of BBSE's class frequencies below 0 still read as sampling noise (the check's tolerance)
+SIMPLEX_TOLERANCE = 0.05
+#: evaluation's windows: cores of this size with MARGIN pixels of context
+TILE, MARGIN = 256, 32
+
+
+def _windows(domain: Domain, limit: int, *, labelled: bool) -> list[tuple[object, object, object]]:
+    """At most ``limit`` evaluation windows of ``domain`` (labelled scenes only, when ``labelled``), spread
+    evenly over the plan (every scene's region, not its first rows)."""
+    plan = list(context_windows(domain, tile=TILE, margin=MARGIN, labelled_only=labelled))
+    if len(plan) > limit:
+        plan = [plan[i] for i in np.unique(np.linspace(0, len(plan) - 1, limit).round().astype(int))]
+    return plan
+
+
+@torch.no_grad()
+def _window_pixels(bundle: Bundle, window, normalizer: Normalizer, *, labelled: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, K) log-probabilities of the window's counted pixels (inside its core, valid, and labelled when
+    ``labelled``), with their (N,) train ids when ``labelled``; no rows when none counts."""
+    item, win, core = window
+    rw = item.read(win)
+    counted = np.zeros_like(rw.valid)
+    counted[core] = rw.valid[core]
+    labels = None
+    if labelled:
+        labels = item.read_labels(win, rw.valid).astype(np.int64)
+        counted &= labels < bundle.num_classes
+    x = torch.from_numpy(normalizer(rw.data, rw.valid))[None]
+    log_p = bundle.predict_logits(x).float().log_softmax(dim=1).cpu()
+    mask = torch.from_numpy(counted)
+    rows = pixel_rows(log_p, mask[None])
+    return rows, (torch.from_numpy(labels)[mask] if labelled else None)
+
+
+def _record(shift: LabelShiftEstimate, ratio: torch.Tensor, pixels: dict) -> dict:
+    rounded = lambda t: [round(float(v), 4) for v in t]  # noqa: E731
+    return {"source_prior": rounded(shift.source_prior), "target_prior": rounded(shift.target_prior),
+            "temperature": round(float(shift.temperature), 4), "prediction_ratio": rounded(ratio),
+            "total_variation": round(float(shift.total_variation()), 4), "pixels": pixels}
+
+
+def _assumption_check(shift: LabelShiftEstimate, names: list[str]) -> dict:
+    """Whether the shift is one of class mix alone: BBSE on the same pixels (the model's decisions, not its
+    probabilities) must give class frequencies that could be real. Where the target's inputs changed too (another
+    sensor, season or atmosphere), the model's decisions move in ways no class mix explains, and EM then reads
+    that change as a class mix (on Benchmark A's NC case it put 99 % of the target in one class)."""
+    source, labels = shift.source.contents()
+    target, _ = shift.target.contents()
+    bbse = bbse_target_prior(source.exp(), labels, target.exp())
+    mass = outside_simplex(bbse)
+    check = {"bbse_target_prior": [round(float(v), 4) for v in bbse], "outside_simplex": round(mass, 4),
+             "tolerance": SIMPLEX_TOLERANCE, "label_shift_holds": mass <= SIMPLEX_TOLERANCE}
+    if not check["label_shift_holds"]:
+        off = ", ".join(f"{n} {float(v):.2f}" for n, v in zip(names, bbse) if v < -0.005 or v > 1.005)
+        check["why"] = (f"the target's inputs changed, not only its class mix: black-box shift estimation puts "
+                        f"{off} (class frequencies outside 0..1, {mass:.2f} below 0 in all), so moving the model's "
+                        "class frequencies would make its maps worse (adabn and st-dasegnet adapt to changed "
+                        "inputs; params.skip_shift_check corrects anyway)")
+    return check
+
+
+def run_label_shift(spec: JobSpec, opts: RunOptions) -> dict:
+    """Run a label-shift adapt job; returns run_training's summary shape (status, paths, metrics)."""
+    say, dev = opts.log, opts.device
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    out = Path(spec.output)
+    cbs = CallbackList(opts.callbacks)
+
+    say(f"loading the model bundle {spec.bundle}")
+    model = load_bundle(spec.bundle, device=dev)
+    if model.class_ids != spec.class_ids:
+        raise SpecError(f"the job's classes {spec.class_ids} differ from the model's {model.class_ids}",
+                        field="classes")
+    heads = check_class_biases(model.segmentor.prediction_heads(), option="a label-shift job")  # before any work
+    classes, names = model.classes, [c.name for c in model.classes]
+    limit = spec.params.batches * spec.params.batch_size
+    run = {"windows_per_domain": limit, "pixels_per_window": PIXELS_PER_WINDOW, "tile": TILE}
+    normalization = model.normalization
+    source_normalizer, target_normalizer = normalization.for_domain(SOURCE), normalization.for_domain(TARGET)
+
+    domains: list[Domain] = []
+    try:
+        say("opening the source and target domains")
+        source = Domain.open(spec.source, classes, field="source")
+        domains.append(source)
+        target = Domain.open(spec.target, classes, labels=False, match_grid_of=source,
+                             match_gsd=spec.params.match_gsd, field="target")
+        domains.append(target)
+        for name, dom in (("source", source), ("target", target)):
+            if dom.band_count != model.band_count:
+                raise BandCountMismatchError(f"the {name} scenes have {dom.band_count} bands, the model takes "
+                                             f"{model.band_count}", field=name)
+        validation = open_validation(spec, classes, source, model.band_count, "the model takes")
+        if validation is not None:
+            domains.append(validation)
+        out.mkdir(parents=True, exist_ok=True)
+
+        plans = {"source": _windows(source, limit, labelled=True), "target": _windows(target, limit, labelled=False)}
+        total = len(plans["source"]) + len(plans["target"])
+        shift = LabelShiftEstimate(len(classes), pool=max(total, 1) * PIXELS_PER_WINDOW,
+                                   per_batch=PIXELS_PER_WINDOW)
+        validate = validation_scorer(validation, normalization, names)
+        before = validate(model.segmentor) if validate is not None else None
+        class_ids = [c.id for c in classes]
+        signals_before = label_free_signals(model.segmentor, domain_windows(target, target_normalizer), [],
+                                            class_ids=class_ids)
+
+        say(f"estimating class frequencies on {len(plans['source'])} source and {len(plans['target'])} target "
+            f"windows on {dev}")
+        cbs.on_start(0, total)
+        cbs.on_progress(Progress(iteration=0, total=total, losses={}, lr={}, elapsed_s=0.0, eta_s=None, stage=STAGE))
+        done, pixels, t_windows = 0, {"source": 0, "target": 0}, time.perf_counter()
+        for name, normalizer in (("source", source_normalizer), ("target", target_normalizer)):
+            for window in plans[name]:
+                if cbs.should_stop():  # nothing is written: the job takes seconds to run again
+                    cbs.on_end(LoopResult(iterations_done=done, total=total, stopped=True, last_checkpoint=None,
+                                          best=None, elapsed_s=time.perf_counter() - t0))
+                    return {"status": "stopped", "iteration": done, "total": total, "checkpoint": None}
+                rows, ids = _window_pixels(model, window, normalizer, labelled=name == "source")
+                if name == "source":
+                    shift.observe_source(rows, ids)
+                else:
+                    shift.observe_target(rows)
+                pixels[name] += min(len(rows), PIXELS_PER_WINDOW)
+                done += 1
+                elapsed = time.perf_counter() - t_windows
+                cbs.on_progress(Progress(iteration=done, total=total, losses={}, lr={}, elapsed_s=elapsed,
+                                         eta_s=elapsed / done * (total - done), sec_per_iter=elapsed / done,
+                                         stage=STAGE))
+        if not pixels["source"] or not pixels["target"]:
+            missing = "labelled source" if not pixels["source"] else "valid target"
+            raise SpecError(f"no {missing} pixels to estimate class frequencies on", field=missing.split()[-1])
+        shift.freeze()
+        ratio = shift.prediction_ratio()
+        record = _record(shift, ratio, pixels)
+        record["check"] = _assumption_check(shift, names)
+        if not record["check"]["label_shift_holds"] and not spec.params.skip_shift_check:
+            raise NotALabelShiftError(record["check"]["why"], field="target")
+        add_class_log_ratio(heads, ratio, option="a label-shift job")
+        result = LoopResult(iterations_done=done, total=total, stopped=False, last_checkpoint=None, best=None,
+                            elapsed_s=time.perf_counter() - t0)
+        cbs.on_end(result)
+        say(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total "
+            f"variation {record['total_variation']}); factor {record['prediction_ratio']}")
+
+        after = validate(model.segmentor) if validate is not None else None
+        signals = label_free_signals(model.segmentor, domain_windows(target, target_normalizer), [],
+                                     class_ids=class_ids)
+        provenance = provenance_record(
+            spec, method=METHOD, config=model.config.get("name"), seed=spec.params.seed, run=run, best=None,
+            started=started, t0=t0, device=dev, label_shift=record,
+            source_model={"bundle": str(spec.bundle), "method": model.method,
+                          "job_type": model.provenance.get("job_type"),
+                          "iterations": model.provenance.get("iterations"),
+                          "datasets": model.provenance.get("datasets")})
+        provenance.update(normalization=normalization.default,
+                          weights="the source model's; log(prediction_ratio) added to the classifiers' biases")
+        before_key = "source_only" if model.method == "source-only" else "baseline"
+        metrics = {
+            "validation": after,
+            before_key: before,
+            "validation_stats": normalization.for_domain("validation").name if validation is not None else None,
+            "best": None,
+            "training": {"label_shift": record},
+            "label_free": {**signals, before_key: signals_before},
+        }
+        bundle_dir = save_bundle(out / BUNDLE, model.segmentor.cpu().eval(), model.config, classes,
+                                 normalization.stats, provenance, after or {}, inference=model.metadata["inference"],
+                                 method=METHOD, band_map=model.band_map, default_stats=normalization.default)
+        return finish_job(spec, out, bundle_dir, metrics, provenance, done, opts.callbacks, say,
+                          predict_targets=spec.params.predict_targets)
+    finally:
+        for d in domains:
+            d.close()
