@@ -123,8 +123,8 @@ def check_model(spec, override_catalogue: Path | None = None) -> None:
 
     walk(spec.model.overrides, "model.overrides")
     catalogue = _catalogue(override_catalogue) if override_catalogue is not None else None
-    # the catalogue holds a config per method that builds a model from it: predict, evaluate and adabn jobs
-    # (whose training method is None or adabn) find none
+    # the catalogue holds a config per method that builds a model from it: predict, evaluate, adabn and
+    # label-shift jobs (whose training method is None, adabn or label-shift) find none
     config = ((catalogue or {}).get("configs") or {}).get(name, {}).get(spec.training_method)
     if config is not None:
         apply_overrides(config, spec.model.overrides, catalogue["modules"])
@@ -155,6 +155,12 @@ def check_adabn_model(manifest: BundleManifest, named: str, class_ids: list[int]
     and a job whose classes are not the model's (AdaBN changes no class)."""
     if manifest.batchnorm_layers == 0:
         raise NoBatchNormError(f"{named} ({manifest.config_name})")
+    check_model_classes(manifest, class_ids)
+
+
+def check_model_classes(manifest: BundleManifest, class_ids: list[int]) -> None:
+    """A job that adapts a trained model without training (adabn, label-shift) keeps its classes: the job's
+    must be the model's."""
     model_ids = manifest.class_ids
     if model_ids and model_ids != class_ids:
         raise SpecError(f"the job's classes {class_ids} differ from the model's {model_ids}", field="classes")
@@ -184,6 +190,8 @@ def check_job_inputs(spec, bundle_as_given: str | None = None, override_catalogu
         expected = manifest.band_count
         if spec.training_method == "adabn":
             check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
+        elif spec.training_method == "label-shift":
+            check_model_classes(manifest, spec.class_ids)
     try:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:

@@ -31,6 +31,10 @@ _TITLES = {
     "adapt-adabn": ("Adapt with AdaBN",
                     "Re-estimate a trained model's batch-norm statistics on unlabelled target scenes; 'bundle' "
                     "names the model and stands for the source."),
+    "adapt-label-shift": ("Adapt to the target's class frequencies (label shift)",
+                          "Move a trained model ('bundle') onto the target's class mix: its probabilities calibrated "
+                          "on the labelled source scenes, the target's class frequencies estimated by EM on the "
+                          "unlabelled target scenes, the classifier's biases moved by their ratio; no training."),
     "adapt-semi": ("Adapt with a few target labels (semi-supervised correction)",
                    "Adapt a segmentor with the source labels and the labels on part of the target (a label raster, "
                    "or polygons, optionally limited by 'label_windows'): segmentation and inpainting decoders on "

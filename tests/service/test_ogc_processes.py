@@ -26,7 +26,8 @@ owslib_ogcapi = pytest.importorskip("owslib.ogcapi", reason="OWSLib is part of t
 from owslib.ogcapi.processes import Processes  # noqa: E402
 
 EXC = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
-PROCESSES = ["adapt-st-dasegnet", "adapt-feature-regression", "adapt-adabn", "adapt-semi", "train-source-only",
+PROCESSES = ["adapt-st-dasegnet", "adapt-feature-regression", "adapt-adabn", "adapt-label-shift", "adapt-semi",
+             "train-source-only",
              "predict", "evaluate", "suggest", "consensus", "pretrain-simclr", "pretrain-siameseim", "pretrain-croco"]
 
 

@@ -246,6 +246,45 @@ def test_adabn_from_the_form_starts_from_a_model(served, nc_job, page):
     assert heads[1] == "IoU before adaptation" and heads[3] == "IoU adapted (adabn)", heads
 
 
+def test_label_shift_from_the_form_starts_from_a_model_and_calibrates_on_the_source(served, nc_job, page):
+    from playwright.sync_api import expect
+
+    from .conftest import wait_job
+
+    page.goto(served.url + "/")
+    _enter_token(page, served.token)
+    expect(page.locator("#token-status")).to_contain_text("accepted")
+    page.get_by_role("link", name="Submit", exact=True).click()
+    page.get_by_label("Job type").select_option("adapt")
+    page.get_by_label("Method").select_option("label-shift")
+    # a trained model and the labelled source (its probabilities are calibrated there); no training fields
+    expect(page.get_by_label("Source model")).to_be_visible()
+    expect(page.locator("#f-bundle-help-label-shift")).to_be_visible()
+    expect(page.locator("#f-bundle-help-adabn")).to_be_hidden()
+    expect(page.get_by_label("Source scenes (with labels)")).to_be_visible()
+    for gone in ("Model config", "Iterations", "Crop (pixels)"):
+        expect(page.get_by_label(gone)).to_be_hidden()
+    page.get_by_label("Source model").select_option(nc_job)
+    page.get_by_label("Source scenes (with labels)").select_option([served.nc])
+    page.get_by_label("Target scenes").select_option([served.olinda])
+    page.get_by_label("Target batches").fill("1")
+    page.get_by_label("Batch size").fill("2")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    j = wait_job(served, job_id)
+    assert j["status"] == "successful", j
+    spec = j["spec"]
+    assert j["method"] == "label-shift" and spec["source"]["scenes"] and spec["params"]["batches"] == 1
+    h = {"Authorization": f"Bearer {served.token}"}
+    res = httpx.get(f"{served.url}/v1/jobs/{job_id}/results", headers=h, timeout=10).json()
+    meta = res["bundle"]["metadata"]
+    assert meta["method"] == "label-shift" and meta["provenance"]["source_model"]["method"] == "st-dasegnet"
+    shift = res["metrics"]["training"]["label_shift"]
+    assert len(shift["target_prior"]) == len(served.classes) and shift["prediction_ratio"][0] == 1.0
+    expect(page.locator("#job-status .badge")).to_have_text("successful")
+
+
 def test_an_ended_job_offers_delete_not_cancel_and_delete_removes_it(served, page):
     """Found in #20: the page of a finished job still showed "Cancel job" (the button's style beat its hidden
     attribute), and nothing deleted a finished job. Now: "Delete job", pressed twice, removes it."""

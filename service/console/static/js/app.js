@@ -316,6 +316,14 @@
     return f.type.value === "adapt" && f.method.value === "adabn";
   }
 
+  function isLabelShift(f) {
+    return f.type.value === "adapt" && f.method.value === "label-shift";
+  }
+
+  function startsFromModel(f) {  // adapts a trained model without training: no config, no iterations
+    return isAdabn(f) || isLabelShift(f);
+  }
+
   function isSemi(f) {  // trains on the target scenes' labels too (a few windows of them)
     return f.type.value === "adapt" && f.method.value === "semi";
   }
@@ -334,6 +342,7 @@
     const type = f.type.value;
     const { classes, problems } = parseClasses(f.classes.value);
     const adabn = isAdabn(f);
+    const fromModel = startsFromModel(f);
     const pretrain = type === "pretrain";
     const spec = {
       type,
@@ -343,7 +352,7 @@
       source: { scenes: selected(f.source).map((id) => sceneOf(byId[id], !pretrain)) },
       params: {},
     };
-    if (f.start.value && !adabn) spec.model = { config: spec.model, checkpoint: f.start.value };
+    if (f.start.value && !fromModel) spec.model = { config: spec.model, checkpoint: f.start.value };
     if (pretrain) {  // imagery only: no classes, no validation; source and/or target scenes
       if (!classes.length) delete spec.classes;
       if (!spec.source.scenes.length) delete spec.source;
@@ -351,11 +360,14 @@
       if (!spec.target.scenes.length) delete spec.target;
       if (!spec.source && !spec.target) problems.push({ field: "source", message: "choose source and/or target imagery to pretrain on" });
     }
-    if (adabn) {  // the model and what stands for the source come from the chosen model
+    if (fromModel) {  // the model comes from the chosen bundle; for AdaBN it stands for the source too
       delete spec.model;
-      delete spec.source;
+      if (adabn) delete spec.source;
       spec.bundle = f.bundle.value;
-      if (!spec.bundle) problems.push({ field: "bundle", message: "choose the model whose batch-norm statistics to re-estimate" });
+      if (!spec.bundle) {
+        problems.push({ field: "bundle", message: adabn ? "choose the model whose batch-norm statistics to re-estimate"
+          : "choose the model whose class frequencies to move onto the target's" });
+      }
     }
     const semi = isSemi(f);
     if (type === "adapt") spec.target = { scenes: selected(f.target).map((id) => sceneOf(byId[id], semi)) };
@@ -364,13 +376,15 @@
     }
     const val = pretrain ? [] : selected(f.validation);
     if (val.length) spec.validation = { scenes: val.map((id) => sceneOf(byId[id], true)) };
-    for (const k of adabn ? ["batches", "batch_size", "crop", "seed"] : ["iterations", "batch_size", "crop", "seed"]) {
+    const paramKeys = adabn ? ["batches", "batch_size", "crop", "seed"]
+      : fromModel ? ["batches", "batch_size", "seed"] : ["iterations", "batch_size", "crop", "seed"];
+    for (const k of paramKeys) {
       const v = f[k].value.trim();
       if (v === "") continue;
       if (!/^\d+$/.test(v)) problems.push({ field: `params.${k}`, message: "must be a whole number" });
       else spec.params[k] = Number(v);
     }
-    if (type === "adapt" && !adabn && f.compare_source_only.checked) spec.params.compare_source_only = true;
+    if (type === "adapt" && !fromModel && f.compare_source_only.checked) spec.params.compare_source_only = true;
     const devices = f.devices.value.trim();
     if (takesDevices(f) && devices !== "") {
       if (!/^\d+$/.test(devices) || Number(devices) < 1) problems.push({ field: "params.devices", message: "must be a whole number, 1 or more" });
@@ -486,19 +500,22 @@
       if (form.method.selectedOptions[0] && form.method.selectedOptions[0].hidden) {
         form.method.value = Array.from(form.method.options).find((o) => !o.hidden)?.value || "";
       }
-      const adabn = isAdabn(form);
+      const adabn = isAdabn(form), fromModel = startsFromModel(form);
       form.target.disabled = !(adapt || pretrain);
       form.method.disabled = !(adapt || pretrain);
-      $("#f-start-field").hidden = adabn;
-      // AdaBN starts from a trained model: no source scenes, no model config, no training iterations
-      $("#f-bundle-field").hidden = !adabn;
-      $("#f-batches-field").hidden = !adabn;
-      for (const el of [form.source, form.model, form.iterations, form.compare_source_only]) {
-        el.closest(".field").hidden = adabn;
-      }
+      $("#f-start-field").hidden = fromModel;
+      // AdaBN and label shift start from a trained model: no model config, no training iterations; AdaBN takes
+      // no source scenes either (the model stands for them), label shift calibrates on the labelled source
+      $("#f-bundle-field").hidden = !fromModel;
+      $("#f-batches-field").hidden = !fromModel;
+      $("#f-bundle-help-adabn").hidden = !adabn;
+      $("#f-bundle-help-label-shift").hidden = adabn;
+      for (const el of [form.model, form.iterations, form.compare_source_only]) el.closest(".field").hidden = fromModel;
+      form.source.closest(".field").hidden = adabn;
+      form.crop.closest(".field").hidden = fromModel && !adabn;
       // pretraining learns from imagery alone: nothing to validate or compare with
       form.validation.closest(".field").hidden = pretrain;
-      form.compare_source_only.closest(".field").hidden = adabn || pretrain;
+      form.compare_source_only.closest(".field").hidden = fromModel || pretrain;
       $("#f-devices-field").hidden = !takesDevices(form);
       $("#f-target-semi").hidden = !isSemi(form);
     };
