@@ -41,7 +41,7 @@ from core.data.nc import NC_CLASSES
 from core.data.neon import NEON_CLASSES, neon_train_test_halves, prepare_neon
 from core.data.neon import TEST_COLUMNS as NEON_TEST_COLUMNS
 from core.data.neon import TRAIN_COLUMNS as NEON_TRAIN_COLUMNS
-from core.errors import ConfigError
+from core.errors import ConfigError, NotALabelShiftError
 from core.files import write_json
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
@@ -333,20 +333,33 @@ def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
     return {"oracle": ctx.scored(res, "source")}
 
 
-def _st_dasegnet_source_init(name: str, overrides: dict) -> Runner:
+def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | None = None) -> Runner:
     """Named option: ST-DASegNet started from this seed's source-only weights (both backbones and
     decoders, through the ordinary pretrained-checkpoint path): both students warm-started from a
     source-only stage, as a mean teacher starts from a trained model. Costs the source-only run's
-    iterations on top of its own."""
+    iterations on top of its own. ``prior_from``: a runner whose job records the target's class frequencies
+    (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
+        given = dict(overrides)
+        if prior_from is not None:
+            given["adaptation.pseudo_prior"] = _recorded_target_prior(ctx, seed, prior_from)
         res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target",
                       model={"config": ctx.settings.config,
-                             "overrides": {**ctx.settings.model_overrides(), **overrides}, "checkpoint": str(so)})
+                             "overrides": {**ctx.settings.model_overrides(), **given}, "checkpoint": str(so)})
         return {name: ctx.scored(res, "target")}
 
-    run.__doc__ = _st_dasegnet_source_init.__doc__ + f" Overrides: {overrides}."
+    run.__doc__ = _st_dasegnet_source_init.__doc__ + f" Overrides: {overrides}" + (
+        f"; pseudo_prior from {prior_from}." if prior_from else ".")
     return run
+
+
+def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> list[float]:
+    """The target class frequencies that this seed's ``runner`` job estimated (run first when missing)."""
+    metrics = ctx.run_dir(seed, runner) / "metrics.json"
+    if not metrics.exists():
+        RUNNERS[runner].runner(ctx, seed)
+    return json.loads(metrics.read_text())["training"]["label_shift"]["target_prior"]
 
 
 #: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over
@@ -366,6 +379,38 @@ def _adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
             "output": str(ctx.run_dir(seed, "adabn"))}
     res = run_job(load_job_spec(body), ctx.callbacks_for("adabn", seed))
     return {"adabn": ctx.scored(res, "target")}
+
+
+def _label_shift_from(start: str) -> Runner:
+    """``start`` -> ``start+label-shift`` (``label-shift`` from source-only)."""
+    name = "label-shift" if start == "source-only" else f"{start}+label-shift"
+
+    def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
+        s = ctx.settings
+        if start == "source-only":
+            bundle = ctx.source_only_run(seed)
+        else:
+            bundle = ctx.run_dir(seed, start)
+            if not (bundle / "bundle" / "weights.pth").exists():
+                RUNNERS[start].runner(ctx, seed)
+        body = {"type": "adapt", "method": "label-shift", "classes": CASES[s.case].classes, "bundle": str(bundle),
+                "source": ctx.domains["source"], "target": ctx.domains["target"],
+                "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "seed": seed,
+                           "predict_targets": False},
+                "output": str(ctx.run_dir(seed, name))}
+        try:
+            res = run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
+        except NotALabelShiftError as refused:  # what the user keeps then: the model as it was
+            return {name: {**ctx.evaluate(bundle, "auto"), "refused": refused.message}}
+        return {name: ctx.scored(res, "auto")}
+
+    run.__doc__ = (f"Label-shift correction as the product runs it (``method: label-shift``, "
+                   f"workers/pipelines/label_shift.py) of this seed's {start} model: calibrated on the labelled "
+                   "source, the target's class frequencies estimated by EM on the unlabelled target train region, "
+                   "the classifier's biases moved by their ratio. No training. Where the job's check refuses (the "
+                   "target's inputs changed, not only its class mix), the row scores the unchanged model and says "
+                   "so (``refused``).")
+    return run
 
 
 def _st_dasegnet_source_stats(ctx: BenchContext, seed: int) -> dict[str, dict]:
@@ -424,6 +469,8 @@ register_runner("source-only-random", _source_only_random, adaptation=False, cos
 register_runner("st-dasegnet", _st_dasegnet, cost=5.0)
 register_runner("st-dasegnet-faithful", _st_dasegnet_faithful, cost=5.0)
 register_runner("adabn", _adabn, cost=0.1, needs=("source-only",))
+register_runner("label-shift", _label_shift_from("source-only"), cost=0.1, needs=("source-only",))
+register_runner("adabn+label-shift", _label_shift_from("adabn"), default=False, cost=0.1, needs=("adabn",))
 register_runner("st-dasegnet+source-init", _st_dasegnet_source_init("st-dasegnet+source-init", {}), default=False,
                 cost=5.0, needs=("source-only",))
 # the warm start with a teacher whose memory fits the budget: what a plain mean teacher does
@@ -455,6 +502,12 @@ LABEL_SHIFT_OPTIONS = {
 }
 for _name, _overrides in LABEL_SHIFT_OPTIONS.items():
     register_runner(_name, _st_dasegnet_source_init(_name, _overrides), default=False, cost=5.0, needs=("source-only",))
+# the same, with the target's class mix estimated once before training by the label-shift job (the unchanged
+# source-only model in eval mode on evaluation windows of both domains) rather than inside training
+register_runner("st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift",
+                _st_dasegnet_source_init("st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift",
+                                         {**EMA_BUDGET, **NORM_EVAL}, prior_from="label-shift"),
+                default=False, cost=5.0, needs=("source-only", "label-shift"))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)
 for _name, _overrides in ST_DASEGNET_OPTIONS.items():
     register_runner(_name, _st_dasegnet_option(_name, _overrides), default=False, cost=5.0)
@@ -492,6 +545,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
             entry["late_losses"] = [m.get("late_losses") or {} for m in per_seed]
         if any(m.get("label_free") for m in per_seed):
             entry["label_free"] = [{k: (m.get("label_free") or {}).get(k) for k in SIGNALS} for m in per_seed]
+        if any(m.get("refused") for m in per_seed):  # label-shift jobs that refused: the unchanged model scored
+            entry["refused"] = [m.get("refused") for m in per_seed]
         if any(m.get("labels") for m in per_seed):  # rows that learnt from some target labels (fewlabels)
             entry["labels"] = [m.get("labels") for m in per_seed]
         methods[name] = entry
@@ -546,6 +601,11 @@ def render_markdown(report: dict) -> str:
     for name, m in report["methods"].items():
         lines.append(f"| {name} | {f(m['mean']['miou'])} ± {f(m['std']['miou'])} | {f(m['mean']['oa'])} | "
                      f"{f(m['mean']['mf1'])} | {', '.join(f(x) for x in m['miou'])} |")
+    for name, m in report["methods"].items():
+        refused = [(seed, why) for seed, why in zip(report["seeds"], m.get("refused") or []) if why]
+        if refused:
+            lines += ["", f"`{name}` refused at seed(s) {', '.join(str(seed) for seed, _ in refused)} (the row scores "
+                          f"the unchanged model there): {refused[0][1]}"]
     lines += ["", "Per-class IoU (mean over seeds):", "",
               "| class | " + " | ".join(report["methods"]) + " |", "|---|" + "---|" * len(report["methods"])]
     for c in report["classes"]:

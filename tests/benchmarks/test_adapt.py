@@ -84,10 +84,11 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report.json").read_text())["cases"]["nc"]
     assert set(report["methods"]) == {"source-only", "source-only+target-stats", "st-dasegnet", "st-dasegnet-faithful",
-                                      "adabn", "oracle", "feature-regression"}
+                                      "adabn", "label-shift", "oracle", "feature-regression"}
     for m in report["methods"].values():
         assert len(m["miou"]) == len(m["oa"]) == len(m["mf1"]) == 1 and len(m["per_class_iou"]) == 7
-    assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "feature-regression"}
+    assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "label-shift",
+                                          "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
     assert set(report["label_free"]) >= {"mean_max_prob", "entropy", "agreement", "pseudo_coverage"}
     # the shipped default is the faithful method: one set of runs, shown as both rows
