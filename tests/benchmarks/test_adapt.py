@@ -73,6 +73,21 @@ def test_report_shows_how_each_adaptation_run_ended_per_seed():
     assert "source-only" not in table and "adabn" not in table  # only rows with diagnostics
 
 
+def test_report_says_where_a_label_shift_job_refused():
+    why = "the target's inputs changed, not only its class mix: ..."
+    rows = {"source-only": [_m(0.10, [0.1, 0.1])] * 2,
+            "label-shift": [{**_m(0.10, [0.1, 0.1]), "refused": why}, _m(0.15, [0.2, 0.1])],
+            "oracle": [_m(0.30, [0.3, 0.3])] * 2}
+    s = summarise(rows, ["a", "b"], ["label-shift"])
+    assert s["methods"]["label-shift"]["refused"] == [why, None]
+    assert "refused" not in s["methods"]["source-only"]
+    report = {"settings": {"config": "segformer-tiny", "iterations": 8, "batch_size": 2, "crop": 32, "shift_seed": 0},
+              "seeds": [3, 4], "train_columns": [0, 0.6], "test_columns": [0.6, 1], "mean_over": "classes",
+              "classes": ["a", "b"], "goals": {}, "elapsed_s": 60, "device": "cpu", "threads": 1, **s}
+    md = render_markdown(report)
+    assert f"`label-shift` refused at seed(s) 3 (the row scores the unchanged model there): {why}" in md
+
+
 def test_bench_adapt_smoke(nc_data, tmp_path):
     n = torch.get_num_threads()
     try:
@@ -202,6 +217,38 @@ def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_thei
         assert block["self_training_weight"] == 0.25 and block["pseudo_threshold"] == 0.975
     else:
         assert block["self_training_weight"] == 1.0
+
+
+def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_target_mix(tmp_path):
+    import json
+
+    from models.config import resolve_config
+    from benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
+
+    name = "st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift"
+    assert RUNNERS[name].needs == ("source-only", "label-shift") and not RUNNERS[name].default
+    jobs = []
+
+    class Ctx(BenchContext):
+        def job(self, name, seed, **kw):
+            jobs.append((name, seed, kw))
+            return {"bundle": tmp_path / "bundle", "metrics": {}}
+
+        def evaluate(self, bundle, stats):
+            return {"miou": 0.2, "stats": stats}
+
+    ctx = Ctx(BenchSettings().for_case("neon"), tmp_path, {}, None, print)
+    weights = ctx.run_dir(2, "source-only") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"trained")
+    recorded = ctx.run_dir(2, "label-shift") / "metrics.json"  # the seed's label-shift job, already run
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps({"training": {"label_shift": {"target_prior": [0.58, 0.42]}}}))
+    RUNNERS[name].runner(ctx, 2)
+    [(_, seed, kw)] = jobs
+    assert seed == 2 and kw["model"]["checkpoint"] == str(weights)
+    block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
+    assert block["pseudo_prior"] == [0.58, 0.42] and block["norm_eval"] is True and block["ema_horizon"] == 0.1
 
 
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
