@@ -341,25 +341,31 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
     (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
-        given = dict(overrides)
+        given, refused = dict(overrides), None
         if prior_from is not None:
-            given["adaptation.pseudo_prior"] = _recorded_target_prior(ctx, seed, prior_from)
+            prior, refused = _recorded_target_prior(ctx, seed, prior_from)
+            if prior is not None:  # a refused estimate is not passed on: the user would have none to pass
+                given["adaptation.pseudo_prior"] = prior
         res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target",
                       model={"config": ctx.settings.config,
                              "overrides": {**ctx.settings.model_overrides(), **given}, "checkpoint": str(so)})
-        return {name: ctx.scored(res, "target")}
+        scored = ctx.scored(res, "target")
+        return {name: {**scored, "refused": f"no pseudo_prior given: {refused}"} if refused else scored}
 
     run.__doc__ = _st_dasegnet_source_init.__doc__ + f" Overrides: {overrides}" + (
         f"; pseudo_prior from {prior_from}." if prior_from else ".")
     return run
 
 
-def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> list[float]:
-    """The target class frequencies that this seed's ``runner`` job estimated (run first when missing)."""
+def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[list[float] | None, str | None]:
+    """The target class frequencies that this seed's ``runner`` job estimated (run first when missing), or
+    (None, why) where the job refused."""
     metrics = ctx.run_dir(seed, runner) / "metrics.json"
     if not metrics.exists():
-        RUNNERS[runner].runner(ctx, seed)
-    return json.loads(metrics.read_text())["training"]["label_shift"]["target_prior"]
+        refused = RUNNERS[runner].runner(ctx, seed)[runner].get("refused")
+        if refused:
+            return None, refused
+    return json.loads(metrics.read_text())["training"]["label_shift"]["target_prior"], None
 
 
 #: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over

@@ -219,7 +219,7 @@ def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_thei
         assert block["self_training_weight"] == 1.0
 
 
-def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_target_mix(tmp_path):
+def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_target_mix(tmp_path, monkeypatch):
     import json
 
     from models.config import resolve_config
@@ -249,6 +249,16 @@ def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_tar
     assert seed == 2 and kw["model"]["checkpoint"] == str(weights)
     block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
     assert block["pseudo_prior"] == [0.58, 0.42] and block["norm_eval"] is True and block["ema_horizon"] == 0.1
+
+    # where the seed's label-shift job refuses, there is no mix to pass on: the run goes without, and says why
+    from benchmarks.adapt import RunnerSpec
+
+    monkeypatch.setitem(RUNNERS, "label-shift", RunnerSpec(lambda ctx, seed: {"label-shift": {"refused": "inputs"}}))
+    ctx.run_dir(3, "source-only").joinpath("bundle").mkdir(parents=True)
+    (ctx.run_dir(3, "source-only") / "bundle" / "weights.pth").write_bytes(b"trained")
+    row = RUNNERS[name].runner(ctx, 3)[name]
+    assert row["refused"] == "no pseudo_prior given: inputs"
+    assert "adaptation.pseudo_prior" not in jobs[-1][2]["model"]["overrides"]
 
 
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
