@@ -291,3 +291,6 @@ def test_bbse_leaves_the_simplex_when_the_inputs_moved_rather_than_the_class_mix
     assert outside_simplex(estimate) > 0.05, estimate
     em = em_target_prior(target, source.mean(dim=0), iterations=100)
     assert 0.5 * float((em - torch.tensor([0.5, 0.3, 0.2])).abs().sum()) > 0.2  # EM: a large, false shift
+    # the limit: a milder move (1.5) can be explained by a class mix, and BBSE finds one
+    milder, _ = _gaussian_pixels(100_000, [0.5, 0.3, 0.2], seed=1, offset=1.5)
+    assert outside_simplex(bbse_target_prior(source, labels, milder)) == 0.0
