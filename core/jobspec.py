@@ -392,7 +392,8 @@ class Params(_Strict):
     skip_shift_check: bool = Field(
         default=False,
         description="label-shift: correct even where the check finds the target's inputs changed, not only its "
-        "class mix (black-box shift estimation leaves the simplex); the correction is then likely to hurt",
+        "class mix (black-box shift estimation leaves the simplex, or disagrees with EM on most of the ground); "
+        "the correction is then likely to hurt",
     )
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"

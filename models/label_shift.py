@@ -16,6 +16,10 @@ probability on the source.
 Where it matters: Benchmark A's NEON source has 23 % trees and its targets 41 %; the source model predicts
 15 % trees on the target, and self-training on its pseudo-labels teaches the students the source's mix again.
 
+The label-shift job (workers/pipelines/label_shift.py) runs calibration and EM once on a trained model and moves
+its classifier's biases (:func:`add_class_log_ratio`); it first checks the shift is one of class mix with a
+second estimate from the model's decisions rather than its probabilities (BBSE, :func:`bbse_target_prior`).
+
 :class:`LabelShiftEstimate` serves self-training (ST-DASegNet's option ``pseudo_prior='em'``) in two stages:
 
     estimating   the teachers' log-probabilities on labelled source pixels and on target pixels are pooled;

@@ -382,7 +382,7 @@ class STDASegNet(AdaptationMethod):
     def prior_estimation_iters(self) -> int:
         """Adapting iterations over which ``pseudo_prior='em'`` estimates pi_t before freezing it: a stage without
         self-training, so the teachers stay source models (self-training on corrected labels while estimating
-        feeds the estimate back into the teachers it is read from). None when pi_t is given."""
+        feeds the estimate back into the teachers it is read from). 0 when pi_t is given."""
         if self.a.get("pseudo_prior") != "em":
             return 0
         return max(1, int(round(float(self.a.get("pseudo_prior_estimation", 0.1)) * self.total_iters)))
