@@ -167,19 +167,29 @@ def calibrated(log_probs: Tensor, temperature: Tensor, bias: Tensor) -> Tensor:
     return (log_probs.float().clamp(min=-60.0) / temperature + bias).softmax(dim=1)
 
 
-def matching_ratio(pixels: Tensor, target_prior: Tensor, *, iterations: int = 100) -> Tensor:
-    """The per-class factor e^b with which the (N, K) probabilities' mean, once multiplied and normalised,
-    equals ``target_prior`` (fixed point b <- b + log pi_t - log mean; the same step as EM's, with pi_t
-    known and the prior the probabilities encode unknown). Returned with its first class at 1."""
-    log_target = target_prior.clamp(min=MIN_PRIOR).log()
-    bias = torch.zeros_like(log_target)
-    if pixels.shape[0] == 0:
-        return bias.exp()
-    log_p = pixels.float().clamp(min=1e-12).log()
+def matching_bias(log_probs: Tensor, target_prior: Tensor, *, start: Tensor | None = None, iterations: int = 100,
+                  tolerance: float = 1e-6) -> Tensor:
+    """The per-class log-factor b with which the (N, K) log-probabilities' mean probability, once shifted by b and
+    normalised, equals ``target_prior`` (fixed point b <- b + log pi_t - log mean; the same step as EM's, with
+    pi_t known and the prior the probabilities encode unknown). From ``start`` (the last solution: a pool that
+    changed by one batch moves it little) until no class's b moves by more than ``tolerance``. Returned with
+    its first class at 0."""
+    log_target = target_prior.float().clamp(min=MIN_PRIOR).log()
+    bias = torch.zeros_like(log_target) if start is None else start.float().clone()
+    if log_probs.shape[0] == 0:
+        return bias
+    log_p = log_probs.float().clamp(min=-60.0)
     for _ in range(iterations):
-        mean = (log_p + bias).softmax(dim=1).mean(dim=0)
-        bias = bias + log_target - mean.clamp(min=1e-12).log()
-    return (bias - bias[0]).exp()
+        step = log_target - (log_p + bias).softmax(dim=1).mean(dim=0).clamp(min=1e-12).log()
+        bias = bias + step
+        if float(step.abs().max()) <= tolerance:
+            break
+    return bias - bias[0]
+
+
+def matching_ratio(pixels: Tensor, target_prior: Tensor, *, iterations: int = 100) -> Tensor:
+    """e^b of :func:`matching_bias` for (N, K) probabilities: the factor that gives their mean ``target_prior``."""
+    return matching_bias(pixels.float().clamp(min=1e-12).log(), target_prior, iterations=iterations).exp()
 
 
 class PixelPool(nn.Module):
@@ -234,6 +244,14 @@ class LabelShiftEstimate(nn.Module):
         #: the factor moved into the delivered model's class biases (NaN until then; ST-DASegNet's
         #: prior_at_prediction)
         self.register_buffer("applied_ratio", torch.full((num_classes,), float("nan")))
+        #: the last matching log-factor: where the next step's solve starts (a buffer, so a resumed job solves
+        #: from where a straight one would)
+        self.register_buffer("match_bias", torch.zeros(num_classes))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before match_bias existed start the solve from 0, as those jobs did
+        state_dict.setdefault(prefix + "match_bias", torch.zeros_like(self.match_bias))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def estimated(self) -> bool:
@@ -288,7 +306,9 @@ class LabelShiftEstimate(nn.Module):
         probabilities are the pool's predicts the target with, once multiplied in (1 before the estimate)."""
         if not self.estimated:
             return torch.ones_like(self.target_prior)
-        return matching_ratio(self.target.contents()[0].exp(), self.target_prior)
+        bias = matching_bias(self.target.contents()[0], self.target_prior, start=self.match_bias)
+        self.match_bias.copy_(bias)
+        return bias.exp()
 
     def total_variation(self) -> Tensor:
         """Half the L1 distance between the estimated pi_t and pi_s (0 before the estimate or without pi_s)."""

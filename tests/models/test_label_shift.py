@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from core.errors import ConfigError
 from models.adaptation import build_method
 from models.label_shift import (LabelShiftEstimate, PixelPool, bbse_target_prior, calibrated, em_target_prior,
-                                 fit_bcts, matching_ratio, outside_simplex, pixel_rows, reweighted,
+                                 fit_bcts, matching_bias, matching_ratio, outside_simplex, pixel_rows, reweighted,
                                  shift_probabilities)
 
 
@@ -294,3 +294,22 @@ def test_bbse_leaves_the_simplex_when_the_inputs_moved_rather_than_the_class_mix
     # the limit: a milder move (1.5) can be explained by a class mix, and BBSE finds one
     milder, _ = _gaussian_pixels(100_000, [0.5, 0.3, 0.2], seed=1, offset=1.5)
     assert outside_simplex(bbse_target_prior(source, labels, milder)) == 0.0
+
+
+def test_the_matching_solve_starts_from_the_last_one_and_old_checkpoints_still_load():
+    post = _calibrated_posteriors(50_000, [0.7, 0.3], [0.5, 0.5], seed=2)
+    target = torch.tensor([0.55, 0.45])
+    cold = matching_bias(post.log(), target)
+    # one step from the last solution is already there: a pool that moved by one batch needs few
+    assert torch.allclose(matching_bias(post.log(), target, start=cold, iterations=1), cold, atol=1e-5)
+    assert not torch.allclose(matching_bias(post.log(), target, iterations=1), cold, atol=1e-3)
+
+    shift = LabelShiftEstimate(2, pool=1024, per_batch=512)
+    shift.fix_target_prior(target)
+    shift.observe_target(post[:512].log())
+    ratio = shift.prediction_ratio()
+    assert torch.allclose(shift.match_bias, ratio.log())  # kept for the next step, and in checkpoints
+    state = {k: v for k, v in shift.state_dict().items() if k != "match_bias"}  # written before it existed
+    again = LabelShiftEstimate(2, pool=1024, per_batch=512)
+    again.load_state_dict(state)
+    assert torch.equal(again.match_bias, torch.zeros(2)) and torch.equal(again.target_prior, shift.target_prior)
