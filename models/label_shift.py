@@ -118,11 +118,16 @@ def em_target_prior(pixels: Tensor, source_prior: Tensor, *, iterations: int = 1
     return prior
 
 
-def bbse_target_prior(source_prob: Tensor, labels: Tensor, target_prob: Tensor) -> Tensor:
+def bbse_target_prior(source_prob: Tensor, labels: Tensor, target_prob: Tensor, *, rtol: float = 0.05) -> Tensor:
     """Black-box shift estimation (Lipton, Wang and Smola, ICML 2018): with C[i, j] = P_s(argmax = i, y = j) on
     labelled source pixels and mu[i] = P_t(argmax = i) on the target, label shift means mu = C w with
     w = pi_t / pi_s >= 0. Returns pi_t = w pi_s, unconstrained: it leaves the simplex (a class below 0 or above
-    1) when the target's inputs changed too, which is what :func:`outside_simplex` measures."""
+    1) when the target's inputs changed too, which is what :func:`outside_simplex` measures.
+
+    Solved as w = 1 + C+ (mu - mu_s), mu_s = P_s(argmax = i), with C's singular directions weaker than ``rtol``
+    of its strongest left out: what the source pixels cannot resolve (a rare class's few pixels, whose
+    sampling noise the inverse would swing past 0) stays at no shift, as in regularised BBSE (Azizzadenesheli
+    et al., ICLR 2019)."""
     k = source_prob.shape[1]
     keep = (labels >= 0) & (labels < k)
     y, predicted = labels[keep].long(), source_prob[keep].argmax(dim=1)
@@ -130,7 +135,7 @@ def bbse_target_prior(source_prob: Tensor, labels: Tensor, target_prob: Tensor) 
     joint.index_put_((predicted.cpu(), y.cpu()), torch.ones(len(y)), accumulate=True)
     joint /= max(len(y), 1)
     mu = torch.bincount(target_prob.argmax(dim=1).cpu(), minlength=k).float() / max(len(target_prob), 1)
-    w = torch.linalg.pinv(joint) @ mu  # classes the model never predicts leave C singular: least squares
+    w = 1 + torch.linalg.pinv(joint, rtol=rtol) @ (mu - joint.sum(dim=1))
     return w * joint.sum(dim=0)
 
 

@@ -313,3 +313,17 @@ def test_the_matching_solve_starts_from_the_last_one_and_old_checkpoints_still_l
     again = LabelShiftEstimate(2, pool=1024, per_batch=512)
     again.load_state_dict(state)
     assert torch.equal(again.match_bias, torch.zeros(2)) and torch.equal(again.target_prior, shift.target_prior)
+
+
+def test_bbse_leaves_what_the_source_cannot_resolve_at_no_shift():
+    """A class on 0.5 % of the source: its few pixels' noise, inverted, swings its estimate past 0 on some
+    draws of the same distribution. Regularised BBSE keeps it where the source has it."""
+    prior = [0.6, 0.395, 0.005]
+    plain, regularised = [], []
+    for seed in range(5):
+        source, labels = _gaussian_pixels(4000, prior, seed=seed)
+        target, _ = _gaussian_pixels(4000, prior, seed=seed + 100)  # no shift at all
+        plain.append(float(bbse_target_prior(source, labels, target, rtol=1e-7)[2]))
+        regularised.append(float(bbse_target_prior(source, labels, target)[2]))
+    assert max(abs(v - 0.005) for v in plain) > 0.015 and min(plain) < 0
+    assert max(abs(v - 0.005) for v in regularised) < 0.003
