@@ -385,6 +385,7 @@
       else spec.params[k] = Number(v);
     }
     if (type === "adapt" && !fromModel && f.compare_source_only.checked) spec.params.compare_source_only = true;
+    if (isLabelShift(f) && f.skip_shift_check.checked) spec.params.skip_shift_check = true;
     const devices = f.devices.value.trim();
     if (takesDevices(f) && devices !== "") {
       if (!/^\d+$/.test(devices) || Number(devices) < 1) problems.push({ field: "params.devices", message: "must be a whole number, 1 or more" });
@@ -510,6 +511,7 @@
       $("#f-batches-field").hidden = !fromModel;
       $("#f-bundle-help-adabn").hidden = !adabn;
       $("#f-bundle-help-label-shift").hidden = adabn;
+      $("#f-skip-check-field").hidden = !isLabelShift(form);
       for (const el of [form.model, form.iterations, form.compare_source_only]) el.closest(".field").hidden = fromModel;
       form.source.closest(".field").hidden = adabn;
       form.crop.closest(".field").hidden = fromModel && !adabn;
