@@ -183,14 +183,11 @@ def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp
     assert cfg["augment"]["photometric"] is False
 
 
-@pytest.mark.parametrize("name", ["st-dasegnet+source-init+mean-teacher",
-                                  "st-dasegnet+source-init+ema-budget+norm-eval+prior-em"])
-def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_their_overrides(tmp_path, name):
-    from models.config import resolve_config
-    from benchmarks.adapt import LABEL_SHIFT_OPTIONS, MEAN_TEACHER, RUNNERS, BenchContext, BenchSettings
+def _recording_context(tmp_path, case: str):
+    """A benchmark context that records the jobs it is asked for (and scores every bundle 0.2) instead of
+    running them: what a runner asks of the product."""
+    from benchmarks.adapt import BenchContext, BenchSettings
 
-    wanted = LABEL_SHIFT_OPTIONS.get(name, MEAN_TEACHER)
-    assert RUNNERS[name].needs == ("source-only",) and not RUNNERS[name].default
     jobs = []
 
     class Ctx(BenchContext):
@@ -201,10 +198,27 @@ def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_thei
         def evaluate(self, bundle, stats):
             return {"miou": 0.2, "stats": stats}
 
-    ctx = Ctx(BenchSettings().for_case("nc"), tmp_path, {}, None, print)
-    weights = ctx.run_dir(1, "source-only") / "bundle" / "weights.pth"
+    return Ctx(BenchSettings().for_case(case), tmp_path, {}, None, print), jobs
+
+
+def _trained_source_only(ctx, seed: int):
+    """The seed's source-only run, as if trained: its weights file."""
+    weights = ctx.run_dir(seed, "source-only") / "bundle" / "weights.pth"
     weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"trained")  # the seed's source-only run is there: it is not trained again
+    weights.write_bytes(b"trained")
+    return weights
+
+
+@pytest.mark.parametrize("name", ["st-dasegnet+source-init+mean-teacher",
+                                  "st-dasegnet+source-init+ema-budget+norm-eval+prior-em"])
+def test_the_warm_start_options_start_from_the_seeds_source_only_model_with_their_overrides(tmp_path, name):
+    from models.config import resolve_config
+    from benchmarks.adapt import LABEL_SHIFT_OPTIONS, MEAN_TEACHER, RUNNERS
+
+    wanted = LABEL_SHIFT_OPTIONS.get(name, MEAN_TEACHER)
+    assert RUNNERS[name].needs == ("source-only",) and not RUNNERS[name].default
+    ctx, jobs = _recording_context(tmp_path, "nc")
+    weights = _trained_source_only(ctx, 1)  # the seed's source-only run is there: it is not trained again
     assert RUNNERS[name].runner(ctx, 1) == {name: {"miou": 0.2, "stats": "target", "late_losses": {}}}
     [(job_name, seed, kw)] = jobs
     assert (job_name, seed, kw["method"], kw["model"]["checkpoint"]) == (name, 1, "st-dasegnet", str(weights))
@@ -223,24 +237,12 @@ def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_tar
     import json
 
     from models.config import resolve_config
-    from benchmarks.adapt import RUNNERS, BenchContext, BenchSettings
+    from benchmarks.adapt import RUNNERS
 
     name = "st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift"
     assert RUNNERS[name].needs == ("source-only", "label-shift") and not RUNNERS[name].default
-    jobs = []
-
-    class Ctx(BenchContext):
-        def job(self, name, seed, **kw):
-            jobs.append((name, seed, kw))
-            return {"bundle": tmp_path / "bundle", "metrics": {}}
-
-        def evaluate(self, bundle, stats):
-            return {"miou": 0.2, "stats": stats}
-
-    ctx = Ctx(BenchSettings().for_case("neon"), tmp_path, {}, None, print)
-    weights = ctx.run_dir(2, "source-only") / "bundle" / "weights.pth"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"trained")
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = _trained_source_only(ctx, 2)
     recorded = ctx.run_dir(2, "label-shift") / "metrics.json"  # the seed's label-shift job, already run
     recorded.parent.mkdir(parents=True)
     recorded.write_text(json.dumps({"training": {"label_shift": {"target_prior": [0.58, 0.42]}}}))
@@ -254,8 +256,7 @@ def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_tar
     from benchmarks.adapt import RunnerSpec
 
     monkeypatch.setitem(RUNNERS, "label-shift", RunnerSpec(lambda ctx, seed: {"label-shift": {"refused": "inputs"}}))
-    ctx.run_dir(3, "source-only").joinpath("bundle").mkdir(parents=True)
-    (ctx.run_dir(3, "source-only") / "bundle" / "weights.pth").write_bytes(b"trained")
+    _trained_source_only(ctx, 3)
     row = RUNNERS[name].runner(ctx, 3)[name]
     assert row["refused"] == "no pseudo_prior given: inputs"
     assert "adaptation.pseudo_prior" not in jobs[-1][2]["model"]["overrides"]
