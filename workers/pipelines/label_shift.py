@@ -85,10 +85,13 @@ def _window_pixels(bundle: Bundle, window, normalizer: Normalizer, *, labelled: 
     return rows, (torch.from_numpy(labels)[mask] if labelled else None)
 
 
+def _rounded(values) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
 def _record(shift: LabelShiftEstimate, ratio: torch.Tensor, pixels: dict) -> dict:
-    rounded = lambda t: [round(float(v), 4) for v in t]  # noqa: E731
-    return {"source_prior": rounded(shift.source_prior), "target_prior": rounded(shift.target_prior),
-            "temperature": round(float(shift.temperature), 4), "prediction_ratio": rounded(ratio),
+    return {"source_prior": _rounded(shift.source_prior), "target_prior": _rounded(shift.target_prior),
+            "temperature": round(float(shift.temperature), 4), "prediction_ratio": _rounded(ratio),
             "total_variation": round(float(shift.total_variation()), 4), "pixels": pixels}
 
 
@@ -98,13 +101,13 @@ def _assumption_check(shift: LabelShiftEstimate, names: list[str]) -> dict:
     inputs changed too (another sensor, season or atmosphere), the model's decisions can move in ways no class
     mix explains (BBSE leaves the simplex), or EM, trusting probabilities the change has bent, lands on a mix the
     decisions do not support (the two disagree about more than half of the ground). On Benchmark A's NC case EM
-    put 99 % of the target in one class both ways."""
+    put 99 % of the target in one class, through the source-only models and through the AdaBN ones."""
     source, labels = shift.source.contents()
     target, _ = shift.target.contents()
     bbse = bbse_target_prior(source.exp(), labels, target.exp())
     mass = outside_simplex(bbse)
     disagreement = 0.5 * float((shift.target_prior.cpu() - bbse.clamp(min=0)).abs().sum())
-    check = {"bbse_target_prior": [round(float(v), 4) for v in bbse], "outside_simplex": round(mass, 4),
+    check = {"bbse_target_prior": _rounded(bbse), "outside_simplex": round(mass, 4),
              "em_bbse_tv": round(disagreement, 4), "tolerance": SIMPLEX_TOLERANCE,
              "max_disagreement": MAX_DISAGREEMENT}
     reasons = []
