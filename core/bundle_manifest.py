@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from core.errors import BundleError
+from core.errors import BundleError, SpecError
 from core.job_layout import BUNDLE, BUNDLE_WEIGHTS
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.stats import BandStats
@@ -38,6 +38,13 @@ ONNX_FAILED = "model.onnx.failed"
 _REQUIRED = ("classes", "band_count", "stats", "inference")
 #: folders a zip may nest its manifest in: a bundle folder, or a job output folder, zipped with its parent
 _ZIP_DEPTH = 2
+
+
+def check_same_classes(job_ids: list, model_ids: list) -> None:
+    """A job that adapts a trained model without training (adabn, label-shift) keeps its classes: the job's
+    must be the model's (``model_ids`` empty: a manifest without classes, left to the bundle's own check)."""
+    if model_ids and list(model_ids) != list(job_ids):
+        raise SpecError(f"the job's classes {job_ids} differ from the model's {model_ids}", field="classes")
 
 
 def bundle_dir_of(path: str | Path) -> Path | None:

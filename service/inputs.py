@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core.bundle_manifest import BundleManifest
+from core.bundle_manifest import BundleManifest, check_same_classes
 from core.errors import (
     ConfigError,
     GeoadaptError,
     NoBatchNormError,
     RasterError,
-    SpecError,
     UnreadableRasterError,
 )
 from core.lru import LRU
@@ -155,15 +154,7 @@ def check_adabn_model(manifest: BundleManifest, named: str, class_ids: list[int]
     and a job whose classes are not the model's (AdaBN changes no class)."""
     if manifest.batchnorm_layers == 0:
         raise NoBatchNormError(f"{named} ({manifest.config_name})")
-    check_model_classes(manifest, class_ids)
-
-
-def check_model_classes(manifest: BundleManifest, class_ids: list[int]) -> None:
-    """A job that adapts a trained model without training (adabn, label-shift) keeps its classes: the job's
-    must be the model's."""
-    model_ids = manifest.class_ids
-    if model_ids and model_ids != class_ids:
-        raise SpecError(f"the job's classes {class_ids} differ from the model's {model_ids}", field="classes")
+    check_same_classes(class_ids, manifest.class_ids)
 
 
 def model_id_of(value) -> uuid.UUID | None:
@@ -191,7 +182,7 @@ def check_job_inputs(spec, bundle_as_given: str | None = None, override_catalogu
         if spec.training_method == "adabn":
             check_adabn_model(manifest, bundle_as_given or str(spec.bundle), spec.class_ids)
         elif spec.training_method == "label-shift":
-            check_model_classes(manifest, spec.class_ids)
+            check_same_classes(spec.class_ids, manifest.class_ids)
     try:
         mod = importlib.import_module("core.raster.validate")
     except ModuleNotFoundError:

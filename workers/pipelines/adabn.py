@@ -22,7 +22,8 @@ from typing import Iterator
 
 import torch
 
-from core.errors import BandCountMismatchError, NoBatchNormError, SpecError
+from core.errors import BandCountMismatchError, NoBatchNormError
+from core.bundle_manifest import check_same_classes
 from core.job_layout import BUNDLE
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
@@ -71,9 +72,7 @@ def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
     layers = len(batchnorm_layers(source_model.segmentor))
     if layers == 0:
         raise NoBatchNormError(f"{spec.bundle} ({source_model.config.get('name')})")
-    if source_model.class_ids != spec.class_ids:
-        raise SpecError(f"the job's classes {spec.class_ids} differ from the model's {source_model.class_ids}",
-                        field="classes")
+    check_same_classes(spec.class_ids, source_model.class_ids)
     classes, names = source_model.classes, [c.name for c in source_model.classes]
     run = {"batches": spec.params.batches, "batch_size": spec.params.batch_size, "crop": spec.params.crop}
     seed = spec.params.seed

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from core.errors import BandCountMismatchError, NotALabelShiftError, SpecError
+from core.bundle_manifest import check_same_classes
 from core.job_layout import BUNDLE
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
@@ -136,9 +137,7 @@ def run_label_shift(spec: JobSpec, opts: RunOptions) -> dict:
 
     say(f"loading the model bundle {spec.bundle}")
     model = load_bundle(spec.bundle, device=dev)
-    if model.class_ids != spec.class_ids:
-        raise SpecError(f"the job's classes {spec.class_ids} differ from the model's {model.class_ids}",
-                        field="classes")
+    check_same_classes(spec.class_ids, model.class_ids)
     heads = check_class_biases(model.segmentor.prediction_heads(), option="a label-shift job")  # before any work
     classes, names = model.classes, [c.name for c in model.classes]
     limit = spec.params.batches * spec.params.batch_size
