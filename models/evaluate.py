@@ -72,6 +72,16 @@ def context_windows(domain, *, tile: int = 256, margin: int = 32, labelled_only:
                                                                                cc - left: cc - left + cw]
 
 
+def spread_context_windows(domain, limit: int, *, tile: int = 256, margin: int = 32,
+                           labelled_only: bool = False) -> list:
+    """:func:`context_windows`, at most ``limit`` of them spread evenly over the plan (every scene's region
+    rather than its first rows)."""
+    plan = list(context_windows(domain, tile=tile, margin=margin, labelled_only=labelled_only))
+    if len(plan) > limit:
+        plan = [plan[i] for i in np.unique(np.linspace(0, len(plan) - 1, limit).round().astype(int))]
+    return plan
+
+
 def evaluate_domain(
     predict: PredictFn,
     domain,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from models.adaptation.base import AdaptationMethod
 from models.adaptation.feature_regression import FeatureRegression
 from models.adaptation.st_dasegnet import DualSegmentor
-from models.evaluate import context_windows, pad_to_multiple
+from models.evaluate import pad_to_multiple, spread_context_windows
 from models.normalization import Normalizer
 from models.segmentor import decode, upsample
 
@@ -50,10 +50,7 @@ def domain_windows(domain, normalizer: Normalizer, *, max_windows: int = MAX_WIN
     """Evaluation's windows of every scene's region (cores with context), at most ``max_windows`` of
     them spread evenly over the plan, normalised by ``normalizer`` (the model's, for this domain);
     labels are never read."""
-    plan = list(context_windows(domain, tile=tile, margin=margin))
-    if len(plan) > max_windows:  # spread over the whole region rather than its first rows
-        plan = [plan[i] for i in np.unique(np.linspace(0, len(plan) - 1, max_windows).round().astype(int))]
-    for item, win, core in plan:
+    for item, win, core in spread_context_windows(domain, max_windows, tile=tile, margin=margin):
         rw = item.read(win)
         counted = np.zeros_like(rw.valid)
         counted[core] = rw.valid[core]

@@ -37,7 +37,7 @@ from core.job_layout import BUNDLE
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
 from models.bundle import Bundle, load_bundle, save_bundle
-from models.evaluate import context_windows
+from models.evaluate import spread_context_windows
 from models.label_free import domain_windows, label_free_signals
 from models.label_shift import (LabelShiftEstimate, add_class_log_ratio, bbse_target_prior, check_class_biases,
                                 outside_simplex, pixel_rows)
@@ -55,15 +55,6 @@ PIXELS_PER_WINDOW = 4096
 SIMPLEX_TOLERANCE, MAX_DISAGREEMENT = 0.05, 0.5
 #: evaluation's windows: cores of this size with MARGIN pixels of context
 TILE, MARGIN = 256, 32
-
-
-def _windows(domain: Domain, limit: int, *, labelled: bool) -> list[tuple[object, object, object]]:
-    """At most ``limit`` evaluation windows of ``domain`` (labelled scenes only, when ``labelled``), spread
-    evenly over the plan (every scene's region, not its first rows)."""
-    plan = list(context_windows(domain, tile=TILE, margin=MARGIN, labelled_only=labelled))
-    if len(plan) > limit:
-        plan = [plan[i] for i in np.unique(np.linspace(0, len(plan) - 1, limit).round().astype(int))]
-    return plan
 
 
 @torch.no_grad()
@@ -162,7 +153,8 @@ def run_label_shift(spec: JobSpec, opts: RunOptions) -> dict:
             domains.append(validation)
         out.mkdir(parents=True, exist_ok=True)
 
-        plans = {"source": _windows(source, limit, labelled=True), "target": _windows(target, limit, labelled=False)}
+        plans = {"source": spread_context_windows(source, limit, tile=TILE, margin=MARGIN, labelled_only=True),
+                 "target": spread_context_windows(target, limit, tile=TILE, margin=MARGIN)}
         total = len(plans["source"]) + len(plans["target"])
         shift = LabelShiftEstimate(len(classes), pool=max(total, 1) * PIXELS_PER_WINDOW,
                                    per_batch=PIXELS_PER_WINDOW)
