@@ -315,6 +315,19 @@ class LabelShiftEstimate(nn.Module):
         self.match_bias.copy_(bias)
         return bias.exp()
 
+    def record(self, ratio: Tensor | None) -> dict:
+        """What a job reports of the estimate (rounded, in the job's class order): pi_s (None when pi_t was given
+        without one), pi_t, T, and ``ratio``, the factor moved into the model (None until one is)."""
+        if not self.estimated:
+            return {"source_prior": None, "target_prior": None}
+
+        def rounded(values: Tensor) -> list[float]:
+            return [round(float(v), 4) for v in values]
+
+        return {"source_prior": rounded(self.source_prior) if self.source_known else None,
+                "target_prior": rounded(self.target_prior), "temperature": round(float(self.temperature), 4),
+                "prediction_ratio": rounded(ratio) if ratio is not None else None}
+
     def total_variation(self) -> Tensor:
         """Half the L1 distance between the estimated pi_t and pi_s (0 before the estimate or without pi_s)."""
         if not self.source_known:

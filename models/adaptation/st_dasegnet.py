@@ -488,20 +488,13 @@ class STDASegNet(AdaptationMethod):
         shift.applied_ratio.copy_(ratio)
 
     def training_record(self) -> dict:
-        """With ``pseudo_prior='em'``: the class frequencies the teachers encode on the source and the target's
+        """With ``pseudo_prior``: the class frequencies the teachers encode on the source and the target's
         estimate (per train index: the job's class order), so a user sees the shift the labels were moved by."""
         if "label_shift" not in self.net:
             return {}
         shift = self.net["label_shift"]
-        if not shift.estimated:
-            return {"label_shift": {"source_prior": None, "target_prior": None}}
         applied = None if torch.isnan(shift.applied_ratio).any() else shift.applied_ratio
-        return {"label_shift": {"source_prior": ([round(float(v), 4) for v in shift.source_prior]
-                                                 if shift.source_known else None),
-                                "target_prior": [round(float(v), 4) for v in shift.target_prior],
-                                "temperature": round(float(shift.temperature), 4),
-                                "prediction_ratio": ([round(float(v), 4) for v in applied]
-                                                     if applied is not None else None)}}
+        return {"label_shift": shift.record(applied)}
 
     def inference_config(self) -> dict:
         return copy.deepcopy(self._inference_cfg)

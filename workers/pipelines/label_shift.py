@@ -81,12 +81,6 @@ def _rounded(values) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def _record(shift: LabelShiftEstimate, ratio: torch.Tensor, pixels: dict) -> dict:
-    return {"source_prior": _rounded(shift.source_prior), "target_prior": _rounded(shift.target_prior),
-            "temperature": round(float(shift.temperature), 4), "prediction_ratio": _rounded(ratio),
-            "total_variation": round(float(shift.total_variation()), 4), "pixels": pixels}
-
-
 def _assumption_check(shift: LabelShiftEstimate, names: list[str]) -> dict:
     """Whether the shift reads as one of class mix alone, from a second estimate on the same pixels: black-box
     shift estimation (BBSE) uses the model's decisions where EM uses its probabilities. Where the target's
@@ -191,7 +185,8 @@ def run_label_shift(spec: JobSpec, opts: RunOptions) -> dict:
             raise SpecError(f"no {missing} pixels to estimate class frequencies on", field=missing.split()[-1])
         shift.freeze()
         ratio = shift.prediction_ratio()
-        record = _record(shift, ratio, pixels)
+        record = {**shift.record(ratio), "total_variation": round(float(shift.total_variation()), 4),
+                  "pixels": pixels}
         record["check"] = _assumption_check(shift, names)
         if not record["check"]["label_shift_holds"] and not spec.params.skip_shift_check:
             raise NotALabelShiftError(record["check"]["why"], field="target")
