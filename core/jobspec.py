@@ -45,6 +45,19 @@ METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
     # self-supervised pretraining of a backbone on unlabelled imagery (models/pretraining/)
     "pretrain": ("simclr", "siameseim", "croco"),
 }
+def class_mix_problem(values, num_classes: int) -> str | None:
+    """Why ``values`` cannot be class frequencies of ``num_classes`` classes (one finite, non-negative number per
+    class, in the order of 'classes', not all 0), or None: what a job spec and a model both check of a given
+    class mix (ST-DASegNet's ``adaptation.pseudo_prior``)."""
+    if len(values) != num_classes:
+        return f"{len(values)} class frequencies for {num_classes} classes (one per class, in the order of 'classes')"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return f"class frequencies must be numbers (non-negative numbers, not all 0), not {values!r}"
+    if not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        return f"class frequencies must be finite, non-negative numbers, not all 0, not {values!r}"
+    return None
+
+
 #: pretraining methods that learn from co-registered pairs (source and target over the same ground)
 PAIRED_PRETRAINING = ("croco",)
 
@@ -527,14 +540,9 @@ class JobSpec(_Strict):
         prior = (self.model.overrides or {}).get("adaptation.pseudo_prior")
         if not isinstance(prior, list) or self.classes is None:
             return
-        where = "model.overrides.adaptation.pseudo_prior"
-        if len(prior) != len(self.classes):
-            raise RuleError(where, f"{len(prior)} class frequencies for {len(self.classes)} classes (one per class, "
-                                   "in the order of 'classes')")
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                      for v in prior)
-        if not numbers or sum(prior) <= 0:
-            raise RuleError(where, "class frequencies must be non-negative numbers, not all 0")
+        problem = class_mix_problem(prior, len(self.classes))
+        if problem:
+            raise RuleError("model.overrides.adaptation.pseudo_prior", problem)
 
     def _devices_fit(self) -> None:
         """``params.devices`` applies to the jobs that train through the training loop, and shares the batch out."""

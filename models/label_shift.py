@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import ConfigError
+from core.jobspec import class_mix_problem
 
 #: no class's prior falls below this (a class absent from the source would make the ratio infinite)
 MIN_PRIOR = 1e-4
@@ -91,19 +92,12 @@ def check_class_biases(heads, *, option: str) -> list:
 
 
 def given_prior(values, num_classes: int) -> Tensor:
-    """Class frequencies a user gives (one non-negative number per class, in the job's class order), normalised;
-    a clear error for anything else."""
-    try:
-        prior = torch.tensor([float(v) for v in values], dtype=torch.float32)
-    except (TypeError, ValueError):
-        raise ConfigError(f"adaptation.pseudo_prior: class frequencies must be numbers, not {values!r}",
-                          field="model.overrides") from None
-    if len(prior) != num_classes:
-        raise ConfigError(f"adaptation.pseudo_prior: {len(prior)} class frequencies for {num_classes} classes",
-                          field="model.overrides")
-    if not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
-        raise ConfigError(f"adaptation.pseudo_prior: class frequencies must be finite, non-negative and not all 0, "
-                          f"not {values!r}", field="model.overrides")
+    """Class frequencies a user gives (core.jobspec.class_mix_problem says what they must be), normalised; a clear
+    error for anything else."""
+    problem = class_mix_problem(values, num_classes)
+    if problem:
+        raise ConfigError(f"adaptation.pseudo_prior: {problem}", field="model.overrides")
+    prior = torch.tensor([float(v) for v in values], dtype=torch.float32)
     return prior / prior.sum()
 
 
