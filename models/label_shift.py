@@ -186,11 +186,6 @@ def matching_bias(log_probs: Tensor, target_prior: Tensor, *, start: Tensor | No
     return bias - bias[0]
 
 
-def matching_ratio(pixels: Tensor, target_prior: Tensor, *, iterations: int = 100) -> Tensor:
-    """e^b of :func:`matching_bias` for (N, K) probabilities: the factor that gives their mean ``target_prior``."""
-    return matching_bias(pixels.float().clamp(min=1e-12).log(), target_prior, iterations=iterations).exp()
-
-
 class PixelPool(nn.Module):
     """The last ``size`` rows of (N, K) values (with a label per row when ``labelled``), written ``per_batch``
     rows at a time, evenly spaced over each batch's pixels; buffers, so a resumed job keeps them."""
