@@ -368,7 +368,8 @@ def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[l
     return json.loads(metrics.read_text())["training"]["label_shift"]["target_prior"], None
 
 
-#: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over
+#: target crops (batches of the benchmark's batch size) that AdaBN averages its statistics over; the label-shift
+#: rows pass the same params.batches, capping the windows they read per domain at batches x batch size
 ADABN_BATCHES = 100
 
 
