@@ -512,7 +512,7 @@
       $("#f-bundle-help-adabn").hidden = !adabn;
       $("#f-bundle-help-label-shift").hidden = adabn;
       $("#f-skip-check-field").hidden = !isLabelShift(form);
-      for (const el of [form.model, form.iterations, form.compare_source_only]) el.closest(".field").hidden = fromModel;
+      for (const el of [form.model, form.iterations]) el.closest(".field").hidden = fromModel;
       form.source.closest(".field").hidden = adabn;
       form.crop.closest(".field").hidden = fromModel && !adabn;
       // pretraining learns from imagery alone: nothing to validate or compare with
