@@ -11,6 +11,11 @@ Over unlabelled target windows (normalised as evaluation feeds the model)::
                             pseudo_coverage_0.9 the same at 0.9
     class_distribution      predicted fraction of each class id, on target and on source windows;
                             class_tv = half the L1 distance between the two (total variation)
+    expected_miou           the mIoU the model expects of itself if its probabilities were right: per class,
+                            expected true positives sum_{argmax=k} p_k over predicted k (sum_{argmax=k} 1)
+                            plus expected misses (sum_{argmax!=k} p_k), averaged over the classes it expects
+                            on at least 0.1 % of the pixels. Unlike the scalar confidences it weighs every
+                            class alike, as mIoU does, so a model that ignores a class scores low
 
 Only the pixels each window marks as counted (valid, inside its core) enter any mean, so nodata never does.
 :func:`spearman` is the rank correlation Benchmark A reports between each signal and the true target mIoU.
@@ -33,13 +38,15 @@ from models.segmentor import decode, upsample
 
 #: the scalar signals, in display order (each one the benchmark correlates with the target mIoU)
 SIGNALS = ("mean_max_prob", "entropy", "entropy_normalised", "agreement", "pseudo_coverage",
-           "pseudo_coverage_0.9", "class_tv")
+           "pseudo_coverage_0.9", "class_tv", "expected_miou")
 #: at most this many windows per domain: enough for stable means, cheap beside training
 MAX_WINDOWS = 64
 #: ST-DASegNet's pseudo-label confidence threshold
 PSEUDO_THRESHOLD = 0.975
 #: the second, looser coverage threshold every job reports
 LOOSE_THRESHOLD = 0.9
+#: expected_miou averages over the classes whose expected share of the target pixels is at least this
+EXPECTED_CLASS_SHARE = 0.001
 
 #: (normalised image (C, h, w) float, pixels that count (h, w) bool)
 LabelFreeWindow = tuple[Tensor, Tensor]
@@ -128,6 +135,8 @@ def label_free_signals(
     n = 0
     sums = {"max_prob": 0.0, "entropy": 0.0, "agree": 0, **{name: 0 for name in thresholds}}
     target_counts, source_counts = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    # per class: sum of p_k where k is predicted (expected hits), and over every pixel (expected members)
+    expected_hits, expected_members = np.zeros(k), np.zeros(k)
     windows = {"target": 0, "source": 0}
     with _Networks(method_or_segmentor) as nets:
         for x, counted in _windows_on(target_windows, nets.device):
@@ -143,6 +152,10 @@ def label_free_signals(
             for name, t in thresholds.items():
                 sums[name] += int((p_max >= t).sum())
             target_counts += torch.bincount(ids, minlength=k).cpu().numpy()
+            prob = log_p.exp()[:, m].double()  # (K, counted pixels)
+            expected_hits += torch.zeros(k, dtype=torch.float64, device=prob.device).index_add_(
+                0, ids, prob.gather(0, ids[None])[0]).cpu().numpy()
+            expected_members += prob.sum(dim=1).cpu().numpy()
             if pair is not None:
                 sums["agree"] += int((pair[0].argmax(dim=1)[0] == pair[1].argmax(dim=1)[0])[m].sum())
         for x, counted in _windows_on(source_windows, nets.device):
@@ -166,10 +179,23 @@ def label_free_signals(
     out["class_tv"] = (0.5 * sum(abs(dist["target"][c] - dist["source"][c]) for c in dist["target"])
                        if dist["target"] and dist["source"] else None)
     out["class_distribution"] = dist
+    out["expected_miou"] = expected_miou(expected_hits, target_counts, expected_members)
     out["pseudo_threshold"] = float(pseudo_threshold)
     out["pixels"] = {"target": n, "source": int(source_counts.sum())}
     out["windows"] = windows
     return out
+
+
+def expected_miou(hits: np.ndarray, predicted: np.ndarray, members: np.ndarray) -> float | None:
+    """The mIoU a model's probabilities promise: per class hits / (predicted + members - hits), where ``hits``
+    is the summed p_k over the pixels predicted k, ``predicted`` their count and ``members`` the summed p_k over
+    every pixel; over the classes with ``members`` at least :data:`EXPECTED_CLASS_SHARE` of the pixels."""
+    n = float(predicted.sum())
+    if n <= 0:
+        return None
+    present = members >= EXPECTED_CLASS_SHARE * n
+    union = predicted + members - hits
+    return float(np.mean(hits[present] / union[present])) if present.any() else None
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:

@@ -74,10 +74,35 @@ def test_coverage_confidence_distributions_and_nodata_excluded():
                               pseudo_threshold=0.94)["pseudo_coverage"] == pytest.approx(2 / 4)
 
 
+def test_expected_miou_by_hand():
+    ln = math.log
+    # p = (0.99, 0.01), (0.95, 0.05), (0.5, 0.5) -> class 0 (tie), (0.2, 0.8) -> class 1
+    target = _window([[[ln(99), 0], [ln(19), 0]], [[0, 0], [0, ln(4)]]])
+    s = label_free_signals(LogitsAreInput(2), [target], [], class_ids=[3, 7])
+    iou0 = 2.44 / (3 + 2.64 - 2.44)  # hits / (predicted + members - hits)
+    iou1 = 0.8 / (1 + 1.36 - 0.8)
+    assert s["expected_miou"] == pytest.approx((iou0 + iou1) / 2, abs=1e-6)
+
+
+def test_expected_miou_weighs_a_neglected_class_and_skips_unexpected_ones():
+    # every pixel 90 % sure of class 0: confident, but class 1 is expected on a tenth of the ground and never
+    # predicted, so its expected IoU is 0; class 2 is expected on 0.0001 % of the pixels and does not count
+    logits = np.log(np.array([0.9, 0.1 - 1e-6, 1e-6]))
+    x, m = _window(np.broadcast_to(logits, (4, 4, 3)).copy())
+    s = label_free_signals(LogitsAreInput(3), [(x, m)], [], class_ids=[1, 2, 3])
+    assert s["mean_max_prob"] == pytest.approx(0.9, abs=1e-5)
+    assert s["expected_miou"] == pytest.approx((0.9 + 0.0) / 2, abs=1e-5)
+    # a model sure and right of both classes it predicts expects an IoU of 1 for each
+    sure = _window([[[20.0, 0, 0], [0, 20.0, 0]]])
+    assert label_free_signals(LogitsAreInput(3), [sure], [], class_ids=[1, 2, 3])["expected_miou"] == \
+        pytest.approx(1.0, abs=1e-6)
+
+
 def test_no_counted_pixel_gives_no_signal():
     x, _ = _window(np.zeros((2, 2, 2)))
     s = label_free_signals(LogitsAreInput(2), [(x, torch.zeros(2, 2, dtype=torch.bool))], [], class_ids=[1, 2])
     assert s["mean_max_prob"] is None and s["class_tv"] is None and s["pixels"]["target"] == 0
+    assert s["expected_miou"] is None
 
 
 def test_students_agree_fully_when_identical_and_the_mean_is_the_prediction(tiny):

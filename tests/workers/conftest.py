@@ -27,6 +27,7 @@ def _check_label_free(signals: dict, class_ids: list[int], *, agreement_of: str 
         dist = signals["class_distribution"][side]
         assert set(dist) == {str(c) for c in class_ids} and sum(dist.values()) == pytest.approx(1.0)
     assert 0 <= signals["class_tv"] <= 1
+    assert 0 <= signals["expected_miou"] <= 1
     if agreement_of is None:
         assert "agreement" not in signals
     else:

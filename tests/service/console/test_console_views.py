@@ -223,7 +223,7 @@ def test_job_page_shows_the_label_free_signals_beside_the_source_only_ones(serve
                                                              "what it tells"]
     expect(table.locator("caption")).to_contain_text(f"{lf['pixels']['target']:,} target pixels")
     for key in ("mean_max_prob", "entropy", "entropy_normalised", "agreement", "pseudo_coverage",
-                "pseudo_coverage_0.9", "class_tv"):
+                "pseudo_coverage_0.9", "class_tv", "expected_miou"):
         base, adapted, explained = table.locator(f"tr[data-signal='{key}'] td").all_text_contents()
         assert float(adapted) == pytest.approx(lf[key], abs=5e-4), key
         if key in lf["source_only"]:

@@ -779,6 +779,9 @@
     ["pseudo_coverage_0.9", "Coverage ≥ 0.9", "Share of target pixels predicted with at least 0.9 confidence."],
     ["class_tv", "Class-mix shift",
       "How far the predicted class mix on the target is from that on the source (total variation: 0 the same, 1 disjoint)."],
+    ["expected_miou", "Expected mIoU",
+      "The mIoU the model would have on the target if its probabilities were right; every class weighs alike, "
+      + "so a model that ignores a class it half-expects scores low. An estimate, not a measurement."],
   ];
 
   function labelFreeTable(metrics, j) {
