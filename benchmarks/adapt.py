@@ -333,14 +333,22 @@ def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
     return {"oracle": ctx.scored(res, "source")}
 
 
-def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | None = None) -> Runner:
+def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | None = None,
+                             init_from: str = "source-only") -> Runner:
     """Named option: ST-DASegNet started from this seed's source-only weights (both backbones and
     decoders, through the ordinary pretrained-checkpoint path): both students warm-started from a
     source-only stage, as a mean teacher starts from a trained model. Costs the source-only run's
     iterations on top of its own. ``prior_from``: a runner whose job records the target's class frequencies
-    (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate."""
+    (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate.
+    ``init_from``: ``adabn`` starts from that seed's AdaBN model instead (the same weights, batch norm
+    statistics of the target)."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
-        so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
+        if init_from == "source-only":
+            so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
+        else:
+            so = ctx.run_dir(seed, init_from) / "bundle" / "weights.pth"
+            if not so.exists():
+                RUNNERS[init_from].runner(ctx, seed)
         given, refused = dict(overrides), None
         if prior_from is not None:
             prior, refused = _recorded_target_prior(ctx, seed, prior_from)
@@ -408,7 +416,7 @@ def _label_shift_from(start: str) -> Runner:
         try:
             res = run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
         except NotALabelShiftError as refused:  # what the user keeps then: the model as it was
-            return {name: {**ctx.evaluate(bundle, "auto"), "refused": refused.message}}
+            return {name: {**ctx.evaluate(bundle, "auto"), "refused": refused.message, "copy_of": start}}
         return {name: ctx.scored(res, "auto")}
 
     run.__doc__ = (f"Label-shift correction as the product runs it (``method: label-shift``, "
@@ -515,6 +523,17 @@ register_runner("st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift"
                 _st_dasegnet_source_init("st-dasegnet+source-init+ema-budget+norm-eval+prior-label-shift",
                                          {**EMA_BUDGET, **NORM_EVAL}, prior_from="label-shift"),
                 default=False, cost=5.0, needs=("source-only", "label-shift"))
+# the warm start from the AdaBN model: the only method above source-only on NC re-estimates batch norm on the
+# target, and with norm_eval the students and teachers keep those statistics while self-training
+register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval",
+                _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval", {**EMA_BUDGET, **NORM_EVAL},
+                                         init_from="adabn"),
+                default=False, cost=5.0, needs=("adabn",))
+register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
+                _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
+                                         {**EMA_BUDGET, **NORM_EVAL}, prior_from="adabn+label-shift",
+                                         init_from="adabn"),
+                default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)
 for _name, _overrides in ST_DASEGNET_OPTIONS.items():
     register_runner(_name, _st_dasegnet_option(_name, _overrides), default=False, cost=5.0)
@@ -554,6 +573,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
             entry["label_free"] = [{k: (m.get("label_free") or {}).get(k) for k in SIGNALS} for m in per_seed]
         if any(m.get("refused") for m in per_seed):  # label-shift jobs that refused: the unchanged model scored
             entry["refused"] = [m.get("refused") for m in per_seed]
+        if any(m.get("copy_of") for m in per_seed):  # seeds whose model is another row's, unchanged
+            entry["copy_of"] = [m.get("copy_of") for m in per_seed]
         if any(m.get("labels") for m in per_seed):  # rows that learnt from some target labels (fewlabels)
             entry["labels"] = [m.get("labels") for m in per_seed]
         methods[name] = entry
@@ -572,8 +593,11 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
 
 def label_free_correlations(methods: dict) -> dict[str, float | None]:
     """Spearman's rank correlation of each label-free signal with the true target mIoU across every run of
-    the case (rows x seeds). Raw sign: entropy and class_tv are expected to fall as mIoU rises."""
-    runs = [(lf, miou) for m in methods.values() for lf, miou in zip(m.get("label_free") or [], m["miou"])]
+    the case (rows x seeds), each model once: a seed whose model is another row's (``copy_of``: a refused
+    label-shift job) is left out. Raw sign: entropy and class_tv are expected to fall as mIoU rises."""
+    runs = [(lf, miou) for m in methods.values()
+            for lf, miou, copy in zip(m.get("label_free") or [], m["miou"], m.get("copy_of") or [None] * len(m["miou"]))
+            if not copy]
     return {k: spearman([lf.get(k) for lf, _ in runs], [miou for _, miou in runs]) for k in SIGNALS}
 
 

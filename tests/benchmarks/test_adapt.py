@@ -51,6 +51,13 @@ def test_label_free_signals_are_rank_correlated_with_miou_across_every_run():
     # a row that shows another row's runs is not counted twice
     again = summarise({**rows, "copy": rows["st-dasegnet"]}, ["a", "b"], ["st-dasegnet"], copies=("copy",))
     assert again["label_free"] == s["label_free"]
+    # so is a seed whose model is another row's unchanged (a refused label-shift job), while its other seed counts
+    shifted = [{**rows["source-only"][0], "refused": "inputs changed", "copy_of": "source-only"},
+               run(0.45, 0.95, 0.2)]
+    with_refusal = summarise({**rows, "label-shift": shifted}, ["a", "b"], ["st-dasegnet"])
+    assert with_refusal["methods"]["label-shift"]["copy_of"] == ["source-only", None]
+    # five runs: confidence ranks (1, 3, 2, 4, 5) against (1, 2, 3, 4, 5): rho = 1 - 6 * 2 / (5 * 24) = 0.9
+    assert with_refusal["label_free"]["mean_max_prob"] == pytest.approx(0.9)
 
 
 def test_report_shows_how_each_adaptation_run_ended_per_seed():
