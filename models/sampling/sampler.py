@@ -88,6 +88,11 @@ class _Base:
         self.rng.bit_generator.state = state["rng"]
 
 
+def _windowed(item: DomainScene) -> bool:
+    """Whether a scene's labels are limited to label windows (the rest of its valid ground unlabelled)."""
+    return item.labels is not None and item.labels.windows_path is not None
+
+
 class WindowSampler(_Base):
     """Random ``crop`` x ``crop`` windows over the valid area of a domain's region, normalised by
     ``normalizer`` (the model's for this domain: models.normalization).
@@ -142,14 +147,22 @@ class WindowSampler(_Base):
         self.rescale = None if rescale is None else RandomRescale(rescale, self.crop, seed=int(seed) + 130_363)
 
     def _cell_fractions(self, item: DomainScene) -> np.ndarray:
-        """The per-cell fraction of the pixels a window must mostly hold (here: valid ones)."""
+        """The per-cell fraction of the pixels a window must mostly hold (here: valid ones; labelled ones where a
+        labelled sampler meets a scene whose labels are limited to label windows, since valid ground outside
+        them would train on nothing)."""
+        if self.labelled and _windowed(item):
+            h, w = int(item.region.height), int(item.region.width)
+            return item.label_map(self.cell, len(self.domain.classes)).sum(axis=0) / cell_areas(h, w, self.cell)
         return item.valid_map(self.cell)
 
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the region", self.crop, self.min_valid)
 
-    def _accept(self, valid: np.ndarray, label: np.ndarray | None) -> bool:
-        """Whether a read window holds enough of what the sampler draws (here: valid pixels)."""
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None, item: DomainScene) -> bool:
+        """Whether a read window holds enough of what the sampler draws (here: valid pixels; labelled ones on a
+        scene whose labels are limited to label windows)."""
+        if self.labelled and _windowed(item):
+            return label is not None and (label != IGNORE_INDEX).mean() >= self.min_valid
         return valid.mean() >= self.min_valid
 
     def state_dict(self) -> dict:
@@ -210,7 +223,7 @@ class WindowSampler(_Base):
                     win = self.rescale.window_around(win, (idx.r0, idx.c0, idx.h, idx.w))
                 rw = idx.item.read(win)
                 label = idx.item.read_labels(win, rw.valid) if self.labelled else None
-                if self._accept(rw.valid, label):
+                if self._accept(rw.valid, label, idx.item):
                     break
             else:
                 raise EmptyRegionError(
@@ -262,7 +275,7 @@ class LabelledWindowSampler(WindowSampler):
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the labelled part of the domain", self.crop, self.min_valid, "labelled")
 
-    def _accept(self, valid: np.ndarray, label: np.ndarray | None) -> bool:
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None, item: DomainScene) -> bool:
         return label is not None and (label != IGNORE_INDEX).mean() >= self.min_valid
 
 

@@ -14,7 +14,7 @@ from core.raster.domain import Domain
 from core.raster.scene import Scene
 from core.raster.vector_write import write_gpkg
 from models.normalization import Normalizer
-from models.sampling.sampler import LabelledWindowSampler
+from models.sampling.sampler import LabelledWindowSampler, WindowSampler
 
 torch.set_num_threads(1)
 ROW, COL, SIDE = 200, 150, 64
@@ -89,3 +89,25 @@ def test_no_labelled_window_is_a_clear_error(nc_bands, nc_data, nc_classes, one_
     with Domain.open(east, nc_classes) as dom:
         with pytest.raises(EmptyRegionError, match="labelled pixels"):
             LabelledWindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=0)
+
+
+def test_a_training_sampler_draws_a_windowed_scene_inside_its_windows(nc_bands, nc_data, nc_classes, one_window):
+    """A train job's labelled sampler over a fully labelled scene and one labelled in a window only (a plain
+    fine-tuning on suggested windows): the windowed scene's crops lie over its window, so they carry labels;
+    the fully labelled scene is drawn anywhere, as before."""
+    spec = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data), _scene(nc_bands, nc_data, one_window)],
+                                      "balance": "scenes"})
+    with Domain.open(spec, nc_classes) as dom:
+        s = WindowSampler(dom, SIDE, Normalizer(dom.stats()), seed=0, labelled=True)
+        far = 0
+        for _ in range(6):
+            b = s.sample(4)
+            for k, (scene, w) in enumerate(s.last_windows):
+                r, c = int(w.row_off), int(w.col_off)
+                if scene == 1:
+                    assert abs(r - ROW) < SIDE // 2 + 8 and abs(c - COL) < SIDE // 2 + 8
+                    assert (b["label"][k] != IGNORE_INDEX).float().mean() >= 0.4
+                else:
+                    far += abs(r - ROW) >= SIDE or abs(c - COL) >= SIDE
+        assert far > 0
+        assert {i for i, _ in s.last_windows} <= {0, 1}
