@@ -153,52 +153,100 @@ def labelled_target(target: dict, windows: list[tuple[int, Window]], folder: Pat
     return {**target, "scenes": scenes}
 
 
+@dataclass
+class LabelBudget:
+    """One seed's labelled target windows at a strategy and budget, shared by the semi and fine-tuning rows."""
+
+    run_name: str                  # the semi run's folder: by window count, not share (see chosen_windows)
+    domain_key: str                # ctx.domains entry: the target with labels limited to the windows
+    windows: list[tuple[int, Window]]
+    region_windows: int
+    side: int
+    iterations: int
+
+
+def chosen_windows(ctx: BenchContext, seed: int, strategy: str, pct: int) -> LabelBudget:
+    """The windows this seed labels at ``pct`` % by ``strategy``, written as label windows of the target."""
+    s, opts = ctx.settings, FewLabelsOptions.of(ctx.settings)
+    side, iters = opts.side(s), opts.semi_iterations(s)
+    tiling = region_windows(ctx.domains["target"], side)
+    if not tiling:
+        raise ConfigError(f"the target train region holds no {side} px window with {MIN_VALID:.0%} valid pixels",
+                          field="window")
+    n = budget(pct, len(tiling))
+    # named by the window count, not the share: two budgets that round to the same count label the same
+    # windows (random draws are seeded by the count too) and share one run
+    run_name = f"semi-{strategy}-n{n}-it{iters}-w{side}"
+    if opts.overrides:
+        import hashlib
+
+        run_name += "-" + hashlib.sha256(json.dumps(opts.overrides, sort_keys=True).encode()).hexdigest()[:8]
+    so = ctx.source_only_run(seed)
+    if strategy == "suggest":
+        chosen = [(i, w) for i, w, _ in suggested_windows(so, ctx.domains["target"], n, side)]
+    else:
+        chosen = random_windows(tiling, n, seed=1000 * seed + n)
+    folder = ctx.run_dir(seed, run_name).parent / f"{run_name}.windows"
+    key = f"target_{run_name}"
+    ctx.domains[key] = labelled_target(ctx.domains["target"], chosen, folder)
+    return LabelBudget(run_name, key, chosen, len(tiling), side, iters)
+
+
+def _labels_record(ctx: BenchContext, strategy: str, pct: int, lb: LabelBudget, pixels: int | None) -> dict:
+    return {"strategy": strategy, "budget_pct": pct, "windows": len(lb.windows), "region_windows": lb.region_windows,
+            "window": lb.side, "labelled_pixels": pixels,
+            # of the target train region's valid pixels
+            "labelled_share": pixels / ctx.target_stats.count if pixels is not None else None,
+            "chosen": [[i, int(w.col_off), int(w.row_off)] for i, w in lb.windows]}
+
+
 def _semi_runner(strategy: str, pct: int):
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
-        s, opts = ctx.settings, FewLabelsOptions.of(ctx.settings)
-        side, iters = opts.side(s), opts.semi_iterations(s)
-        name = row_name(strategy, pct)
-        tiling = region_windows(ctx.domains["target"], side)
-        if not tiling:
-            raise ConfigError(f"the target train region holds no {side} px window with {MIN_VALID:.0%} valid pixels",
-                              field="window")
-        n = budget(pct, len(tiling))
-        # named by the window count, not the share: two budgets that round to the same count label the same
-        # windows (random draws are seeded by the count too) and share one run
-        run_name = f"semi-{strategy}-n{n}-it{iters}-w{side}"
-        if opts.overrides:
-            import hashlib
-
-            run_name += "-" + hashlib.sha256(json.dumps(opts.overrides, sort_keys=True).encode()).hexdigest()[:8]
-        so = ctx.source_only_run(seed)
-        if strategy == "suggest":
-            chosen = [(i, w) for i, w, _ in suggested_windows(so, ctx.domains["target"], n, side)]
-        else:
-            chosen = random_windows(tiling, n, seed=1000 * seed + n)
-        folder = ctx.run_dir(seed, run_name).parent / f"{run_name}.windows"
-        key = f"target_{run_name}"
-        ctx.domains[key] = labelled_target(ctx.domains["target"], chosen, folder)
+        s = ctx.settings
+        lb = chosen_windows(ctx, seed, strategy, pct)
         # half batches of labelled and of inpainted target crops: the budget's windows are few, and each crop
         # costs two encoder passes (two crops at least: batch norm needs more than one value per channel)
         half = max(min(2, s.batch_size), s.batch_size // 2)
         overrides = {**s.model_overrides("semi"), "adaptation.labelled_batch_size": half,
-                     "adaptation.inpaint_batch_size": half, **(opts.overrides or {})}
-        if side < s.crop:  # a crop over a smaller window holds (side / crop)^2 labelled pixels at most
-            overrides.setdefault("adaptation.min_labelled", 0.5 * (side / s.crop) ** 2)
-        model = {"config": s.config, "overrides": overrides, "checkpoint": str(so)}
-        res = ctx.job(run_name, seed, type="adapt", method="semi", target=key, model=model,
-                      params={"iterations": iters})
+                     "adaptation.inpaint_batch_size": half, **(FewLabelsOptions.of(s).overrides or {})}
+        if lb.side < s.crop:  # a crop over a smaller window holds (side / crop)^2 labelled pixels at most
+            overrides.setdefault("adaptation.min_labelled", 0.5 * (lb.side / s.crop) ** 2)
+        model = {"config": s.config, "overrides": overrides, "checkpoint": str(ctx.source_only_run(seed))}
+        res = ctx.job(lb.run_name, seed, type="adapt", method="semi", target=lb.domain_key, model=model,
+                      params={"iterations": lb.iterations})
         metrics = ctx.scored(res, "target")
         pixels = (res.get("metrics") or {}).get("target_labelled_pixels")
-        metrics["labels"] = {"strategy": strategy, "budget_pct": pct, "windows": len(chosen),
-                             "region_windows": len(tiling), "window": side, "labelled_pixels": pixels,
-                             # of the target train region's valid pixels
-                             "labelled_share": pixels / ctx.target_stats.count if pixels is not None else None,
-                             "chosen": [[i, int(w.col_off), int(w.row_off)] for i, w in chosen]}
-        return {name: metrics}
+        metrics["labels"] = _labels_record(ctx, strategy, pct, lb, pixels)
+        return {row_name(strategy, pct): metrics}
 
     run.__doc__ = (f"semi with {pct} % of the target train region's windows labelled, chosen by "
                    f"{'labels suggest' if strategy == 'suggest' else 'a seeded random draw'} (benchmarks.fewlabels)")
+    return run
+
+
+def finetune_row(strategy: str, pct: int) -> str:
+    return f"finetune-{strategy}@{pct}%"
+
+
+def _finetune_runner(strategy: str, pct: int):
+    def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
+        s = ctx.settings
+        lb = chosen_windows(ctx, seed, strategy, pct)
+        # the source scenes and the target scenes labelled in the windows, crops shared equally per scene as the
+        # oracle shares them: plain supervised training on exactly the labels semi gets, for as many iterations
+        labelled = [sc for sc in ctx.domains[lb.domain_key]["scenes"] if sc.get("labels")]
+        key = f"source+{lb.domain_key}"
+        ctx.domains[key] = {"scenes": ctx.domains["source"]["scenes"] + labelled, "balance": "scenes"}
+        model = {"config": s.config, "overrides": s.model_overrides("source-only"),
+                 "checkpoint": str(ctx.source_only_run(seed))}
+        res = ctx.job(lb.run_name.replace("semi-", "finetune-", 1), seed, type="train", method="source-only",
+                      source=key, model=model, params={"iterations": lb.iterations})
+        metrics = ctx.scored(res, "source")  # one domain: its statistics are the source's and the windows' pooled
+        metrics["labels"] = _labels_record(ctx, strategy, pct, lb, None)
+        return {finetune_row(strategy, pct): metrics}
+
+    run.__doc__ = (f"the source-only model fine-tuned (plain cross-entropy) on the source labels and the target "
+                   f"windows semi-{strategy}@{pct}% labels, for semi's iterations: what semi's correction adds")
     return run
 
 
@@ -210,8 +258,13 @@ for _strategy in STRATEGIES:
         smaller = tuple(row_name(_strategy, p) for p in BUDGETS if p < _pct)
         register_runner(row_name(_strategy, _pct), _semi_runner(_strategy, _pct), default=False, cost=3.0,
                         needs=("source-only", *smaller))
+        # after its semi row: both write the same windows
+        register_runner(finetune_row(_strategy, _pct), _finetune_runner(_strategy, _pct), default=False, cost=0.5,
+                        needs=("source-only", row_name(_strategy, _pct),
+                               *(finetune_row(_strategy, p) for p in BUDGETS if p < _pct)))
 
 SEMI_ROWS = [row_name(st, p) for st in STRATEGIES for p in BUDGETS]
+FINETUNE_ROWS = [finetune_row(st, p) for st in STRATEGIES for p in BUDGETS]
 
 
 def few_labels_summary(case_report: dict) -> dict:
@@ -225,7 +278,7 @@ def few_labels_summary(case_report: dict) -> dict:
                  "source_only": {"miou": base, "mean": methods[best]["mean"]["miou"] if best else None},
                  "oracle": {"miou": top, "mean": methods["oracle"]["mean"]["miou"] if top else None},
                  "goal": {"suggest@5%": GAP_CLOSURE_GOAL}}
-    for row in SEMI_ROWS:
+    for row in SEMI_ROWS + FINETUNE_ROWS:
         if row not in methods:
             continue
         m = methods[row]
@@ -259,8 +312,8 @@ def run_fewlabels(out: str | Path, settings: BenchSettings | None = None, *, cas
     reports, few = {}, {}
     for case in cases or list(CASES):
         say(f"case {case}: {CASES[case].title}")
-        r = run_case(out / case, s.for_case(case), methods=["source-only", "oracle", *SEMI_ROWS], data_dir=data_dir,
-                     log=say)
+        r = run_case(out / case, s.for_case(case), methods=["source-only", "oracle", *SEMI_ROWS, *FINETUNE_ROWS],
+                     data_dir=data_dir, log=say)
         reports[case] = r
         few[case] = few_labels_summary(r)
     report = {"benchmark": "fewlabels", "few_labels": few, "cases": reports,
@@ -286,7 +339,9 @@ def render_markdown(report: dict) -> str:
              "region's windows (at the crop size) labelled, the windows chosen by `labels suggest` on the "
              "source-only model or drawn at random. Gap closure = (semi - best source-only) / (oracle - best "
              "source-only) per seed, unclipped; goal: >= 0.8 for suggest@5 % on both cases, and suggest above "
-             "random at each budget.", ""]
+             "random at each budget. Beside each semi row, `finetune-…`: the same source-only model trained with "
+             "plain cross-entropy on the source labels and the same target windows, for as many iterations "
+             "(crops shared equally per scene), which says what semi's correction adds.", ""]
     for case, c in report["few_labels"].items():
         cr = report["cases"][case]
         s = cr["settings"]
@@ -299,7 +354,7 @@ def render_markdown(report: dict) -> str:
                   f"{f(c['oracle']['mean'])}.", "",
                   "| labels | windows (of region) | labelled px | mIoU per seed | mean mIoU | gap closure per seed | "
                   "mean | of means |", "|---|---|---|---|---|---|---|---|"]
-        for key in (k.removeprefix("semi-") for k in SEMI_ROWS):
+        for key in [k.removeprefix("semi-") for k in SEMI_ROWS] + FINETUNE_ROWS:
             e = c.get(key)
             if e is None:
                 continue
@@ -322,6 +377,12 @@ def render_markdown(report: dict) -> str:
                 a, b = mean(sg["miou"]), mean(rd["miou"])
                 lines.append(f"- {pct} %: suggest {f(a)} vs random {f(b)} mean mIoU: suggest "
                              f"{'beats' if a > b else 'does not beat'} random.")
+            for strategy in STRATEGIES:
+                sm, ft = c.get(f"{strategy}@{pct}%"), c.get(finetune_row(strategy, pct))
+                if sm and ft:
+                    a, b = mean(sm["miou"]), mean(ft["miou"])
+                    lines.append(f"- {pct} % {strategy}: semi {f(a)} vs plain fine-tuning on the same windows "
+                                 f"{f(b)}: semi {'adds' if a > b else 'adds nothing'} ({a - b:+.4f}).")
         lines.append("")
     lines += [f"Total time {report['elapsed_s'] / 60:.1f} min. Per-case Benchmark A style reports (per-class IoU, "
               "label-free signals, how training ended) in `<case>/report.md`.", ""]

@@ -44,12 +44,14 @@ def test_gap_closure_per_seed_against_the_best_source_only_row():
               "methods": {"source-only": row([0.05, 0.07]), "source-only+target-stats": row([0.10, 0.12]),
                           "oracle": row([0.20, 0.22]),
                           "semi-suggest@5%": {**row([0.18, 0.17]), "labels": [{"windows": 3}, {"windows": 3}]},
-                          "semi-random@5%": row([0.10, 0.27])}}
+                          "semi-random@5%": row([0.10, 0.27]),
+                          "finetune-suggest@5%": row([0.15, 0.12])}}
     s = few_labels_summary(report)
     assert s["suggest@5%"]["gap_closure"] == pytest.approx([0.8, 0.5])
     assert s["random@5%"]["gap_closure"] == pytest.approx([0.0, 1.5])  # unclipped
     assert s["suggest@5%"]["labels"] == [{"windows": 3}, {"windows": 3}]
     assert s["best_source_only"] == "source-only+target-stats" and "suggest@1%" not in s
+    assert s["finetune-suggest@5%"]["gap_closure"] == pytest.approx([0.5, 0.0])
 
 
 def _smoke(case, tmp_path):
@@ -72,8 +74,14 @@ def _smoke(case, tmp_path):
         assert labels["window"] == 32 and 0 < labels["labelled_share"] < 1
     # 5 % of the windows is at least as many as 1 %
     assert c["suggest@5%"]["labels"][0]["windows"] >= c["suggest@1%"]["labels"][0]["windows"]
+    # plain fine-tuning beside each semi row, on exactly its windows
+    for key in ("suggest@1%", "suggest@5%", "random@1%", "random@5%"):
+        ft = c[f"finetune-{key}"]
+        assert len(ft["miou"]) == len(ft["gap_closure"]) == 1 and 0 <= ft["miou"][0] <= 1
+        assert ft["labels"][0]["chosen"] == c[key]["labels"][0]["chosen"]
     assert c["oracle"]["miou"] and c["source_only"]["miou"]
-    assert (tmp_path / "report.md").read_text().startswith("# Benchmark fewlabels")
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# Benchmark fewlabels") and "vs plain fine-tuning on the same windows" in md
     assert (tmp_path / "few_labels.png").stat().st_size > 1000
     assert "gap closure" in res.output
     return c
