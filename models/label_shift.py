@@ -203,17 +203,27 @@ class PixelPool(nn.Module):
     @torch.no_grad()
     def add(self, rows: Tensor, labels: Tensor | None = None, *, gather: Gather | None = None) -> None:
         """Exactly ``per_batch`` rows of this batch (repeated when fewer; none when empty), so every rank
-        gathers one shape; ``gather`` concatenates every rank's."""
-        if rows.shape[0] == 0:
+        gathers one shape; ``gather`` concatenates every rank's. A rank with no rows still takes part in the
+        gather (with rows marked absent), since a collective that one rank skips never returns on the others."""
+        if rows.shape[0] == 0 and gather is None:
             return
-        idx = torch.linspace(0, rows.shape[0] - 1, self.per_batch, device=rows.device).round().long()
-        block = rows[idx].float()
-        if self.labelled:  # labels travel as one more column
-            block = torch.cat([block, labels[idx].to(block)[:, None]], dim=1)
+        k = self.rows.shape[1]
+        if rows.shape[0]:
+            idx = torch.linspace(0, rows.shape[0] - 1, self.per_batch, device=rows.device).round().long()
+            block = rows[idx].float()
+            label_col = labels[idx].to(block)[:, None] if self.labelled else block[:, :0]
+        else:
+            block = torch.zeros(self.per_batch, k, device=rows.device)
+            label_col = block[:, :1] if self.labelled else block[:, :0]
+        present = torch.full((self.per_batch, 1), float(rows.shape[0] > 0), device=block.device)
+        # labels travel as one more column, and whether the rows are real as the last
+        block = torch.cat([block, label_col, present], dim=1)
         block = (gather(block) if gather else block).to(self.rows.device)
+        block = block[block[:, -1] > 0.5, :-1]
+        if not len(block):
+            return
         size = len(self.rows)
         at = (int(self.written) + torch.arange(len(block), device=block.device)) % size
-        k = self.rows.shape[1]
         self.rows[at[-size:]] = block[-size:, :k]
         if self.labelled:
             self.labels[at[-size:]] = block[-size:, k].long()

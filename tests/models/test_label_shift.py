@@ -103,6 +103,33 @@ def test_pool_keeps_evenly_spaced_rows_with_their_labels_and_wraps_round():
     assert int(pool.written) == 8
 
 
+def test_a_rank_with_no_pixels_still_joins_the_gather_and_keeps_the_others_rows():
+    """Two ranks in one process: rank 0's batch has no labelled pixel, rank 1's has. Rank 0 must still call the
+    collective (a gather it skips would leave rank 1 waiting for ever), and both pools end with rank 1's rows."""
+    rows, labels = torch.arange(20, dtype=torch.float32).view(10, 2), torch.arange(10)
+    sent: dict[int, torch.Tensor] = {}
+
+    def gather_as(rank):
+        def gather(block):
+            sent[rank] = block
+            return torch.cat([sent[0], sent[1]]) if len(sent) == 2 else block
+        return gather
+
+    empty_rank, full_rank = PixelPool(8, 2, per_batch=4, labelled=True), PixelPool(8, 2, per_batch=4, labelled=True)
+    empty_rank.add(rows[:0], labels[:0], gather=gather_as(0))
+    assert 0 in sent and int(empty_rank.written) == 0  # joined the gather; its own block holds no row
+    full_rank.add(rows, labels, gather=gather_as(1))
+    idx = torch.linspace(0, 9, 4).round().long()
+    got, got_labels = full_rank.contents()
+    assert torch.equal(got, rows[idx]) and torch.equal(got_labels, labels[idx])  # rank 0's absent rows dropped
+    empty_rank.add(rows[:0], labels[:0], gather=lambda block: torch.cat([block, sent[1]]))  # with rank 1's rows
+    got, got_labels = empty_rank.contents()
+    assert torch.equal(got, rows[idx]) and torch.equal(got_labels, labels[idx])
+    unlabelled = PixelPool(8, 2, per_batch=4)
+    unlabelled.add(rows[:0], gather=lambda block: torch.cat([block, torch.cat([rows[:4], torch.ones(4, 1)], 1)]))
+    assert torch.equal(unlabelled.contents()[0], rows[:4])
+
+
 def test_estimate_waits_for_its_stage_then_freezes_and_keeps_the_mix():
     source, target = [0.7, 0.3], [0.4, 0.6]
     shift = LabelShiftEstimate(2, pool=30_000, per_batch=10_000)

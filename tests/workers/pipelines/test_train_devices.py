@@ -20,9 +20,11 @@ from workers.pipelines.dispatch import run_job
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _spec(d, out, *, type="train", method="source-only", **params):
+def _spec(d, out, *, type="train", method="source-only", model=None, **params):
     body = {"type": type, "method": method, "classes": NC_CLASSES, "source": d["source"],
             "params": {"iterations": 6, "batch_size": 4, "crop": 32, "seed": 2, **params}, "output": str(out)}
+    if model is not None:
+        body["model"] = model
     if type == "adapt":
         body["target"] = d["target"]
     return load_job_spec(body)
@@ -74,9 +76,13 @@ def test_two_cpu_ranks_train_checkpoint_and_resume_exactly(bench_domains, tmp_pa
 
 def test_st_dasegnet_adapt_job_on_two_ranks(bench_domains, tmp_path):
     hist = History()
-    res = run_job(_spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", iterations=3, devices=2,
-                        predict_targets=False), [hist])
+    # with the label-shift option both ranks pool pixels through gathers every step
+    model = {"config": "segformer-tiny", "overrides": {"adaptation.pseudo_prior": "em"}}
+    res = run_job(_spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", model=model, iterations=3,
+                        devices=2, predict_targets=False), [hist])
     assert res["status"] == "finished" and res["provenance"]["devices"] == 2
+    shift = res["metrics"]["training"]["label_shift"]
+    assert sum(shift["target_prior"]) == pytest.approx(1.0, abs=1e-3)
     late = res["metrics"]["training"]["late_losses"]
     assert {"pseudo_q", "disc_bce", "adv_s"} <= set(late) and 0 <= late["pseudo_q"] <= 1
     assert [p.iteration for p in hist.progress] == [1, 2, 3]
