@@ -242,16 +242,20 @@ class BenchContext:
 
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region, with
-        its label-free signals on the target train region (what a user without target labels can see)."""
+        its label-free signals (what a user without target labels can see; no label is read): ``label_free``
+        on the test region's imagery, the map that is scored, as a user reads them on the map they make;
+        ``label_free_train_region`` on the train region, the imagery the adaptation jobs saw."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         chosen = b.normalization.for_prediction(stats)
         with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
             metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
-        with Domain.open(DomainSpec.model_validate(self.domains["target"]), b.classes, labels=False) as tgt, \
-                Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
-            metrics["label_free"] = label_free_signals(
-                b.segmentor, domain_windows(tgt, chosen), domain_windows(src, b.normalization.for_domain(SOURCE)),
-                class_ids=[c.id for c in b.classes])
+        ids = [c.id for c in b.classes]
+        for key, region in (("label_free", "target_test"), ("label_free_train_region", "target")):
+            with Domain.open(DomainSpec.model_validate(self.domains[region]), b.classes, labels=False) as tgt, \
+                    Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
+                metrics[key] = label_free_signals(b.segmentor, domain_windows(tgt, chosen),
+                                                  domain_windows(src, b.normalization.for_domain(SOURCE)),
+                                                  class_ids=ids)
         return metrics
 
 
@@ -569,8 +573,9 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
         entry["per_class_iou_mean"] = {c: _mean(v) for c, v in entry["per_class_iou"].items()}
         if any(m.get("late_losses") for m in per_seed):  # rows scored from a training run
             entry["late_losses"] = [m.get("late_losses") or {} for m in per_seed]
-        if any(m.get("label_free") for m in per_seed):
-            entry["label_free"] = [{k: (m.get("label_free") or {}).get(k) for k in SIGNALS} for m in per_seed]
+        for key in LABEL_FREE_REGIONS:
+            if any(m.get(key) for m in per_seed):
+                entry[key] = [{k: (m.get(key) or {}).get(k) for k in SIGNALS} for m in per_seed]
         if any(m.get("refused") for m in per_seed):  # label-shift jobs that refused: the unchanged model scored
             entry["refused"] = [m.get("refused") for m in per_seed]
         if any(m.get("copy_of") for m in per_seed):  # seeds whose model is another row's, unchanged
@@ -588,15 +593,21 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
                 denom = top - base
                 gap[a] = (methods[a]["mean"]["miou"] - base) / denom if abs(denom) > 1e-12 else None
     return {"methods": methods, "best_source_only": best_so, "gap_closure": gap,
-            "label_free": label_free_correlations({k: m for k, m in methods.items() if k not in copies})}
+            **{key: label_free_correlations({k: m for k, m in methods.items() if k not in copies}, key)
+               for key in LABEL_FREE_REGIONS}}
 
 
-def label_free_correlations(methods: dict) -> dict[str, float | None]:
-    """Spearman's rank correlation of each label-free signal with the true target mIoU across every run of
-    the case (rows x seeds), each model once: a seed whose model is another row's (``copy_of``: a refused
-    label-shift job) is left out. Raw sign: entropy and class_tv are expected to fall as mIoU rises."""
+#: where the label-free signals are read: the scored test region's imagery, and the train region's
+LABEL_FREE_REGIONS = ("label_free", "label_free_train_region")
+
+
+def label_free_correlations(methods: dict, key: str = "label_free") -> dict[str, float | None]:
+    """Spearman's rank correlation of each label-free signal (``key``: read on which region) with the true
+    target mIoU across every run of the case (rows x seeds), each model once: a seed whose model is another
+    row's (``copy_of``: a refused label-shift job) is left out. Raw sign: entropy and class_tv are expected to
+    fall as mIoU rises."""
     runs = [(lf, miou) for m in methods.values()
-            for lf, miou, copy in zip(m.get("label_free") or [], m["miou"], m.get("copy_of") or [None] * len(m["miou"]))
+            for lf, miou, copy in zip(m.get(key) or [], m["miou"], m.get("copy_of") or [None] * len(m["miou"]))
             if not copy]
     return {k: spearman([lf.get(k) for lf, _ in runs], [miou for _, miou in runs]) for k in SIGNALS}
 
@@ -653,10 +664,13 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- {a}: {f(g)}{status}")
     lines += adaptation_diagnostics(report)
     if report.get("label_free"):
-        lines += ["", "Label-free signals (target train region, no labels read): Spearman rank correlation with the "
-                  "true target mIoU across every run of this case (entropy and class_tv should correlate "
-                  "negatively):", ""]
-        lines += [f"- `{k}`: {f(v)}" for k, v in report["label_free"].items()]
+        lines += ["", "Label-free signals (no labels read): Spearman rank correlation with the true target mIoU "
+                  "across every run of this case (entropy and class_tv should correlate negatively), read on the "
+                  "test region's imagery (the map that is scored, as a user reads them on the map they make) and "
+                  "on the train region's (the imagery the adaptation jobs saw):", "",
+                  "| signal | test region | train region |", "|---|---|---|"]
+        train = report.get("label_free_train_region") or {}
+        lines += [f"| `{k}` | {f(v)} | {f(train.get(k))} |" for k, v in report["label_free"].items()]
     lines += ["", f"Total time {report['elapsed_s'] / 60:.1f} min on {report['device']} "
               f"({report['threads']} threads).", ""]
     return "\n".join(lines)

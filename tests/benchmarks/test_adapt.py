@@ -112,7 +112,12 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     assert set(report["gap_closure"]) == {"st-dasegnet", "st-dasegnet-faithful", "adabn", "label-shift",
                                           "feature-regression"}
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark A")
-    assert set(report["label_free"]) >= {"mean_max_prob", "entropy", "agreement", "pseudo_coverage"}
+    assert set(report["label_free"]) >= {"mean_max_prob", "entropy", "agreement", "pseudo_coverage", "expected_miou"}
+    # read on the scored test region and on the train region: other pixels, other values
+    assert set(report["label_free_train_region"]) == set(report["label_free"])
+    so = report["methods"]["source-only"]
+    assert so["label_free"][0]["mean_max_prob"] != so["label_free_train_region"][0]["mean_max_prob"]
+    assert "| signal | test region | train region |" in (tmp_path / "nc" / "report.md").read_text()
     # the shipped default is the faithful method: one set of runs, shown as both rows
     assert report["faithful_is_default"] and report["methods"]["st-dasegnet-faithful"]["miou"] == \
         report["methods"]["st-dasegnet"]["miou"]
