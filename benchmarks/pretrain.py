@@ -46,6 +46,8 @@ from workers.pipelines.dispatch import run_job
 LIFT_GOAL = 0.20
 #: rows of each start, in report order
 ROWS = ("source-only", "source-only+target-stats", "st-dasegnet", "oracle")
+#: the fine-tuning runs of each start (source-only also gives the source-only+target-stats row)
+FINETUNE_ROWS = ("source-only", "st-dasegnet", "oracle")
 #: iterations of the timed probe that sizes a pretraining run to its budget
 PROBE_ITERATIONS = 6
 
@@ -135,6 +137,7 @@ class PretrainBenchSettings:
     methods: tuple[str, ...] = ("simclr", "siameseim", "croco")
     simclr_local: bool = False               # SimCLR with Chaitanya et al.'s local contrast (pretraining.local)
     label_fractions: tuple[float, ...] = LABEL_FRACTIONS
+    rows: tuple[str, ...] = FINETUNE_ROWS    # a subset measures less (e.g. source-only alone for the lift)
     iterations: int | None = None
     crop: int | None = None
     batch_size: int | None = None
@@ -216,7 +219,7 @@ def _pretrain_worker(method: str, domains: dict, fs: dict, ps: dict, out: str) -
     def say(msg: str) -> None:
         print(f"{time.strftime('%X')} {msg}", file=sys.stderr, flush=True)
 
-    ps_obj = PretrainBenchSettings(**{**ps, "methods": tuple(ps["methods"]),
+    ps_obj = PretrainBenchSettings(**{**ps, "methods": tuple(ps["methods"]), "rows": tuple(ps["rows"]),
                                       "label_fractions": tuple(ps["label_fractions"])})
     return pretrain_method(method, domains, BenchSettings(**fs), ps_obj, Path(out), say)
 
@@ -309,7 +312,10 @@ def run_pretrain_benchmark(out: str | Path, settings: PretrainBenchSettings | No
     report: dict = {"benchmark": "pretraining", "settings": asdict(ps), "pretraining": {}, "gap_closure": {},
                     "lift_over_random": {}, "label_efficiency": {}, "pretrain_runs": {}, "case_settings": {},
                     "timing_s": {}}
-    rows = ["source-only", "st-dasegnet", "oracle"] + [_fraction_row(f) for f in ps.label_fractions]
+    bad_rows = [r for r in ps.rows if r not in FINETUNE_ROWS]
+    if bad_rows:
+        raise ConfigError(f"unknown row(s) {', '.join(bad_rows)}; known: {', '.join(FINETUNE_ROWS)}", field="row")
+    rows = list(ps.rows) + [_fraction_row(f) for f in ps.label_fractions]
     unknown_rows = [r for r in rows if r not in RUNNERS]
     if unknown_rows:
         raise ConfigError(f"label fractions {unknown_rows} are not among {LABEL_FRACTIONS}", field="label_fractions")

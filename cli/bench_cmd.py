@@ -133,6 +133,8 @@ def pretrain_benchmark(
                                       help="SimCLR with the local contrastive loss (pretraining.local)"),
     label_efficiency: bool = typer.Option(True, "--label-efficiency/--no-label-efficiency",
                                           help="also source-only on 5 and 20 % of the source labels per start"),
+    row: list[str] = typer.Option(None, "--row", help="fine-tune only these rows: source-only | st-dasegnet | "
+                                                      "oracle (repeatable; default: all three)"),
     iterations: int = typer.Option(None, "--iterations", min=1,
                                    help="fine-tuning iterations per run (default: the case's: nc 800, neon 200)"),
     crop: int = typer.Option(None, "--crop", min=16, help="crop size in pixels (default: nc 64, neon 128)"),
@@ -144,8 +146,13 @@ def pretrain_benchmark(
     labels) fine-tuned from random weights, ImageNet (neon) and each pretraining (simclr, siameseim; croco on nc),
     pretrained on both domains' unlabelled train regions. Prints mIoU per start, the lift over random and the gap
     closure."""
-    from benchmarks.pretrain import PretrainBenchSettings, run_pretrain_benchmark
+    from benchmarks.pretrain import FINETUNE_ROWS, PretrainBenchSettings, run_pretrain_benchmark
 
+    unknown = [r for r in row or [] if r not in FINETUNE_ROWS]
+    if unknown:
+        typer.secho(f"--row: unknown row(s) {', '.join(unknown)}; known: {', '.join(FINETUNE_ROWS)}", err=True,
+                    fg="red")
+        raise typer.Exit(2)
     s = PretrainBenchSettings(seeds=seeds, budget_minutes=budget_minutes, pretrain_iterations=pretrain_iterations,
                               pretrain_batch_size=pretrain_batch_size, simclr_local=simclr_local,
                               iterations=iterations, crop=crop, batch_size=batch_size)
@@ -153,6 +160,8 @@ def pretrain_benchmark(
         s.label_fractions = ()
     if method:
         s.methods = tuple(dict.fromkeys(method))
+    if row:
+        s.rows = tuple(dict.fromkeys(row))
     for key, value in (("threads", threads), ("jobs", jobs)):
         if value is not None:
             setattr(s, key, value)

@@ -95,3 +95,17 @@ def test_bench_pretrain_smoke(nc_data, tmp_path):
     assert md.startswith("# Pretraining benchmark") and "| croco |" in md
     assert (tmp_path / "starts.png").stat().st_size > 1000 and (tmp_path / "label_efficiency.png").is_file()
     assert "source-only vs random" in res.output
+    # a subset of the rows: the same pretraining and runs, source-only alone reported
+    args = ["bench", "pretrain", "--case", "nc", "--seeds", "1", "--method", "croco", "--pretrain-iterations", "2",
+            "--iterations", "2", "--crop", "32", "--batch-size", "2", "--threads", "1", "--jobs", "1",
+            "--no-label-efficiency", "--out", str(tmp_path)]
+    try:
+        res = CliRunner().invoke(app, args + ["--row", "source-only"])
+        bad = CliRunner().invoke(app, args + ["--row", "adabn"])
+    finally:
+        torch.set_num_threads(n)
+    assert res.exit_code == 0, res.output
+    nc = json.loads((tmp_path / "report.json").read_text())["pretraining"]["nc"]
+    for start in nc.values():
+        assert {"source-only", "source-only+target-stats"} <= set(start) and "st-dasegnet" not in start
+    assert bad.exit_code == 2 and "unknown row(s) adabn" in bad.output
