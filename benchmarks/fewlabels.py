@@ -14,6 +14,8 @@ Call flow of ``run_fewlabels``::
             -> one GeoPackage of windows per target scene (core.raster.vector_write); target scenes keep their
                labels, limited to those windows (label_windows; scenes without a window: no labels)
             -> adapt job, method semi, model.checkpoint = the source-only bundle -> scored on the target test region
+        beside each semi row, "finetune-<strategy>@<budget>": the same windows, a train job (plain cross-entropy) on
+              the source scenes and the windowed target scenes from the source-only bundle, as many iterations
     gap closure per seed: (semi - best source-only) / (oracle - best source-only), the best source-only row
     chosen by its mean as in Benchmark A; also the closure of the means
     DIR/report.json: {"few_labels": {case: {"suggest@1%": {"miou": [...], "gap_closure": [...], ...}, ...}}, ...};
