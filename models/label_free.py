@@ -11,11 +11,12 @@ Over unlabelled target windows (normalised as evaluation feeds the model)::
                             pseudo_coverage_0.9 the same at 0.9
     class_distribution      predicted fraction of each class id, on target and on source windows;
                             class_tv = half the L1 distance between the two (total variation)
-    expected_miou           the mIoU the model expects of itself if its probabilities were right: per class,
-                            expected true positives sum_{argmax=k} p_k over predicted k (sum_{argmax=k} 1)
-                            plus expected misses (sum_{argmax!=k} p_k), averaged over the classes it expects
-                            on at least 0.1 % of the pixels. Unlike the scalar confidences it weighs every
-                            class alike, as mIoU does, so a model that ignores a class scores low
+    expected_miou           the mIoU the model expects of itself if its probabilities were right: per class k,
+                            H_k / (P_k + M_k - H_k), with H_k the sum of p_k over the pixels predicted k
+                            (expected hits), P_k their count and M_k the sum of p_k over every pixel (expected
+                            members); averaged over the classes it expects on at least 0.1 % of the pixels.
+                            Unlike the scalar confidences it weighs every class alike, as mIoU does, so a model
+                            that ignores a class scores low
 
 Only the pixels each window marks as counted (valid, inside its core) enter any mean, so nodata never does.
 :func:`spearman` is the rank correlation Benchmark A reports between each signal and the true target mIoU.
