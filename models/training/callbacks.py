@@ -39,7 +39,7 @@ class LoopResult:
     validations: list[dict] = field(default_factory=list)
     final_losses: dict[str, float] = field(default_factory=dict)
     late_losses: dict[str, float] = field(default_factory=dict)  # each loss's mean over the last tenth
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0          # training time of the job, summed over the runs of a resumed one
 
     @property
     def finished(self) -> bool:

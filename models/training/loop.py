@@ -170,11 +170,17 @@ class TrainLoop:
         self.validations: list[dict] = []
         self.last_losses: dict[str, float] = {}
         self.late = LossMeans()
+        #: training time before this run (earlier runs of a resumed job), and when this run started
+        self.elapsed_before, self._t0 = 0.0, None
 
     # -- state --
     def _loop_state(self) -> dict:
         return {"best": self.best, "validations": self.validations, "last_losses": self.last_losses,
-                "late_losses": self.late.state_dict()}
+                "late_losses": self.late.state_dict(), "elapsed_s": self.elapsed()}
+
+    def elapsed(self) -> float:
+        """Training time of the job so far: earlier runs of a resumed job plus this one's."""
+        return self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     def save(self, iteration: int) -> Path | None:
         """last.pth, written by rank 0 with every rank's own batch-source and RNG states (a collective call:
@@ -207,6 +213,7 @@ class TrainLoop:
         self.validations = list(loop.get("validations") or [])
         self.last_losses = dict(loop.get("last_losses") or {})
         self.late = LossMeans(loop.get("late_losses"))
+        self.elapsed_before = float(loop.get("elapsed_s") or 0.0)
         ckpt.restore_rng(mine["rng"])  # last, so nothing above consumes random numbers after it
         return int(state["iteration"])
 
@@ -244,7 +251,7 @@ class TrainLoop:
         self.method.distribute(self.collective)  # every rank from rank 0's weights (a no-op in one process)
         self.method.train()
         self.callbacks.on_start(start, self.total)
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         times: list[float] = []
         it = start
         stopped = False
@@ -281,7 +288,7 @@ class TrainLoop:
         last_path = self.save(it) or last_path
         result = LoopResult(iterations_done=it, total=self.total, stopped=stopped, last_checkpoint=last_path,
                             best=self.best, validations=self.validations, final_losses=self.last_losses,
-                            late_losses=self.late.means(), elapsed_s=time.perf_counter() - t0)
+                            late_losses=self.late.means(), elapsed_s=self.elapsed())
         self.callbacks.on_end(result)
         return result
 

@@ -97,3 +97,7 @@ def test_late_losses_average_the_last_tenth_of_the_schedule_across_a_resume(tiny
     assert first.stopped and first.iterations_done == 19
     _, resumed, _ = _run(tiny, batch_source, tmp_path / "b", n, method="source-only")
     assert resumed.late_losses == pytest.approx(straight.late_losses)
+    # the training time adds up over the two runs; a finished job run again keeps it
+    assert resumed.elapsed_s > first.elapsed_s > 0
+    _, again, _ = _run(tiny, batch_source, tmp_path / "b", n, method="source-only")
+    assert again.iterations_done == n and again.elapsed_s == pytest.approx(resumed.elapsed_s, abs=0.05)
