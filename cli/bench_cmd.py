@@ -172,8 +172,11 @@ def pretrain_benchmark(
             lift = r["lift_over_random"][case_name][start]["source-only"]
             so, st = b.get("source-only") or {}, b.get("st-dasegnet") or {}
             gap = b["gap_closure"].get("st-dasegnet")
-            typer.echo(f"  {start:<10} source-only {so.get('mean_miou') or 0:.4f}   st-dasegnet "
-                       f"{st.get('mean_miou') or 0:.4f}   gap closure {'-' if gap is None else f'{gap:.3f}'}   "
+            def fmt(v):
+                return "-" if v is None else f"{v:.4f}"
+
+            typer.echo(f"  {start:<10} source-only {fmt(so.get('mean_miou'))}   st-dasegnet "
+                       f"{fmt(st.get('mean_miou'))}   gap closure {'-' if gap is None else f'{gap:.3f}'}   "
                        f"source-only vs random {'-' if lift is None else f'{lift:+.0%}'}")
     met = r["goal"]["met"]
     typer.echo(f"goal (nc: +{r['goal']['lift_goal']:.0%} source-only and a higher gap closure): "

@@ -108,4 +108,5 @@ def test_bench_pretrain_smoke(nc_data, tmp_path):
     nc = json.loads((tmp_path / "report.json").read_text())["pretraining"]["nc"]
     for start in nc.values():
         assert {"source-only", "source-only+target-stats"} <= set(start) and "st-dasegnet" not in start
+    assert "st-dasegnet -   gap closure -" in res.output  # a row not run prints as absent, not as 0
     assert bad.exit_code == 2 and "unknown row(s) adabn" in bad.output
