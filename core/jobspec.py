@@ -45,6 +45,8 @@ METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
     # self-supervised pretraining of a backbone on unlabelled imagery (models/pretraining/)
     "pretrain": ("simclr", "siameseim", "croco"),
 }
+
+
 def class_mix_problem(values, num_classes: int) -> str | None:
     """Why ``values`` cannot be class frequencies of ``num_classes`` classes (one finite, non-negative number per
     class, in the order of 'classes', not all 0), or None: what a job spec and a model both check of a given
