@@ -385,19 +385,35 @@ def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[l
 ADABN_BATCHES = 100
 
 
-def _adabn(ctx: BenchContext, seed: int) -> dict[str, dict]:
-    """AdaBN as the product runs it (``method: adabn``, workers/pipelines/adabn.py): this seed's source-only
-    model, unchanged but for its BatchNorm statistics, re-estimated on unlabelled crops of the target train
-    region (normalised, like the model's training crops, with the source statistics). No labels and no
-    training: the cheapest adaptation baseline."""
-    s = ctx.settings
-    body = {"type": "adapt", "method": "adabn", "classes": CASES[s.case].classes,
-            "bundle": str(ctx.source_only_run(seed)), "target": ctx.domains["target"],
-            "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
-                       "predict_targets": False},
-            "output": str(ctx.run_dir(seed, "adabn"))}
-    res = run_job(load_job_spec(body), ctx.callbacks_for("adabn", seed))
-    return {"adabn": ctx.scored(res, "target")}
+def _adabn_of(start: str) -> Runner:
+    """``start`` -> ``start+adabn`` (``adabn`` from source-only)."""
+    name = "adabn" if start == "source-only" else f"{start}+adabn"
+
+    def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
+        s = ctx.settings
+        if start == "source-only":
+            bundle = ctx.source_only_run(seed)
+        else:
+            bundle = ctx.run_dir(seed, start)
+            if not (bundle / "bundle" / "weights.pth").exists():
+                RUNNERS[start].runner(ctx, seed)
+        body = {"type": "adapt", "method": "adabn", "classes": CASES[s.case].classes,
+                "bundle": str(bundle), "target": ctx.domains["target"],
+                "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
+                           "predict_targets": False},
+                "output": str(ctx.run_dir(seed, name))}
+        res = run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
+        return {name: ctx.scored(res, "target")}
+
+    run.__doc__ = (f"AdaBN as the product runs it (``method: adabn``, workers/pipelines/adabn.py) on this seed's "
+                   f"{start} model: unchanged but for its BatchNorm statistics, re-estimated on unlabelled crops of "
+                   "the target train region, normalised as that model sees the target (a source-only model: with the "
+                   "source statistics; an adapted one: with the target's). No labels and no training"
+                   + (": the cheapest adaptation baseline." if start == "source-only" else
+                      ". Training mixes both domains' batches into the running statistics the delivered model "
+                      "predicts with; this gives it the target's alone (DSBN, Chang et al. 2019, keeps them apart "
+                      "the same way)."))
+    return run
 
 
 def _label_shift_from(start: str) -> Runner:
@@ -487,7 +503,8 @@ register_runner("source-only-random", _source_only_random, adaptation=False, cos
                 applies=lambda case: case.pretrained)
 register_runner("st-dasegnet", _st_dasegnet, cost=5.0)
 register_runner("st-dasegnet-faithful", _st_dasegnet_faithful, cost=5.0)
-register_runner("adabn", _adabn, cost=0.1, needs=("source-only",))
+register_runner("adabn", _adabn_of("source-only"), cost=0.1, needs=("source-only",))
+register_runner("st-dasegnet+adabn", _adabn_of("st-dasegnet"), default=False, cost=0.1, needs=("st-dasegnet",))
 register_runner("label-shift", _label_shift_from("source-only"), cost=0.1, needs=("source-only",))
 register_runner("adabn+label-shift", _label_shift_from("adabn"), default=False, cost=0.1, needs=("adabn",))
 register_runner("st-dasegnet+source-init", _st_dasegnet_source_init("st-dasegnet+source-init", {}), default=False,

@@ -5,12 +5,14 @@ Call flow of ``run_adabn`` (workers.pipelines.dispatch hands every adabn job her
     load_bundle(spec.bundle): the model, its classes and the statistics its training crops were
         normalised with (its source statistics); no BatchNorm layer -> NoBatchNormError
     open the target scenes (unlabelled) and the validation scenes; band counts against the model
-    WindowSampler(target, crop, source statistics): windows drawn as the trainer draws target windows
+    WindowSampler(target, crop, the model's target-like statistics): windows drawn as the trainer draws target
+        windows
     score the unchanged model on the validation scenes (the baseline)
     reestimate_batchnorm over params.batches batches: progress per batch, cancel between batches
         (a cancelled job writes nothing; running it again starts over, it takes seconds)
-    <output>/bundle: the same weights with the new statistics; its source and target statistics are
-        both the source bundle's, so predicting the target normalises as the re-estimation did
+    <output>/bundle: the same weights with the new statistics; its target statistics (its default) are the ones
+        the source bundle predicts target-like scenes with (a source-only model's: its source statistics; an
+        adapted model's: its target statistics), so predicting the target normalises as the re-estimation did
     metrics.json (the model before and after on the validation scenes), target predictions
 """
 from __future__ import annotations
@@ -76,10 +78,12 @@ def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
     classes, names = source_model.classes, [c.name for c in source_model.classes]
     run = {"batches": spec.params.batches, "batch_size": spec.params.batch_size, "crop": spec.params.crop}
     seed = spec.params.seed
-    # the statistics the model's training crops were normalised with: the re-estimation and every later
+    # the statistics the model normalises target-like scenes with (its default: a source-only model's are the
+    # source's, an adapted model's the target's it was trained with): the re-estimation and every later
     # prediction on the target normalise with them, so the new statistics describe what the model will see
-    stats = source_model.normalization.stats[SOURCE]
-    normalization = Normalization({SOURCE: stats}, normalization=SOURCE)
+    trained = source_model.normalization
+    stats = {SOURCE: trained.stats[SOURCE], TARGET: trained.stats[trained.default]}
+    normalization = Normalization(stats, default=TARGET)
     target_normalizer = normalization.for_domain(TARGET)
 
     domains: list[Domain] = []
@@ -125,29 +129,30 @@ def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
         after = validate(segmentor.eval()) if validate is not None else None
         signals = label_free_signals(segmentor.eval(), domain_windows(target, target_normalizer), [],
                                      class_ids=class_ids)
-        given = source_model.provenance.get("datasets") or {}
+        datasets = source_model.provenance.get("datasets") or {}
         provenance = provenance_record(
             spec, method=METHOD, config=source_model.config.get("name"), seed=seed, run=run, best=None,
             started=started, t0=t0, device=dev, batchnorm_layers=layers,
             source_model={"bundle": str(spec.bundle), "method": source_model.method,
                           "job_type": source_model.provenance.get("job_type"),
                           "iterations": source_model.provenance.get("iterations")})
-        provenance.update(normalization="source", weights="the source model's; batch-norm statistics re-estimated")
-        provenance["datasets"]["source"] = given.get("source")  # what the source model was trained on
+        provenance.update(normalization=trained.default, weights="the source model's; batch-norm statistics re-estimated")
+        provenance["datasets"]["source"] = datasets.get("source")  # what the source model was trained on
         # the unchanged model's scores and signals, under the name other adapt jobs give their source-only
         # baseline when that is what it is
         before_key = "source_only" if source_model.method == "source-only" else "baseline"
         metrics = {
             "validation": after,
             before_key: before,
-            "validation_stats": normalization.for_domain("validation").name if validation is not None else None,
+            # by the source model's name for them
+            "validation_stats": trained.default if validation is not None else None,
             "best": None,
             "adabn": {"batches": state["done"], "batch_size": run["batch_size"], "crop": run["crop"],
                       "batchnorm_layers": layers, "elapsed_s": round(result.elapsed_s, 1)},
             "label_free": {**signals, before_key: signals_before},
         }
         bundle_dir = save_bundle(out / BUNDLE, segmentor.cpu().eval(), source_model.config, classes,
-                                 {"source": stats, "target": stats}, provenance, after or {},
+                                 stats, provenance, after or {},
                                  inference=source_model.metadata["inference"], method=METHOD,
                                  band_map=source_model.band_map, default_stats="target")
         return finish_job(spec, out, bundle_dir, metrics, provenance, state["done"], opts.callbacks, say,

@@ -1,6 +1,6 @@
 """run_job with method adabn on the real NC data: a source-only bundle's batch-norm statistics re-estimated
-on the shifted target, weights kept, the new bundle predicting the target; cancel; a model without
-BatchNorm refused; the same job through `geoadapt run`."""
+on the shifted target, weights kept, the new bundle predicting the target; an adapted model re-estimated through
+its target statistics; cancel; a model without BatchNorm refused; the same job through `geoadapt run`."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from core.data.nc import NC_CLASSES
 from core.errors import NoBatchNormError
 from core.jobspec import DomainSpec, load_job_spec
 from core.raster.domain import Domain
-from models.batchnorm_statistics import batchnorm_layers
+from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.bundle import load_bundle
 from models.sampling.sampler import WindowSampler
 from models.training.callbacks import History, StopAfter
@@ -120,6 +120,37 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert Path(pred["path"]).with_name(Path(pred["path"]).stem + "_probs.tif").exists()
     assert pred["stats"] == "target"
+
+
+def test_an_adapted_model_is_re_estimated_on_the_target_as_it_predicts_it(bench_domains, tmp_path):
+    """A model trained with target statistics (ST-DASegNet's per-domain normalisation) sees the target through
+    them: AdaBN re-estimates on windows normalised that way, and its bundle keeps them for predicting."""
+    d = bench_domains
+    st = load_job_spec({"type": "adapt", "method": "st-dasegnet", "classes": NC_CLASSES, "source": d["source"],
+                        "target": d["target"], "params": {"iterations": 2, "batch_size": 2, "crop": 32,
+                                                          "predict_targets": False},
+                        "output": str(tmp_path / "st")})
+    assert run_job(st)["status"] == "finished"
+    before = load_bundle(tmp_path / "st")
+    target_stats = before.normalization.stats["target"]
+    assert before.normalization.default == "target"
+    assert not np.allclose(target_stats.mean, before.normalization.stats["source"].mean)  # the shift is there
+
+    body = _adabn(d, tmp_path / "st", tmp_path / "adabn", params={"seed": 3})
+    assert run_job(load_job_spec(body))["status"] == "finished"
+    after = load_bundle(tmp_path / "adabn")
+    assert after.normalization.default == "target"
+    assert np.allclose(after.normalization.stats["target"].mean, target_stats.mean)
+    assert np.allclose(after.normalization.stats["source"].mean, before.normalization.stats["source"].mean)
+    assert after.provenance["normalization"] == "target"
+
+    # the same windows (same seed) through the target statistics give the job's statistics exactly
+    with Domain.open(DomainSpec.model_validate(d["target"]), before.classes, labels=False) as target:
+        sampler = WindowSampler(target, 32, before.normalization.named("target"), seed=3, labelled=False)
+        reestimate_batchnorm(before.segmentor, (sampler.sample(2)["img"] for _ in range(4)))
+    pairs = list(zip(batchnorm_layers(before.segmentor), batchnorm_layers(after.segmentor)))
+    assert pairs and all(torch.allclose(b.running_mean, a.running_mean, atol=1e-6)
+                         and torch.allclose(b.running_var, a.running_var, atol=1e-6) for b, a in pairs)
 
 
 def test_cancel_writes_nothing(bench_domains, source_model, tmp_path):
