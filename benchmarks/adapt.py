@@ -338,14 +338,15 @@ def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
 
 
 def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | None = None,
-                             init_from: str = "source-only") -> Runner:
+                             init_from: str = "source-only", params: dict | None = None) -> Runner:
     """Named option: ST-DASegNet started from this seed's source-only weights (both backbones and
     decoders, through the ordinary pretrained-checkpoint path): both students warm-started from a
     source-only stage, as a mean teacher starts from a trained model. Costs the source-only run's
     iterations on top of its own. ``prior_from``: a runner whose job records the target's class frequencies
     (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate.
     ``init_from``: ``adabn`` starts from that seed's AdaBN model instead (the same weights, batch norm
-    statistics of the target)."""
+    statistics of the target). ``params``: job parameters of the run (``normalization: source`` feeds the target
+    through the source statistics, as the AdaBN model's statistics were estimated)."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         if init_from == "source-only":
             so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
@@ -358,10 +359,10 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
             prior, refused = _recorded_target_prior(ctx, seed, prior_from)
             if prior is not None:  # a refused estimate is not passed on: the user would have none to pass
                 given["adaptation.pseudo_prior"] = prior
-        res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target",
+        res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target", params=params,
                       model={"config": ctx.settings.config,
                              "overrides": {**ctx.settings.model_overrides(), **given}, "checkpoint": str(so)})
-        scored = ctx.scored(res, "target")
+        scored = ctx.scored(res, SOURCE if (params or {}).get("normalization") == SOURCE else "target")
         return {name: {**scored, "refused": f"no pseudo_prior given: {refused}"} if refused else scored}
 
     run.__doc__ = _st_dasegnet_source_init.__doc__ + f" Overrides: {overrides}" + (
@@ -554,6 +555,13 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
                 _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
                                          {**EMA_BUDGET, **NORM_EVAL}, prior_from="adabn+label-shift",
                                          init_from="adabn"),
+                default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
+# the same, fed as the AdaBN model's statistics and the label-shift estimate were read: both domains through the
+# source statistics (per-domain statistics would feed batch norm frozen at the target's statistics other inputs)
+register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift+source-stats",
+                _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift+source-stats",
+                                         {**EMA_BUDGET, **NORM_EVAL}, prior_from="adabn+label-shift",
+                                         init_from="adabn", params={"normalization": "source"}),
                 default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
 register_runner("st-dasegnet+source-stats", _st_dasegnet_source_stats, default=False, cost=5.0)
 for _name, _overrides in ST_DASEGNET_OPTIONS.items():

@@ -300,6 +300,26 @@ def test_adabn_after_st_dasegnet_re_estimates_the_seeds_st_dasegnet_model(tmp_pa
     assert trained == [1] and specs[-1]["bundle"] == str(ctx.run_dir(2, "st-dasegnet"))
 
 
+def test_the_adabn_start_with_source_statistics_feeds_and_scores_both_domains_through_them(tmp_path):
+    import json
+
+    from benchmarks.adapt import RUNNERS
+
+    name = "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift+source-stats"
+    assert RUNNERS[name].needs == ("adabn", "adabn+label-shift") and not RUNNERS[name].default
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"  # the seed's AdaBN model, already there
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    recorded = ctx.run_dir(0, "adabn+label-shift") / "metrics.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps({"training": {"label_shift": {"target_prior": [0.6, 0.4]}}}))
+    assert RUNNERS[name].runner(ctx, 0)[name]["stats"] == "source"
+    [(_, _, kw)] = jobs
+    assert kw["params"] == {"normalization": "source"} and kw["model"]["checkpoint"] == str(weights)
+    assert kw["model"]["overrides"]["adaptation.pseudo_prior"] == [0.6, 0.4]
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
