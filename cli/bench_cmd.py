@@ -30,6 +30,9 @@ def adapt_benchmark(
     auto_class_weights: bool = typer.Option(False, "--auto-class-weights",
                                             help="class weights from each job's training labels ('auto') for "
                                                  "every method (default: the config's)"),
+    split: str = typer.Option("columns", "--split",
+                              help="columns (the design's train / test regions) | blocks (nc: a checkerboard whose "
+                                   "two regions share a class mix)"),
 ) -> None:
     """Benchmark A on its cases (nc: the NC Landsat-7 scene under a simulated sensor + atmosphere shift;
     neon: NEON RGB trees across sites): source-only (source / target statistics; from random weights where
@@ -38,7 +41,8 @@ def adapt_benchmark(
     Named options run only when asked for, e.g. --method st-dasegnet+ema-budget."""
     from benchmarks.adapt import BenchSettings, run_benchmark
 
-    s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize, auto_class_weights=auto_class_weights)
+    s = BenchSettings(seeds=seeds, photometric=photometric, resize=resize, auto_class_weights=auto_class_weights,
+                      split=split)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
                        ("jobs", jobs), ("config", config)):
         if value is not None:

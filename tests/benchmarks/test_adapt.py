@@ -167,6 +167,36 @@ def test_bench_adapt_refuses_an_unknown_method_before_any_work(tmp_path, monkeyp
     assert not (tmp_path / "out").exists()  # nothing fetched, nothing written
 
 
+def test_bench_adapt_refuses_a_split_the_case_cannot_draw_before_any_work(tmp_path, monkeypatch, capsys):
+    from cli import main
+
+    monkeypatch.setattr("sys.argv", ["geoadapt", "bench", "adapt", "--case", "nc", "--case", "neon", "--split",
+                                     "blocks", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "the neon case splits its targets by columns, not 'blocks'" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()  # nc was not run first
+
+
+def test_the_blocks_split_keeps_its_runs_apart_and_the_report_says_where_it_scored(tmp_path):
+    from benchmarks.adapt import BenchContext, BenchSettings
+
+    def ctx(split):
+        return BenchContext(BenchSettings(split=split).for_case("nc"), tmp_path, {}, None, print)
+
+    assert ctx("blocks").run_dir(0, "adabn") != ctx("columns").run_dir(0, "adabn")
+    assert "split-blocks" in str(ctx("blocks").run_dir(0, "adabn"))
+    rows = {"source-only": [_m(0.10, [0.1, 0.1])], "oracle": [_m(0.30, [0.3, 0.3])]}
+    report = {"settings": {"config": "segformer-tiny", "iterations": 8, "batch_size": 2, "crop": 32, "shift_seed": 0},
+              "seeds": [0], "split": "blocks", "train_columns": [0.0, 0.6], "test_columns": [0.6, 1.0],
+              "mean_over": "classes", "classes": ["a", "b"], "goals": {}, "elapsed_s": 60, "device": "cpu",
+              "threads": 1, **summarise(rows, ["a", "b"], [])}
+    text = render_markdown(report)
+    assert "Split `blocks`: train region = the even cells of a checkerboard of 96 px cells" in text
+    assert "columns [0.0, 0.6]" not in text
+
+
 def test_a_named_st_dasegnet_option_runs_the_method_with_its_overrides_added(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import RUNNERS, ST_DASEGNET_OPTIONS, BenchContext, BenchSettings
