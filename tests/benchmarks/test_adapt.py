@@ -131,6 +131,24 @@ def test_bench_adapt_smoke(nc_data, tmp_path):
     assert "gap closure st-dasegnet" in res.output and "gap closure feature-regression" in res.output
 
 
+def test_bench_adapt_blocks_split_smoke(nc_data, tmp_path):
+    """The blocks split end to end at toy size: jobs train, adapt and are scored on checkerboard regions."""
+    n = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["bench", "adapt", "--case", "nc", "--split", "blocks", "--iterations", "2",
+                                       "--seeds", "1", "--crop", "32", "--batch-size", "2", "--threads", "1", "--jobs",
+                                       "1", "--method", "source-only", "--method", "adabn", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())["cases"]["nc"]
+    assert report["split"] == "blocks" and report["settings"]["split"] == "blocks"
+    assert set(report["methods"]) == {"source-only", "source-only+target-stats", "adabn"}
+    assert all(0 <= m["miou"][0] <= 1 for m in report["methods"].values())
+    assert "Split `blocks`" in (tmp_path / "nc" / "report.md").read_text()
+    assert all("split-blocks" in p.name for p in (tmp_path / "nc" / "runs").iterdir())
+
+
 def test_bench_adapt_neon_case_smoke(tmp_path):
     """The NEON case end to end at toy size: pretrained and random starts, no feature regression (no pairs)."""
     n = torch.get_num_threads()
