@@ -358,12 +358,7 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
     statistics of the target). ``params``: job parameters of the run (``normalization: source`` feeds the target
     through the source statistics, as the AdaBN model's statistics were estimated)."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
-        if init_from == "source-only":
-            so = ctx.source_only_run(seed) / "bundle" / "weights.pth"
-        else:
-            so = ctx.run_dir(seed, init_from) / "bundle" / "weights.pth"
-            if not so.exists():
-                RUNNERS[init_from].runner(ctx, seed)
+        so = _run_of(ctx, seed, init_from) / "bundle" / "weights.pth"
         given, refused = dict(overrides), None
         if prior_from is not None:
             prior, refused = _recorded_target_prior(ctx, seed, prior_from)
@@ -396,18 +391,23 @@ def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[l
 ADABN_BATCHES = 100
 
 
+def _run_of(ctx: BenchContext, seed: int, start: str) -> Path:
+    """This seed's run folder of the row ``start``, run first where its bundle is not there yet."""
+    if start == "source-only":
+        return ctx.source_only_run(seed)
+    run = ctx.run_dir(seed, start)
+    if not (run / "bundle" / "weights.pth").exists():
+        RUNNERS[start].runner(ctx, seed)
+    return run
+
+
 def _adabn_of(start: str) -> Runner:
     """``start`` -> ``start+adabn`` (``adabn`` from source-only)."""
     name = "adabn" if start == "source-only" else f"{start}+adabn"
 
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         s = ctx.settings
-        if start == "source-only":
-            bundle = ctx.source_only_run(seed)
-        else:
-            bundle = ctx.run_dir(seed, start)
-            if not (bundle / "bundle" / "weights.pth").exists():
-                RUNNERS[start].runner(ctx, seed)
+        bundle = _run_of(ctx, seed, start)
         body = {"type": "adapt", "method": "adabn", "classes": CASES[s.case].classes,
                 "bundle": str(bundle), "target": ctx.domains["target"],
                 "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
@@ -433,12 +433,7 @@ def _label_shift_from(start: str) -> Runner:
 
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         s = ctx.settings
-        if start == "source-only":
-            bundle = ctx.source_only_run(seed)
-        else:
-            bundle = ctx.run_dir(seed, start)
-            if not (bundle / "bundle" / "weights.pth").exists():
-                RUNNERS[start].runner(ctx, seed)
+        bundle = _run_of(ctx, seed, start)
         body = {"type": "adapt", "method": "label-shift", "classes": CASES[s.case].classes, "bundle": str(bundle),
                 "source": ctx.domains["source"], "target": ctx.domains["target"],
                 "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "seed": seed,
