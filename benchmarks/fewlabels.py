@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 from rasterio.windows import Window
 
-from benchmarks.adapt import CASES, BenchContext, BenchSettings, register_runner, run_case
+from benchmarks.adapt import CASES, BenchContext, BenchSettings, check_split, register_runner, run_case
 from benchmarks.common import saved_figure
 from core.errors import ConfigError
 from core.files import write_json
@@ -307,6 +307,8 @@ def run_fewlabels(out: str | Path, settings: BenchSettings | None = None, *, cas
     bad = [c for c in cases or [] if c not in CASES]
     if bad:
         raise ConfigError(f"unknown case(s) {', '.join(bad)}; known: {', '.join(CASES)}", field="case")
+    for case in cases or list(CASES):
+        check_split(case, s.split)
     say = log or (lambda m: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +353,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"## Case {case}: {cr['title']}", "",
                   f"Config `{s['config']}`, batch {s['batch_size']} x {s['crop']} px; source-only and oracle "
                   f"{s['iterations']} iterations, semi {fl.get('iterations') or s['iterations']} iterations more from "
-                  f"the source-only model; label windows {fl.get('window') or s['crop']} px; seeds {cr['seeds']}.", "",
+                  f"the source-only model; label windows {fl.get('window') or s['crop']} px; seeds {cr['seeds']}"
+                  + (f"; split `{s['split']}` (bench adapt --split)" if s.get("split", "columns") != "columns" else "")
+                  + ".", "",
                   f"Best source-only row: `{c['best_source_only']}` (mIoU {f(c['source_only']['mean'])}), oracle "
                   f"{f(c['oracle']['mean'])}.", "",
                   "| labels | windows (of region) | labelled px | mIoU per seed | mean mIoU | gap closure per seed | "

@@ -78,6 +78,7 @@ def fewlabels_benchmark(
     semi_override: list[str] = typer.Option(None, "--semi-override",
                                             help="KEY=JSON model override of the semi runs, e.g. "
                                                  "adaptation.phase1=0.5 (repeatable)"),
+    split: str = typer.Option("columns", "--split", help="columns | blocks (nc), as bench adapt --split"),
 ) -> None:
     """Method semi with 1 and 5 percent of the target's train windows labelled, chosen by labels suggest or at
     random, beside source-only and the oracle on Benchmark A's cases: mIoU and gap closure per seed. Writes
@@ -88,7 +89,7 @@ def fewlabels_benchmark(
     from benchmarks.fewlabels import FewLabelsOptions, run_fewlabels
     from core.errors import ConfigError
 
-    s = BenchSettings(seeds=seeds)
+    s = BenchSettings(seeds=seeds, split=split)
     for key, value in (("iterations", iterations), ("crop", crop), ("batch_size", batch_size), ("threads", threads),
                        ("jobs", jobs)):
         if value is not None:

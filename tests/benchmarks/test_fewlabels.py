@@ -35,6 +35,18 @@ def test_the_nc_train_region_tiles_into_windows_with_enough_valid_pixels(nc_data
     assert (tmp_path / "scene1_windows.gpkg").stat().st_size > 0
 
 
+def test_under_the_blocks_split_the_windows_to_label_lie_in_the_train_cells(nc_data):
+    from core.data.demo import BLOCK_CELL, benchmark_a_domains, ensure_shifted_target, shifted_target_path
+
+    domains = benchmark_a_domains(nc_data, ensure_shifted_target(nc_data, shifted_target_path(None, 0), 0), "blocks")
+    tiling = region_windows(domains["target"], 32)
+    assert len(tiling) > 20
+    for _, w, _ in tiling:  # 32 px windows from the region's corner: each inside one cell, an even one
+        cells = {((int(w.row_off) + dr) // BLOCK_CELL, (int(w.col_off) + dc) // BLOCK_CELL) for dr in (0, 31)
+                 for dc in (0, 31)}
+        assert len(cells) == 1 and sum(next(iter(cells))) % 2 == 0
+
+
 def test_gap_closure_per_seed_against_the_best_source_only_row():
     def row(mious):
         return {"miou": mious, "oa": mious, "mf1": mious, "mean": {"miou": sum(mious) / len(mious)},
