@@ -50,6 +50,8 @@ class _CellIndex:
         i1, j1 = np.minimum(ii + k, ny + k), np.minimum(jj + k, nx + k)
         s = integ[i1][:, j1] - integ[ii][:, j1] - integ[i1][:, jj] + integ[ii][:, jj]
         frac = s / float(crop * crop)
+        #: the share a read window must hold, and the most any position reaches
+        self.min_share, self.best = float(min_valid), float(frac.max()) if frac.size else 0.0
         self.ok = frac >= min_valid * 0.9  # slack for the jitter; the read re-checks exactly
         self.positions = np.argwhere(self.ok)  # (n, 2) cell indices (i, j)
 
@@ -133,9 +135,7 @@ class WindowSampler(_Base):
         self.domain, self.crop, self.normalizer = domain, int(crop), normalizer
         self.labelled, self.min_valid, self.rare_class_bias = labelled, float(min_valid), float(rare_class_bias)
         self.cell = cell or _default_cell(self.crop)
-        self.index = [
-            _CellIndex(it, self.crop, self.cell, self._cell_fractions(it), self.min_valid) for it in domain.items
-        ]
+        self.index = [self._scene_index(it) for it in domain.items]
         self._check_positions()
         self._item_p = _position_weights(self.index, domain.balance)
         self.class_freq: np.ndarray | None = None
@@ -155,14 +155,26 @@ class WindowSampler(_Base):
             return item.label_map(self.cell, len(self.domain.classes)).sum(axis=0) / cell_areas(h, w, self.cell)
         return item.valid_map(self.cell)
 
+    def _scene_index(self, item: DomainScene) -> _CellIndex:
+        """Where crops of a scene may be drawn. On a scene labelled only inside label windows, a crop must hold
+        ``min_valid`` labelled pixels, or half the share the best crop reaches where the windows are smaller
+        than that allows (a 32 px window holds a quarter of a 64 px crop): otherwise no crop would be admissible
+        and the scene's labels would go unused without a word."""
+        fractions = self._cell_fractions(item)
+        index = _CellIndex(item, self.crop, self.cell, fractions, self.min_valid)
+        if self.labelled and _windowed(item) and 0.0 < index.best < self.min_valid:
+            index = _CellIndex(item, self.crop, self.cell, fractions, 0.5 * index.best)
+        return index
+
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the region", self.crop, self.min_valid)
 
     def _accept(self, valid: np.ndarray, label: np.ndarray | None, item: DomainScene) -> bool:
         """Whether a read window holds enough of what the sampler draws (here: valid pixels; labelled ones on a
-        scene whose labels are limited to label windows)."""
+        scene whose labels are limited to label windows, as much as its index asks)."""
         if self.labelled and _windowed(item):
-            return label is not None and (label != IGNORE_INDEX).mean() >= self.min_valid
+            needed = next(ix.min_share for ix in self.index if ix.item is item)
+            return label is not None and (label != IGNORE_INDEX).mean() >= needed
         return valid.mean() >= self.min_valid
 
     def state_dict(self) -> dict:

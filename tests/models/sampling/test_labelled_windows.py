@@ -111,3 +111,28 @@ def test_a_training_sampler_draws_a_windowed_scene_inside_its_windows(nc_bands, 
                     far += abs(r - ROW) >= SIDE or abs(c - COL) >= SIDE
         assert far > 0
         assert {i for i, _ in s.last_windows} <= {0, 1}
+
+
+def test_a_windowed_scene_with_windows_smaller_than_a_crop_is_still_drawn(nc_bands, nc_data, nc_classes,
+                                                                          one_window):
+    """One 64 px window, 128 px crops: no crop can be half labelled (a quarter at most). The scene is still
+    drawn, over its window, with crops that hold at least half the labelled share the best crop reaches; before,
+    it had no admissible crop and its labels went unused without a word."""
+    spec = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data), _scene(nc_bands, nc_data, one_window)],
+                                      "balance": "scenes"})
+    crop = 2 * SIDE
+    with Domain.open(spec, nc_classes) as dom:
+        s = WindowSampler(dom, crop, Normalizer(dom.stats()), seed=0, labelled=True)
+        full, windowed = s.index
+        assert full.min_share == 0.5 and 0.2 < windowed.best <= 0.25 and windowed.min_share == 0.5 * windowed.best
+        seen = 0
+        for _ in range(4):
+            b = s.sample(4)
+            for k, (scene, w) in enumerate(s.last_windows):
+                if scene == 1:
+                    seen += 1
+                    share = float((b["label"][k] != IGNORE_INDEX).float().mean())
+                    assert share >= windowed.min_share
+                    r, c = int(w.row_off), int(w.col_off)
+                    assert r <= ROW + SIDE and r + crop >= ROW and c <= COL + SIDE and c + crop >= COL
+        assert seen > 0
