@@ -2,8 +2,8 @@
 
 Call flow of ``run_adabn`` (workers.pipelines.dispatch hands every adabn job here)::
 
-    load_bundle(spec.bundle): the model, its classes and the statistics its training crops were
-        normalised with (its source statistics); no BatchNorm layer -> NoBatchNormError
+    load_bundle(spec.bundle): the model, its classes and the statistics it was trained with; no BatchNorm
+        layer -> NoBatchNormError
     open the target scenes (unlabelled) and the validation scenes; band counts against the model
     WindowSampler(target, crop, the model's target-like statistics): windows drawn as the trainer draws target
         windows
@@ -136,7 +136,8 @@ def run_adabn(spec: JobSpec, opts: RunOptions) -> dict:
             source_model={"bundle": str(spec.bundle), "method": source_model.method,
                           "job_type": source_model.provenance.get("job_type"),
                           "iterations": source_model.provenance.get("iterations")})
-        provenance.update(normalization=trained.default, weights="the source model's; batch-norm statistics re-estimated")
+        provenance.update(normalization=trained.default,
+                          weights="the source model's; batch-norm statistics re-estimated")
         provenance["datasets"]["source"] = datasets.get("source")  # what the source model was trained on
         # the unchanged model's scores and signals, under the name other adapt jobs give their source-only
         # baseline when that is what it is
