@@ -169,13 +169,12 @@ class WindowSampler(_Base):
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the region", self.crop, self.min_valid)
 
-    def _accept(self, valid: np.ndarray, label: np.ndarray | None, item: DomainScene) -> bool:
-        """Whether a read window holds enough of what the sampler draws (here: valid pixels; labelled ones on a
-        scene whose labels are limited to label windows, as much as its index asks)."""
-        if self.labelled and _windowed(item):
-            needed = next(ix.min_share for ix in self.index if ix.item is item)
-            return label is not None and (label != IGNORE_INDEX).mean() >= needed
-        return valid.mean() >= self.min_valid
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None, idx: _CellIndex) -> bool:
+        """Whether a read window holds the share its scene's index asks of what the sampler draws (here: valid
+        pixels; labelled ones on a scene whose labels are limited to label windows)."""
+        if self.labelled and _windowed(idx.item):
+            return label is not None and (label != IGNORE_INDEX).mean() >= idx.min_share
+        return valid.mean() >= idx.min_share
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -235,7 +234,7 @@ class WindowSampler(_Base):
                     win = self.rescale.window_around(win, (idx.r0, idx.c0, idx.h, idx.w))
                 rw = idx.item.read(win)
                 label = idx.item.read_labels(win, rw.valid) if self.labelled else None
-                if self._accept(rw.valid, label, idx.item):
+                if self._accept(rw.valid, label, idx):
                     break
             else:
                 raise EmptyRegionError(
@@ -287,8 +286,8 @@ class LabelledWindowSampler(WindowSampler):
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the labelled part of the domain", self.crop, self.min_valid, "labelled")
 
-    def _accept(self, valid: np.ndarray, label: np.ndarray | None, item: DomainScene) -> bool:
-        return label is not None and (label != IGNORE_INDEX).mean() >= self.min_valid
+    def _accept(self, valid: np.ndarray, label: np.ndarray | None, idx: _CellIndex) -> bool:
+        return label is not None and (label != IGNORE_INDEX).mean() >= idx.min_share
 
 
 class PairedSampler(_Base):
