@@ -401,19 +401,23 @@ def _run_of(ctx: BenchContext, seed: int, start: str) -> Path:
     return run
 
 
+def _bundle_job(ctx: BenchContext, seed: int, name: str, method: str, bundle: Path, **extra) -> dict:
+    """A job with no training on ``bundle`` (AdaBN, label shift) over the target train region, as a user submits
+    it: ADABN_BATCHES batches of the benchmark's batch size; ``extra`` adds to the body and its params."""
+    s = ctx.settings
+    params = {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "seed": seed, "predict_targets": False,
+              **extra.pop("params", {})}
+    body = {"type": "adapt", "method": method, "classes": CASES[s.case].classes, "bundle": str(bundle),
+            "target": ctx.domains["target"], "params": params, "output": str(ctx.run_dir(seed, name)), **extra}
+    return run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
+
+
 def _adabn_of(start: str) -> Runner:
     """``start`` -> ``start+adabn`` (``adabn`` from source-only)."""
     name = "adabn" if start == "source-only" else f"{start}+adabn"
 
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
-        s = ctx.settings
-        bundle = _run_of(ctx, seed, start)
-        body = {"type": "adapt", "method": "adabn", "classes": CASES[s.case].classes,
-                "bundle": str(bundle), "target": ctx.domains["target"],
-                "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "crop": s.crop, "seed": seed,
-                           "predict_targets": False},
-                "output": str(ctx.run_dir(seed, name))}
-        res = run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
+        res = _bundle_job(ctx, seed, name, "adabn", _run_of(ctx, seed, start), params={"crop": ctx.settings.crop})
         return {name: ctx.scored(res, "target")}
 
     run.__doc__ = (f"AdaBN as the product runs it (``method: adabn``, workers/pipelines/adabn.py) on this seed's "
@@ -432,15 +436,9 @@ def _label_shift_from(start: str) -> Runner:
     name = "label-shift" if start == "source-only" else f"{start}+label-shift"
 
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
-        s = ctx.settings
         bundle = _run_of(ctx, seed, start)
-        body = {"type": "adapt", "method": "label-shift", "classes": CASES[s.case].classes, "bundle": str(bundle),
-                "source": ctx.domains["source"], "target": ctx.domains["target"],
-                "params": {"batches": ADABN_BATCHES, "batch_size": s.batch_size, "seed": seed,
-                           "predict_targets": False},
-                "output": str(ctx.run_dir(seed, name))}
         try:
-            res = run_job(load_job_spec(body), ctx.callbacks_for(name, seed))
+            res = _bundle_job(ctx, seed, name, "label-shift", bundle, source=ctx.domains["source"])
         except NotALabelShiftError as refused:  # what the user keeps then: the model as it was
             return {name: {**ctx.evaluate(bundle, "auto"), "refused": refused.message, "copy_of": start}}
         return {name: ctx.scored(res, "auto")}
