@@ -211,8 +211,6 @@ def _semi_runner(strategy: str, pct: int):
         half = max(min(2, s.batch_size), s.batch_size // 2)
         overrides = {**s.model_overrides("semi"), "adaptation.labelled_batch_size": half,
                      "adaptation.inpaint_batch_size": half, **(FewLabelsOptions.of(s).overrides or {})}
-        if lb.side < s.crop:  # a crop over a smaller window holds (side / crop)^2 labelled pixels at most
-            overrides.setdefault("adaptation.min_labelled", 0.5 * (lb.side / s.crop) ** 2)
         model = {"config": s.config, "overrides": overrides, "checkpoint": str(ctx.source_only_run(seed))}
         res = ctx.job(lb.run_name, seed, type="adapt", method="semi", target=lb.domain_key, model=model,
                       params={"iterations": lb.iterations})

@@ -150,19 +150,24 @@ class WindowSampler(_Base):
         """The per-cell fraction of the pixels a window must mostly hold (here: valid ones; labelled ones where a
         labelled sampler meets a scene whose labels are limited to label windows, since valid ground outside
         them would train on nothing)."""
-        if self.labelled and _windowed(item):
+        if self._draws_labels_of(item):
             h, w = int(item.region.height), int(item.region.width)
             return item.label_map(self.cell, len(self.domain.classes)).sum(axis=0) / cell_areas(h, w, self.cell)
         return item.valid_map(self.cell)
 
+    def _draws_labels_of(self, item: DomainScene) -> bool:
+        """Whether crops of this scene are drawn by their labelled pixels (labels limited to label windows, the
+        rest of its valid ground unlabelled), rather than by their valid ones."""
+        return self.labelled and _windowed(item)
+
     def _scene_index(self, item: DomainScene) -> _CellIndex:
-        """Where crops of a scene may be drawn. On a scene labelled only inside label windows, a crop must hold
-        ``min_valid`` labelled pixels, or half the share the best crop reaches where the windows are smaller
-        than that allows (a 32 px window holds a quarter of a 64 px crop): otherwise no crop would be admissible
-        and the scene's labels would go unused without a word."""
+        """Where crops of a scene may be drawn. Where crops are drawn by their labelled pixels, a crop must hold
+        ``min_valid`` of them, or half the share the best crop reaches where the labels are smaller than that
+        allows (a 32 px window holds a quarter of a 64 px crop): otherwise no crop would be admissible and the
+        scene's labels would go unused."""
         fractions = self._cell_fractions(item)
         index = _CellIndex(item, self.crop, self.cell, fractions, self.min_valid)
-        if self.labelled and _windowed(item) and 0.0 < index.best < self.min_valid:
+        if self._draws_labels_of(item) and 0.0 < index.best < self.min_valid:
             index = _CellIndex(item, self.crop, self.cell, fractions, 0.5 * index.best)
         return index
 
@@ -172,7 +177,7 @@ class WindowSampler(_Base):
     def _accept(self, valid: np.ndarray, label: np.ndarray | None, idx: _CellIndex) -> bool:
         """Whether a read window holds the share its scene's index asks of what the sampler draws (here: valid
         pixels; labelled ones on a scene whose labels are limited to label windows)."""
-        if self.labelled and _windowed(idx.item):
+        if self._draws_labels_of(idx.item):
             return label is not None and (label != IGNORE_INDEX).mean() >= idx.min_share
         return valid.mean() >= idx.min_share
 
@@ -261,7 +266,9 @@ class WindowSampler(_Base):
 class LabelledWindowSampler(WindowSampler):
     """Random windows over the labelled pixels of a partly labelled domain (a semi job's target: labels on
     some scenes, or only inside label windows): positions are drawn where at least ``min_labelled`` of a
-    window's pixels carry a label, and each read is checked again. Scenes without labels are never drawn."""
+    window's pixels carry a label (half the best crop's share where the labels are smaller than that allows,
+    by the rule of :meth:`WindowSampler._scene_index`), and each read is checked again. Scenes without labels
+    are never drawn."""
 
     _drawn = "labelled"
 
@@ -285,6 +292,9 @@ class LabelledWindowSampler(WindowSampler):
 
     def _check_positions(self) -> None:
         _weights_or_fail(self.index, "the labelled part of the domain", self.crop, self.min_valid, "labelled")
+
+    def _draws_labels_of(self, item: DomainScene) -> bool:
+        return item.labels is not None
 
     def _accept(self, valid: np.ndarray, label: np.ndarray | None, idx: _CellIndex) -> bool:
         return label is not None and (label != IGNORE_INDEX).mean() >= idx.min_share

@@ -154,8 +154,10 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                                                    min_labelled=float(adaptation.get("min_labelled", 0.5)),
                                                    photometric=photometric)
             except EmptyRegionError as e:
-                raise EmptyRegionError(f"the target's labels: {e.message}; label larger windows or lower "
-                                       "model.overrides adaptation.min_labelled", field="target") from None
+                # crops over labels smaller than min_labelled allows are drawn anyway (the sampler's rule): here
+                # no labelled pixel lies where a crop of the region can be read
+                raise EmptyRegionError(f"the target's labels: {e.message}; label windows inside the target's "
+                                       "region", field="target") from None
         batches = SamplerBatches(src_sampler, tgt_sampler, share,
                                  flip=bool((cfg.get("augment") or {}).get("flip", False)), seed=rank_seed, device=dev,
                                  target_labelled=tl_sampler, labelled_batch_size=adaptation.get("labelled_batch_size"))

@@ -12,4 +12,5 @@ adaptation = dict(
     labelled_batch_size=None,     # labelled target crops per batch; None: the job's batch size
     inpaint_batch_size=None,      # unlabelled target crops inpainted per batch; None: the job's batch size
     min_labelled=0.5,             # a labelled target crop holds at least this share of labelled pixels
+                                  # (half the best crop's share where the labels are smaller than that allows)
 )

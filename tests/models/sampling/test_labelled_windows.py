@@ -136,3 +136,21 @@ def test_a_windowed_scene_with_windows_smaller_than_a_crop_is_still_drawn(nc_ban
                     r, c = int(w.row_off), int(w.col_off)
                     assert r <= ROW + SIDE and r + crop >= ROW and c <= COL + SIDE and c + crop >= COL
         assert seen > 0
+
+
+def test_a_semi_job_sampler_draws_windows_smaller_than_half_a_crop(nc_bands, nc_data, nc_classes, one_window):
+    """A semi job's labelled target sampler follows the training sampler's rule: with one 64 px window and
+    128 px crops (a quarter labelled at most) and the default min_labelled 0.5, its crops hold half the best
+    crop's share, where it used to refuse the scene and ask for larger windows."""
+    spec = DomainSpec.model_validate({"scenes": [_scene(nc_bands, nc_data, one_window)],
+                                      "region": {"columns": [0.0, 0.6]}})
+    crop = 2 * SIDE
+    with Domain.open(spec, nc_classes) as dom:
+        s = LabelledWindowSampler(dom, crop, Normalizer(dom.stats()), seed=0, min_labelled=0.5)
+        (index,) = s.index
+        assert 0.2 < index.best <= 0.25 and index.min_share == 0.5 * index.best
+        b = s.sample(4)
+        assert ((b["label"] != IGNORE_INDEX).float().mean(dim=(1, 2)) >= index.min_share).all()
+        for _, w in s.last_windows:
+            r, c = int(w.row_off), int(w.col_off)
+            assert r <= ROW + SIDE and r + crop >= ROW and c <= COL + SIDE and c + crop >= COL
