@@ -559,6 +559,14 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
                                          {**EMA_BUDGET, **NORM_EVAL}, prior_from="adabn+label-shift",
                                          init_from="adabn"),
                 default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
+# the same with self-training weighed as a plain mean teacher weighs it (MEAN_TEACHER): the given mix keeps the
+# pseudo-labels on the target's class frequencies, so a stronger self-training term should not drift back to the
+# source's
+register_runner("st-dasegnet+adabn-init+mean-teacher+norm-eval+prior-label-shift",
+                _st_dasegnet_source_init("st-dasegnet+adabn-init+mean-teacher+norm-eval+prior-label-shift",
+                                         {**MEAN_TEACHER, **NORM_EVAL}, prior_from="adabn+label-shift",
+                                         init_from="adabn"),
+                default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
 # the same, fed as the AdaBN model's statistics and the label-shift estimate were read: both domains through the
 # source statistics (per-domain statistics would feed batch norm frozen at the target's statistics other inputs)
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift+source-stats",

@@ -368,6 +368,29 @@ def test_the_adabn_start_with_source_statistics_feeds_and_scores_both_domains_th
     assert kw["model"]["overrides"]["adaptation.pseudo_prior"] == [0.6, 0.4]
 
 
+def test_the_adabn_start_as_a_mean_teacher_weighs_self_training_like_the_source_ce(tmp_path):
+    import json
+
+    from models.config import resolve_config
+    from benchmarks.adapt import RUNNERS
+
+    name = "st-dasegnet+adabn-init+mean-teacher+norm-eval+prior-label-shift"
+    assert RUNNERS[name].needs == ("adabn", "adabn+label-shift") and not RUNNERS[name].default
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = ctx.run_dir(1, "adabn") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    recorded = ctx.run_dir(1, "adabn+label-shift") / "metrics.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps({"training": {"label_shift": {"target_prior": [0.55, 0.45]}}}))
+    RUNNERS[name].runner(ctx, 1)
+    [(_, seed, kw)] = jobs
+    assert seed == 1 and kw["model"]["checkpoint"] == str(weights) and not kw.get("params")
+    block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
+    assert block["pseudo_prior"] == [0.55, 0.45] and block["norm_eval"] is True
+    assert (block["ema_horizon"], block["pseudo_threshold"], block["self_training_weight"]) == (0.5, 0.9, 1.0)
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
