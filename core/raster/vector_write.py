@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,8 +57,12 @@ def write_gpkg(path: str | Path, features: Sequence[tuple[dict, dict]], crs: Any
     os.close(fd)
     os.unlink(tmp)  # the driver creates the file itself
     try:
-        write(tmp, geoms, fields, names, layer=layer, driver="GPKG", geometry_type="Polygon",
-              crs=crs.to_wkt() if crs is not None else None)
+        with warnings.catch_warnings():
+            # polygons of an image without a CRS are in its grid's own coordinates, on purpose: pyogrio's warning
+            # that the layer has no projection would only alarm the user
+            warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+            write(tmp, geoms, fields, names, layer=layer, driver="GPKG", geometry_type="Polygon",
+                  crs=crs.to_wkt() if crs is not None else None)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
