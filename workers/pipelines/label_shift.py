@@ -25,8 +25,10 @@ Call flow of ``run_label_shift`` (workers.pipelines.dispatch hands every label-s
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from core.bundle_manifest import check_same_classes
 from core.job_layout import BUNDLE
 from core.jobspec import JobSpec
 from core.raster.domain import Domain
-from models.bundle import Bundle, load_bundle, save_bundle
+from models.bundle import load_bundle, save_bundle
 from models.evaluate import spread_context_windows
 from models.label_free import domain_windows, label_free_signals
 from models.label_shift import (LabelShiftEstimate, add_class_log_ratio, bbse_target_prior, check_class_biases,
@@ -57,8 +59,12 @@ SIMPLEX_TOLERANCE, MAX_DISAGREEMENT = 0.05, 0.5
 TILE, MARGIN = 256, 32
 
 
+#: (1, C, h, w) normalised input -> (1, K, h, w) logits of the unchanged model in eval mode
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def _window_pixels(bundle: Bundle, window, normalizer: Normalizer, *, labelled: bool
+def _window_pixels(logits_of: LogitsFn, num_classes: int, window, normalizer: Normalizer, *, labelled: bool
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, K) log-probabilities of the window's counted pixels (inside its core, valid, and labelled when
     ``labelled``), with their (N,) train ids when ``labelled``; no rows when none counts."""
@@ -69,12 +75,60 @@ def _window_pixels(bundle: Bundle, window, normalizer: Normalizer, *, labelled: 
     labels = None
     if labelled:
         labels = item.read_labels(win, rw.valid).astype(np.int64)
-        counted &= labels < bundle.num_classes
+        counted &= labels < num_classes
     x = torch.from_numpy(normalizer(rw.data, rw.valid))[None]
-    log_p = bundle.predict_logits(x).float().log_softmax(dim=1).cpu()
+    log_p = logits_of(x).float().log_softmax(dim=1).cpu()
     mask = torch.from_numpy(counted)
     rows = pixel_rows(log_p, mask[None])
     return rows, (torch.from_numpy(labels)[mask] if labelled else None)
+
+
+@dataclass
+class ShiftReading:
+    """The class frequencies read on evaluation windows of both domains: the frozen estimate (pi_s, pi_t, T; its
+    pools hold the pixels read), the factor that gives those target pixels the mean pi_t, what a job reports of
+    them (priors, the factor, total variation, pixels, the check), and the windows read."""
+
+    shift: LabelShiftEstimate
+    ratio: torch.Tensor
+    record: dict
+    windows: int
+
+
+def read_label_shift(logits_of: LogitsFn, names: list[str], source: Domain, target: Domain,
+                     normalizers: tuple[Normalizer, Normalizer], *, limit: int,
+                     should_stop: Callable[[], bool] = lambda: False,
+                     on_window: Callable[[int, int], None] = lambda done, total: None) -> ShiftReading | None:
+    """Calibration, pi_s and EM's pi_t from the model ``logits_of`` on at most ``limit`` evaluation windows (256 px
+    cores with context, spread evenly) of the labelled ``source`` and of the ``target``, each normalised by its
+    normaliser; then the check (:func:`_assumption_check`). ``on_window(done, total)`` before the first window and
+    after each; None when ``should_stop`` asks between windows. Nothing labelled or valid to read is a SpecError naming the side."""
+    plans = {"source": spread_context_windows(source, limit, tile=TILE, margin=MARGIN, labelled_only=True),
+             "target": spread_context_windows(target, limit, tile=TILE, margin=MARGIN)}
+    total = len(plans["source"]) + len(plans["target"])
+    shift = LabelShiftEstimate(len(names), pool=max(total, 1) * PIXELS_PER_WINDOW, per_batch=PIXELS_PER_WINDOW)
+    done, pixels = 0, {"source": 0, "target": 0}
+    on_window(0, total)
+    for (name, plan), normalizer in zip(plans.items(), normalizers):
+        for window in plan:
+            if should_stop():
+                return None
+            rows, ids = _window_pixels(logits_of, len(names), window, normalizer, labelled=name == "source")
+            if name == "source":
+                shift.observe_source(rows, ids)
+            else:
+                shift.observe_target(rows)
+            pixels[name] += min(len(rows), PIXELS_PER_WINDOW)
+            done += 1
+            on_window(done, total)
+    if not pixels["source"] or not pixels["target"]:
+        missing = "labelled source" if not pixels["source"] else "valid target"
+        raise SpecError(f"no {missing} pixels to estimate class frequencies on", field=missing.split()[-1])
+    shift.freeze()
+    ratio = shift.prediction_ratio()
+    record = {**shift.record(ratio), "total_variation": round(float(shift.total_variation()), 4), "pixels": pixels}
+    record["check"] = _assumption_check(shift, names)
+    return ShiftReading(shift, ratio, record, total)
 
 
 def _rounded(values) -> list[float]:
@@ -147,51 +201,38 @@ def run_label_shift(spec: JobSpec, opts: RunOptions) -> dict:
             domains.append(validation)
         out.mkdir(parents=True, exist_ok=True)
 
-        plans = {"source": spread_context_windows(source, limit, tile=TILE, margin=MARGIN, labelled_only=True),
-                 "target": spread_context_windows(target, limit, tile=TILE, margin=MARGIN)}
-        total = len(plans["source"]) + len(plans["target"])
-        shift = LabelShiftEstimate(len(classes), pool=max(total, 1) * PIXELS_PER_WINDOW,
-                                   per_batch=PIXELS_PER_WINDOW)
         validate = validation_scorer(validation, normalization, names)
         before = validate(model.segmentor) if validate is not None else None
         class_ids = [c.id for c in classes]
         signals_before = label_free_signals(model.segmentor, domain_windows(target, target_normalizer), [],
                                             class_ids=class_ids)
 
-        say(f"estimating class frequencies on {len(plans['source'])} source and {len(plans['target'])} target "
-            f"windows on {dev}")
-        cbs.on_start(0, total)
-        cbs.on_progress(Progress(iteration=0, total=total, losses={}, lr={}, elapsed_s=0.0, eta_s=None, stage=STAGE))
-        done, pixels, t_windows = 0, {"source": 0, "target": 0}, time.perf_counter()
-        for name, normalizer in (("source", source_normalizer), ("target", target_normalizer)):
-            for window in plans[name]:
-                if cbs.should_stop():  # nothing is written: the job takes seconds to run again
-                    cbs.on_end(LoopResult(iterations_done=done, total=total, stopped=True, last_checkpoint=None,
-                                          best=None, elapsed_s=time.perf_counter() - t0))
-                    return {"status": "stopped", "iteration": done, "total": total, "checkpoint": None}
-                rows, ids = _window_pixels(model, window, normalizer, labelled=name == "source")
-                if name == "source":
-                    shift.observe_source(rows, ids)
-                else:
-                    shift.observe_target(rows)
-                pixels[name] += min(len(rows), PIXELS_PER_WINDOW)
-                done += 1
-                elapsed = time.perf_counter() - t_windows
-                cbs.on_progress(Progress(iteration=done, total=total, losses={}, lr={}, elapsed_s=elapsed,
-                                         eta_s=elapsed / done * (total - done), sec_per_iter=elapsed / done,
+        say(f"estimating class frequencies on evaluation windows of both domains on {dev}")
+        t_windows, seen = time.perf_counter(), {"done": 0, "total": 0}
+
+        def on_window(done: int, total: int) -> None:
+            seen.update(done=done, total=total)
+            if not done:
+                cbs.on_start(0, total)
+                cbs.on_progress(Progress(iteration=0, total=total, losses={}, lr={}, elapsed_s=0.0, eta_s=None,
                                          stage=STAGE))
-        if not pixels["source"] or not pixels["target"]:
-            missing = "labelled source" if not pixels["source"] else "valid target"
-            raise SpecError(f"no {missing} pixels to estimate class frequencies on", field=missing.split()[-1])
-        shift.freeze()
-        ratio = shift.prediction_ratio()
-        record = {**shift.record(ratio), "total_variation": round(float(shift.total_variation()), 4),
-                  "pixels": pixels}
-        record["check"] = _assumption_check(shift, names)
+                return
+            elapsed = time.perf_counter() - t_windows
+            cbs.on_progress(Progress(iteration=done, total=total, losses={}, lr={}, elapsed_s=elapsed,
+                                     eta_s=elapsed / done * (total - done), sec_per_iter=elapsed / done, stage=STAGE))
+
+        reading = read_label_shift(model.predict_logits, names, source, target,
+                                   (source_normalizer, target_normalizer), limit=limit, should_stop=cbs.should_stop,
+                                   on_window=on_window)
+        if reading is None:  # nothing is written: the job takes seconds to run again
+            cbs.on_end(LoopResult(iterations_done=seen["done"], total=seen["total"], stopped=True,
+                                  last_checkpoint=None, best=None, elapsed_s=time.perf_counter() - t0))
+            return {"status": "stopped", "iteration": seen["done"], "total": seen["total"], "checkpoint": None}
+        record, done = reading.record, reading.windows
         if not record["check"]["label_shift_holds"] and not spec.params.skip_shift_check:
             raise NotALabelShiftError(record["check"]["why"], field="target")
-        add_class_log_ratio(heads, ratio, option="a label-shift job")
-        result = LoopResult(iterations_done=done, total=total, stopped=False, last_checkpoint=None, best=None,
+        add_class_log_ratio(heads, reading.ratio, option="a label-shift job")
+        result = LoopResult(iterations_done=done, total=done, stopped=False, last_checkpoint=None, best=None,
                             elapsed_s=time.perf_counter() - t0)
         cbs.on_end(result)
         say(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total "
