@@ -12,7 +12,8 @@ serves them) and by the workers (which write them), so both sides agree by const
         predictions/<role>-<i>-<image>_probs.tif   its probability twin, when asked for
         predictions/.shards/<role>-<i>-<image>/    a sharded prediction's manifest and parts, until assembled
         predictions.json               what the predict step wrote, with its figures
-        checkpoints/                   resume state (last.pth, best.pth); dropped once the job succeeds
+        checkpoints/                   resume state (last.pth, best.pth; prior-reading.json: the class mix an
+                                       ST-DASegNet job read before training); dropped once the job succeeds
         teacher/                       a feature-regression job's source-only teacher: an output folder
         source-only/                   an adapt job's source-only baseline: an output folder
         pretrained.pth                 a pretrain job's weights (backbone.*, decode_head.* keys): what
@@ -41,6 +42,8 @@ PREDICTIONS = "predictions"
 PREDICTIONS_INDEX = "predictions.json"
 #: where a training run's loop writes its checkpoints (last.pth, best.pth)
 CHECKPOINTS = "checkpoints"
+#: in CHECKPOINTS: what an ST-DASegNet job with ``pseudo_prior: label-shift`` read before training (kept for resumes)
+PRIOR_READING = "prior-reading.json"
 #: a report a job may leave, in the order the results prefer them
 REPORTS = ("report.json", "report.html", "report.md")
 #: sub-jobs: output folders of their own inside a job's output

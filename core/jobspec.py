@@ -47,6 +47,11 @@ METHODS_OF_TYPE: dict[JobType, tuple[Method, ...]] = {
 }
 
 
+#: ST-DASegNet's ``adaptation.pseudo_prior`` value that reads the target's class frequencies before training, from
+#: the start model (``model.checkpoint``), as a label-shift job reads them
+PRIOR_FROM_START = "label-shift"
+
+
 def class_mix_problem(values, num_classes: int) -> str | None:
     """Why ``values`` cannot be class frequencies of ``num_classes`` classes (one finite, non-negative number per
     class, in the order of 'classes', not all 0), or None: what a job spec and a model both check of a given
@@ -402,13 +407,14 @@ class Params(_Strict):
     batches: int = Field(
         default=100, ge=1, le=100_000,
         description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over; "
-        "label-shift: at most batches x batch_size evaluation windows of each domain are read",
+        "label-shift (and st-dasegnet's pseudo_prior 'label-shift'): at most batches x batch_size evaluation "
+        "windows of each domain are read",
     )
     skip_shift_check: bool = Field(
         default=False,
-        description="label-shift: correct even where the check finds the target's inputs changed, not only its "
-        "class mix (black-box shift estimation leaves the simplex, or disagrees with EM on most of the ground); "
-        "the correction is then likely to hurt",
+        description="label-shift, and st-dasegnet with adaptation.pseudo_prior 'label-shift': correct even where "
+        "the check finds the target's inputs changed, not only its class mix (black-box shift estimation leaves the "
+        "simplex, or disagrees with EM on most of the ground); the correction is then likely to hurt",
     )
     normalization: Literal["per-domain", "source"] = Field(
         default="per-domain", description="statistics each domain is normalised with"
@@ -538,8 +544,13 @@ class JobSpec(_Strict):
 
     def _given_prior_fits_classes(self) -> None:
         """``adaptation.pseudo_prior`` given as the target's class frequencies: one non-negative number per
-        class, not all 0 (the model checks again; here the API and the CLI refuse it before the job starts)."""
+        class, not all 0 (the model checks again; here the API and the CLI refuse it before the job starts);
+        read from the start model: there is one."""
         prior = (self.model.overrides or {}).get("adaptation.pseudo_prior")
+        if prior == PRIOR_FROM_START and self.model.checkpoint is None:
+            raise RuleError("model.overrides.adaptation.pseudo_prior", "'label-shift' reads the target's class "
+                            "frequencies from the trained model the job starts from: give it model.checkpoint "
+                            "(e.g. a source-only or AdaBN bundle)")
         if not isinstance(prior, list) or self.classes is None:
             return
         problem = class_mix_problem(prior, len(self.classes))

@@ -267,10 +267,17 @@ class LabelShiftEstimate(nn.Module):
         return self.estimated and not bool(torch.isnan(self.source_prior).any())
 
     @torch.no_grad()
-    def fix_target_prior(self, prior: Tensor) -> None:
-        """pi_t given rather than estimated (known class proportions of the target, or a label-shift job's
-        estimate): frozen from the start, pi_s unknown. Pseudo-labels are matched to it as to an estimate."""
+    def fix_target_prior(self, prior: Tensor, *, source_prior: Tensor | None = None,
+                         temperature: Tensor | float | None = None) -> None:
+        """pi_t given rather than estimated here (known class proportions of the target, or an estimate read before
+        training): frozen from the start. Pseudo-labels are matched to it as to an estimate. ``source_prior`` and
+        ``temperature``: pi_s and T where the estimate that gave pi_t had them (for the record); pi_s unknown
+        without."""
         self.target_prior.copy_(prior / prior.sum())
+        if source_prior is not None:
+            self.source_prior.copy_(source_prior)
+        if temperature is not None:
+            self.temperature.fill_(float(temperature))
         self.frozen.fill_(True)
 
     def observe_source(self, log_probs: Tensor, labels: Tensor, *, gather: Gather | None = None) -> None:

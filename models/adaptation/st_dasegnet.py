@@ -37,7 +37,7 @@ from torch import Tensor, nn
 import models.ddm  # noqa: F401  (registers DomainDisentangledModule)
 import models.discriminator  # noqa: F401  (registers PatchGANDiscriminator)
 from core.errors import ConfigError
-from core.jobspec import IGNORE_INDEX
+from core.jobspec import IGNORE_INDEX, PRIOR_FROM_START
 from models.adaptation.base import AdaptationMethod, register_method
 from models.adaptation.source_only import class_weight_of, optim_modules_cfg
 from models.batchnorm_statistics import batchnorm_layers
@@ -256,9 +256,15 @@ class STDASegNet(AdaptationMethod):
         elif isinstance(prior, (list, tuple)):  # the target's class frequencies given: no estimating stage
             self.net["label_shift"] = LabelShiftEstimate(k)
             self.net["label_shift"].fix_target_prior(given_prior(prior, k))
+        elif prior == PRIOR_FROM_START:  # read from the start model before training (workers.pipelines.train)
+            if float(a.get("source_warmup", 0.0)) > 0:
+                raise ConfigError("adaptation.pseudo_prior 'label-shift' is read from the start model before "
+                                  "training; after a source warm-up the model that adapts is another (use 'em')",
+                                  field="model.overrides")
+            self.net["label_shift"] = LabelShiftEstimate(k)
         elif prior is not None:
-            raise ConfigError(f"adaptation.pseudo_prior must be None (the spec), 'em' or the target's class "
-                              f"frequencies (a list of {k} numbers, one per class), not {prior!r}")
+            raise ConfigError(f"adaptation.pseudo_prior must be None (the spec), 'em', 'label-shift' or the target's "
+                              f"class frequencies (a list of {k} numbers, one per class), not {prior!r}")
         self.add_optimizer(
             "student",
             {"backbone_s": students.backbone_s, "backbone_t": students.backbone_t, "ddm": students.ddm,
@@ -363,6 +369,9 @@ class STDASegNet(AdaptationMethod):
         shift = self.net["label_shift"] if "label_shift" in self.net else None
         if shift is None or not adapting:
             return None
+        if self.a.get("pseudo_prior") == PRIOR_FROM_START and not shift.estimated:
+            raise RuntimeError("adaptation.pseudo_prior 'label-shift' is read before training, from the start model "
+                               "(workers.pipelines.train does it); this run was given none")
         gather = self.collective.gather
         if not shift.estimated:
             log_prob = upsample(self.teacher_logits(*g_source), tuple(ys.shape[-2:])).log_softmax(dim=1)
@@ -374,6 +383,15 @@ class STDASegNet(AdaptationMethod):
             return shift.correct(prob)
 
         return correct
+
+    def fix_target_prior(self, target_prior: Tensor, *, source_prior: Tensor | None = None,
+                         temperature: Tensor | float | None = None) -> None:
+        """pi_t read before training (``pseudo_prior: label-shift``; workers.pipelines.train): self-training matches
+        its pseudo-labels to it from the first adapting step, as to a given mix; pi_s and T are kept for the record."""
+        if self.a.get("pseudo_prior") != PRIOR_FROM_START:
+            raise ConfigError("a class mix read before training needs adaptation.pseudo_prior 'label-shift'")
+        self.net["label_shift"].fix_target_prior(target_prior.detach().cpu().float(), source_prior=source_prior,
+                                                 temperature=temperature)
 
     def estimating_prior(self) -> bool:
         """Whether ``pseudo_prior='em'`` is still estimating pi_t (it freezes after its estimation stage)."""

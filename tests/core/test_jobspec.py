@@ -432,6 +432,19 @@ def test_model_checkpoint_names_a_file_or_a_folder_that_holds_weights(spec_dir):
     load_job_spec(_job(spec_dir, "train", model={"config": "segformer-tiny", "checkpoint": "bundle"}), base_dir=spec_dir)
 
 
+def test_a_class_mix_read_from_the_start_model_needs_a_start_model(spec_dir):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE)
+    data["model"] = {"config": "segformer-tiny", "overrides": {"adaptation.pseudo_prior": "label-shift"}}
+    problems = _refused(data, spec_dir)
+    assert "model.checkpoint" in problems["model.overrides.adaptation.pseudo_prior"], problems
+    (spec_dir / "start" / "bundle").mkdir(parents=True)
+    (spec_dir / "start" / "bundle" / "weights.pth").write_bytes(b"")
+    data["model"]["checkpoint"] = "start"
+    assert load_job_spec(data, base_dir=spec_dir).model.overrides["adaptation.pseudo_prior"] == "label-shift"
+
+
 @pytest.mark.parametrize("prior, words", [([0.5, 0.5, 0.0], "3 class frequencies for 2 classes"),
                                           ([0.5, -0.5], "non-negative numbers"), ([0, 0], "not all 0"),
                                           ([0.5, "x"], "non-negative numbers"), ([0.5, float("inf")], "non-negative")])

@@ -279,6 +279,34 @@ def test_a_given_target_prior_skips_the_estimate_and_corrects_from_the_first_ada
     assert record["source_prior"] is None and record["target_prior"] == pytest.approx([0.5, 0.25, 0.25], abs=1e-4)
 
 
+def test_a_prior_read_before_training_is_fixed_by_the_job_and_missing_it_stops_the_first_adapting_step(
+        tiny, make_batch):
+    """``pseudo_prior: label-shift``: the job reads pi_t from the start model and fixes it (with pi_s and T for the
+    record) before training; a run without it would self-train uncorrected, so the first adapting step refuses.
+    It cannot follow a source warm-up, after which the model that adapts is not the one read."""
+    cfg = tiny("st-dasegnet", bands=4, classes=3, **{"adaptation.pseudo_prior": "label-shift"})
+    m = build_method(cfg, total_iters=20)
+    shift = m.net["label_shift"]
+    assert not shift.estimated and m.prior_estimation_iters() == 0
+    with pytest.raises(RuntimeError, match="read before training"):
+        m.student_losses(make_batch(bands=4, classes=3, b=2, crop=32))
+
+    m = build_method(cfg, total_iters=20)
+    m.fix_target_prior(torch.tensor([0.2, 0.3, 0.5]), source_prior=torch.tensor([0.5, 0.3, 0.2]), temperature=1.7)
+    terms, _ = m.student_losses(make_batch(bands=4, classes=3, b=2, crop=32))
+    assert len(m.net["label_shift"].target) == m.net["label_shift"].target.per_batch  # pseudo-labels matched at once
+    record = m.training_record()["label_shift"]
+    assert record["target_prior"] == pytest.approx([0.2, 0.3, 0.5]) and record["source_prior"] == pytest.approx(
+        [0.5, 0.3, 0.2]) and record["temperature"] == pytest.approx(1.7)
+    assert float(m.net["label_shift"].total_variation()) == pytest.approx(0.3)
+
+    with pytest.raises(ConfigError, match="needs adaptation.pseudo_prior 'label-shift'"):
+        build_method(tiny("st-dasegnet", classes=3), total_iters=10).fix_target_prior(torch.ones(3))
+    with pytest.raises(ConfigError, match="source warm-up"):
+        build_method(tiny("st-dasegnet", classes=3, **{"adaptation.pseudo_prior": "label-shift",
+                                                        "adaptation.source_warmup": 0.5}), total_iters=10)
+
+
 @pytest.mark.parametrize("prior, words", [([1, 1], "2 class frequencies for 3 classes"),
                                           ([1, -1, 1], "non-negative"), ([0, 0, 0], "not all 0"),
                                           (["a", 1, 1], "must be numbers")])

@@ -22,6 +22,7 @@ and adabn have pipelines of their own (feature_regression.py, adabn.py; dispatch
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from datetime import datetime, timezone
@@ -31,10 +32,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from core.errors import BandCountMismatchError, EmptyRegionError, SpecError
+from core.bundle_manifest import bundle_dir_of, check_same_classes
+from core.errors import (BandCountMismatchError, BundleError, ConfigError, EmptyRegionError, NotALabelShiftError,
+                         SpecError)
 from core.files import write_json
-from core.job_layout import BUNDLE, CHECKPOINTS, HISTORY, METRICS, SOURCE_ONLY
-from core.jobspec import CONFIG_DEFAULTED_PARAMS, JobSpec, SceneSpec
+from core.job_layout import BUNDLE, BUNDLE_WEIGHTS, CHECKPOINTS, HISTORY, METRICS, PRIOR_READING, SOURCE_ONLY
+from core.jobspec import CONFIG_DEFAULTED_PARAMS, PRIOR_FROM_START, JobSpec, SceneSpec
 from core.raster.domain import Domain
 from models.adaptation import METHODS, build_method
 from models.bundle import load_bundle, save_bundle
@@ -47,11 +50,13 @@ from models.evaluate import evaluate_domain, segmentor_predict_fn
 from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization
 from models.pretrained import load_pretrained, pretrained_path
-from models.training.callbacks import HistoryFile
+from models.training.callbacks import CallbackList, HistoryFile
+from models.training.checkpoint import find_resume
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
 from workers.distributed import Ranks
+from workers.pipelines.label_shift import read_label_shift
 from workers.pipelines.run_options import RunOptions
 
 #: Params fields that a config's ``train`` block may supply when the job leaves them unset
@@ -169,6 +174,11 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         if pretrained is not None and not cfg.get("checkpoint"):
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
+        if adaptation.get("pseudo_prior") == PRIOR_FROM_START:
+            if _read_prior_from_start(method, spec, run, out, source, target, opts,
+                                      should_stop=CallbackList(opts.callbacks).should_stop if ranks.is_main
+                                      else (lambda: False)) is None:
+                return {"status": "stopped", "iteration": 0, "total": run["iterations"], "checkpoint": None}
         if not ranks.is_main:  # the same initial weights as rank 0 (above), then random numbers of its own
             seed_everything(rank_seed)
 
@@ -204,6 +214,9 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                          "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1), **method.training_record()},
         }
+        reading = out / CHECKPOINTS / PRIOR_READING
+        if adaptation.get("pseudo_prior") == PRIOR_FROM_START and reading.exists():
+            metrics["training"]["label_shift"]["read_before_training"] = json.loads(reading.read_text())
         if target_labels:  # how much of the target the model learnt from
             metrics["target_labelled_pixels"] = int(target.class_counts().sum())
         if spec.type == "adapt" and target is not None:
@@ -228,6 +241,48 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
     finally:
         for d in domains:
             d.close()
+
+
+def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: Domain, target: Domain,
+                           opts: RunOptions, *, should_stop) -> dict | None:
+    """``adaptation.pseudo_prior: label-shift``: the target's class frequencies read before training from the model
+    the job starts from (``model.checkpoint``, a bundle), exactly as a label-shift job on that bundle reads them
+    (workers.pipelines.label_shift): the unchanged model in eval mode, each domain normalised as the bundle
+    normalises it, at most batches x batch_size evaluation windows of each; calibration on the labelled source, EM
+    on the target, and the check that the shift is one of class mix (else NotALabelShiftError, unless
+    params.skip_shift_check). The students, whose DDM starts untrained, are not what is read. pi_t is fixed in the
+    method as a given mix. A resumed job keeps what it read (the method's state and checkpoints/prior-reading.json).
+    Returns the reading's record, or None when asked to stop (nothing written)."""
+    path = out / CHECKPOINTS / PRIOR_READING
+    if opts.resume and find_resume(out / CHECKPOINTS) is not None and path.exists():
+        return json.loads(path.read_text())
+    checkpoint = Path(spec.model.checkpoint)
+    if checkpoint.name == BUNDLE_WEIGHTS and bundle_dir_of(checkpoint.parent) is not None:
+        checkpoint = checkpoint.parent  # a bundle's weights file: the bundle holds the statistics to read with
+    try:
+        start = load_bundle(checkpoint, device=opts.device)
+    except BundleError as e:
+        raise ConfigError(f"adaptation.pseudo_prior 'label-shift' reads the target's class frequencies from the "
+                          f"model bundle the job starts from; model.checkpoint is not one ({e.message})",
+                          field="model.checkpoint") from None
+    check_same_classes(spec.class_ids, start.class_ids)
+    names = [c.name for c in spec.classes]
+    opts.log(f"reading the target's class frequencies from the start model {checkpoint}")
+    reading = read_label_shift(start.predict_logits, names, source, target,
+                               (start.normalization.for_domain(SOURCE), start.normalization.for_domain(TARGET)),
+                               limit=spec.params.batches * run["batch_size"], should_stop=should_stop)
+    if reading is None:
+        return None
+    record = reading.record
+    if not record["check"]["label_shift_holds"] and not spec.params.skip_shift_check:
+        raise NotALabelShiftError(record["check"]["why"], field="target")
+    shift = reading.shift
+    method.fix_target_prior(shift.target_prior, source_prior=shift.source_prior, temperature=shift.temperature)
+    opts.log(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total variation "
+             f"{record['total_variation']})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**record, "bundle": str(checkpoint)})
+    return record
 
 
 def _wants_baseline(spec: JobSpec, method_name: str) -> bool:

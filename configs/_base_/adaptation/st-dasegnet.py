@@ -16,7 +16,9 @@ adaptation = dict(
     source_warmup=0.0,            # fraction of the budget trained on the source alone before adapting
     pseudo_quantile=None,         # CBST-style class-wise thresholds (this quantile per class) decide q
     pseudo_prior=None,            # 'em': pseudo-labels moved onto the target's class frequencies, estimated by EM;
-                                  # or those frequencies given (one per class, e.g. a label-shift job's target_prior)
+                                  # or those frequencies given (one per class, e.g. a label-shift job's target_prior);
+                                  # 'label-shift': read before training from the model.checkpoint start, as a
+                                  # label-shift job reads them (its check refuses a shift that is not a class mix)
     pseudo_prior_estimation=0.1,  # 'em' estimates over this fraction of the budget from the start of adapting, then
                                   # freezes it
     prior_at_prediction=True,     # with pseudo_prior: the delivered model predicts the target with that class mix

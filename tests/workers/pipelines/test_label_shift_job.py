@@ -170,3 +170,48 @@ def test_geoadapt_run_moves_the_model(bench_domains, source_model, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert f"bundle: {tmp_path / 'out' / 'bundle'}" in ok.stdout
     assert load_bundle(tmp_path / "out").method == "label-shift"
+
+
+def _st_dasegnet_reading(d, bundle, out, target, **params) -> dict:
+    """An ST-DASegNet job started from ``bundle`` that reads the target's class mix from it before training."""
+    return {"type": "adapt", "method": "st-dasegnet", "classes": NC_CLASSES, "source": d["source"], "target": target,
+            "model": {"config": "segformer-tiny", "checkpoint": str(bundle),
+                      "overrides": {"adaptation.pseudo_prior": "label-shift", "adaptation.norm_eval": True}},
+            "params": {"iterations": 3, "batches": 4, "batch_size": 8, "crop": 64, "predict_targets": False,
+                       "compare_source_only": False, **params}, "output": str(out)}
+
+
+def test_st_dasegnet_reads_the_class_mix_from_its_start_as_a_label_shift_job_does(source_model, bench_domains,
+                                                                                 tmp_path):
+    """``pseudo_prior: label-shift`` makes the label-shift job and the ST-DASegNet job that used its estimate one job:
+    the reading before training is the label-shift job's on the same bundle, to the digit (both on one thread here),
+    and self-training matches its pseudo-labels to that pi_t."""
+    shift_job = run_job(load_job_spec(_label_shift(bench_domains, source_model, tmp_path / "label-shift")))
+    expected = shift_job["metrics"]["training"]["label_shift"]
+    out = tmp_path / "st"
+    res = run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, out, _test_columns(bench_domains))))
+    assert res["status"] == "finished"
+    record = res["metrics"]["training"]["label_shift"]
+    read = record["read_before_training"]
+    assert read["bundle"] == str(source_model)
+    for key in ("source_prior", "target_prior", "temperature", "total_variation", "pixels", "check"):
+        assert read[key] == expected[key], key
+    assert record["target_prior"] == pytest.approx(expected["target_prior"], abs=1e-4)
+    assert record["source_prior"] == pytest.approx(expected["source_prior"], abs=1e-4)
+    assert record["prediction_ratio"] is not None  # the delivered model predicts with the read mix
+    prov = load_bundle(out).provenance
+    assert prov["adaptation"]["pseudo_prior"] == "label-shift" and prov["pretrained"]
+
+
+def test_st_dasegnet_refuses_to_read_a_class_mix_where_the_inputs_changed(bench_domains, source_model, tmp_path):
+    """The simulated-sensor target: the reading's check refuses before any training (nothing written that a
+    later run would resume), unless asked to go on."""
+    out = tmp_path / "refused"
+    with pytest.raises(NotALabelShiftError) as excinfo:
+        run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, out, bench_domains["target"])))
+    assert excinfo.value.field == "target" and "skip_shift_check" in str(excinfo.value)
+    assert not (out / "bundle").exists() and not list(out.rglob("*.pth"))
+    res = run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, tmp_path / "asked",
+                                                     bench_domains["target"], skip_shift_check=True)))
+    assert res["status"] == "finished"
+    assert not res["metrics"]["training"]["label_shift"]["read_before_training"]["check"]["label_shift_holds"]
