@@ -44,7 +44,7 @@ from core.data.neon import TEST_COLUMNS as NEON_TEST_COLUMNS
 from core.data.neon import TRAIN_COLUMNS as NEON_TRAIN_COLUMNS
 from core.errors import ConfigError, NotALabelShiftError
 from core.files import write_json
-from core.jobspec import DomainSpec, load_job_spec
+from core.jobspec import PRIOR_FROM_START, DomainSpec, load_job_spec
 from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.bundle import Bundle, load_bundle
@@ -348,7 +348,8 @@ def _oracle(ctx: BenchContext, seed: int) -> dict[str, dict]:
 
 
 def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | None = None,
-                             init_from: str = "source-only", params: dict | None = None) -> Runner:
+                             init_from: str = "source-only", params: dict | None = None,
+                             read_prior: bool = False) -> Runner:
     """Named option: ST-DASegNet started from this seed's source-only weights (both backbones and
     decoders, through the ordinary pretrained-checkpoint path): both students warm-started from a
     source-only stage, as a mean teacher starts from a trained model. Costs the source-only run's
@@ -356,7 +357,9 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
     (``label-shift``); they become ``adaptation.pseudo_prior``, as a user passes a label-shift job's estimate.
     ``init_from``: ``adabn`` starts from that seed's AdaBN model instead (the same weights, batch norm
     statistics of the target). ``params``: job parameters of the run (``normalization: source`` feeds the target
-    through the source statistics, as the AdaBN model's statistics were estimated)."""
+    through the source statistics, as the AdaBN model's statistics were estimated). ``read_prior``: the job reads
+    pi_t from its start itself (``pseudo_prior: label-shift``, as many windows as the label-shift rows read); where
+    its check refuses, the job is run again without, as a user would."""
     def run(ctx: BenchContext, seed: int) -> dict[str, dict]:
         so = _run_of(ctx, seed, init_from) / "bundle" / "weights.pth"
         given, refused = dict(overrides), None
@@ -364,14 +367,26 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
             prior, refused = _recorded_target_prior(ctx, seed, prior_from)
             if prior is not None:  # a refused estimate is not passed on: the user would have none to pass
                 given["adaptation.pseudo_prior"] = prior
-        res = ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target", params=params,
-                      model={"config": ctx.settings.config,
-                             "overrides": {**ctx.settings.model_overrides(), **given}, "checkpoint": str(so)})
+
+        def job(given: dict, params: dict | None) -> dict:
+            return ctx.job(name, seed, type="adapt", method="st-dasegnet", target="target", params=params,
+                           model={"config": ctx.settings.config,
+                                  "overrides": {**ctx.settings.model_overrides(), **given}, "checkpoint": str(so)})
+
+        if read_prior:
+            try:
+                res = job({**given, "adaptation.pseudo_prior": PRIOR_FROM_START},
+                          {**(params or {}), "batches": ADABN_BATCHES})
+            except NotALabelShiftError as e:
+                res, refused = job(given, params), e.message
+        else:
+            res = job(given, params)
         scored = ctx.scored(res, SOURCE if (params or {}).get("normalization") == SOURCE else "target")
         return {name: {**scored, "refused": f"no pseudo_prior given: {refused}"} if refused else scored}
 
     run.__doc__ = _st_dasegnet_source_init.__doc__ + f" Overrides: {overrides}" + (
-        f"; pseudo_prior from {prior_from}." if prior_from else ".")
+        f"; pseudo_prior from {prior_from}." if prior_from else
+        "; pseudo_prior read by the job from its start." if read_prior else ".")
     return run
 
 
@@ -559,6 +574,12 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-label-shift",
                                          {**EMA_BUDGET, **NORM_EVAL}, prior_from="adabn+label-shift",
                                          init_from="adabn"),
                 default=False, cost=5.0, needs=("adabn", "adabn+label-shift"))
+# the same chain in one job: the ST-DASegNet job reads pi_t from the AdaBN model itself (pseudo_prior: label-shift),
+# exactly as the adabn+label-shift job does
+register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
+                _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
+                                         {**EMA_BUDGET, **NORM_EVAL}, init_from="adabn", read_prior=True),
+                default=False, cost=5.0, needs=("adabn",))
 # the same with self-training weighed as a plain mean teacher weighs it (MEAN_TEACHER): the given mix keeps the
 # pseudo-labels on the target's class frequencies, so a stronger self-training term should not drift back to the
 # source's

@@ -391,6 +391,37 @@ def test_the_adabn_start_as_a_mean_teacher_weighs_self_training_like_the_source_
     assert (block["ema_horizon"], block["pseudo_threshold"], block["self_training_weight"]) == (0.5, 0.9, 1.0)
 
 
+def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_reading_is_refused(tmp_path,
+                                                                                                monkeypatch):
+    from core.errors import NotALabelShiftError
+    from benchmarks.adapt import ADABN_BATCHES, RUNNERS
+
+    name = "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start"
+    assert RUNNERS[name].needs == ("adabn",) and not RUNNERS[name].default
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    row = RUNNERS[name].runner(ctx, 0)[name]
+    [(_, _, kw)] = jobs
+    overrides = kw["model"]["overrides"]
+    assert overrides["adaptation.pseudo_prior"] == "label-shift" and overrides["adaptation.norm_eval"] is True
+    assert kw["params"] == {"batches": ADABN_BATCHES} and kw["model"]["checkpoint"] == str(weights)
+    assert "refused" not in row
+
+    refusing = ctx.job
+
+    def job(*args, **kw):  # the reading's check refuses: the job stops before training
+        if kw["model"]["overrides"].get("adaptation.pseudo_prior") == "label-shift":
+            raise NotALabelShiftError("the target's inputs changed", field="target")
+        return refusing(*args, **kw)
+
+    monkeypatch.setattr(ctx, "job", job)
+    row = RUNNERS[name].runner(ctx, 0)[name]
+    assert row["refused"] == "no pseudo_prior given: the target's inputs changed"
+    assert "adaptation.pseudo_prior" not in jobs[-1][2]["model"]["overrides"] and not jobs[-1][2]["params"]
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
