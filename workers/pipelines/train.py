@@ -5,7 +5,9 @@ Call flow of ``run_training`` (train jobs, and adapt jobs that train through the
     resolve config (name + overrides, fitted to the job's bands and classes)
     open domains: source (labelled), target (adapt; its labels are never read), validation
     statistics per domain -> samplers (source crops, target crops) -> SamplerBatches
-    seed -> build the method (+ pretrained weights) -> TrainLoop(checkpoints in <output>/checkpoints)
+    seed -> build the method (+ pretrained weights) -> ST-DASegNet with pseudo_prior 'label-shift': the target's
+        class mix read from the start bundle, as a label-shift job reads it -> TrainLoop(checkpoints in
+        <output>/checkpoints)
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
         params.devices: N ranks (workers.distributed), each with batch_size / N windows of every batch from
         its own sampler streams; this process is rank 0 and starts the others right before the loop; they
@@ -174,7 +176,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         if pretrained is not None and not cfg.get("checkpoint"):
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
-        if adaptation.get("pseudo_prior") == PRIOR_FROM_START:
+        reads_prior = method_name == "st-dasegnet" and adaptation.get("pseudo_prior") == PRIOR_FROM_START
+        if reads_prior:  # (not the source-only baseline that shares the job's overrides)
             if _read_prior_from_start(method, spec, run, out, source, target, opts,
                                       should_stop=CallbackList(opts.callbacks).should_stop if ranks.is_main
                                       else (lambda: False)) is None:
@@ -215,7 +218,7 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                          "elapsed_s": round(result.elapsed_s, 1), **method.training_record()},
         }
         reading = out / CHECKPOINTS / PRIOR_READING
-        if adaptation.get("pseudo_prior") == PRIOR_FROM_START and reading.exists():
+        if reads_prior and reading.exists():
             metrics["training"]["label_shift"]["read_before_training"] = json.loads(reading.read_text())
         if target_labels:  # how much of the target the model learnt from
             metrics["target_labelled_pixels"] = int(target.class_counts().sum())
@@ -297,7 +300,11 @@ def _source_only_baseline(spec: JobSpec, out: Path, opts: RunOptions) -> dict:
     """
     opts.log("training the source-only baseline to compare against")
     params = spec.params.model_copy(update={"predict_targets": False, "compare_source_only": False})
-    base = spec.model_copy(update={"method": "source-only", "params": params, "output": out / SOURCE_ONLY})
+    # the adapting method's own options (adaptation.*) are not the source-only method's: it would refuse them
+    overrides = {k: v for k, v in (spec.model.overrides or {}).items() if k.split(".")[0] != "adaptation"}
+    model = spec.model.model_copy(update={"overrides": overrides})
+    base = spec.model_copy(update={"method": "source-only", "params": params, "model": model,
+                                   "output": out / SOURCE_ONLY})
     return run_training(base, opts)
 
 

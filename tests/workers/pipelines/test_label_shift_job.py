@@ -211,7 +211,10 @@ def test_st_dasegnet_refuses_to_read_a_class_mix_where_the_inputs_changed(bench_
         run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, out, bench_domains["target"])))
     assert excinfo.value.field == "target" and "skip_shift_check" in str(excinfo.value)
     assert not (out / "bundle").exists() and not list(out.rglob("*.pth"))
+    # asked to go on; the source-only baseline beside it shares the job's overrides and reads nothing
     res = run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, tmp_path / "asked",
-                                                     bench_domains["target"], skip_shift_check=True)))
+                                                     bench_domains["target"], skip_shift_check=True,
+                                                     compare_source_only=True)))
     assert res["status"] == "finished"
     assert not res["metrics"]["training"]["label_shift"]["read_before_training"]["check"]["label_shift_holds"]
+    assert res["metrics"]["label_free"]["source_only"]
