@@ -386,7 +386,8 @@ def test_the_adabn_start_as_a_mean_teacher_weighs_self_training_like_the_source_
     RUNNERS[name].runner(ctx, 1)
     [(_, seed, kw)] = jobs
     assert seed == 1 and kw["model"]["checkpoint"] == str(weights) and not kw.get("params")
-    block = resolve_config(kw["model"]["config"], method="st-dasegnet", overrides=kw["model"]["overrides"])["adaptation"]
+    block = resolve_config(kw["model"]["config"], method="st-dasegnet",
+                           overrides=kw["model"]["overrides"])["adaptation"]
     assert block["pseudo_prior"] == [0.55, 0.45] and block["norm_eval"] is True
     assert (block["ema_horizon"], block["pseudo_threshold"], block["self_training_weight"]) == (0.5, 0.9, 1.0)
 

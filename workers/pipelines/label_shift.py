@@ -102,7 +102,8 @@ def read_label_shift(logits_of: LogitsFn, names: list[str], source: Domain, targ
     """Calibration, pi_s and EM's pi_t from the model ``logits_of`` on at most ``limit`` evaluation windows (256 px
     cores with context, spread evenly) of the labelled ``source`` and of the ``target``, each normalised by its
     normaliser; then the check (:func:`_assumption_check`). ``on_window(done, total)`` before the first window and
-    after each; None when ``should_stop`` asks between windows. Nothing labelled or valid to read is a SpecError naming the side."""
+    after each; None when ``should_stop`` asks between windows. Nothing labelled or valid to read is a SpecError
+    naming the side."""
     plans = {"source": spread_context_windows(source, limit, tile=TILE, margin=MARGIN, labelled_only=True),
              "target": spread_context_windows(target, limit, tile=TILE, margin=MARGIN)}
     total = len(plans["source"]) + len(plans["target"])
