@@ -176,11 +176,12 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         if pretrained is not None and not cfg.get("checkpoint"):
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
-        reads_prior = method_name == "st-dasegnet" and adaptation.get("pseudo_prior") == PRIOR_FROM_START
-        if reads_prior:  # (not the source-only baseline that shares the job's overrides)
-            if _read_prior_from_start(method, spec, run, out, source, target, opts,
-                                      should_stop=CallbackList(opts.callbacks).should_stop if ranks.is_main
-                                      else (lambda: False)) is None:
+        prior_reading = None  # (not read by the source-only baseline that shares the job's overrides)
+        if method_name == "st-dasegnet" and adaptation.get("pseudo_prior") == PRIOR_FROM_START:
+            prior_reading = _read_prior_from_start(method, spec, run, out, source, target, opts,
+                                                   should_stop=CallbackList(opts.callbacks).should_stop
+                                                   if ranks.is_main else (lambda: False))
+            if prior_reading is None:
                 return {"status": "stopped", "iteration": 0, "total": run["iterations"], "checkpoint": None}
         if not ranks.is_main:  # the same initial weights as rank 0 (above), then random numbers of its own
             seed_everything(rank_seed)
@@ -217,9 +218,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
                          "late_losses": result.late_losses,
                          "elapsed_s": round(result.elapsed_s, 1), **method.training_record()},
         }
-        reading = out / CHECKPOINTS / PRIOR_READING
-        if reads_prior and reading.exists():
-            metrics["training"]["label_shift"]["read_before_training"] = json.loads(reading.read_text())
+        if prior_reading is not None:
+            metrics["training"]["label_shift"]["read_before_training"] = prior_reading
         if target_labels:  # how much of the target the model learnt from
             metrics["target_labelled_pixels"] = int(target.class_counts().sum())
         if spec.type == "adapt" and target is not None:
@@ -255,7 +255,7 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
     on the target, and the check that the shift is one of class mix (else NotALabelShiftError, unless
     params.skip_shift_check). The students, whose DDM starts untrained, are not what is read. pi_t is fixed in the
     method as a given mix. A resumed job keeps what it read (the method's state and checkpoints/prior-reading.json).
-    Returns the reading's record, or None when asked to stop (nothing written)."""
+    Returns the reading's record with the bundle read, or None when asked to stop (nothing written)."""
     path = out / CHECKPOINTS / PRIOR_READING
     if opts.resume and find_resume(out / CHECKPOINTS) is not None and path.exists():
         return json.loads(path.read_text())
@@ -283,8 +283,9 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
     method.fix_target_prior(shift.target_prior, source_prior=shift.source_prior, temperature=shift.temperature)
     opts.log(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total variation "
              f"{record['total_variation']})")
+    record = {**record, "bundle": str(checkpoint)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {**record, "bundle": str(checkpoint)})
+    write_json(path, record)
     return record
 
 
