@@ -53,7 +53,7 @@ from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization
 from models.pretrained import load_pretrained, pretrained_path
 from models.training.callbacks import CallbackList, HistoryFile
-from models.training.checkpoint import find_resume
+from models.training.checkpoint import capture_rng, find_resume, restore_rng
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
@@ -262,6 +262,17 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
     checkpoint = Path(spec.model.checkpoint)
     if checkpoint.name == BUNDLE_WEIGHTS and bundle_dir_of(checkpoint.parent) is not None:
         checkpoint = checkpoint.parent  # a bundle's weights file: the bundle holds the statistics to read with
+    # the start model is built and read on random numbers of the reading's own: training then draws the same
+    # stream as a job given the same mix (the chain of jobs this option replaces), whatever the reading drew
+    rng = capture_rng()
+    try:
+        return _read_prior(method, spec, run, out, checkpoint, source, target, opts, should_stop=should_stop)
+    finally:
+        restore_rng(rng)
+
+
+def _read_prior(method, spec: JobSpec, run: dict, out: Path, checkpoint: Path, source: Domain, target: Domain,
+                opts: RunOptions, *, should_stop) -> dict | None:
     try:
         start = load_bundle(checkpoint, device=opts.device)
     except BundleError as e:
@@ -284,6 +295,7 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
     opts.log(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total variation "
              f"{record['total_variation']})")
     record = {**record, "bundle": str(checkpoint)}
+    path = out / CHECKPOINTS / PRIOR_READING
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     return record

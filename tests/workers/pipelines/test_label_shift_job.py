@@ -203,6 +203,21 @@ def test_st_dasegnet_reads_the_class_mix_from_its_start_as_a_label_shift_job_doe
     assert prov["adaptation"]["pseudo_prior"] == "label-shift" and prov["pretrained"]
 
 
+def test_reading_the_class_mix_leaves_trainings_random_numbers_alone(source_model, bench_domains, tmp_path):
+    """Building and reading the start model draws random numbers; training does not see them. Its first source
+    losses (before pi_t plays any part) are those of the same job given the mix as a list: the chain of jobs the
+    option replaces trains on the same random stream."""
+    read, given = History(), History()
+    target = _test_columns(bench_domains)
+    res = run_job(load_job_spec(_st_dasegnet_reading(bench_domains, source_model, tmp_path / "read", target)), [read])
+    prior = res["metrics"]["training"]["label_shift"]["read_before_training"]["target_prior"]
+    spec = _st_dasegnet_reading(bench_domains, source_model, tmp_path / "given", target)
+    spec["model"]["overrides"]["adaptation.pseudo_prior"] = prior
+    assert run_job(load_job_spec(spec), [given])["status"] == "finished"
+    for key in ("ce_src_s", "ce_src_t"):
+        assert read.losses(key)[0] == given.losses(key)[0], key
+
+
 def test_st_dasegnet_refuses_to_read_a_class_mix_where_the_inputs_changed(bench_domains, source_model, tmp_path):
     """The simulated-sensor target: the reading's check refuses before any training (nothing written that a
     later run would resume), unless asked to go on."""
