@@ -580,6 +580,11 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
                 _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
                                          {**EMA_BUDGET, **NORM_EVAL}, init_from="adabn", read_prior=True),
                 default=False, cost=5.0, needs=("adabn",))
+# and its model's batch norm re-estimated on the target afterwards: norm_eval kept the AdaBN start's statistics while
+# the weights under them moved, so the delivered model normalises with statistics of features it no longer makes
+register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+adabn",
+                _adabn_of("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start"), default=False, cost=0.1,
+                needs=("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",))
 # the same with self-training weighed as a plain mean teacher weighs it (MEAN_TEACHER): the given mix keeps the
 # pseudo-labels on the target's class frequencies, so a stronger self-training term should not drift back to the
 # source's
