@@ -72,6 +72,8 @@ PAIRED_PRETRAINING = ("croco",)
 _LABEL_KEYS = ("labels", "label_property", "label_class", "label_windows")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _BAND_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: the band roles an RGB image has, in its channel order (an RGB-trained stem has a filter for each; models.pretrained)
+RGB_ROLES = ("red", "green", "blue")
 #: the model config of a spec that names none
 DEFAULT_MODEL = "segformer-tiny"
 #: train ids are stored as uint8 with this value as "ignore"; class ids may be anything else
@@ -362,7 +364,7 @@ class ModelSpec(_Strict):
         for r in roles:
             if not _BAND_ROLE.match(r):
                 raise ValueError(f"band role {r!r} must be a short lower-case name like red, nir or swir16")
-        for r in ("red", "green", "blue", "pan"):
+        for r in (*RGB_ROLES, "pan"):
             if roles.count(r) > 1:
                 raise ValueError(f"band role {r!r} is given to {roles.count(r)} bands; at most one band has it")
         return roles

@@ -155,9 +155,9 @@ _ROLE_AWARE_BACKBONES = ("EfficientNetLite",)
 
 def default_band_roles(bands: int) -> list[str] | None:
     """Roles assumed when a job names none: RGB for 3 bands, panchromatic for 1; otherwise unknown."""
-    from models.pretrained import RGB
+    from core.jobspec import RGB_ROLES
 
-    return {3: list(RGB), 1: ["pan"]}.get(bands)
+    return {3: list(RGB_ROLES), 1: ["pan"]}.get(bands)
 
 
 def _fit_band_roles(cfg: dict, band_roles: list[str] | None) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.job_layout import PRETRAINED, PRETRAINED_RECORD
+from core.jobspec import RGB_ROLES
 
 
 #: how a bundle's inference segmentor maps onto one plain segmentor: key prefix in its weights -> ours.
@@ -91,8 +92,6 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-#: the band roles an RGB stem has a filter for, in the weights' channel order (any other role is "other")
-RGB = ("red", "green", "blue")
 
 
 def stem_for_bands(w: torch.Tensor, band_roles: list[str] | None, bands: int) -> torch.Tensor:
@@ -103,8 +102,8 @@ def stem_for_bands(w: torch.Tensor, band_roles: list[str] | None, bands: int) ->
         raise ConfigError(f"band_roles names {len(roles)} bands but the job has {bands}", field="model.band_roles")
     cols, weight_units = [], 0
     for role in roles:
-        if role in RGB:
-            cols.append(w[:, RGB.index(role)])
+        if role in RGB_ROLES:  # the stem has a filter for it (any other role is "other")
+            cols.append(w[:, RGB_ROLES.index(role)])
             weight_units += 1
         elif role == "pan":  # one band standing for all three channels
             cols.append(w.sum(dim=1))
@@ -134,7 +133,7 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], report: dict, *, ban
             continue
         o = own[k]
         stem = bands is not None and v.dim() == 4 and v.shape[1] == 3 and o.dim() == 4 and o.shape[1] == bands
-        if stem and (o.shape != v.shape or band_roles not in (None, list(RGB))):
+        if stem and (o.shape != v.shape or band_roles not in (None, list(RGB_ROLES))):
             fitted[k] = stem_for_bands(v, band_roles, bands)
             report["adapted"].append(k)
         elif o.shape == v.shape:

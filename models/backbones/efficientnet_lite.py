@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from models.pretrained import RGB as RGB_ROLES
+from core.jobspec import RGB_ROLES
 
 #: stage table of TF's efficientnet_lite_builder: (repeats, kernel, stride, expand ratio, in, out)
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
