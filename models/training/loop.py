@@ -34,10 +34,34 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from models.adaptation.base import AdaptationMethod
 from models.training import checkpoint as ckpt
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
 from models.training.distributed import SOLO, Collective
+
+
+class TrainableMethod(Protocol):
+    """What the loop asks of a method (models.adaptation.base.AdaptationMethod is one). Declared here, not
+    imported, since the methods use this package (schedules, ranks): the two packages must not import each other."""
+
+    def distribute(self, collective: Collective) -> None: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def train_step(self, batch: dict, iteration: int) -> dict[str, float]: ...
+
+    def after_step(self) -> None: ...
+
+    def lr(self) -> dict[str, float]: ...
+
+    def inference_segmentor(self) -> nn.Module: ...
+
+    def inference_config(self) -> dict: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
 
 
 class BatchSource(Protocol):
@@ -144,7 +168,7 @@ class LossMeans:
 class TrainLoop:
     def __init__(
         self,
-        method: AdaptationMethod,
+        method: TrainableMethod,
         batches: BatchSource,
         *,
         total_iters: int,
@@ -293,7 +317,7 @@ class TrainLoop:
         return result
 
 
-def load_best_weights(method: AdaptationMethod, workdir: Path) -> dict | None:
+def load_best_weights(method: TrainableMethod, workdir: Path) -> dict | None:
     """Put the best validated weights into the method's inference segmentor; returns their record."""
     path = Path(workdir) / ckpt.BEST
     if not path.exists():
