@@ -24,6 +24,7 @@ from core.lru import LRU
 from core.raster.cog import PROB_NODATA, PROB_SCALE, ClassStyle, read_class_tags
 from service import results as job_results
 from service.api import links
+from service.result_ids import result_id
 
 log = logging.getLogger("geoadapt.api")
 
@@ -205,7 +206,7 @@ def item(base: str, job, settings, scene: Scene, tilejson_signed: str | None = N
                      "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}}
     return {
         "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": ITEM_EXTENSIONS,
-        "id": links.result_id(job.id, scene.name), "collection": job.type,
+        "id": result_id(job.id, scene.name), "collection": job.type,
         "geometry": footprint.get("geometry"), **({"bbox": footprint["bbox"]} if footprint else {}),
         "properties": props, "assets": assets, "links": item_links,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from service.api.schemas import Link
+from service.result_ids import result_id
 
 #: the tile matrix set used in tile links (TiTiler-compatible paths)
 DEFAULT_TMS = "WebMercatorQuad"
@@ -22,14 +23,6 @@ def job_links(base: str, j) -> list[Link]:
 
 def job_file(base: str, job_id, relpath: str) -> str:
     return f"{job(base, job_id)}/files/{quote(relpath)}"
-
-
-#: a result id is "<job uuid>.<name of the COG within the job>", one path segment (service/tiles parses it)
-RESULT_SEP = "."
-
-
-def result_id(job_id, name: str) -> str:
-    return f"{job_id}{RESULT_SEP}{name}"
 
 
 def result(base: str, job_id, name: str) -> str:
@@ -72,6 +65,11 @@ def jobs_page(base: str, offset: int, limit: int, total: int, **filters) -> list
 
 def dataset(base: str, ds_id) -> str:
     return f"{base}/v1/datasets/{ds_id}"
+
+
+def scene(base: str, job_id, role: str, index: int) -> str:
+    """A scene named in a job's spec, whose imagery the scene tile routes serve."""
+    return f"{job(base, job_id)}/scenes/{role}/{index}"
 
 
 def model(base: str, model_id) -> str:

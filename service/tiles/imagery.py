@@ -24,7 +24,6 @@ from rio_tiler.models import ImageData
 from core.errors import SpecError, UnreadableRasterError
 from core.raster.reader import ImageReader, open_imagery
 from core.raster.zooms import raster_native_zoom
-from service.api import links
 from service.errors import NotFoundError
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
@@ -130,15 +129,17 @@ def _reader(files: list[Path]) -> ImageReader:
             raise NotFoundError("the dataset's files are gone from the server", field="id") from None
 
 
-def dataset_imagery(dataset_id: uuid.UUID, session, token, base: str) -> Imagery:
+def dataset_imagery(dataset_id: uuid.UUID, session, token, href: str) -> Imagery:
+    """A registered dataset's image; ``href``: its URL, which the API builds (service.api.links)."""
     ds = dataset_store.get_dataset(session, dataset_id, token)
     paths = ds.paths or {}
     files = [Path(paths["image"])] if paths.get("image") else [Path(p) for p in paths.get("bands") or []]
-    return Imagery(ds.name, files, links.dataset(base, ds.id), bool(paths.get("labels")), _reader(files))
+    return Imagery(ds.name, files, href, bool(paths.get("labels")), _reader(files))
 
 
-def scene_imagery(job_id: uuid.UUID, role: str, index: int, session, token, base: str) -> Imagery:
-    """A scene of a job's spec: its paths were confined to the allowed roots when the job was submitted."""
+def scene_imagery(job_id: uuid.UUID, role: str, index: int, session, token, href: str) -> Imagery:
+    """A scene of a job's spec: its paths were confined to the allowed roots when the job was submitted. ``href``:
+    its URL, which the API builds (service.api.links)."""
     job = job_store.get_job(session, job_id, token)
     scenes = (((job.spec or {}).get(role) or {}).get("scenes") or [])
     if index >= len(scenes):
@@ -147,7 +148,7 @@ def scene_imagery(job_id: uuid.UUID, role: str, index: int, session, token, base
     files = [Path(sc["image"])] if sc.get("image") else [Path(p) for p in sc.get("bands") or []]
     reader = _reader(files)
     name = f"{role} scene {index + 1} of job {str(job.id)[:8]} ({files[0].name if len(files) == 1 else f'{len(files)} band files'})"
-    return Imagery(name, files, f"{links.job(base, job.id)}/scenes/{role}/{index}", bool(sc.get("labels")), reader)
+    return Imagery(name, files, href, bool(sc.get("labels")), reader)
 
 
 def _render_params(reader: ImageReader, bidx, rescale) -> tuple[tuple[int, ...], list[tuple[float, float]]]:

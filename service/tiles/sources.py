@@ -1,4 +1,4 @@
-"""Predicted COGs as tile sources: one-segment result ids (links.result_id), class tiles, info, points, class areas.
+"""Predicted COGs as tile sources: result ids (service.result_ids), class tiles, info, points, class areas.
 
     GET .../tiles/{tms}/{z}/{x}/{y}.png
       result id -> (job, COG name) -> owner-scoped job -> COG path         (results.prediction_files rules)
@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,24 +26,10 @@ from core.raster.warp import crs_name
 from core.raster.zooms import raster_native_zoom
 from core.tiles import ClassPalette
 from service import results as job_results
-from service.api.links import RESULT_SEP
 from service.errors import NotFoundError
 
-_UUID_LEN = 36
 #: mean Earth radius (m), for the areas of pixels in geographic coordinates
 _EARTH_RADIUS_M = 6_371_008.8
-
-
-def parse_result_id(rid: str) -> tuple[uuid.UUID, str]:
-    """(job id, COG name) of a result id; NotFound for anything malformed (no hint of what exists)."""
-    head, sep, name = rid[:_UUID_LEN], rid[_UUID_LEN:_UUID_LEN + 1], rid[_UUID_LEN + 1:]
-    try:
-        job_id = uuid.UUID(head)
-    except ValueError:
-        raise NotFoundError(f"no result {rid!r} (result ids are <job id>{RESULT_SEP}<name>)", field="id") from None
-    if sep != RESULT_SEP or not name or str(job_id) != head.lower():
-        raise NotFoundError(f"no result {rid!r} (result ids are <job id>{RESULT_SEP}<name>)", field="id")
-    return job_id, name
 
 
 def find_cog(job_dir: Path, name: str) -> Path | None:

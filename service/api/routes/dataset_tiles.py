@@ -15,6 +15,7 @@ from service.api.deps import BaseUrl, CurrentToken, DatasetTileToken, SceneTileT
 from service.api.signed_urls import tiles_query
 from service.api.schemas import ErrorPublic
 from service.tiles.imagery import (
+    Imagery,
     dataset_imagery,
     imagery_info,
     imagery_point,
@@ -49,12 +50,20 @@ _DS = "/v1/datasets/{dataset_id}"
 _SC = "/v1/jobs/{job_id}/scenes/{role}/{index}"
 
 
+def _dataset(dataset_id: uuid.UUID, session, token, base: str) -> Imagery:
+    return dataset_imagery(dataset_id, session, token, links.dataset(base, dataset_id))
+
+
+def _scene(job_id: uuid.UUID, role: str, index: int, session, token, base: str) -> Imagery:
+    return scene_imagery(job_id, role, index, session, token, links.scene(base, job_id, role, index))
+
+
 @router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}@{scale}x.png", response_class=Response, responses=_PNG,
             summary="A dataset imagery tile at a scale (256 px x scale)")
 def dataset_tile_scaled(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, scale: Scale, session: SessionDep,
                         token: DatasetTileToken, base: BaseUrl, bidx: BidxQuery = None,
                         rescale: RescaleQuery = None) -> Response:
-    return imagery_tile(dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale, scale)
+    return imagery_tile(_dataset(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale, scale)
 
 
 @router.get(_DS + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
@@ -62,21 +71,21 @@ def dataset_tile_scaled(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY
 def dataset_tile(dataset_id: DatasetId, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep, token: DatasetTileToken,
                  base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
     """Bands `bidx` of the dataset's image, stretched linearly by `rescale`, as grey or RGB."""
-    return imagery_tile(dataset_imagery(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale)
+    return imagery_tile(_dataset(dataset_id, session, token, base), tms_id, z, x, y, bidx, rescale)
 
 
 @router.get(_DS + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a dataset's imagery")
 def dataset_tilejson(dataset_id: DatasetId, tms_id: TmsId, request: Request, session: SessionDep,
                      token: DatasetTileToken, base: BaseUrl, bidx: BidxQuery = None,
                      rescale: RescaleQuery = None) -> dict:
-    im = dataset_imagery(dataset_id, session, token, base)
+    im = _dataset(dataset_id, session, token, base)
     return imagery_tilejson(im, tms_id, bidx, rescale, tiles_query(request, "datasets", str(dataset_id), token.id))
 
 
 @router.get(_DS + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a dataset")
 def dataset_info(dataset_id: DatasetId, session: SessionDep, token: CurrentToken, base: BaseUrl,
                  tms_id: TmsQuery = links.DEFAULT_TMS) -> dict:
-    im = dataset_imagery(dataset_id, session, token, base)
+    im = _dataset(dataset_id, session, token, base)
     return {"id": str(dataset_id), **imagery_info(im, tms_id)}
 
 
@@ -84,7 +93,7 @@ def dataset_info(dataset_id: DatasetId, session: SessionDep, token: CurrentToken
 def dataset_point(dataset_id: DatasetId, lon: Lon, lat: Lat, session: SessionDep, token: CurrentToken,
                   base: BaseUrl) -> dict:
     """The value of every band at a WGS84 longitude/latitude (null where there is no data)."""
-    return imagery_point(dataset_imagery(dataset_id, session, token, base), lon, lat)
+    return imagery_point(_dataset(dataset_id, session, token, base), lon, lat)
 
 
 @router.get(_SC + "/tiles/{tileMatrixSetId}/{z}/{x}/{y}.png", response_class=Response, responses=_PNG,
@@ -92,24 +101,24 @@ def dataset_point(dataset_id: DatasetId, lon: Lon, lat: Lat, session: SessionDep
 def scene_tile(job_id: JobId, role: Role, index: Index, tms_id: TmsId, z: Z, x: XY, y: XY, session: SessionDep,
                token: SceneTileToken, base: BaseUrl, bidx: BidxQuery = None, rescale: RescaleQuery = None) -> Response:
     """A scene named in a job's spec (e.g. the target it mapped), registered as a dataset or not."""
-    return imagery_tile(scene_imagery(job_id, role, index, session, token, base), tms_id, z, x, y, bidx, rescale)
+    return imagery_tile(_scene(job_id, role, index, session, token, base), tms_id, z, x, y, bidx, rescale)
 
 
 @router.get(_SC + "/{tileMatrixSetId}/tilejson.json", responses=_ERRORS, summary="TileJSON of a job's scene")
 def scene_tilejson(job_id: JobId, role: Role, index: Index, tms_id: TmsId, request: Request, session: SessionDep,
                    token: SceneTileToken, base: BaseUrl, bidx: BidxQuery = None,
                    rescale: RescaleQuery = None) -> dict:
-    im = scene_imagery(job_id, role, index, session, token, base)
+    im = _scene(job_id, role, index, session, token, base)
     return imagery_tilejson(im, tms_id, bidx, rescale, tiles_query(request, "scenes", f"{job_id}/{role}/{index}", token.id))
 
 
 @router.get(_SC + "/info", responses=_ERRORS, summary="Bands, default stretch, bounds and zooms of a job's scene")
 def scene_info(job_id: JobId, role: Role, index: Index, session: SessionDep, token: CurrentToken, base: BaseUrl,
                tms_id: TmsQuery = links.DEFAULT_TMS) -> dict:
-    return imagery_info(scene_imagery(job_id, role, index, session, token, base), tms_id)
+    return imagery_info(_scene(job_id, role, index, session, token, base), tms_id)
 
 
 @router.get(_SC + "/point/{lon},{lat}", responses=_ERRORS, summary="Band values of a job's scene at a point")
 def scene_point(job_id: JobId, role: Role, index: Index, lon: Lon, lat: Lat, session: SessionDep,
                 token: CurrentToken, base: BaseUrl) -> dict:
-    return imagery_point(scene_imagery(job_id, role, index, session, token, base), lon, lat)
+    return imagery_point(_scene(job_id, role, index, session, token, base), lon, lat)

@@ -37,6 +37,7 @@ from service.api.schemas import (
     ResultsPublic,
 )
 from service.errors import ConflictError, NotFoundError
+from service.result_ids import result_id
 from service.store import jobs as store
 from service.store.tables import FINAL_STATES, Job
 
@@ -166,7 +167,7 @@ def get_results(job_id: uuid.UUID, request: Request, session: SessionDep, settin
         predictions=[
             PredictionEntry(**p, links=links.result_links(
                 base, jid, p["path"], p["name"], p["kind"],
-                signed=signer.query("results", links.result_id(jid, p["name"]), token.id)))
+                signed=signer.query("results", result_id(jid, p["name"]), token.id)))
             for p in desc["predictions"]
         ],
         files=[FileEntry(name=f["path"], size=f["size"], links={"download": links.job_file(base, jid, f["path"])})

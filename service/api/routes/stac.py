@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service import stac_catalog
-from service.api import links
 from service.api.deps import BaseUrl, CurrentToken, SessionDep, SettingsDep
 from service.api.schemas import ErrorPublic, JobType
 from service.errors import NotFoundError
+from service.result_ids import RESULT_SEP, result_id
 from service.store import jobs as job_store
 from service.store.tables import SUCCESSFUL
 
@@ -52,7 +52,7 @@ def stac_item(job_type: JobType, item_id: str, request: Request, session: Sessio
               token: CurrentToken, base: BaseUrl) -> GeoJSONResponse:
     """A STAC Item (id: the result id, `<job id>.<name>`): class and probability COGs and the model bundle as
     assets, downloadable with the token; the class map's tilejson as links (one signed, for header-less clients)."""
-    ident, _, name = item_id.partition(links.RESULT_SEP)
+    ident, _, name = item_id.partition(RESULT_SEP)
     try:
         job_id = uuid.UUID(ident)
     except ValueError:
@@ -61,5 +61,5 @@ def stac_item(job_type: JobType, item_id: str, request: Request, session: Sessio
     scene = next((s for s in stac_catalog.predicted_scenes(settings.job_dir(job.id)) if s.name == name), None)
     if job.type != job_type or job.status != SUCCESSFUL or scene is None:
         raise NotFoundError(f"no STAC item {item_id!r} in collection {job_type}", field="item_id")
-    signed = request.app.state.tile_signer.query("results", links.result_id(job.id, name), token.id)
+    signed = request.app.state.tile_signer.query("results", result_id(job.id, name), token.id)
     return GeoJSONResponse(stac_catalog.item(base, job, settings, scene, tilejson_signed=signed))

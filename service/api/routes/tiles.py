@@ -31,6 +31,7 @@ from service.errors import NotFoundError, ServiceUnavailableError
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
 from service.store.tables import SUCCESSFUL, Job
+from service.result_ids import parse_result_id
 from service.tiles import cache, sources
 from service.tiles.queue import TileClient
 
@@ -79,7 +80,7 @@ def _png(content: bytes, max_age: int) -> Response:
 # ---- results: tiles over finished prediction COGs ---------------------------------------------------
 
 def _result_cog(rid: str, session, settings, token) -> Path:
-    job_id, name = sources.parse_result_id(rid)
+    job_id, name = parse_result_id(rid)
     job = job_store.get_job(session, job_id, token)  # another owner's job: NotFound, as for jobs
     if job.status != SUCCESSFUL:
         raise NotFoundError(f"job {job.id} is {job.status}: its results are not ready", field="id")
@@ -125,7 +126,7 @@ def result_tilejson(result_id: str, tms_id: TmsId, request: Request, session: Se
     """TileJSON 3.0 of a predicted COG (bounds in the TMS's geographic CRS, zooms from its resolution);
     its `tiles` URL is signed, so clients that cannot send a header open it."""
     _, src = _result_source(result_id, tms_id, session, settings, token)
-    job_id, name = sources.parse_result_id(result_id)
+    job_id, name = parse_result_id(result_id)
     signed = tiles_query(request, "results", result_id, token.id)
     url = f"{links.result(base, job_id, name)}/tiles/{src.tms.id}/{{z}}/{{x}}/{{y}}.png?{signed}"
     return _tilejson(name, url, src.geographic_bounds, src.minzoom if minzoom is None else minzoom,
