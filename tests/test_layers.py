@@ -1,4 +1,5 @@
-"""The import graph of the whole project (house style): which layer may import which, and no cycles.
+"""The import graph of the whole project (house style): which layer may import which, and no cycles, between
+modules or between the packages inside a layer.
 
     cli ──────────────┐ (composition root: may import every layer)
     benchmarks ───────┤ (drive the service and the workers from the outside)
@@ -110,6 +111,33 @@ def test_layer_imports_only_what_it_may(package):
 def test_import_graph_has_no_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def component(module: str) -> str:
+    """What a module belongs to inside its layer: ``models.adaptation.base`` -> ``models.adaptation``; a module
+    directly in a layer (``models.bundle``) is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def component_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    components: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        components.setdefault(component(module), set()).update(component(m) for m in imported)
+    return {c: deps - {c} for c, deps in components.items()}
+
+
+def test_components_do_not_import_each_other_in_a_cycle():
+    """Modules may import each other without a cycle while their packages do (models.adaptation.base ->
+    models.training.schedules, models.training.loop -> models.adaptation.base): two packages that can only be
+    understood, tested and moved together."""
+    cycle = find_cycle(component_graph(import_graph()))
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle)
+
+
+def test_component_graph_sees_a_cycle_that_modules_do_not():
+    modules = {"m.a.x": {"m.b.y"}, "m.b.y": set(), "m.b.z": {"m.a.w"}, "m.a.w": set()}
+    assert find_cycle(modules) is None
+    assert find_cycle(component_graph(modules)) == ["m.a", "m.b", "m.a"]
 
 
 def test_cycle_finder_sees_a_cycle():
