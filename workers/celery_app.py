@@ -16,6 +16,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from core.task_names import GPU_QUEUE, JOB_QUEUES
+from workers.embedded_broker import worker_broker
 
 
 class GeoadaptCelery(Celery):
@@ -35,7 +36,7 @@ app = GeoadaptCelery("geoadapt", include=["workers.tasks"], set_as_current=True)
 def celery_config(settings) -> dict:
     """Reliability settings for long jobs (see Celery's guide on long-running tasks)."""
     return dict(
-        broker_url=settings.broker_url,
+        **worker_broker(settings.broker_url),
         result_backend=settings.result_backend_url,
         task_ignore_result=settings.result_backend_url is None,  # the job store is the source of truth
         task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in JOB_QUEUES],

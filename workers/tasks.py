@@ -11,7 +11,8 @@ function with a callback that reports progress/checkpoints and relays cancel, re
         | store.fail(error type, message)
 
 A killed worker's job comes back (acks_late + reject_on_worker_lost, or the orphan sweep when a
-worker starts) and the pipeline resumes from the checkpoint in the job's folder.
+worker starts) and the pipeline resumes from the checkpoint in the job's folder. On the embedded broker the
+sweep also sends again a job whose message a worker took and died with before starting it.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
 from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, GPU_QUEUE, RUN_JOB, RUN_SHARD
 from workers.celery_app import app
+from workers.embedded_broker import job_messages
 
 log = logging.getLogger("geoadapt.worker")
 
@@ -458,9 +460,26 @@ def sweep_orphans(store, settings) -> list[str]:
             # accepted again: later sweeps do not send it twice while it waits in the queue
             store.requeued(job_id, worker)
             sent.append(job_id)
+        for job_id, queue in _dropped_deliveries(store, settings):
+            log.warning("job %s was taken from the queue by a worker that died before starting it; sending it "
+                        "again", job_id)
+            app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
+            sent.append(job_id)
     except Exception as e:
         log.warning("orphan sweep failed: %s", type(e).__name__)
     return sent
+
+
+def _dropped_deliveries(store, settings) -> list[tuple[str, str]]:
+    """(job id, queue) of queued jobs whose message the embedded broker handed to a worker, with none left waiting:
+    never claimed, so the worker that took it died first (workers.embedded_broker.job_messages). One taken a
+    moment ago by a live worker is sent again too: the duplicate finds the job claimed and does nothing."""
+    if not settings.embedded_broker or not store.unclaimed():
+        return []
+    messages = job_messages(settings.broker_url)
+    # the store read after the messages: a job claimed meanwhile is no longer unclaimed
+    return [(job_id, queue) for job_id, queue in store.unclaimed()
+            if job_id in messages.taken and job_id not in messages.waiting]
 
 
 @signals.worker_shutdown.connect

@@ -118,6 +118,11 @@ class WorkerJobStore:
                     out.append((str(job.id), job.queue, job.worker))
         return out
 
+    def unclaimed(self) -> list[tuple[str, str]]:
+        """(job id, queue) of queued jobs that no worker has claimed yet."""
+        with session_scope(self.sessions) as s:
+            return [(str(job.id), job.queue) for job in jobs.accepted_jobs(s)]
+
     def requeued(self, job_id: str, worker: str | None) -> None:
         """After sending an orphan again: back to accepted, unless a worker already claimed it."""
         with session_scope(self.sessions) as s:

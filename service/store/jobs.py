@@ -259,3 +259,8 @@ def mark_requeued(session: Session, job_id: uuid.UUID, worker: str | None) -> bo
 
 def running_jobs(session: Session) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.status == RUNNING)))
+
+
+def accepted_jobs(session: Session) -> list[Job]:
+    """Jobs queued and not yet claimed by a worker."""
+    return list(session.scalars(select(Job).where(Job.status == ACCEPTED)))

@@ -7,6 +7,7 @@ import sys
 import uuid
 
 import pytest
+from celery import Celery
 
 from core import task_names
 from service import queue as service_queue
@@ -15,6 +16,7 @@ from service.store import jobs, tokens
 from service.store.db import session_scope
 from service.store.for_workers import WorkerJobStore
 from workers import celery_app, tasks
+from workers.embedded_broker import POLLING_INTERVAL_S
 
 
 @pytest.fixture
@@ -107,6 +109,25 @@ def test_api_and_workers_agree_on_names_and_reliability_settings(tmp_path):
     assert tasks.run_job.acks_late and tasks.run_job.reject_on_worker_lost
     embedded = celery_app.celery_config(Settings(data_dir=tmp_path))
     assert "visibility_timeout" not in embedded["broker_transport_options"]  # the SQL transport takes engine args
+
+
+
+def test_workers_poll_the_embedded_broker_often_and_read_what_the_api_sends(tmp_path):
+    """kombu's SQL transport sleeps a second whenever its queues are empty; the workers' transport looks ten times
+    a second, on the same tables the API's stock transport writes to (a real SQLite broker file)."""
+    s = Settings(data_dir=tmp_path)
+    worker = Celery("worker", set_as_current=False)
+    worker.conf.update(celery_app.celery_config(s))
+    api = service_queue.make_producer(s)
+    with api.connection_for_write() as sender, worker.connection_for_read() as receiver:
+        assert sender.transport.polling_interval == 1.0  # the stock transport, which the API keeps
+        assert receiver.transport.polling_interval == POLLING_INTERVAL_S
+        sender.SimpleQueue("probe").put({"job": 1})
+        message = receiver.SimpleQueue("probe").get(timeout=5)
+        assert message.payload == {"job": 1}
+        message.ack()
+    redis = celery_app.celery_config(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0"))
+    assert redis["broker_url"] == "redis://127.0.0.1:6379/0" and "broker_transport" not in redis
 
 
 def _spec_files(tmp_path, **fields) -> dict:

@@ -348,3 +348,48 @@ def test_sigkill_of_the_pool_process_requeues_and_resumes(tmp_path, nc_bands, nc
         assert w.poll() is None  # the same worker carried on
     finally:
         b.close()
+
+
+#: a worker's main process as it dies between taking a job's message and handing it to a pool process: the message
+#: taken (unacknowledged), then SIGKILL, which leaves the SQL transport no chance to put it back
+_TAKE_AND_HANG = """
+import sys, time
+from kombu import Connection
+from workers.embedded_broker import worker_broker
+conf = worker_broker(sys.argv[1])
+with Connection(conf["broker_url"], transport=conf["broker_transport"]) as conn:
+    message = conn.SimpleQueue(sys.argv[2]).get(timeout=30)
+    print("taken", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_whose_message_died_with_a_worker_before_it_started_runs(tmp_path, nc_bands, nc_data, nc_classes):
+    """Embedded transport: a job's message taken by a worker killed before the job started stays taken for good
+    (SQLite has no visibility timeout), so the job would wait forever; the next worker's orphan sweep sends it
+    again and it runs."""
+    from workers.embedded_broker import job_messages
+
+    b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
+    try:
+        jid = b.submit(nc_spec(nc_bands, nc_data, nc_classes, iterations=5))
+        with b.app.state.sessions() as s:
+            from service.store.tables import Job
+
+            queue = s.get(Job, uuid.UUID(jid)).queue
+        taker = subprocess.Popen([sys.executable, "-c", _TAKE_AND_HANG, b.settings.broker_url, queue], env=b.env,
+                                 stdout=subprocess.PIPE, text=True)
+        assert taker.stdout.readline().strip() == "taken"
+        taker.kill()
+        taker.wait(10)
+        messages = job_messages(b.settings.broker_url)
+        assert jid in messages.taken and jid not in messages.waiting
+        assert b.job(jid)["status"] == "accepted"
+        b.start_worker()
+        j = _final(b, jid, timeout=120)
+        assert j["status"] == "successful", (j, b.logs())
+        assert j["attempts"] == 1  # it had never started
+        assert "died before starting it; sending it again" in b.logs()
+    finally:
+        b.close()

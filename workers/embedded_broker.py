@@ -1,0 +1,88 @@
+"""The embedded broker as the workers use it: kombu's SQL transport polled ten times a second, and which jobs its
+messages name (waiting, or taken by a worker).
+
+kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so a job queued on an
+idle worker waited up to a second before it started, and the embedded service ran at most about two short jobs a
+second (live map tiles included). Its transport options go to SQLAlchemy's ``create_engine``, which refuses a
+``polling_interval``: the interval is set on this subclass instead, which the workers name as their transport.
+Producers (the API) never poll, so they keep the stock transport; both read and write the same tables.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from kombu.transport.sqlalchemy import Transport as SQLTransport
+from sqlalchemy import create_engine, inspect, text
+
+from core.task_names import RUN_JOB
+
+#: seconds between two looks at empty queues: a few cheap SQLite reads a second against up to 1 s of queueing delay
+POLLING_INTERVAL_S = 0.1
+#: the URL prefix that names kombu's SQL transport (``sqla+sqlite:///...``)
+SQL_PREFIX = "sqla+"
+#: kombu's table of messages (its default name; the service sets no other)
+MESSAGE_TABLE = "kombu_message"
+
+
+class EmbeddedBrokerTransport(SQLTransport):
+    polling_interval = POLLING_INTERVAL_S
+
+
+def worker_broker(broker_url: str) -> dict:
+    """Celery settings that make a worker consume ``broker_url`` through :class:`EmbeddedBrokerTransport` where it
+    names the SQL transport (a URL's ``sqla+`` prefix would override the transport setting, so it goes); any other
+    broker as it is."""
+    if not broker_url.startswith(SQL_PREFIX):
+        return {"broker_url": broker_url}
+    return {"broker_url": broker_url[len(SQL_PREFIX):],
+            "broker_transport": f"{__name__}:{EmbeddedBrokerTransport.__name__}"}
+
+
+@dataclass(frozen=True)
+class JobMessages:
+    """The job ids named by run_job messages in the embedded broker, by what became of the message."""
+    waiting: frozenset[str]  # still in a queue: a worker will take it
+    taken: frozenset[str]  # taken by a worker, acknowledged or not (the SQL transport keeps both, invisible)
+
+
+def job_messages(broker_url: str) -> JobMessages | None:
+    """Read every run_job message of the embedded broker (None for any other broker).
+
+    A message the SQL transport has handed to a worker stays invisible whatever becomes of it: a worker killed
+    after taking a job's message and before claiming the job (a few milliseconds in which Celery's main process
+    holds the message and a pool process has not yet started it) leaves a queued job that no message will ever
+    start. Redis gives such a message back after its visibility timeout; here the orphan sweep sends it again
+    (workers.tasks.sweep_orphans), and these sets are what tells such a job from one still waiting its turn."""
+    if not broker_url.startswith(SQL_PREFIX):
+        return None
+    engine = create_engine(broker_url[len(SQL_PREFIX):], connect_args={"timeout": 30})
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(MESSAGE_TABLE):
+                return JobMessages(frozenset(), frozenset())
+            rows = conn.execute(text(f"SELECT visible, payload FROM {MESSAGE_TABLE}")).all()
+    finally:
+        engine.dispose()
+    waiting, taken = set(), set()
+    for visible, payload in rows:
+        job_id = _run_job_id(payload)
+        if job_id is not None:
+            (waiting if visible else taken).add(job_id)
+    return JobMessages(frozenset(waiting), frozenset(taken))
+
+
+def _run_job_id(payload: str) -> str | None:
+    """The job id a Celery message (protocol 2, JSON body) asks RUN_JOB to run; None for any other message."""
+    try:
+        message = json.loads(payload)
+        if message.get("headers", {}).get("task") != RUN_JOB:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None  # not a message this project sent
