@@ -449,6 +449,10 @@ def _on_ready(sender=None, **_):
     threading.Thread(target=beat_loop, name="worker-beat", daemon=True).start()
 
 
+#: seconds a queued job's taken message is given to be claimed before the sweep counts it as dropped
+DELIVERY_SETTLE_S = 5.0
+
+
 def sweep_orphans(store, settings) -> list[str]:
     """Send again the jobs whose worker died (SIGKILL, OOM, power loss) and whose message will
     not come back soon (Redis: only after the visibility timeout; the SQL transport: never)."""
@@ -470,16 +474,28 @@ def sweep_orphans(store, settings) -> list[str]:
     return sent
 
 
-def _dropped_deliveries(store, settings) -> list[tuple[str, str]]:
-    """(job id, queue) of queued jobs whose message the embedded broker handed to a worker, with none left waiting:
-    never claimed, so the worker that took it died first (workers.embedded_broker.job_messages). One taken a
-    moment ago by a live worker is sent again too: the duplicate finds the job claimed and does nothing."""
-    if not settings.embedded_broker or not store.unclaimed():
+def _dropped_deliveries(store, settings, settle_s: float = DELIVERY_SETTLE_S) -> list[tuple[str, str]]:
+    """(job id, queue) of queued jobs whose message the embedded broker handed to a worker, with none left waiting,
+    and still not claimed ``settle_s`` later: the worker that took it died before starting it
+    (workers.embedded_broker.job_messages). A live worker claims the job a few milliseconds after taking its
+    message (prefetch 1: it takes one only for a free process), so a second look tells the two apart; a worker
+    starting up, taking messages while it sweeps, would otherwise be seen as a dead one."""
+    if not settings.embedded_broker:
         return []
-    messages = job_messages(settings.broker_url)
-    # the store read after the messages: a job claimed meanwhile is no longer unclaimed
-    return [(job_id, queue) for job_id, queue in store.unclaimed()
-            if job_id in messages.taken and job_id not in messages.waiting]
+
+    def dropped() -> set[tuple[str, str]]:
+        if not store.unclaimed():
+            return set()
+        messages = job_messages(settings.broker_url)
+        # the store read after the messages: a job claimed meanwhile is no longer unclaimed
+        return {(job_id, queue) for job_id, queue in store.unclaimed()
+                if job_id in messages.taken and job_id not in messages.waiting}
+
+    first = dropped()
+    if not first:
+        return []
+    time.sleep(settle_s)
+    return sorted(first & dropped())
 
 
 @signals.worker_shutdown.connect

@@ -178,3 +178,26 @@ def test_the_worker_runs_the_validated_spec_with_the_share_training_fills(store,
     [(spec, span)] = worker_app
     assert spec.type == data["type"] and spec.training_method == data.get("method", "source-only")
     assert span == (0.0, trained)
+
+
+def test_a_taken_message_counts_as_dropped_only_if_its_job_stays_unclaimed(tmp_path):
+    """Two queued jobs whose messages a worker took (a real SQLite broker): one is claimed during the sweep's
+    second look, as a live worker claims what it takes; the other never is. Only the second is dropped."""
+    import threading
+
+    s = Settings(data_dir=tmp_path)
+    s.ensure_dirs()
+    store = WorkerJobStore(s)
+    claimed, dropped, waiting = _job(store), _job(store), _job(store)
+    api = service_queue.make_producer(s)
+    for job_id in (claimed, dropped, waiting):
+        service_queue.enqueue(api, job_id, "gpu")
+    worker = Celery("worker", set_as_current=False)
+    worker.conf.update(celery_app.celery_config(s))
+    with worker.connection_for_read() as conn:
+        queue = conn.SimpleQueue("gpu")
+        taken = [queue.get(timeout=5), queue.get(timeout=5)]  # in the order sent; the third stays waiting
+        assert [m.payload[0][0] for m in taken] == [claimed, dropped]
+        threading.Timer(0.3, lambda: store.claim(claimed, "live", lambda ident, age: False)).start()
+        assert tasks._dropped_deliveries(store, s, settle_s=1.0) == [(dropped, "gpu")]
+    assert tasks._dropped_deliveries(store, Settings(data_dir=tmp_path, broker_url="memory://")) == []
