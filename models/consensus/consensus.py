@@ -29,8 +29,9 @@
                  their precision is 0.92 vs 0.77); the consensus, built from every annotator and the
                  image, can (agreement 0.906 vs 0.792).
 
-The whole image is held in memory (features: 4 x 5 x bands bytes per pixel): meant for label rasters of
-up to some tens of megapixels, as annotation campaigns produce.
+The whole image is held in memory (features: 4 x 5 x bands bytes per pixel; 560 bytes per pixel in all with
+3 bands, 4 classes and 4 annotators): meant for label rasters of up to some tens of megapixels, as annotation
+campaigns produce. models.consensus.run refuses, before reading, one that would not fit in the free memory.
 """
 from __future__ import annotations
 

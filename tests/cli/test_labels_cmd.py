@@ -87,3 +87,24 @@ def test_bad_labels_input_exits_2_naming_it(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert needle in proc.stderr, (args, proc.stderr)
+
+
+def test_a_consensus_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path):
+    """60,000 x 60,000 px (sparse files: nothing written, a few KB each): the whole image would be held in memory,
+    terabytes; exit 2 naming the size and what to do, before a pixel is read and with nothing written."""
+    profile = dict(driver="GTiff", width=60_000, height=60_000, crs="EPSG:32617",
+                   transform=rasterio.transform.from_origin(0, 60_000, 1, 1), tiled=True, compress="deflate")
+    with rasterio.Env(SPARSE_OK=True):
+        with rasterio.open(tmp_path / "img.tif", "w", count=3, dtype="uint8", nodata=0, **profile):
+            pass
+        for name in ("a.tif", "b.tif"):
+            with rasterio.open(tmp_path / name, "w", count=1, dtype="uint8", nodata=0, **profile):
+                pass
+    out = tmp_path / "c.tif"
+    proc = subprocess.run([sys.executable, "-m", "cli", "labels", "consensus", str(tmp_path / "a.tif"),
+                           str(tmp_path / "b.tif"), "--image", str(tmp_path / "img.tif"), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "60000 x 60000 px" in proc.stderr and "holds the whole image in memory" in proc.stderr, proc.stderr
+    assert "Split the image" in proc.stderr
+    assert not list(tmp_path.glob("c*"))

@@ -11,13 +11,13 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from core.errors import LabelValuesError
+from core.errors import LabelValuesError, RasterTooLargeError
 from core.jobspec import IGNORE_INDEX, ClassSpec
 from core.raster.annotations import AnnotationStack, read_annotations
 from core.raster.grid import Grid
 from core.raster.scene import Scene
 from models.consensus.consensus import ConsensusOptions, consensus_labels
-from models.consensus.run import run_consensus
+from models.consensus.run import consensus_bytes_per_pixel, run_consensus
 from models.consensus.graph_cut import alpha_expansion, potts_energy
 
 TRANSFORM = from_origin(500000.0, 3000000.0, 10.0, 10.0)
@@ -177,3 +177,21 @@ def test_consensus_beats_majority_vote_on_faulty_annotators_of_real_labels(nc_ba
     by_name = {a.name: a for a in r.annotators}
     assert order_agreement({n: a.score for n, a in by_name.items()}, precision) == 1.0
     assert all(a.score == pytest.approx(a.self_consistency * a.agreement, abs=1e-3) for a in r.annotators)
+
+
+def test_a_consensus_over_its_memory_limit_is_refused_and_writes_nothing(tmp_path):
+    """The limit (default: the machine's free memory) against the measured bytes per pixel, checked before
+    anything is read."""
+    img, truth = _scene_arrays()
+    image = _write(tmp_path / "img.tif", img, nodata=-99999, dtype="float32")
+    a = _write(tmp_path / "a.tif", (truth + 1).astype(np.uint8))
+    b = _write(tmp_path / "b.tif", (truth + 1).astype(np.uint8))
+    classes = [ClassSpec(id=i + 1, name=f"c{i}", color="#000000") for i in range(2)]
+    h, w = truth.shape
+    need = h * w * consensus_bytes_per_pixel(img.shape[0], 2, 2)
+    with pytest.raises(RasterTooLargeError) as e:
+        run_consensus([a, b], image, tmp_path / "c.tif", classes=classes, memory_limit=need - 1)
+    assert e.value.field == "image" and f"{w} x {h} px" in e.value.message
+    assert not (tmp_path / "c.tif").exists()
+    assert run_consensus([a, b], image, tmp_path / "c.tif", classes=classes, memory_limit=need).labels.exists()
+
