@@ -322,30 +322,31 @@ def test_the_prior_label_shift_option_gives_st_dasegnet_the_label_shift_jobs_tar
     assert "adaptation.pseudo_prior" not in jobs[-1][2]["model"]["overrides"]
 
 
-def test_adabn_after_st_dasegnet_re_estimates_the_seeds_st_dasegnet_model(tmp_path, monkeypatch):
+@pytest.mark.parametrize("start", ["st-dasegnet", "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start"])
+def test_adabn_after_st_dasegnet_re_estimates_the_seeds_st_dasegnet_model(start, tmp_path, monkeypatch):
     import benchmarks.adapt as adapt
     from benchmarks.adapt import RUNNERS, RunnerSpec
 
-    name = "st-dasegnet+adabn"
-    assert RUNNERS[name].needs == ("st-dasegnet",) and not RUNNERS[name].default and RUNNERS[name].adaptation
+    name = f"{start}+adabn"
+    assert RUNNERS[name].needs == (start,) and not RUNNERS[name].default and RUNNERS[name].adaptation
     ctx, _ = _recording_context(tmp_path, "neon")
     ctx.domains["target"] = {"scenes": [{"image": "target.tif"}]}
     specs = []  # the job bodies, as they would be submitted
     monkeypatch.setattr(adapt, "load_job_spec", lambda body: body)
     monkeypatch.setattr(adapt, "run_job", lambda body, callbacks: specs.append(body) or {"bundle": body["output"]})
     trained = []  # the seed's ST-DASegNet run is trained first where it is missing, then reused
-    monkeypatch.setitem(RUNNERS, "st-dasegnet", RunnerSpec(lambda ctx, seed: trained.append(seed) or {}))
+    monkeypatch.setitem(RUNNERS, start, RunnerSpec(lambda ctx, seed: trained.append(seed) or {}))
     assert RUNNERS[name].runner(ctx, 1)[name]["miou"] == 0.2
     assert trained == [1]
     [spec] = specs
-    assert (spec["method"], spec["bundle"], spec["target"]) == ("adabn", str(ctx.run_dir(1, "st-dasegnet")),
+    assert (spec["method"], spec["bundle"], spec["target"]) == ("adabn", str(ctx.run_dir(1, start)),
                                                                 ctx.domains["target"])
     assert spec["output"] == str(ctx.run_dir(1, name)) and spec["params"]["seed"] == 1
-    weights = ctx.run_dir(2, "st-dasegnet") / "bundle" / "weights.pth"
+    weights = ctx.run_dir(2, start) / "bundle" / "weights.pth"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"trained")
     RUNNERS[name].runner(ctx, 2)
-    assert trained == [1] and specs[-1]["bundle"] == str(ctx.run_dir(2, "st-dasegnet"))
+    assert trained == [1] and specs[-1]["bundle"] == str(ctx.run_dir(2, start))
 
 
 def test_the_adabn_start_with_source_statistics_feeds_and_scores_both_domains_through_them(tmp_path):
