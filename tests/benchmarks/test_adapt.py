@@ -393,12 +393,13 @@ def test_the_adabn_start_as_a_mean_teacher_weighs_self_training_like_the_source_
     assert (block["ema_horizon"], block["pseudo_threshold"], block["self_training_weight"]) == (0.5, 0.9, 1.0)
 
 
-def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_reading_is_refused(tmp_path,
+@pytest.mark.parametrize("name", ["st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
+                                  "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+threshold-0.9"])
+def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_reading_is_refused(name, tmp_path,
                                                                                                 monkeypatch):
     from core.errors import NotALabelShiftError
     from benchmarks.adapt import ADABN_BATCHES, RUNNERS
 
-    name = "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start"
     assert RUNNERS[name].needs == ("adabn",) and not RUNNERS[name].default
     ctx, jobs = _recording_context(tmp_path, "neon")
     weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
@@ -408,6 +409,7 @@ def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_rea
     [(_, _, kw)] = jobs
     overrides = kw["model"]["overrides"]
     assert overrides["adaptation.pseudo_prior"] == "label-shift" and overrides["adaptation.norm_eval"] is True
+    assert overrides.get("adaptation.pseudo_threshold") == (0.9 if name.endswith("threshold-0.9") else None)
     assert kw["params"] == {"batches": ADABN_BATCHES} and kw["model"]["checkpoint"] == str(weights)
     assert "refused" not in row
 
