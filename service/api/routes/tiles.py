@@ -28,10 +28,10 @@ from service.api.deps import BaseUrl, CurrentToken, ModelTileToken, ResultTileTo
 from service.api.signed_urls import tiles_query
 from service.api.schemas import ErrorPublic
 from service.errors import NotFoundError, ServiceUnavailableError
+from service.result_ids import parse_result_id
 from service.store import datasets as dataset_store
 from service.store import jobs as job_store
 from service.store.tables import SUCCESSFUL, Job
-from service.result_ids import parse_result_id
 from service.tiles import cache, sources
 from service.tiles.queue import TileClient
 
