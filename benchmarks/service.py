@@ -14,6 +14,8 @@
               `saturation_jobs` more back to back: the requests/s the service sustains, and latency there
     5 restart the job worker started; once `restart_after` of all queued jobs are finished it is SIGKILLed
               (with its pool) and a new one started; every job must still end: lost = not final
+    6 pickup  embedded mode: messages sent to an empty queue after a pause, one idle consumer with kombu's
+              stock SQL transport and one with the workers' (polled every 0.1 s): wait p50/max of each
     report.json (figures, goals, which are met)
 
 Latencies are wall times seen by the client (HTTP included). Both tile servers are one uvicorn process
@@ -57,6 +59,8 @@ class BenchSettings:
     train_iterations: int = 60
     job_concurrency: int = 2  # processes of the job worker
     restart_after: float = 0.3  # fraction of the jobs finished when the worker is killed
+    #: embedded mode: messages sent to an idle consumer of each transport (measure_queue_pickup; 0: none)
+    pickup_messages: int = 20
     deadline_s: float = 3600.0  # for all jobs to end after the restart
     seed: int = 0
     #: production mode: a Redis broker and an empty PostgreSQL database (default: the embedded SQLite ones)
@@ -512,6 +516,15 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
                              "jobs_per_s": round(final / seconds, 2) if seconds else None, "statuses": counts,
                              "lost": len(ids) - final, "failed": counts.get("failed", 0)}
         log(f"restart: {counts} in {seconds:.0f} s")
+
+        # 6 queue pickup: an idle consumer of the embedded broker, stock transport vs the workers' -----------
+        if not s.broker_url and s.pickup_messages:
+            log(f"queue pickup: {s.pickup_messages} messages to an idle consumer of each SQL transport")
+            pickup = measure_queue_pickup(out / "pickup-broker.db", s.pickup_messages, seed=s.seed)
+            report["queue_pickup"] = pickup
+            log(f"queue pickup p50 / max: stock {pickup['stock_sql_transport']['p50_ms']} / "
+                f"{pickup['stock_sql_transport']['max_ms']} ms, workers' {pickup['workers_transport']['p50_ms']} / "
+                f"{pickup['workers_transport']['max_ms']} ms (ratio {pickup['ratio_p50']})")
     finally:
         procs.stop_all()
         if previous is not None:
@@ -519,6 +532,47 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
         report["machine"]["load_at_end"] = os.getloadavg()
         _finish(report, out)
     return report
+
+
+def measure_queue_pickup(broker_db: Path, messages: int, *, seed: int = 0) -> dict:
+    """How long a message sent to an empty queue waits before an idle consumer has it, with kombu's stock SQL
+    transport (the API's) and with the workers' (workers.embedded_broker), side by side on one SQLite file: each
+    message sent after a pause of 0.2-1.2 s, while the consumer waits. Latencies in ms."""
+    from kombu import Connection
+
+    from workers.embedded_broker import worker_broker
+
+    url = f"sqla+sqlite:///{broker_db}"
+    rng = random.Random(seed)
+    pauses = [rng.uniform(0.2, 1.2) for _ in range(messages)]
+
+    def waits(connection: dict, queue: str) -> list[float]:
+        got: list[float] = []
+
+        def consume() -> None:
+            with Connection(**connection) as conn:
+                q = conn.SimpleQueue(queue)
+                for _ in range(messages):
+                    m = q.get(timeout=30)
+                    got.append((time.time() - m.payload["sent"]) * 1000)
+                    m.ack()
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        with Connection(url) as producer:
+            q = producer.SimpleQueue(queue)
+            for pause in pauses:
+                time.sleep(pause)  # the queue empty, the consumer waiting on it
+                q.put({"sent": time.time()})
+        consumer.join(60)
+        return got
+
+    workers = worker_broker(url)
+    stock = latency_summary(waits({"hostname": url}, "pickup-stock"))
+    ours = latency_summary(waits({"hostname": workers["broker_url"], "transport": workers["broker_transport"]},
+                                 "pickup-workers"))
+    ratio = round(ours["p50_ms"] / stock["p50_ms"], 3) if ours["p50_ms"] and stock["p50_ms"] else None
+    return {"messages": messages, "stock_sql_transport": stock, "workers_transport": ours, "ratio_p50": ratio}
 
 
 def _finish(report: dict, out: Path) -> None:

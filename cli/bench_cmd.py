@@ -297,6 +297,11 @@ def service_benchmark(
         typer.echo(f"saturation, {sat['clients']} clients back to back: {sat['requests_per_s']} requests/s, "
                    f"submit/status p50 {sat['submit_status'].get('p50_ms')} p99 {sat['submit_status'].get('p99_ms')} ms "
                    f"(capacity: no goal)")
+    if "queue_pickup" in r:
+        qp = r["queue_pickup"]
+        typer.echo(f"queue pickup by an idle worker, p50 / max: {qp['workers_transport']['p50_ms']} / "
+                   f"{qp['workers_transport']['max_ms']} ms (kombu's stock SQL transport "
+                   f"{qp['stock_sql_transport']['p50_ms']} / {qp['stock_sql_transport']['max_ms']} ms; no goal)")
     rs = r["restart"]
     typer.echo(f"{rs['jobs']} queued jobs across a worker SIGKILL: {rs['statuses']}; lost {rs['lost']} "
                f"(goal 0: {'met' if met['lost_jobs'] else 'NOT met'})")

@@ -97,3 +97,16 @@ def test_paced_clients_do_not_fire_in_step_and_back_to_back_ones_do():
     _, burst = _run_load(jobs=8, clients=8, think_s=0.0)
     assert paced[-1] - paced[0] > 0.1
     assert burst[-1] - burst[0] < 0.1
+
+
+def test_queue_pickup_measures_both_transports_on_one_broker_file(tmp_path):
+    """The benchmark's pickup step on a real SQLite broker: every message reaches its idle consumer, on each
+    transport, and both are summarised (the figures themselves are the benchmark's to print, not a test's)."""
+    from benchmarks.service import measure_queue_pickup
+
+    r = measure_queue_pickup(tmp_path / "broker.db", 3)
+    assert r["messages"] == 3
+    for key in ("stock_sql_transport", "workers_transport"):
+        assert r[key]["n"] == 3 and 0 < r[key]["p50_ms"] <= r[key]["max_ms"], r
+    assert r["ratio_p50"] is not None
+
