@@ -1,5 +1,5 @@
-"""The embedded broker as the workers use it: kombu's SQL transport polled ten times a second, and which jobs its
-messages name (waiting, or taken by a worker).
+"""The embedded broker as the workers use it: kombu's SQL transport polled ten times a second, which jobs its
+messages name (waiting, or taken by a worker), and taken messages purged an hour after they were taken.
 
 kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so a job queued on an
 idle worker waited up to a second before it started, and the embedded service ran at most about two short jobs a
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from kombu.transport.sqlalchemy import Transport as SQLTransport
 from sqlalchemy import create_engine, inspect, text
@@ -24,6 +25,8 @@ POLLING_INTERVAL_S = 0.1
 SQL_PREFIX = "sqla+"
 #: kombu's table of messages (its default name; the service sets no other)
 MESSAGE_TABLE = "kombu_message"
+#: seconds a taken message is kept: kombu's SQL transport keeps every one for good (live tiles add one each)
+TAKEN_KEPT_S = 3600.0
 
 
 class EmbeddedBrokerTransport(SQLTransport):
@@ -86,3 +89,26 @@ def _run_job_id(payload: str) -> str | None:
         return str(args[0])
     except (ValueError, KeyError, IndexError, TypeError):
         return None  # not a message this project sent
+
+
+def purge_taken(broker_url: str, kept_s: float = TAKEN_KEPT_S) -> int:
+    """Delete the messages the SQL transport handed to a worker more than ``kept_s`` ago; returns how many.
+
+    The transport never deletes a message: it marks it taken and stamps the time (its ``timestamp`` column is
+    empty until then: kombu sets it on update only), and what the worker does with it afterwards lives in the
+    worker's memory alone: a rejected or requeued message is written again as a new one. So the taken rows only
+    grow the file (every job, shard and live tile leaves one) and the scans of :func:`job_messages`. The orphan
+    sweep reads them before it purges, so a job whose message died with its worker is found first."""
+    if not broker_url.startswith(SQL_PREFIX):
+        return 0
+    cutoff = datetime.now() - timedelta(seconds=kept_s)  # the transport stamps local time
+    engine = create_engine(broker_url[len(SQL_PREFIX):], connect_args={"timeout": 30})
+    try:
+        with engine.begin() as conn:
+            if not inspect(conn).has_table(MESSAGE_TABLE):
+                return 0
+            return conn.execute(text(f"DELETE FROM {MESSAGE_TABLE} WHERE visible = :taken AND timestamp < :cutoff"),
+                                {"taken": False, "cutoff": cutoff.isoformat(sep=" ")}).rowcount
+    finally:
+        engine.dispose()
+

@@ -36,7 +36,7 @@ from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
 from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, GPU_QUEUE, RUN_JOB, RUN_SHARD
 from workers.celery_app import app
-from workers.embedded_broker import job_messages
+from workers.embedded_broker import job_messages, purge_taken
 
 log = logging.getLogger("geoadapt.worker")
 
@@ -469,6 +469,8 @@ def sweep_orphans(store, settings) -> list[str]:
                         "again", job_id)
             app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
             sent.append(job_id)
+        if settings.embedded_broker:  # after the look above, which reads the taken messages
+            purge_taken(settings.broker_url)
     except Exception as e:
         log.warning("orphan sweep failed: %s", type(e).__name__)
     return sent

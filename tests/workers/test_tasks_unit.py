@@ -201,3 +201,37 @@ def test_a_taken_message_counts_as_dropped_only_if_its_job_stays_unclaimed(tmp_p
         threading.Timer(0.3, lambda: store.claim(claimed, "live", lambda ident, age: False)).start()
         assert tasks._dropped_deliveries(store, s, settle_s=1.0) == [(dropped, "gpu")]
     assert tasks._dropped_deliveries(store, Settings(data_dir=tmp_path, broker_url="memory://")) == []
+
+
+def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
+    """kombu's SQL transport keeps every message it handed out (a real SQLite broker): those taken over an hour ago
+    go; one taken just now, and one still waiting, stay."""
+    import sqlite3
+
+    from workers.embedded_broker import TAKEN_KEPT_S, job_messages, purge_taken
+
+    s = Settings(data_dir=tmp_path)
+    s.ensure_dirs()
+    store = WorkerJobStore(s)
+    old, recent, waiting = _job(store), _job(store), _job(store)
+    api = service_queue.make_producer(s)
+    for job_id in (old, recent, waiting):
+        service_queue.enqueue(api, job_id, "gpu")
+    worker = Celery("worker", set_as_current=False)
+    worker.conf.update(celery_app.celery_config(s))
+    with worker.connection_for_read() as conn:
+        queue = conn.SimpleQueue("gpu")
+        for _ in range(2):
+            queue.get(timeout=5).ack()
+    db = sqlite3.connect(s.broker_url.removeprefix("sqla+sqlite:///"))
+    stamps = [r[0] for r in db.execute("SELECT timestamp FROM kombu_message WHERE visible = 0 ORDER BY id")]
+    sent = [r[0] for r in db.execute("SELECT timestamp FROM kombu_message WHERE visible = 1")]
+    assert sent == [None] and None not in stamps  # stamped when taken (not when sent): what the purge counts from
+    with db:  # the first one taken an hour and a minute ago
+        db.execute("UPDATE kombu_message SET timestamp = datetime(timestamp, ?) WHERE id = "
+                   "(SELECT min(id) FROM kombu_message)", (f"-{int(TAKEN_KEPT_S) + 60} seconds",))
+    db.close()
+    assert purge_taken(s.broker_url) == 1
+    messages = job_messages(s.broker_url)
+    assert messages.taken == {recent} and messages.waiting == {waiting}
+    assert purge_taken("redis://127.0.0.1:6379/0") == 0
