@@ -180,20 +180,27 @@ def test_the_worker_runs_the_validated_spec_with_the_share_training_fills(store,
     assert span == (0.0, trained)
 
 
+def _queued_on_the_embedded_broker(tmp_path, count: int):
+    """The embedded settings, their job store, ``count`` jobs sent to the gpu queue by the API's producer (a real
+    SQLite broker file), and a worker's Celery app configured as the workers configure it."""
+    s = Settings(data_dir=tmp_path)
+    s.ensure_dirs()
+    store = WorkerJobStore(s)
+    ids = [_job(store) for _ in range(count)]
+    api = service_queue.make_producer(s)
+    for job_id in ids:
+        service_queue.enqueue(api, job_id, "gpu")
+    worker = Celery("worker", set_as_current=False)
+    worker.conf.update(celery_app.celery_config(s))
+    return s, store, ids, worker
+
+
 def test_a_taken_message_counts_as_dropped_only_if_its_job_stays_unclaimed(tmp_path):
     """Two queued jobs whose messages a worker took (a real SQLite broker): one is claimed during the sweep's
     second look, as a live worker claims what it takes; the other never is. Only the second is dropped."""
     import threading
 
-    s = Settings(data_dir=tmp_path)
-    s.ensure_dirs()
-    store = WorkerJobStore(s)
-    claimed, dropped, waiting = _job(store), _job(store), _job(store)
-    api = service_queue.make_producer(s)
-    for job_id in (claimed, dropped, waiting):
-        service_queue.enqueue(api, job_id, "gpu")
-    worker = Celery("worker", set_as_current=False)
-    worker.conf.update(celery_app.celery_config(s))
+    s, store, (claimed, dropped, _), worker = _queued_on_the_embedded_broker(tmp_path, 3)
     with worker.connection_for_read() as conn:
         queue = conn.SimpleQueue("gpu")
         taken = [queue.get(timeout=5), queue.get(timeout=5)]  # in the order sent; the third stays waiting
@@ -210,15 +217,7 @@ def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
 
     from workers.embedded_broker import TAKEN_KEPT_S, job_messages, purge_taken
 
-    s = Settings(data_dir=tmp_path)
-    s.ensure_dirs()
-    store = WorkerJobStore(s)
-    old, recent, waiting = _job(store), _job(store), _job(store)
-    api = service_queue.make_producer(s)
-    for job_id in (old, recent, waiting):
-        service_queue.enqueue(api, job_id, "gpu")
-    worker = Celery("worker", set_as_current=False)
-    worker.conf.update(celery_app.celery_config(s))
+    s, _, (_, recent, waiting), worker = _queued_on_the_embedded_broker(tmp_path, 3)
     with worker.connection_for_read() as conn:
         queue = conn.SimpleQueue("gpu")
         for _ in range(2):
