@@ -1,9 +1,9 @@
 """The embedded broker as the workers use it: kombu's SQL transport polled ten times a second, which jobs its
 messages name (waiting, or taken by a worker), and taken messages purged an hour after they were taken.
 
-kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so a job queued on an
-idle worker waited up to a second before it started, and the embedded service ran at most about two short jobs a
-second (live map tiles included). Its transport options go to SQLAlchemy's ``create_engine``, which refuses a
+kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so work queued on an
+idle worker (a job, a live map tile) waited up to a second, half a second on average, before it started. Its
+transport options go to SQLAlchemy's ``create_engine``, which refuses a
 ``polling_interval``: the interval is set on this subclass instead, which the workers name as their transport.
 Producers (the API) never poll, so they keep the stock transport; both read and write the same tables.
 """
