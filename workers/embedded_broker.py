@@ -3,9 +3,9 @@ messages name (waiting, or taken by a worker), and taken messages purged an hour
 
 kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so work queued on an
 idle worker (a job, a live map tile) waited up to a second, half a second on average, before it started. Its
-transport options go to SQLAlchemy's ``create_engine``, which refuses a
-``polling_interval``: the interval is set on this subclass instead, which the workers name as their transport.
-Producers (the API) never poll, so they keep the stock transport; both read and write the same tables.
+transport options go to SQLAlchemy's ``create_engine``, which refuses a ``polling_interval``: the interval is set
+on this subclass instead, which the workers name as their transport. Producers (the API) never poll, so they keep
+the stock transport; both read and write the same tables.
 """
 from __future__ import annotations
 
