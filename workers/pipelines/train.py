@@ -266,13 +266,14 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
     # stream as a job given the same mix (the chain of jobs this option replaces), whatever the reading drew
     rng = capture_rng()
     try:
-        return _read_prior(method, spec, run, out, checkpoint, source, target, opts, should_stop=should_stop)
+        return _read_prior(method, spec, run, path, checkpoint, source, target, opts, should_stop=should_stop)
     finally:
         restore_rng(rng)
 
 
-def _read_prior(method, spec: JobSpec, run: dict, out: Path, checkpoint: Path, source: Domain, target: Domain,
+def _read_prior(method, spec: JobSpec, run: dict, path: Path, checkpoint: Path, source: Domain, target: Domain,
                 opts: RunOptions, *, should_stop) -> dict | None:
+    """The reading itself (see _read_prior_from_start); its record written to ``path``."""
     try:
         start = load_bundle(checkpoint, device=opts.device)
     except BundleError as e:
@@ -295,7 +296,6 @@ def _read_prior(method, spec: JobSpec, run: dict, out: Path, checkpoint: Path, s
     opts.log(f"target class frequencies {record['target_prior']} (source {record['source_prior']}, total variation "
              f"{record['total_variation']})")
     record = {**record, "bundle": str(checkpoint)}
-    path = out / CHECKPOINTS / PRIOR_READING
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     return record
