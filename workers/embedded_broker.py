@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kombu.transport.sqlalchemy import Transport as SQLTransport
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from core.task_names import RUN_JOB
 
@@ -43,6 +45,18 @@ def worker_broker(broker_url: str) -> dict:
             "broker_transport": f"{__name__}:{EmbeddedBrokerTransport.__name__}"}
 
 
+@contextmanager
+def _messages_table(broker_url: str) -> Iterator[Connection | None]:
+    """A transaction on the SQL broker's database, committed on leaving; None where kombu has not yet made its
+    message table (no message sent so far)."""
+    engine = create_engine(broker_url[len(SQL_PREFIX):], connect_args={"timeout": 30})
+    try:
+        with engine.begin() as conn:
+            yield conn if inspect(conn).has_table(MESSAGE_TABLE) else None
+    finally:
+        engine.dispose()
+
+
 @dataclass(frozen=True)
 class JobMessages:
     """The job ids named by run_job messages in the embedded broker, by what became of the message."""
@@ -60,14 +74,8 @@ def job_messages(broker_url: str) -> JobMessages | None:
     (workers.tasks.sweep_orphans), and these sets are what tells such a job from one still waiting its turn."""
     if not broker_url.startswith(SQL_PREFIX):
         return None
-    engine = create_engine(broker_url[len(SQL_PREFIX):], connect_args={"timeout": 30})
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table(MESSAGE_TABLE):
-                return JobMessages(frozenset(), frozenset())
-            rows = conn.execute(text(f"SELECT visible, payload FROM {MESSAGE_TABLE}")).all()
-    finally:
-        engine.dispose()
+    with _messages_table(broker_url) as conn:
+        rows = conn.execute(text(f"SELECT visible, payload FROM {MESSAGE_TABLE}")).all() if conn else []
     waiting, taken = set(), set()
     for visible, payload in rows:
         job_id = _run_job_id(payload)
@@ -102,13 +110,9 @@ def purge_taken(broker_url: str, kept_s: float = TAKEN_KEPT_S) -> int:
     if not broker_url.startswith(SQL_PREFIX):
         return 0
     cutoff = datetime.now() - timedelta(seconds=kept_s)  # the transport stamps local time
-    engine = create_engine(broker_url[len(SQL_PREFIX):], connect_args={"timeout": 30})
-    try:
-        with engine.begin() as conn:
-            if not inspect(conn).has_table(MESSAGE_TABLE):
-                return 0
-            return conn.execute(text(f"DELETE FROM {MESSAGE_TABLE} WHERE visible = :taken AND timestamp < :cutoff"),
-                                {"taken": False, "cutoff": cutoff.isoformat(sep=" ")}).rowcount
-    finally:
-        engine.dispose()
+    with _messages_table(broker_url) as conn:
+        if conn is None:
+            return 0
+        return conn.execute(text(f"DELETE FROM {MESSAGE_TABLE} WHERE visible = :taken AND timestamp < :cutoff"),
+                            {"taken": False, "cutoff": cutoff.isoformat(sep=" ")}).rowcount
 
