@@ -587,6 +587,17 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+th
                                          {**EMA_BUDGET, **NORM_EVAL, "adaptation.pseudo_threshold": 0.9},
                                          init_from="adabn", read_prior=True),
                 default=False, cost=5.0, needs=("adabn",))
+# the same two with batch norm frozen per domain (models.domain_statistics): source batches through statistics
+# estimated on the source, target batches through the target's. With norm_eval alone the source goes through the
+# AdaBN start's target statistics, and training moves the weights to undo them (NC: the AdaBN gain is lost)
+NORM_PER_DOMAIN = {"adaptation.norm_eval": "per-domain"}
+for _name, _overrides in {
+    "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start": {**EMA_BUDGET, **NORM_PER_DOMAIN},
+    "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+threshold-0.9":
+        {**EMA_BUDGET, **NORM_PER_DOMAIN, "adaptation.pseudo_threshold": 0.9},
+}.items():
+    register_runner(_name, _st_dasegnet_source_init(_name, _overrides, init_from="adabn", read_prior=True),
+                    default=False, cost=5.0, needs=("adabn",))
 # and its model's batch norm re-estimated on the target afterwards: norm_eval kept the AdaBN start's statistics while
 # the weights under them moved, so the delivered model normalises with statistics of features it no longer makes
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+adabn",

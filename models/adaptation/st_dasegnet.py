@@ -26,8 +26,9 @@ them from random weights); teachers run with batch-statistics normalisation and 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from mmengine.config import Config
@@ -40,12 +41,16 @@ from core.errors import ConfigError
 from core.jobspec import IGNORE_INDEX, PRIOR_FROM_START
 from models.adaptation.base import AdaptationMethod, register_method
 from models.adaptation.source_only import class_weight_of, optim_modules_cfg
-from models.batchnorm_statistics import batchnorm_layers
+from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.ddm import reduced_channels
 from models.discriminator import spatial_softmax
+from models.domain_statistics import DomainStatistics
 from models.label_shift import LabelShiftEstimate, add_class_log_ratio, given_prior, pixel_rows
 from models.losses import cross_entropy, gan_loss
 from models.segmentor import build_module, decode, probe_channels, register_segmentor, upsample
+
+#: ``adaptation.norm_eval``'s value for batch norm frozen at statistics of each domain's own (models.domain_statistics)
+PER_DOMAIN = "per-domain"
 
 
 # -- pieces with their own formula tests ------------------------------------------------------------
@@ -233,6 +238,15 @@ class STDASegNet(AdaptationMethod):
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
         #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts)
         self.norm_frozen = False
+        norm_eval = a.get("norm_eval") or False
+        if norm_eval not in (False, True, PER_DOMAIN):
+            raise ConfigError(f"adaptation.norm_eval must be false, true or '{PER_DOMAIN}', not {norm_eval!r}",
+                              field="model.overrides")
+        self.per_domain_statistics = norm_eval == PER_DOMAIN
+        if self.per_domain_statistics and float(a.get("source_warmup", 0.0)) > 0:
+            raise ConfigError(f"adaptation.norm_eval '{PER_DOMAIN}' estimates each domain's statistics before "
+                              "training, from the start model; after a source warm-up the model that adapts is "
+                              "another", field="model.overrides")
         if a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"] = copy.deepcopy(students.decoder_s)
             self.net["teacher_t"] = copy.deepcopy(students.decoder_t)
@@ -241,6 +255,8 @@ class STDASegNet(AdaptationMethod):
             self.net["teacher_t"] = build_module(head_t, "decode_head")
         for t in ("teacher_s", "teacher_t"):
             self.net[t].requires_grad_(False)
+        if self.per_domain_statistics:  # the layers hold the target's; the source's wait here
+            self.net["source_statistics"] = DomainStatistics(self.normalization_layers())
         disc = dict(a.get("discriminator") or {"type": "PatchGANDiscriminator"})
         disc["in_channels"] = levels[-1]
         self.net["disc_src"] = MODELS.build(copy.deepcopy(disc))
@@ -284,10 +300,39 @@ class STDASegNet(AdaptationMethod):
             set_teacher_mode(self.net["teacher_s"])
             set_teacher_mode(self.net["teacher_t"])
             if self.norm_frozen:
-                for part in ("students", "teacher_s", "teacher_t"):
-                    for layer in batchnorm_layers(self.net[part]):
-                        layer.eval()
+                for layer in self.normalization_layers():
+                    layer.eval()
         return self
+
+    # -- batch-norm statistics per domain (``norm_eval: per-domain``) --
+    def normalization_layers(self) -> list[nn.Module]:
+        """Every batch-norm layer of the students and teachers, in a fixed order (found afresh each time: running
+        on several devices swaps them for synchronised ones)."""
+        return [layer for part in ("students", "teacher_s", "teacher_t") for layer in batchnorm_layers(self.net[part])]
+
+    def source_statistics(self):
+        """A context in which batch norm normalises with the source's statistics (with ``norm_eval: per-domain``;
+        otherwise nothing changes)."""
+        if not self.per_domain_statistics:
+            return contextlib.nullcontext()
+        return self.net["source_statistics"].applied(self.normalization_layers())
+
+    @torch.no_grad()
+    def estimate_domain_statistics(self, source_batches: Iterable[Tensor], target_batches: Iterable[Tensor]) -> None:
+        """``norm_eval: per-domain``, before training: each domain's batch-norm statistics estimated on its own
+        crops (normalised images) from the model as it starts, as AdaBN estimates them; the teachers take their
+        decoders'. Training then keeps both sets frozen."""
+        if not self.per_domain_statistics:
+            raise ConfigError(f"per-domain statistics need adaptation.norm_eval '{PER_DOMAIN}'")
+        students = self.net["students"]
+        for batches in (source_batches, target_batches):
+            reestimate_batchnorm(students, batches)
+            for teacher, decoder in (("teacher_s", students.decoder_s), ("teacher_t", students.decoder_t)):
+                for mine, theirs in zip(batchnorm_layers(self.net[teacher]), batchnorm_layers(decoder)):
+                    mine.running_mean.copy_(theirs.running_mean)
+                    mine.running_var.copy_(theirs.running_var)
+            if batches is source_batches:
+                self.net["source_statistics"].capture(self.normalization_layers())
 
     # -- the objective --
     def max_alpha(self) -> float:
@@ -323,14 +368,19 @@ class STDASegNet(AdaptationMethod):
         vt = batch["target"].get("valid")
         size = xs.shape[-2:]
 
-        # one pass for both domains where no batch statistics are computed: no batch norm, or batch norm frozen
-        joint = self.joint_backbone_pass or self.norm_frozen
-        f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=joint)
-        f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=joint)
-        g_ss, g_st = st.ddm(f_ss, f_st)
-        g_ts, g_tt = st.ddm(f_ts, f_tt)
-        p_ss, p_ts = decode(st.decoder_s, g_ss), decode(st.decoder_s, g_ts)
-        p_st, p_tt = decode(st.decoder_t, g_st), decode(st.decoder_t, g_tt)
+        if self.per_domain_statistics and self.norm_frozen:  # each domain through its own statistics
+            with self.source_statistics():
+                f_ss, f_st, g_ss, g_st, p_ss, p_st = self.domain_pass(xs)
+            f_ts, f_tt, g_ts, g_tt, p_ts, p_tt = self.domain_pass(xt)
+        else:
+            # one pass for both domains where no batch statistics are computed: no batch norm, or batch norm frozen
+            joint = self.joint_backbone_pass or self.norm_frozen
+            f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=joint)
+            f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=joint)
+            g_ss, g_st = st.ddm(f_ss, f_st)
+            g_ts, g_tt = st.ddm(f_ts, f_tt)
+            p_ss, p_ts = decode(st.decoder_s, g_ss), decode(st.decoder_s, g_ts)
+            p_st, p_tt = decode(st.decoder_t, g_st), decode(st.decoder_t, g_tt)
 
         with torch.no_grad():
             t_logits = self.teacher_logits(g_ts, g_tt)
@@ -356,6 +406,14 @@ class STDASegNet(AdaptationMethod):
         feats = {"ss": f_ss[-1].detach(), "ts": f_ts[-1].detach(), "st": f_st[-1].detach(), "tt": f_tt[-1].detach()}
         return terms, feats
 
+    def domain_pass(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor, Tensor]:
+        """One domain's batch through both students: (F_S, F_T, G_S, G_T, P_S, P_T), with F_S = B_S(x),
+        F_T = B_T(x), (G_S, G_T) = DDM(F_S, F_T), P_S = D_S(G_S), P_T = D_T(G_T)."""
+        st = self.net["students"]
+        f_s, f_t = list(st.backbone_s(x)), list(st.backbone_t(x))
+        g_s, g_t = st.ddm(f_s, f_t)
+        return f_s, f_t, g_s, g_t, decode(st.decoder_s, g_s), decode(st.decoder_t, g_t)
+
     def teacher_logits(self, g_s: list[Tensor], g_t: list[Tensor]) -> Tensor:
         """The teachers' ensemble on one domain's disentangled features: (D_S_ema(G_s) + D_T_ema(G_t)) / 2."""
         return (decode(self.net["teacher_s"], [g.detach() for g in g_s])
@@ -374,7 +432,8 @@ class STDASegNet(AdaptationMethod):
                                "(workers.pipelines.train does it); this run was given none")
         gather = self.collective.gather
         if not shift.estimated:
-            log_prob = upsample(self.teacher_logits(*g_source), tuple(ys.shape[-2:])).log_softmax(dim=1)
+            with self.source_statistics():
+                log_prob = upsample(self.teacher_logits(*g_source), tuple(ys.shape[-2:])).log_softmax(dim=1)
             labelled = ys != IGNORE_INDEX
             shift.observe_source(pixel_rows(log_prob, labelled), ys[labelled], gather=gather)
 

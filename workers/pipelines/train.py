@@ -5,7 +5,8 @@ Call flow of ``run_training`` (train jobs, and adapt jobs that train through the
     resolve config (name + overrides, fitted to the job's bands and classes)
     open domains: source (labelled), target (adapt; its labels are never read), validation
     statistics per domain -> samplers (source crops, target crops) -> SamplerBatches
-    seed -> build the method (+ pretrained weights) -> ST-DASegNet with pseudo_prior 'label-shift': the target's
+    seed -> build the method (+ pretrained weights) -> ST-DASegNet with norm_eval 'per-domain': each domain's
+        batch-norm statistics estimated on its crops -> ST-DASegNet with pseudo_prior 'label-shift': the target's
         class mix read from the start bundle, as a label-shift job reads it -> TrainLoop(checkpoints in
         <output>/checkpoints)
         -> progress / validation / cooperative stop through the callbacks; resumes from last.pth
@@ -42,6 +43,7 @@ from core.job_layout import BUNDLE, BUNDLE_WEIGHTS, CHECKPOINTS, HISTORY, METRIC
 from core.jobspec import CONFIG_DEFAULTED_PARAMS, PRIOR_FROM_START, JobSpec, SceneSpec
 from core.raster.domain import Domain
 from models.adaptation import METHODS, build_method
+from models.adaptation.st_dasegnet import PER_DOMAIN
 from models.bundle import load_bundle, save_bundle
 from models.class_weights import auto_fields, fill_auto_class_weights
 from models.config import resolve_config, train_settings
@@ -176,6 +178,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         if pretrained is not None and not cfg.get("checkpoint"):
             pretrained["weights"] = cfg["pretrained"]  # named weights: record the name, not just a cache path
         method.to(dev)
+        if method_name == "st-dasegnet" and adaptation.get("norm_eval") == PER_DOMAIN:
+            _estimate_domain_statistics(method, spec, run, source, target, normalization, dev, say)
         prior_reading = None  # (not read by the source-only baseline that shares the job's overrides)
         if method_name == "st-dasegnet" and adaptation.get("pseudo_prior") == PRIOR_FROM_START:
             prior_reading = _read_prior_from_start(method, spec, run, out, source, target, opts,
@@ -244,6 +248,24 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
     finally:
         for d in domains:
             d.close()
+
+
+def _estimate_domain_statistics(method, spec: JobSpec, run: dict, source: Domain, target: Domain,
+                                normalization: Normalization, dev: torch.device, say: Callable[[str], None]) -> None:
+    """``norm_eval: per-domain``: each domain's batch-norm statistics estimated from the start model on
+    ``params.batches`` batches of its own crops (models.domain_statistics), on random numbers of their own, so
+    training draws what it would draw without them. A resumed job re-estimates, then its checkpoint's replace them."""
+    rng = capture_rng()
+    try:
+        batches = {}
+        for offset, (domain, name) in enumerate(((source, SOURCE), (target, TARGET))):
+            sampler = WindowSampler(domain, run["crop"], normalization.for_domain(name), seed=spec.params.seed + 3 + offset,
+                                    labelled=False)
+            batches[name] = (sampler.sample(run["batch_size"])["img"].to(dev) for _ in range(spec.params.batches))
+        say(f"estimating batch-norm statistics per domain on {spec.params.batches} batches of each")
+        method.estimate_domain_statistics(batches[SOURCE], batches[TARGET])
+    finally:
+        restore_rng(rng)
 
 
 def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: Domain, target: Domain,

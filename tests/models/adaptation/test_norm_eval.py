@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from models.adaptation import build_method
-from models.batchnorm_statistics import batchnorm_layers
+from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.config import resolve_config
 
 
@@ -62,3 +62,99 @@ def test_without_the_option_batch_statistics_train_and_move(make_batch):
     before = _running(m)
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64), 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, _running(m)))
+
+
+# -- norm_eval: per-domain (models.domain_statistics) ------------------------------------------------------------
+def _domain_batches(batch, n=3):
+    return ([batch["source"]["img"]] * n, [batch["target"]["img"]] * n)
+
+
+def _estimated(make_batch, **overrides):
+    torch.manual_seed(0)
+    m = _lite0(**{"adaptation.norm_eval": "per-domain", **overrides})
+    batch = make_batch(bands=3, classes=2, b=2, crop=64)
+    batch["source"]["img"] = batch["source"]["img"] * 3 + 2  # a shifted source: its statistics differ
+    m.estimate_domain_statistics(*_domain_batches(batch))
+    return m, batch
+
+
+def test_per_domain_statistics_are_each_domains_own_and_the_target_s_stay_in_place(make_batch):
+    m, batch = _estimated(make_batch)
+    target_stats = _running(m)
+    students = m.net["students"]
+    with torch.no_grad():
+        m.eval()
+        on_target = students.predict_logits(batch["target"]["img"])
+        with m.source_statistics():
+            source_stats = _running(m)
+            on_source = students.predict_logits(batch["source"]["img"])
+        assert all(torch.equal(a, b) for a, b in zip(target_stats, _running(m)))  # swapped back
+    assert any(not torch.allclose(a, b) for a, b in zip(source_stats, target_stats))
+    # each set is what AdaBN estimates on that domain alone, the teachers' their decoders'
+    for x, expected in ((batch["source"]["img"], source_stats), (batch["target"]["img"], target_stats)):
+        alone = _lite0(**{"adaptation.norm_eval": "per-domain"})
+        alone.net.load_state_dict(m.net.state_dict())
+        reestimate_batchnorm(alone.net["students"], [x] * 3)
+        assert torch.allclose(torch.cat(_running(alone)[:len(batchnorm_layers(students))]),
+                              torch.cat(expected[:len(batchnorm_layers(students))]), atol=1e-5)
+    def decoders():
+        return [layer.running_mean.clone() for d in (students.decoder_s, students.decoder_t)
+                for layer in batchnorm_layers(d)]
+
+    n = len(batchnorm_layers(students))
+    assert all(torch.equal(a, b) for a, b in zip(decoders(), target_stats[n:]))
+    with m.source_statistics():
+        assert all(torch.equal(a, b) for a, b in zip(decoders(), source_stats[n:]))
+    # a model normalising the source with the target's statistics predicts it otherwise
+    with torch.no_grad():
+        assert not torch.allclose(students.predict_logits(batch["source"]["img"]), on_source, atol=1e-3)
+    assert torch.isfinite(on_target).all()
+
+
+def test_training_keeps_both_sets_and_normalises_each_domain_with_its_own(make_batch):
+    m, batch = _estimated(make_batch)
+    target_stats = _running(m)
+    with m.source_statistics():
+        source_stats = _running(m)
+    weights = [p.clone() for p in m.net["students"].parameters()]
+    out = m.train_step(batch, 0)
+    assert m.norm_frozen and all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert all(torch.equal(a, b) for a, b in zip(target_stats, _running(m)))
+    with m.source_statistics():
+        assert all(torch.equal(a, b) for a, b in zip(source_stats, _running(m)))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, m.net["students"].parameters()))
+    # the source terms are the source batch through the source's statistics (eval: no drop-connect to differ by)
+    m.eval()
+    with torch.no_grad():
+        with m.source_statistics():
+            p_s = m.domain_pass(batch["source"]["img"])[4]
+            with m.source_statistics():  # nested: still the source's
+                assert torch.equal(m.domain_pass(batch["source"]["img"])[4], p_s)
+        terms, _ = m.student_losses(batch)
+    from models.losses import cross_entropy
+    assert torch.allclose(terms["ce_src_s"], cross_entropy(p_s, batch["source"]["label"],
+                                                           class_weight=m.class_weight_s), atol=1e-5)
+
+
+def test_the_source_statistics_travel_in_checkpoints(make_batch):
+    m, _ = _estimated(make_batch)
+    with m.source_statistics():
+        source_stats = _running(m)
+    resumed = _lite0(**{"adaptation.norm_eval": "per-domain"})
+    resumed.load_state_dict(m.state_dict())
+    with resumed.source_statistics():
+        assert all(torch.equal(a, b) for a, b in zip(source_stats, _running(resumed)))
+
+
+def test_per_domain_statistics_are_refused_unestimated_after_a_warmup_or_misnamed(make_batch):
+    import pytest
+
+    from core.errors import ConfigError
+
+    m = _lite0(**{"adaptation.norm_eval": "per-domain"})
+    with pytest.raises(RuntimeError, match="before they were estimated"):
+        m.train_step(make_batch(bands=3, classes=2, b=2, crop=64), 0)
+    with pytest.raises(ConfigError, match="source warm-up"):
+        _lite0(**{"adaptation.norm_eval": "per-domain", "adaptation.source_warmup": 0.2})
+    with pytest.raises(ConfigError, match="norm_eval must be"):
+        _lite0(**{"adaptation.norm_eval": "domains"})

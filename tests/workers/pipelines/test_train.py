@@ -142,3 +142,24 @@ def test_evaluate_job_scores_a_bundle(bench_domains, tmp_path):
     m = res["metrics"]["target"]
     assert m["stats"] == "own" and 0 <= m["oa"] <= 1 and m["pixels"] > 40000
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["evaluation"]["target"]["miou"] == m["miou"]
+
+
+def test_per_domain_statistics_are_estimated_before_training_and_resume_exactly(bench_domains, tmp_path):
+    # norm_eval 'per-domain': both domains' batch-norm statistics estimated from the start, frozen, kept in checkpoints
+    model = {"config": "segformer-tiny", "overrides": {"adaptation.norm_eval": "per-domain"}}
+    params = {"iterations": 4, "predict_targets": False, "batches": 2}
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", validation=False, params=params,
+                 model=model)
+    first = run_job(spec, [StopAfter(2)])
+    assert first["status"] == "stopped"
+    second = run_job(spec)
+    straight = run_job(_spec(bench_domains, tmp_path / "straight", type="adapt", method="st-dasegnet",
+                             validation=False, params=params, model=model))
+    a = load_bundle(tmp_path).segmentor.state_dict()
+    b = load_bundle(tmp_path / "straight").segmentor.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second["metrics"]["training"]["final_losses"] == straight["metrics"]["training"]["final_losses"]
+    # the delivered model normalises with the target's statistics: not the fresh layers' (0 and 1)
+    means = [v for k, v in b.items() if k.endswith("running_mean")]
+    assert means and all(v.abs().sum() > 0 for v in means)
+    assert load_bundle(tmp_path).provenance["adaptation"]["norm_eval"] == "per-domain"
