@@ -432,21 +432,27 @@ def _on_ready(sender=None, **_):
     _name[:] = [name]
     queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values())) if app.amqp.queues else ""
 
-    def beat_loop():
-        last_sweep = 0.0
-        while True:
-            try:
-                store.worker_beat(name, queues=queues, pid=os.getpid())
-            except Exception as e:
-                log.warning("worker heartbeat failed: %s", type(e).__name__)
-            # at start, then now and again: a worker on another machine may have died meanwhile
-            if time.monotonic() - last_sweep >= settings.orphan_after_s / 2 or last_sweep == 0.0:
-                last_sweep = time.monotonic()
-                sweep_orphans(store, settings)
-            if _beat_stop.wait(settings.heartbeat_interval_s):
-                return
+    threading.Thread(target=beat_loop, args=(store, settings, name, queues, _beat_stop), name="worker-beat",
+                     daemon=True).start()
 
-    threading.Thread(target=beat_loop, name="worker-beat", daemon=True).start()
+
+def beat_loop(store, settings, name: str, queues: str, stop: threading.Event) -> None:
+    """The worker's liveness beat every ``heartbeat_interval_s`` until ``stop``, and the orphan sweep at start and
+    every ``orphan_after_s / 2`` (a worker on another machine may have died meanwhile). The sweep runs in a thread
+    of its own, one at a time: its second look waits DELIVERY_SETTLE_S, and the beat must not."""
+    last_sweep, sweeper = None, None
+    while True:
+        try:
+            store.worker_beat(name, queues=queues, pid=os.getpid())
+        except Exception as e:
+            log.warning("worker heartbeat failed: %s", type(e).__name__)
+        due = last_sweep is None or time.monotonic() - last_sweep >= settings.orphan_after_s / 2
+        if due and (sweeper is None or not sweeper.is_alive()):
+            last_sweep = time.monotonic()
+            sweeper = threading.Thread(target=sweep_orphans, args=(store, settings), name="orphan-sweep", daemon=True)
+            sweeper.start()
+        if stop.wait(settings.heartbeat_interval_s):
+            return
 
 
 #: seconds a queued job's taken message is given to be claimed before the sweep counts it as dropped

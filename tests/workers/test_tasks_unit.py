@@ -13,6 +13,7 @@ from core import task_names
 from service import queue as service_queue
 from service.settings import Settings
 from service.store import jobs, tokens
+from service.store import workers as worker_rows
 from service.store.db import session_scope
 from service.store.for_workers import WorkerJobStore
 from workers import celery_app, tasks
@@ -234,3 +235,39 @@ def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
     messages = job_messages(s.broker_url)
     assert messages.taken == {recent} and messages.waiting == {waiting}
     assert purge_taken("redis://127.0.0.1:6379/0") == 0
+
+
+def test_the_worker_beat_goes_on_while_a_sweep_waits(store, monkeypatch, tmp_path):
+    import threading
+    import time
+
+    # the sweep's second look sleeps DELIVERY_SETTLE_S; here a sweep that takes 1 s, beats every 0.05 s
+    beats, sweeps = [], []
+    real_beat = store.worker_beat
+
+    def beat(*args, **kw):
+        real_beat(*args, **kw)
+        beats.append(time.monotonic())
+
+    def slow_sweep(store, settings):
+        sweeps.append(time.monotonic())
+        time.sleep(1.0)
+
+    monkeypatch.setattr(store, "worker_beat", beat)
+    monkeypatch.setattr(tasks, "sweep_orphans", slow_sweep)
+    # shorter than the service allows, so the test takes seconds (model_copy does not validate)
+    settings = Settings(data_dir=tmp_path, broker_url="memory://").model_copy(
+        update={"heartbeat_interval_s": 0.05, "orphan_after_s": 1})
+    stop = threading.Event()
+    loop = threading.Thread(target=tasks.beat_loop, args=(store, settings, "celery@test", "jobs", stop))
+    loop.start()
+    time.sleep(1.6)
+    stop.set()
+    loop.join(timeout=5)
+    assert not loop.is_alive()
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert len(beats) >= 10 and max(gaps) < 0.5  # the beat never waited for the sweep
+    # one sweep at a time: the second starts only after the first has finished, though due every 0.5 s
+    assert len(sweeps) >= 2 and all(b - a >= 1.0 for a, b in zip(sweeps, sweeps[1:]))
+    with session_scope(store.sessions) as s:  # the beats reached the store
+        assert [w.name for w in worker_rows.alive(s, within_s=60)] == ["celery@test"]
