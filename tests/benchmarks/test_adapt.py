@@ -393,8 +393,8 @@ def test_the_adabn_start_as_a_mean_teacher_weighs_self_training_like_the_source_
     assert (block["ema_horizon"], block["pseudo_threshold"], block["self_training_weight"]) == (0.5, 0.9, 1.0)
 
 
-@pytest.mark.parametrize("name", ["st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start",
-                                  "st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+threshold-0.9"])
+@pytest.mark.parametrize("name", [f"st-dasegnet+adabn-init+ema-budget+{norm}+prior-from-start{threshold}"
+                                  for norm in ("norm-eval", "norm-per-domain") for threshold in ("", "+threshold-0.9")])
 def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_reading_is_refused(name, tmp_path,
                                                                                                 monkeypatch):
     from core.errors import NotALabelShiftError
@@ -408,7 +408,8 @@ def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_rea
     row = RUNNERS[name].runner(ctx, 0)[name]
     [(_, _, kw)] = jobs
     overrides = kw["model"]["overrides"]
-    assert overrides["adaptation.pseudo_prior"] == "label-shift" and overrides["adaptation.norm_eval"] is True
+    assert overrides["adaptation.pseudo_prior"] == "label-shift"
+    assert overrides["adaptation.norm_eval"] == ("per-domain" if "norm-per-domain" in name else True)
     assert overrides.get("adaptation.pseudo_threshold") == (0.9 if name.endswith("threshold-0.9") else None)
     assert kw["params"] == {"batches": ADABN_BATCHES} and kw["model"]["checkpoint"] == str(weights)
     assert "refused" not in row

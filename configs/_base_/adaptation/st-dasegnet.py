@@ -23,6 +23,8 @@ adaptation = dict(
                                   # freezes it
     prior_at_prediction=True,     # with pseudo_prior: the delivered model predicts the target with that class mix
     norm_eval=False,              # batch norm on running statistics (mmseg's norm_eval) in students and teachers once
-                                  # adapting starts: frozen at the source model's, per-domain batch statistics unused
+                                  # adapting starts: frozen at the source model's, per-domain batch statistics unused;
+                                  # 'per-domain': frozen at statistics of each domain's own, estimated from the start
+                                  # model on params.batches batches of each before training (DSBN, Chang et al.)
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
 )
