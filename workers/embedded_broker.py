@@ -58,14 +58,15 @@ def _messages_table(broker_url: str) -> Iterator[Connection | None]:
 
 
 @dataclass(frozen=True)
-class JobMessages:
-    """The job ids named by run_job messages in the embedded broker, by what became of the message."""
+class TaskMessages:
+    """The first arguments (a job's or a dataset's id) of one task's messages in the embedded broker, by what became
+    of the message."""
     waiting: frozenset[str]  # still in a queue: a worker will take it
     taken: frozenset[str]  # taken by a worker, acknowledged or not (the SQL transport keeps both, invisible)
 
 
-def job_messages(broker_url: str) -> JobMessages | None:
-    """Read every run_job message of the embedded broker (None for any other broker).
+def task_messages(broker_url: str, task: str = RUN_JOB) -> TaskMessages | None:
+    """Read every message of ``task`` (run_job by default) in the embedded broker (None for any other broker).
 
     A message the SQL transport has handed to a worker stays invisible whatever becomes of it: a worker killed
     after taking a job's message and before claiming the job (a few milliseconds in which Celery's main process
@@ -78,17 +79,17 @@ def job_messages(broker_url: str) -> JobMessages | None:
         rows = conn.execute(text(f"SELECT visible, payload FROM {MESSAGE_TABLE}")).all() if conn else []
     waiting, taken = set(), set()
     for visible, payload in rows:
-        job_id = _run_job_id(payload)
-        if job_id is not None:
-            (waiting if visible else taken).add(job_id)
-    return JobMessages(frozenset(waiting), frozenset(taken))
+        first = _first_argument(payload, task)
+        if first is not None:
+            (waiting if visible else taken).add(first)
+    return TaskMessages(frozenset(waiting), frozenset(taken))
 
 
-def _run_job_id(payload: str) -> str | None:
-    """The job id a Celery message (protocol 2, JSON body) asks RUN_JOB to run; None for any other message."""
+def _first_argument(payload: str, task: str) -> str | None:
+    """The first argument of a Celery message (protocol 2, JSON body) of ``task``; None for any other message."""
     try:
         message = json.loads(payload)
-        if message.get("headers", {}).get("task") != RUN_JOB:
+        if message.get("headers", {}).get("task") != task:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
@@ -105,7 +106,7 @@ def purge_taken(broker_url: str, kept_s: float = TAKEN_KEPT_S) -> int:
     The transport never deletes a message: it marks it taken and stamps the time (its ``timestamp`` column is
     empty until then: kombu sets it on update only), and what the worker does with it afterwards lives in the
     worker's memory alone: a rejected or requeued message is written again as a new one. So the taken rows only
-    grow the file (every job, shard and live tile leaves one) and the scans of :func:`job_messages`. The orphan
+    grow the file (every job, shard and live tile leaves one) and the scans of :func:`task_messages`. The orphan
     sweep reads them before it purges, so a job whose message died with its worker is found first."""
     if not broker_url.startswith(SQL_PREFIX):
         return 0

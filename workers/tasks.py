@@ -34,9 +34,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.errors import ConfigError, GeoadaptError
 from core.jobspec import JobSpec, load_job_spec
 from core.resume_state import drop_checkpoints
-from core.task_names import DATASET_STATS, EXPORT_MODEL_ONNX, GPU_QUEUE, RUN_JOB, RUN_SHARD
+from core.task_names import CPU_QUEUE, DATASET_STATS, EXPORT_MODEL_ONNX, GPU_QUEUE, RUN_JOB, RUN_SHARD
 from workers.celery_app import app
-from workers.embedded_broker import job_messages, purge_taken
+from workers.embedded_broker import purge_taken, task_messages
 
 log = logging.getLogger("geoadapt.worker")
 
@@ -374,8 +374,9 @@ def _drop_resume_state(store, job_id: str, output: str | None) -> None:
 def dataset_stats(self, dataset_id: str) -> str:
     """Per-band statistics of a registered dataset (one streaming pass), stored on its record."""
     store = self.app.job_store
-    paths = store.dataset_paths(dataset_id)
-    if paths is None:
+    # marked as this process's, so the orphan sweep can tell a worker that died computing them
+    paths = store.begin_dataset_stats(dataset_id, process_ident())
+    if paths is None:  # gone, or done already
         return "skipped"
     try:
         stats = _band_stats(paths)
@@ -470,11 +471,17 @@ def sweep_orphans(store, settings) -> list[str]:
             # accepted again: later sweeps do not send it twice while it waits in the queue
             store.requeued(job_id, worker)
             sent.append(job_id)
-        for job_id, queue in _dropped_deliveries(store, settings):
-            log.warning("job %s was taken from the queue by a worker that died before starting it; sending it "
-                        "again", job_id)
-            app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
-            sent.append(job_id)
+        if settings.embedded_broker:  # on Redis a dead worker's message comes back after the visibility timeout
+            for dataset_id, worker in _orphaned_dataset_stats(store, settings):
+                log.warning("statistics of dataset %s lost their worker; sending them again", dataset_id)
+                app.send_task(DATASET_STATS, args=[dataset_id], queue=CPU_QUEUE, routing_key=CPU_QUEUE)
+                store.requeued_dataset_stats(dataset_id, worker)
+                sent.append(dataset_id)
+        for task, task_id, queue in _dropped_deliveries(store, settings):
+            log.warning("%s %s was taken from the queue by a worker that died before starting it; sending it "
+                        "again", "job" if task == RUN_JOB else "statistics of dataset", task_id)
+            app.send_task(task, args=[task_id], queue=queue, routing_key=queue)
+            sent.append(task_id)
         if settings.embedded_broker:  # after the look above, which reads the taken messages
             purge_taken(settings.broker_url)
     except Exception as e:
@@ -482,22 +489,40 @@ def sweep_orphans(store, settings) -> list[str]:
     return sent
 
 
-def _dropped_deliveries(store, settings, settle_s: float = DELIVERY_SETTLE_S) -> list[tuple[str, str]]:
-    """(job id, queue) of queued jobs whose message the embedded broker handed to a worker, with none left waiting,
-    and still not claimed ``settle_s`` later: the worker that took it died before starting it
-    (workers.embedded_broker.job_messages). A live worker claims the job a few milliseconds after taking its
-    message (prefetch 1: it takes one only for a free process), so a second look tells the two apart; a worker
-    starting up, taking messages while it sweeps, would otherwise be seen as a dead one."""
+def _orphaned_dataset_stats(store, settings) -> list[tuple[str, str]]:
+    """(dataset id, worker) of dataset statistics being computed by a process that is gone (the embedded broker:
+    its workers share this host, so the OS says)."""
+    is_dead = make_is_dead(settings.orphan_after_s)
+    return [(dataset_id, record.get("worker")) for dataset_id, record in store.unfinished_dataset_stats()
+            if record.get("status") == "computing" and is_dead(record.get("worker"), None)]
+
+
+def _dropped_deliveries(store, settings, settle_s: float = DELIVERY_SETTLE_S) -> list[tuple[str, str, str]]:
+    """(task, job or dataset id, queue) of queued jobs and queued dataset statistics whose message the embedded
+    broker handed to a worker, with none left waiting, and still not started ``settle_s`` later: the worker that
+    took it died before starting it (workers.embedded_broker.task_messages). A live worker starts the work a few
+    milliseconds after taking its message (prefetch 1: it takes one only for a free process), so a second look
+    tells the two apart; a worker starting up, taking messages while it sweeps, would otherwise be seen as a dead
+    one."""
     if not settings.embedded_broker:
         return []
 
-    def dropped() -> set[tuple[str, str]]:
-        if not store.unclaimed():
-            return set()
-        messages = job_messages(settings.broker_url)
-        # the store read after the messages: a job claimed meanwhile is no longer unclaimed
-        return {(job_id, queue) for job_id, queue in store.unclaimed()
-                if job_id in messages.taken and job_id not in messages.waiting}
+    def pending_stats() -> list[tuple[str, str]]:
+        return [(dataset_id, CPU_QUEUE) for dataset_id, record in store.unfinished_dataset_stats()
+                if record.get("status") == "pending"]
+
+    not_started = {RUN_JOB: store.unclaimed, DATASET_STATS: pending_stats}  # (id, queue) of work no worker began
+
+    def dropped() -> set[tuple[str, str, str]]:
+        out = set()
+        for task, read in not_started.items():
+            if not read():
+                continue
+            messages = task_messages(settings.broker_url, task)
+            # the store read again after the messages: work started meanwhile no longer counts
+            out |= {(task, task_id, queue) for task_id, queue in read()
+                    if task_id in messages.taken and task_id not in messages.waiting}
+        return out
 
     first = dropped()
     if not first:

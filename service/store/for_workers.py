@@ -10,11 +10,12 @@ import threading
 import uuid
 from typing import Callable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.store import jobs, shards, workers
 from service.store.db import init_db, make_engine, session_factory, session_scope
-from service.store.tables import Dataset, Job
+from service.store.tables import STATS_COMPUTING, STATS_OK, STATS_PENDING, Dataset, Job
 
 
 class _ForkGuard:
@@ -185,6 +186,29 @@ class WorkerJobStore:
         with self.sessions() as s:
             ds = s.get(Dataset, uuid.UUID(dataset_id))
             return dict(ds.paths) if ds is not None else None
+
+    def begin_dataset_stats(self, dataset_id: str, worker: str) -> dict | None:
+        """The dataset's paths, its statistics now marked as computed by ``worker``; None if the dataset is gone or
+        its statistics are done (a message sent again after they were)."""
+        with session_scope(self.sessions) as s:
+            ds = s.get(Dataset, uuid.UUID(dataset_id))
+            if ds is None or (ds.stats or {}).get("status") == STATS_OK:
+                return None
+            ds.stats = {"status": STATS_COMPUTING, "worker": worker}
+            return dict(ds.paths)
+
+    def requeued_dataset_stats(self, dataset_id: str, worker: str | None) -> None:
+        """After sending a dataset's statistics again: pending, unless another worker took them meanwhile."""
+        with session_scope(self.sessions) as s:
+            ds = s.get(Dataset, uuid.UUID(dataset_id))
+            if ds is not None and (ds.stats or {}).get("worker") == worker:
+                ds.stats = {"status": STATS_PENDING}
+
+    def unfinished_dataset_stats(self) -> list[tuple[str, dict]]:
+        """(dataset id, statistics record) of the datasets whose statistics are queued or being computed."""
+        with self.sessions() as s:
+            return [(str(ds.id), dict(ds.stats)) for ds in s.scalars(select(Dataset))
+                    if (ds.stats or {}).get("status") in (STATS_PENDING, STATS_COMPUTING)]
 
     def set_dataset_stats(self, dataset_id: str, stats: dict) -> None:
         with session_scope(self.sessions) as s:

@@ -137,6 +137,8 @@ class WorkerRecord(Base):
 
 #: shard states: waiting for a worker, being run by one, its part written
 SHARD_PENDING, SHARD_RUNNING, SHARD_DONE, SHARD_FAILED = "pending", "running", "done", "failed"
+#: a dataset's statistics record (Dataset.stats["status"]): queued, being computed by a worker, done, failed
+STATS_PENDING, STATS_COMPUTING, STATS_OK, STATS_FAILED = "pending", "computing", "ok", "failed"
 
 
 class JobShard(Base):

@@ -12,7 +12,7 @@ from celery import Celery
 from core import task_names
 from service import queue as service_queue
 from service.settings import Settings
-from service.store import jobs, tokens
+from service.store import datasets, jobs, tokens
 from service.store import workers as worker_rows
 from service.store.db import session_scope
 from service.store.for_workers import WorkerJobStore
@@ -207,8 +207,45 @@ def test_a_taken_message_counts_as_dropped_only_if_its_job_stays_unclaimed(tmp_p
         taken = [queue.get(timeout=5), queue.get(timeout=5)]  # in the order sent; the third stays waiting
         assert [m.payload[0][0] for m in taken] == [claimed, dropped]
         threading.Timer(0.3, lambda: store.claim(claimed, "live", lambda ident, age: False)).start()
-        assert tasks._dropped_deliveries(store, s, settle_s=1.0) == [(dropped, "gpu")]
+        assert tasks._dropped_deliveries(store, s, settle_s=1.0) == [("geoadapt.run_job", dropped, "gpu")]
     assert tasks._dropped_deliveries(store, Settings(data_dir=tmp_path, broker_url="memory://")) == []
+
+
+def _dataset(store, stats: dict) -> str:
+    """A dataset put in the store with this statistics record."""
+    with session_scope(store.sessions) as s:
+        tok, _ = tokens.create_token(s)
+        ds = datasets.create_dataset(s, dataset_id=uuid.uuid4(), owner_id=tok.id, name="d", kind="bands",
+                                     paths={"bands": ["b1.tif"]}, stats=stats)
+        return str(ds.id)
+
+
+def test_dataset_statistics_dropped_or_orphaned_on_the_embedded_broker_are_found(tmp_path):
+    """Statistics whose message a worker took (a real SQLite broker) and never began count as dropped; statistics
+    being computed by a process that is gone count as orphaned, not those of a live one; either way, once sent
+    again, they wait as pending."""
+    from core.task_names import CPU_QUEUE, DATASET_STATS
+
+    s, store, _, worker = _queued_on_the_embedded_broker(tmp_path, 0)
+    dropped, waiting = _dataset(store, {"status": "pending"}), _dataset(store, {"status": "pending"})
+    api = service_queue.make_producer(s)
+    for dataset_id in (dropped, waiting):
+        service_queue.enqueue(api, dataset_id, CPU_QUEUE, task=DATASET_STATS)
+    with worker.connection_for_read() as conn:
+        assert conn.SimpleQueue(CPU_QUEUE).get(timeout=5).payload[0][0] == dropped
+        assert tasks._dropped_deliveries(store, s, settle_s=0.2) == [(DATASET_STATS, dropped, CPU_QUEUE)]
+        assert store.begin_dataset_stats(dropped, tasks.process_ident()) == {"bands": ["b1.tif"]}
+        assert tasks._dropped_deliveries(store, s, settle_s=0.2) == []  # begun: no longer dropped
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead_ident = f"{socket.gethostname()}:{gone.pid}:1"
+    orphan = _dataset(store, {"status": "computing", "worker": dead_ident})
+    assert tasks._orphaned_dataset_stats(store, s) == [(orphan, dead_ident)]  # the live one (dropped) is not
+    store.requeued_dataset_stats(orphan, dead_ident)
+    assert dict(store.unfinished_dataset_stats())[orphan] == {"status": "pending"}
+    store.set_dataset_stats(dropped, {"status": "ok"})
+    assert store.begin_dataset_stats(dropped, "another") is None  # done: a message sent again is skipped
 
 
 def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
@@ -216,7 +253,7 @@ def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
     go; one taken just now, and one still waiting, stay."""
     import sqlite3
 
-    from workers.embedded_broker import TAKEN_KEPT_S, job_messages, purge_taken
+    from workers.embedded_broker import TAKEN_KEPT_S, task_messages, purge_taken
 
     s, _, (_, recent, waiting), worker = _queued_on_the_embedded_broker(tmp_path, 3)
     with worker.connection_for_read() as conn:
@@ -232,7 +269,7 @@ def test_taken_messages_are_purged_an_hour_after_they_were_taken(tmp_path):
                    "(SELECT min(id) FROM kombu_message)", (f"-{int(TAKEN_KEPT_S) + 60} seconds",))
     db.close()
     assert purge_taken(s.broker_url) == 1
-    messages = job_messages(s.broker_url)
+    messages = task_messages(s.broker_url)
     assert messages.taken == {recent} and messages.waiting == {waiting}
     assert purge_taken("redis://127.0.0.1:6379/0") == 0
 

@@ -264,13 +264,17 @@ def test_dataset_statistics_computed_on_the_cpu_queue(backend, nc_bands, nc_data
     ds = r.json()
     assert ds["stats"]["status"] == "pending" and ds["report"]["bands"] == 6
 
-    def stats():
-        st = backend.client.get(f"/v1/datasets/{ds['id']}", headers=backend.auth).json()["stats"]
-        return st if st["status"] != "pending" else None
-
-    st = wait_for(stats, 60, "dataset statistics", backend)
+    st = wait_for(lambda: _finished_stats(backend, ds["id"]), 60, "dataset statistics", backend)
     assert st["status"] == "ok" and len(st["mean"]) == 6 and st["count"] > 0
     assert all(s > 0 for s in st["std"])
+
+
+def _finished_stats(b: Backend, dataset_id: str) -> dict | None:
+    """The dataset's statistics once done or failed (pending, then computing before); which process computed them
+    is never shown."""
+    st = b.client.get(f"/v1/datasets/{dataset_id}", headers=b.auth).json()["stats"]
+    assert "worker" not in st
+    return st if st["status"] in ("ok", "failed") else None
 
 
 def _kill_mid_job(b: Backend, jid: str) -> None:
@@ -365,11 +369,38 @@ with Connection(conf["broker_url"], transport=conf["broker_transport"]) as conn:
 
 
 @pytest.mark.slow
+def test_dataset_statistics_whose_message_died_with_a_worker_are_computed(tmp_path, nc_bands, nc_data):
+    """Embedded transport: as for a job below, statistics whose message was taken by a worker killed before it
+    began them would stay pending for good; the next worker's orphan sweep sends them again."""
+    from core.task_names import CPU_QUEUE, DATASET_STATS
+    from workers.embedded_broker import task_messages
+
+    b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
+    try:
+        r = b.client.post("/v1/datasets", headers=b.auth, json={"name": "nc", "bands": [str(p) for p in nc_bands]})
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        taker = subprocess.Popen([sys.executable, "-c", _TAKE_AND_HANG, b.settings.broker_url, CPU_QUEUE], env=b.env,
+                                 stdout=subprocess.PIPE, text=True)
+        assert taker.stdout.readline().strip() == "taken"
+        taker.kill()
+        taker.wait(10)
+        messages = task_messages(b.settings.broker_url, DATASET_STATS)
+        assert dataset_id in messages.taken and dataset_id not in messages.waiting
+        b.start_worker()
+        st = wait_for(lambda: _finished_stats(b, dataset_id), 90, "dataset statistics", b)
+        assert st["status"] == "ok" and len(st["mean"]) == 6
+        assert f"statistics of dataset {dataset_id} was taken from the queue by a worker that died" in b.logs()
+    finally:
+        b.close()
+
+
+@pytest.mark.slow
 def test_a_job_whose_message_died_with_a_worker_before_it_started_runs(tmp_path, nc_bands, nc_data, nc_classes):
     """Embedded transport: a job's message taken by a worker killed before the job started stays taken for good
     (SQLite has no visibility timeout), so the job would wait forever; the next worker's orphan sweep sends it
     again and it runs."""
-    from workers.embedded_broker import job_messages
+    from workers.embedded_broker import task_messages
 
     b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
     try:
@@ -383,7 +414,7 @@ def test_a_job_whose_message_died_with_a_worker_before_it_started_runs(tmp_path,
         assert taker.stdout.readline().strip() == "taken"
         taker.kill()
         taker.wait(10)
-        messages = job_messages(b.settings.broker_url)
+        messages = task_messages(b.settings.broker_url)
         assert jid in messages.taken and jid not in messages.waiting
         assert b.job(jid)["status"] == "accepted"
         b.start_worker()

@@ -27,7 +27,7 @@ from core.task_names import CPU_QUEUE, DATASET_STATS
 from service.queue import enqueue
 from service.store import datasets as store
 from core.files import atomic_writer
-from service.store.tables import Dataset
+from service.store.tables import STATS_FAILED, STATS_PENDING, Dataset
 
 log = logging.getLogger("geoadapt.api")
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -39,10 +39,10 @@ def _queue_stats(session, producer, ds: Dataset) -> None:
     """Band statistics are a streaming pass over the data: a job for the cpu queue."""
     try:
         enqueue(producer, ds.id, CPU_QUEUE, task=DATASET_STATS)
-        ds.stats = {"status": "pending"}
+        ds.stats = {"status": STATS_PENDING}
     except Exception as e:  # the dataset is registered all the same; only its statistics wait
         log.warning("could not queue statistics of dataset %s: %s", ds.id, type(e).__name__)
-        ds.stats = {"status": "failed", "error": {"type": "service_unavailable", "message": "queue unreachable"}}
+        ds.stats = {"status": STATS_FAILED, "error": {"type": "service_unavailable", "message": "queue unreachable"}}
     session.commit()
 
 
@@ -50,6 +50,8 @@ def to_public(ds: Dataset, base: str, data_dir) -> DatasetPublic:
     """The dataset as clients see it: an upload's files as datasets/<id>/<name>, which specs may name."""
     out = DatasetPublic.model_validate(ds)
     out.paths = hide(ds.paths, data_dir)
+    if out.stats:  # which process computes them (host and pid) is the workers' business
+        out.stats = {k: v for k, v in out.stats.items() if k != "worker"}
     out.links = [Link(href=links.dataset(base, ds.id), rel="self", type="application/json")]
     return out
 
