@@ -427,6 +427,21 @@ def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_rea
     assert "adaptation.pseudo_prior" not in jobs[-1][2]["model"]["overrides"] and not jobs[-1][2]["params"]
 
 
+@pytest.mark.parametrize("case, lr", [("nc", 6e-4), ("neon", 2e-4)])
+def test_the_fine_tuning_row_trains_at_a_tenth_of_its_case_s_learning_rate(case, lr, tmp_path):
+    from benchmarks.adapt import RUNNERS
+
+    name = "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+lr-0.1"
+    ctx, jobs = _recording_context(tmp_path, case)
+    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    RUNNERS[name].runner(ctx, 0)
+    [(_, _, kw)] = jobs
+    overrides = kw["model"]["overrides"]
+    assert overrides["optim.lr"] == pytest.approx(lr / 10) and overrides["adaptation.norm_eval"] == "per-domain"
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
