@@ -255,15 +255,16 @@ def _estimate_domain_statistics(method, spec: JobSpec, run: dict, source: Domain
     """``norm_eval: per-domain``: each domain's batch-norm statistics estimated from the start model on
     ``params.batches`` batches of its own crops (models.domain_statistics), on random numbers of their own, so
     training draws what it would draw without them. A resumed job re-estimates, then its checkpoint's replace them."""
+    def crops(domain: Domain, name: str, seed: int):
+        sampler = WindowSampler(domain, run["crop"], normalization.for_domain(name), seed=seed, labelled=False)
+        for _ in range(spec.params.batches):
+            yield sampler.sample(run["batch_size"])["img"].to(dev)
+
     rng = capture_rng()
     try:
-        batches = {}
-        for offset, (domain, name) in enumerate(((source, SOURCE), (target, TARGET))):
-            sampler = WindowSampler(domain, run["crop"], normalization.for_domain(name), seed=spec.params.seed + 3 + offset,
-                                    labelled=False)
-            batches[name] = (sampler.sample(run["batch_size"])["img"].to(dev) for _ in range(spec.params.batches))
         say(f"estimating batch-norm statistics per domain on {spec.params.batches} batches of each")
-        method.estimate_domain_statistics(batches[SOURCE], batches[TARGET])
+        method.estimate_domain_statistics(crops(source, SOURCE, spec.params.seed + 3),
+                                          crops(target, TARGET, spec.params.seed + 4))
     finally:
         restore_rng(rng)
 

@@ -163,3 +163,32 @@ def test_per_domain_statistics_are_estimated_before_training_and_resume_exactly(
     means = [v for k, v in b.items() if k.endswith("running_mean")]
     assert means and all(v.abs().sum() > 0 for v in means)
     assert load_bundle(tmp_path).provenance["adaptation"]["norm_eval"] == "per-domain"
+
+
+def test_per_domain_statistics_are_each_estimated_on_their_own_domain_s_crops(bench_domains, tmp_path):
+    # what the job hands the estimate: source crops as the source is normalised, target crops as the target is
+    from core.jobspec import DomainSpec
+    from models.normalization import Normalization
+    from models.sampling.sampler import WindowSampler
+    from workers.pipelines.train import _estimate_domain_statistics
+
+    spec = _spec(bench_domains, tmp_path, type="adapt", method="st-dasegnet", params={"batches": 2})
+    seen = {}
+
+    class Recorder:
+        def estimate_domain_statistics(self, source_batches, target_batches):
+            seen["source"], seen["target"] = list(source_batches), list(target_batches)
+
+    with Domain.open(DomainSpec.model_validate(bench_domains["source"]), spec.classes) as source, \
+            Domain.open(DomainSpec.model_validate(bench_domains["target"]), spec.classes, labels=False) as target:
+        normalization = Normalization({"source": source.stats(), "target": target.stats()})
+        state = torch.get_rng_state()
+        _estimate_domain_statistics(Recorder(), spec, {"crop": 32, "batch_size": 2}, source, target, normalization,
+                                    torch.device("cpu"), lambda _: None)
+        assert torch.equal(torch.get_rng_state(), state)  # training's random numbers untouched
+        for offset, (domain, name) in enumerate(((source, "source"), (target, "target"))):
+            expected = WindowSampler(domain, 32, normalization.for_domain(name), seed=spec.params.seed + 3 + offset,
+                                     labelled=False)
+            assert len(seen[name]) == 2
+            for batch in seen[name]:
+                assert torch.equal(batch, torch.as_tensor(expected.sample(2)["img"]))
