@@ -23,6 +23,7 @@ Only the pixels each window marks as counted (valid, inside its core) enter any 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable, Iterator, Sequence
 
@@ -159,10 +160,12 @@ def label_free_signals(
             expected_members += prob.sum(dim=1).cpu().numpy()
             if pair is not None:
                 sums["agree"] += int((pair[0].argmax(dim=1)[0] == pair[1].argmax(dim=1)[0])[m].sum())
-        for x, counted in _windows_on(source_windows, nets.device):
-            ids = nets.logits(x)[0].argmax(dim=1)[0][counted.reshape(x.shape[-2:])]
-            windows["source"] += 1
-            source_counts += torch.bincount(ids, minlength=k).cpu().numpy()
+        # the source as the method saw it in training (per-domain batch-norm statistics: the source's)
+        with nets.method.source_statistics() if nets.method is not None else contextlib.nullcontext():
+            for x, counted in _windows_on(source_windows, nets.device):
+                ids = nets.logits(x)[0].argmax(dim=1)[0][counted.reshape(x.shape[-2:])]
+                windows["source"] += 1
+                source_counts += torch.bincount(ids, minlength=k).cpu().numpy()
 
     def mean(total):
         return float(total / n) if n else None

@@ -11,6 +11,7 @@ Batch contract for ``train_step`` (tensors from the data layer's samplers, alrea
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, ClassVar, Mapping
 
@@ -139,6 +140,11 @@ class AdaptationMethod:
     def training_record(self) -> dict:
         """What the method learnt besides weights, for the job's ``metrics.training`` (JSON-ready)."""
         return {}
+
+    def source_statistics(self) -> contextlib.AbstractContextManager:
+        """A context in which the networks see the source as training showed it to them: the same as outside
+        for most methods (ST-DASegNet with ``norm_eval: per-domain`` normalises it with statistics of its own)."""
+        return contextlib.nullcontext()
 
     # -- state ----------------------------------------------------------------------------------
     def lr(self) -> dict[str, float]:

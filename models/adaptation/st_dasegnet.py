@@ -310,11 +310,11 @@ class STDASegNet(AdaptationMethod):
         on several devices swaps them for synchronised ones)."""
         return [layer for part in ("students", "teacher_s", "teacher_t") for layer in batchnorm_layers(self.net[part])]
 
-    def source_statistics(self):
+    def source_statistics(self) -> contextlib.AbstractContextManager:
         """A context in which batch norm normalises with the source's statistics (with ``norm_eval: per-domain``;
         otherwise nothing changes)."""
         if not self.per_domain_statistics:
-            return contextlib.nullcontext()
+            return super().source_statistics()
         return self.net["source_statistics"].applied(self.normalization_layers())
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 training sees the features prediction sees (per-domain batch statistics would re-centre each target batch)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.adaptation import build_method
@@ -147,8 +148,6 @@ def test_the_source_statistics_travel_in_checkpoints(make_batch):
 
 
 def test_per_domain_statistics_are_refused_unestimated_after_a_warmup_or_misnamed(make_batch):
-    import pytest
-
     from core.errors import ConfigError
 
     m = _lite0(**{"adaptation.norm_eval": "per-domain"})
@@ -158,3 +157,22 @@ def test_per_domain_statistics_are_refused_unestimated_after_a_warmup_or_misname
         _lite0(**{"adaptation.norm_eval": "per-domain", "adaptation.source_warmup": 0.2})
     with pytest.raises(ConfigError, match="norm_eval must be"):
         _lite0(**{"adaptation.norm_eval": "domains"})
+
+
+def test_the_label_free_source_distribution_sees_the_source_through_its_own_statistics(make_batch):
+    from models.label_free import label_free_signals
+
+    m, batch = _estimated(make_batch)
+    x = batch["source"]["img"][:1]
+    counted = torch.ones(x.shape[-2:], dtype=torch.bool)
+
+    def share_of_class_1():
+        with torch.no_grad():
+            return float((m.net["students"].predict_logits(x).argmax(dim=1) == 1).float().mean())
+
+    m.eval()
+    with m.source_statistics():
+        own = share_of_class_1()
+    assert abs(own - share_of_class_1()) > 0.01  # the two sets predict the source differently
+    signals = label_free_signals(m, [(batch["target"]["img"][:1], counted)], [(x, counted)], class_ids=[0, 1])
+    assert signals["class_distribution"]["source"]["1"] == pytest.approx(own, abs=1e-6)
