@@ -15,7 +15,8 @@
     5 restart the job worker started; once `restart_after` of all queued jobs are finished it is SIGKILLed
               (with its pool) and a new one started; every job must still end: lost = not final
     6 pickup  embedded mode: messages sent to an empty queue after a pause, one idle consumer with kombu's
-              stock SQL transport and one with the workers' (polled every 0.1 s): wait p50/max of each
+              stock SQL transport and one with the workers' (polled every 0.1 s): wait p50/max of each, and
+              the share of a core each consumer used meanwhile (the polling's idle cost)
     report.json (figures, goals, which are met)
 
 Latencies are wall times seen by the client (HTTP included). Both tile servers are one uvicorn process
@@ -524,7 +525,8 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
             report["queue_pickup"] = pickup
             log(f"queue pickup p50 / max: stock {pickup['stock_sql_transport']['p50_ms']} / "
                 f"{pickup['stock_sql_transport']['max_ms']} ms, workers' {pickup['workers_transport']['p50_ms']} / "
-                f"{pickup['workers_transport']['max_ms']} ms (ratio {pickup['ratio_p50']})")
+                f"{pickup['workers_transport']['max_ms']} ms (ratio {pickup['ratio_p50']}); consumer CPU share: "
+                f"stock {pickup['stock_sql_transport']['cpu_share']}, workers' {pickup['workers_transport']['cpu_share']}")
     finally:
         procs.stop_all()
         if previous is not None:
@@ -537,7 +539,9 @@ def run_service_benchmark(out: Path, s: BenchSettings | None = None, *, log: Cal
 def measure_queue_pickup(broker_db: Path, messages: int, *, seed: int = 0) -> dict:
     """How long a message sent to an empty queue waits before an idle consumer has it, with kombu's stock SQL
     transport (the API's) and with the workers' (workers.embedded_broker), side by side on one SQLite file: each
-    message sent after a pause of 0.2-1.2 s, while the consumer waits. Latencies in ms."""
+    message sent after a pause of 0.2-1.2 s, while the consumer waits. Latencies in ms; beside them the share of a
+    core the consuming thread used meanwhile (``cpu_share``: its CPU time over the wall time; it is idle but for
+    the polling)."""
     from kombu import Connection
 
     from workers.embedded_broker import worker_broker
@@ -546,16 +550,19 @@ def measure_queue_pickup(broker_db: Path, messages: int, *, seed: int = 0) -> di
     rng = random.Random(seed)
     pauses = [rng.uniform(0.2, 1.2) for _ in range(messages)]
 
-    def waits(connection: dict, queue: str) -> list[float]:
+    def waits(connection: dict, queue: str) -> dict:
         got: list[float] = []
+        cpu: dict = {}
 
         def consume() -> None:
             with Connection(**connection) as conn:
                 q = conn.SimpleQueue(queue)
+                cpu_0, wall_0 = time.thread_time(), time.perf_counter()
                 for _ in range(messages):
                     m = q.get(timeout=30)
                     got.append((time.time() - m.payload["sent"]) * 1000)
                     m.ack()
+                cpu["cpu_share"] = round((time.thread_time() - cpu_0) / (time.perf_counter() - wall_0), 4)
 
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()
@@ -565,12 +572,11 @@ def measure_queue_pickup(broker_db: Path, messages: int, *, seed: int = 0) -> di
                 time.sleep(pause)  # the queue empty, the consumer waiting on it
                 q.put({"sent": time.time()})
         consumer.join(60)
-        return got
+        return {**latency_summary(got), **cpu}
 
     workers = worker_broker(url)
-    stock = latency_summary(waits({"hostname": url}, "pickup-stock"))
-    ours = latency_summary(waits({"hostname": workers["broker_url"], "transport": workers["broker_transport"]},
-                                 "pickup-workers"))
+    stock = waits({"hostname": url}, "pickup-stock")
+    ours = waits({"hostname": workers["broker_url"], "transport": workers["broker_transport"]}, "pickup-workers")
     ratio = round(ours["p50_ms"] / stock["p50_ms"], 3) if ours["p50_ms"] and stock["p50_ms"] else None
     return {"messages": messages, "stock_sql_transport": stock, "workers_transport": ours, "ratio_p50": ratio}
 

@@ -301,7 +301,9 @@ def service_benchmark(
         qp = r["queue_pickup"]
         typer.echo(f"queue pickup by an idle worker, p50 / max: {qp['workers_transport']['p50_ms']} / "
                    f"{qp['workers_transport']['max_ms']} ms (kombu's stock SQL transport "
-                   f"{qp['stock_sql_transport']['p50_ms']} / {qp['stock_sql_transport']['max_ms']} ms; no goal)")
+                   f"{qp['stock_sql_transport']['p50_ms']} / {qp['stock_sql_transport']['max_ms']} ms; no goal); "
+                   f"the idle consumer's share of a core: {qp['workers_transport']['cpu_share']} "
+                   f"(stock {qp['stock_sql_transport']['cpu_share']})")
     rs = r["restart"]
     typer.echo(f"{rs['jobs']} queued jobs across a worker SIGKILL: {rs['statuses']}; lost {rs['lost']} "
                f"(goal 0: {'met' if met['lost_jobs'] else 'NOT met'})")

@@ -108,5 +108,6 @@ def test_queue_pickup_measures_both_transports_on_one_broker_file(tmp_path):
     assert r["messages"] == 3
     for key in ("stock_sql_transport", "workers_transport"):
         assert r[key]["n"] == 3 and 0 < r[key]["p50_ms"] <= r[key]["max_ms"], r
+        assert 0 < r[key]["cpu_share"] < 1, r  # the consumer polled (some CPU), and idled (less than a core)
     assert r["ratio_p50"] is not None
 
