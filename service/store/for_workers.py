@@ -182,11 +182,6 @@ class WorkerJobStore:
             return shards.job_stopping(s, uuid.UUID(job_id))
 
     # datasets ----------------------------------------------------------------------------------
-    def dataset_paths(self, dataset_id: str) -> dict | None:
-        with self.sessions() as s:
-            ds = s.get(Dataset, uuid.UUID(dataset_id))
-            return dict(ds.paths) if ds is not None else None
-
     def begin_dataset_stats(self, dataset_id: str, worker: str) -> dict | None:
         """The dataset's paths, its statistics now marked as computed by ``worker``; None if the dataset is gone or
         its statistics are done (a message sent again after they were)."""
