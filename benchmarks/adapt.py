@@ -604,6 +604,12 @@ for _name, _overrides in {
 }.items():
     register_runner(_name, _st_dasegnet_source_init(_name, _overrides, init_from="adabn", read_prior=True),
                     default=False, cost=5.0, needs=("adabn",))
+# the first with both domains' inputs normalised by the source's band statistics, as AdaBN reads the target (its
+# batch-norm statistics were estimated on target crops so normalised); per-domain batch norm does the rest
+_name = "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+source-stats"
+register_runner(_name, _st_dasegnet_source_init(_name, {**EMA_BUDGET, **NORM_PER_DOMAIN}, init_from="adabn",
+                                                read_prior=True, params={"normalization": "source"}),
+                default=False, cost=5.0, needs=("adabn",))
 # the first trained at a tenth of the case's learning rate, as a trained model is fine-tuned: at the full rate the
 # source terms move the AdaBN start far from the model its statistics were estimated for (NC: 0.0943 -> 0.0754)
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+lr-0.1",

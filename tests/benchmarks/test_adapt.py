@@ -442,6 +442,21 @@ def test_the_fine_tuning_row_trains_at_a_tenth_of_its_case_s_learning_rate(case,
     assert overrides["optim.lr"] == pytest.approx(lr / 10) and overrides["adaptation.norm_eval"] == "per-domain"
 
 
+def test_the_per_domain_row_fed_through_the_source_statistics_is_scored_as_it_was_fed(tmp_path):
+    from benchmarks.adapt import ADABN_BATCHES, RUNNERS
+
+    name = "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+source-stats"
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    row = RUNNERS[name].runner(ctx, 0)[name]
+    [(_, _, kw)] = jobs
+    assert kw["params"] == {"normalization": "source", "batches": ADABN_BATCHES}
+    assert kw["model"]["overrides"]["adaptation.norm_eval"] == "per-domain"
+    assert row["stats"] == "source"  # the target test region read as the job read the target
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
