@@ -261,6 +261,14 @@ def _recording_context(tmp_path, case: str):
     return Ctx(BenchSettings().for_case(case), tmp_path, {}, None, print), jobs
 
 
+def _adabn_run(ctx, seed: int = 0):
+    """The seed's AdaBN run, as if done: its weights file (what the adabn-init rows start from)."""
+    weights = ctx.run_dir(seed, "adabn") / "bundle" / "weights.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"re-estimated")
+    return weights
+
+
 def _trained_source_only(ctx, seed: int):
     """The seed's source-only run, as if trained: its weights file."""
     weights = ctx.run_dir(seed, "source-only") / "bundle" / "weights.pth"
@@ -402,9 +410,7 @@ def test_the_one_job_chain_reads_its_prior_itself_and_runs_without_where_the_rea
 
     assert RUNNERS[name].needs == ("adabn",) and not RUNNERS[name].default
     ctx, jobs = _recording_context(tmp_path, "neon")
-    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"re-estimated")
+    weights = _adabn_run(ctx)
     row = RUNNERS[name].runner(ctx, 0)[name]
     [(_, _, kw)] = jobs
     overrides = kw["model"]["overrides"]
@@ -433,9 +439,7 @@ def test_the_fine_tuning_row_trains_at_a_tenth_of_its_case_s_learning_rate(case,
 
     name = "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+lr-0.1"
     ctx, jobs = _recording_context(tmp_path, case)
-    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"re-estimated")
+    _adabn_run(ctx)
     RUNNERS[name].runner(ctx, 0)
     [(_, _, kw)] = jobs
     overrides = kw["model"]["overrides"]
@@ -447,13 +451,12 @@ def test_the_per_domain_row_fed_through_the_source_statistics_is_scored_as_it_wa
 
     name = "st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+source-stats"
     ctx, jobs = _recording_context(tmp_path, "neon")
-    weights = ctx.run_dir(0, "adabn") / "bundle" / "weights.pth"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"re-estimated")
+    weights = _adabn_run(ctx)
     row = RUNNERS[name].runner(ctx, 0)[name]
     [(_, _, kw)] = jobs
     assert kw["params"] == {"normalization": "source", "batches": ADABN_BATCHES}
     assert kw["model"]["overrides"]["adaptation.norm_eval"] == "per-domain"
+    assert kw["model"]["checkpoint"] == str(weights)
     assert row["stats"] == "source"  # the target test region read as the job read the target
 
 
