@@ -611,7 +611,7 @@ register_runner(_name, _st_dasegnet_source_init(_name, {**EMA_BUDGET, **NORM_PER
                                                 read_prior=True, params={"normalization": "source"}),
                 default=False, cost=5.0, needs=("adabn",))
 # the first trained at a tenth of the case's learning rate, as a trained model is fine-tuned: at the full rate the
-# source terms move the AdaBN start far from the model its statistics were estimated for (NC: 0.0943 -> 0.0754)
+# source terms move the AdaBN start far from the model its statistics were estimated for (NC: 0.0943 -> 0.0750)
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+lr-0.1",
                 _st_dasegnet_source_init("st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-start+lr-0.1",
                                          {**EMA_BUDGET, **NORM_PER_DOMAIN}, init_from="adabn", read_prior=True,

@@ -410,7 +410,8 @@ class Params(_Strict):
         default=100, ge=1, le=100_000,
         description="adabn: target batches (of batch_size crops) the batch-norm statistics are averaged over; "
         "label-shift (and st-dasegnet's pseudo_prior 'label-shift'): at most batches x batch_size evaluation "
-        "windows of each domain are read",
+        "windows of each domain are read; st-dasegnet's norm_eval 'per-domain': batches of each domain the "
+        "statistics are estimated on",
     )
     skip_shift_check: bool = Field(
         default=False,
