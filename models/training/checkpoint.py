@@ -6,8 +6,9 @@ truncated ``last.pth`` behind; resume picks up exactly where the checkpoint was 
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +33,17 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Inside, draw freely: the global random number generators are as they were on leaving (work beside
+    training, such as validation or a reading before it, must not change what training draws)."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 def atomic_save(obj: Any, path: Path) -> Path:

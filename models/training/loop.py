@@ -248,12 +248,10 @@ class TrainLoop:
         seg = self.method.inference_segmentor()
         self.method.eval()
         # validation must not perturb training: keep the global RNG as it was
-        rng = ckpt.capture_rng()
         try:
-            with torch.no_grad():
+            with ckpt.rng_kept(), torch.no_grad():
                 metrics = self.validate(seg)
         finally:
-            ckpt.restore_rng(rng)
             self.method.train()
         value = metrics.get(self.best_metric)
         is_best = value is not None and (self.best is None or value > self.best["value"])

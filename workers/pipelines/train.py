@@ -55,7 +55,7 @@ from models.metrics import format_metrics
 from models.normalization import SOURCE, TARGET, Normalization
 from models.pretrained import load_pretrained, pretrained_path
 from models.training.callbacks import CallbackList, HistoryFile
-from models.training.checkpoint import capture_rng, find_resume, restore_rng
+from models.training.checkpoint import find_resume, rng_kept
 from models.training.loop import SamplerBatches, TrainLoop, load_best_weights
 from workers.pipelines.job_parts import (finish_job, label_free_record, open_validation, provenance_record,
                                         validation_scorer)
@@ -260,13 +260,10 @@ def _estimate_domain_statistics(method, spec: JobSpec, run: dict, source: Domain
         for _ in range(spec.params.batches):
             yield sampler.sample(run["batch_size"])["img"].to(dev)
 
-    rng = capture_rng()
-    try:
+    with rng_kept():
         say(f"estimating batch-norm statistics per domain on {spec.params.batches} batches of each")
         method.estimate_domain_statistics(crops(source, SOURCE, spec.params.seed + 3),
                                           crops(target, TARGET, spec.params.seed + 4))
-    finally:
-        restore_rng(rng)
 
 
 def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: Domain, target: Domain,
@@ -287,11 +284,8 @@ def _read_prior_from_start(method, spec: JobSpec, run: dict, out: Path, source: 
         checkpoint = checkpoint.parent  # a bundle's weights file: the bundle holds the statistics to read with
     # the start model is built and read on random numbers of the reading's own: training then draws the same
     # stream as a job given the same mix (the chain of jobs this option replaces), whatever the reading drew
-    rng = capture_rng()
-    try:
+    with rng_kept():
         return _read_prior(method, spec, run, path, checkpoint, source, target, opts, should_stop=should_stop)
-    finally:
-        restore_rng(rng)
 
 
 def _read_prior(method, spec: JobSpec, run: dict, path: Path, checkpoint: Path, source: Domain, target: Domain,
