@@ -325,14 +325,17 @@ class STDASegNet(AdaptationMethod):
         if not self.per_domain_statistics:
             raise ConfigError(f"per-domain statistics need adaptation.norm_eval '{PER_DOMAIN}'")
         students = self.net["students"]
-        for batches in (source_batches, target_batches):
+
+        def estimate(batches: Iterable[Tensor]) -> None:
             reestimate_batchnorm(students, batches)
             for teacher, decoder in (("teacher_s", students.decoder_s), ("teacher_t", students.decoder_t)):
                 for mine, theirs in zip(batchnorm_layers(self.net[teacher]), batchnorm_layers(decoder)):
                     mine.running_mean.copy_(theirs.running_mean)
                     mine.running_var.copy_(theirs.running_var)
-            if batches is source_batches:
-                self.net["source_statistics"].capture(self.normalization_layers())
+
+        estimate(source_batches)
+        self.net["source_statistics"].capture(self.normalization_layers())
+        estimate(target_batches)  # left in the layers: the delivered model predicts the target with them
 
     # -- the objective --
     def max_alpha(self) -> float:
