@@ -37,6 +37,13 @@ class DistinctBranch(nn.Module):
         v = a.softmax(dim=0)
         return v[0], v[1]
 
+    @torch.no_grad()
+    def neutral_start(self) -> None:
+        """Excitations at zero: v_S = v_T = 1/2 for every input until training moves them."""
+        for layer in (self.excite_s, self.excite_t):
+            layer.weight.zero_()
+            layer.bias.zero_()
+
     def forward(self, f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
         v_s, v_t = self.weights(f_s, f_t)
         return f_s * v_s[:, :, None, None], f_t * v_t[:, :, None, None]
@@ -86,6 +93,14 @@ class DomainDisentangledModule(nn.Module):
         self.in_channels = list(in_channels)
         self.distinct = nn.ModuleList(DistinctBranch(c) for c in self.in_channels)
         self.universal = UniversalBranch(self.in_channels[-1])
+
+    #: the weight v each distinct branch gives both styles after :meth:`neutral_start`
+    NEUTRAL_WEIGHT = 0.5
+
+    def neutral_start(self) -> None:
+        """Every distinct branch weighs both styles alike (v = 1/2) at the start (``adaptation.ddm_start``)."""
+        for branch in self.distinct:
+            branch.neutral_start()
 
     @property
     def out_channels(self) -> list[int]:

@@ -184,7 +184,7 @@ def load_pretrained(method, path: str | Path) -> dict:
                           field="model.checkpoint")
     for d in method.decoders() if head else []:
         _fit(d, head, report)
-    method.after_pretrained()
+    method.after_pretrained(report)
     for key in ("adapted", "widened", "narrowed", "skipped"):
         report[key] = sorted(set(report[key]))
     made_by = _pretrain_record(path)

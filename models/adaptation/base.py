@@ -134,8 +134,9 @@ class AdaptationMethod:
         """Every student decoder (a full mmseg segmentor checkpoint may carry decode_head weights)."""
         raise NotImplementedError
 
-    def after_pretrained(self) -> None:
-        """Hook run after pretrained weights were loaded (e.g. re-copy teachers)."""
+    def after_pretrained(self, loaded: dict) -> None:
+        """Hook run after pretrained weights were loaded (e.g. re-copy teachers); ``loaded``: what
+        ``models.pretrained.load_pretrained`` reports (it may add to it)."""
 
     def training_record(self) -> dict:
         """What the method learnt besides weights, for the job's ``metrics.training`` (JSON-ready)."""

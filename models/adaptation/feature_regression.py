@@ -200,7 +200,7 @@ class FeatureRegression(SingleOptimizerMethod):
     def decoders(self) -> list[nn.Module]:
         return [self.student.decode_head]
 
-    def after_pretrained(self) -> None:
+    def after_pretrained(self, loaded: dict) -> None:
         # pretrained weights went into the student: the teacher follows (set_teacher overrides both)
         self.teacher.load_state_dict(self.student.state_dict())
 

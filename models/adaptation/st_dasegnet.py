@@ -43,6 +43,7 @@ from models.adaptation.base import AdaptationMethod, register_method
 from models.adaptation.source_only import class_weight_of, optim_modules_cfg
 from models.batchnorm_statistics import batchnorm_layers, reestimate_batchnorm
 from models.ddm import reduced_channels
+from models.decoder_inputs import scale_input_layers
 from models.discriminator import spatial_softmax
 from models.domain_statistics import DomainStatistics
 from models.label_shift import LabelShiftEstimate, add_class_log_ratio, given_prior, pixel_rows
@@ -51,6 +52,12 @@ from models.segmentor import build_module, decode, probe_channels, register_segm
 
 #: ``adaptation.norm_eval``'s value for batch norm frozen at statistics of each domain's own (models.domain_statistics)
 PER_DOMAIN = "per-domain"
+#: ``adaptation.ddm_start``: the DDM as built (PyTorch's initialisation: the spec says nothing), or neutral (v = 1/2;
+#: decoders warm-started from a plain segmentor then start computing what it computed)
+DDM_RANDOM, DDM_NEUTRAL = "random", "neutral"
+DDM_STARTS = (DDM_RANDOM, DDM_NEUTRAL)
+#: side of the random images that find and check the decoders' input layers at a neutral warm start
+PROBE_SIZE = 64
 
 
 # -- pieces with their own formula tests ------------------------------------------------------------
@@ -234,6 +241,12 @@ class STDASegNet(AdaptationMethod):
         students = DualSegmentor(m["backbone"], ddm, head, head_t)
         # same initialisation for both backbones (spec); decoders start independently
         students.backbone_t.load_state_dict(students.backbone_s.state_dict())
+        self.ddm_start = a.get("ddm_start") or DDM_RANDOM
+        if self.ddm_start not in DDM_STARTS:
+            raise ConfigError(f"adaptation.ddm_start must be one of {', '.join(DDM_STARTS)}, not {self.ddm_start!r}",
+                              field="model.overrides")
+        if self.ddm_start == DDM_NEUTRAL:
+            students.ddm.neutral_start()
         self.net["students"] = students
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
         #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts)
@@ -550,11 +563,35 @@ class STDASegNet(AdaptationMethod):
     def decoders(self) -> list[nn.Module]:
         return [self.net["students"].decoder_s, self.net["students"].decoder_t]
 
-    def after_pretrained(self) -> None:
+    def after_pretrained(self, loaded: dict) -> None:
+        # "widened": a decoder input the DDM widens was loaded from a plain segmentor's (models.pretrained._fit)
+        if self.ddm_start == DDM_NEUTRAL and loaded["widened"]:
+            loaded["ddm_start"] = {"decoder_inputs_scaled": self._keep_warm_start()}
         # teachers start as copies of the (now pretrained) student decoders
         if self.a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"].load_state_dict(self.net["students"].decoder_s.state_dict())
             self.net["teacher_t"].load_state_dict(self.net["students"].decoder_t.state_dict())
+
+    def _keep_warm_start(self) -> list[str]:
+        """Decoders warm-started from a plain segmentor (their DDM-widened inputs say so), under a neutral DDM: their
+        input layers take 1/v times its weights, so the students start as the model they were loaded from (both
+        backbones alike, v = 1/2 on every level, the universal channels at zero weight). Returns the layers."""
+        students = self.net["students"]
+        bands = int(self.cfg["model"]["backbone"].get("in_channels", 3))
+        probe = torch.randn(2, bands, PROBE_SIZE, PROBE_SIZE, generator=torch.Generator().manual_seed(0))
+        was_training = students.training
+        students.eval()
+        try:
+            with torch.no_grad():
+                f = list(students.backbone_s(probe.to(next(students.parameters()).device)))
+                g_s, g_t = students.ddm(f, f)
+            factor = 1.0 / students.ddm.NEUTRAL_WEIGHT
+            scaled = []
+            for name, decoder, g in (("decoder_s", students.decoder_s, g_s), ("decoder_t", students.decoder_t, g_t)):
+                scaled += [f"{name}.{layer}" for layer in scale_input_layers(decoder, [x * factor for x in g], factor)]
+            return scaled
+        finally:
+            students.train(was_training)
 
     @torch.no_grad()
     def predict_with_target_prior(self) -> None:

@@ -103,7 +103,7 @@ class SiameseIM(PretrainingMethod):
         self.net["target_encoder"] = copy.deepcopy(self.encoder).requires_grad_(False)
         self.net["target_projector"] = copy.deepcopy(self.net["projector"]).requires_grad_(False)
 
-    def after_pretrained(self) -> None:
+    def after_pretrained(self, loaded: dict) -> None:
         # weights loaded into the online encoder (model.checkpoint): the target branch starts from them too
         self.net["target_encoder"].load_state_dict(self.encoder.state_dict())
 
