@@ -249,7 +249,8 @@ class STDASegNet(AdaptationMethod):
             students.ddm.neutral_start()
         self.net["students"] = students
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
-        #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts)
+        #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts; with
+        #: ``track_domain_statistics``, each domain's batches go through their own statistics from here on)
         self.norm_frozen = False
         norm_eval = a.get("norm_eval") or False
         if norm_eval not in (False, True, PER_DOMAIN):
@@ -260,6 +261,13 @@ class STDASegNet(AdaptationMethod):
             raise ConfigError(f"adaptation.norm_eval '{PER_DOMAIN}' estimates each domain's statistics before "
                               "training, from the start model; after a source warm-up the model that adapts is "
                               "another", field="model.overrides")
+        #: with per-domain statistics: batch norm stays in training mode, so each domain's batches are normalised
+        #: by their own batch statistics and move that domain's running statistics (DSBN as Chang et al. train it);
+        #: frozen, the statistics describe the start model's features however far training moves the weights
+        self.track_domain_statistics = bool(a.get("track_domain_statistics", False))
+        if self.track_domain_statistics and not self.per_domain_statistics:
+            raise ConfigError(f"adaptation.track_domain_statistics needs adaptation.norm_eval '{PER_DOMAIN}' (the "
+                              "statistics it tracks per domain)", field="model.overrides")
         if a.get("teacher_init", "copy") == "copy":
             self.net["teacher_s"] = copy.deepcopy(students.decoder_s)
             self.net["teacher_t"] = copy.deepcopy(students.decoder_t)
@@ -312,7 +320,7 @@ class STDASegNet(AdaptationMethod):
         if mode:
             set_teacher_mode(self.net["teacher_s"])
             set_teacher_mode(self.net["teacher_t"])
-            if self.norm_frozen:
+            if self.norm_frozen and not self.track_domain_statistics:
                 for layer in self.normalization_layers():
                     layer.eval()
         return self

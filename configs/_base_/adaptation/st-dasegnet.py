@@ -26,6 +26,9 @@ adaptation = dict(
                                   # adapting starts: frozen at the source model's, per-domain batch statistics unused;
                                   # 'per-domain': frozen at statistics of each domain's own, estimated from the start
                                   # model on params.batches batches of each before training (DSBN, Chang et al.)
+    track_domain_statistics=False,  # with norm_eval 'per-domain': batch norm in training mode, each domain's batches
+                                  # normalised by their batch statistics and updating that domain's running ones
+                                  # (DSBN as trained by Chang et al.) instead of both sets frozen at the estimate
     ddm_start='random',           # 'neutral': the DDM weighs both styles 1/2 at the start, and decoders warm-started
                                   # from a plain segmentor (model.checkpoint) take twice its input weights, so the
                                   # students start as that model; 'random': as built (the spec names no start)

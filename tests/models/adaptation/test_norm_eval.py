@@ -176,3 +176,37 @@ def test_the_label_free_source_distribution_sees_the_source_through_its_own_stat
     assert abs(own - share_of_class_1()) > 0.01  # the two sets predict the source differently
     signals = label_free_signals(m, [(batch["target"]["img"][:1], counted)], [(x, counted)], class_ids=[0, 1])
     assert signals["class_distribution"]["source"]["1"] == pytest.approx(own, abs=1e-6)
+
+
+def test_tracked_per_domain_statistics_follow_each_domains_own_batches(make_batch):
+    # DSBN as Chang et al. train it: batch norm in training mode, each domain's batches moving that domain's set
+    m, _ = _estimated(make_batch, **{"adaptation.track_domain_statistics": True})
+    batch = make_batch(bands=3, classes=2, b=2, crop=64, seed=5)  # not the batch the sets were estimated on
+    batch["source"]["img"] = batch["source"]["img"] * 3 + 2
+    stem = batchnorm_layers(m.net["students"].backbone_s)[0]
+    with m.source_statistics():
+        source_set = stem.running_mean
+    before = {"source": source_set.clone(), "target": stem.running_mean.clone()}
+    seen = {}  # the stem's input mean per channel, by the set in place when the domain's batch reached it
+
+    def record(layer, args):
+        seen["source" if layer.running_mean is source_set else "target"] = args[0].detach().mean(dim=(0, 2, 3))
+
+    hook = stem.register_forward_pre_hook(record)
+    m.train_step(batch, 0)
+    hook.remove()
+    momentum = stem.momentum
+    assert set(seen) == {"source", "target"}
+    assert not torch.allclose(seen["source"], seen["target"], atol=1e-2)
+    assert torch.allclose(stem.running_mean, (1 - momentum) * before["target"] + momentum * seen["target"], atol=1e-5)
+    with m.source_statistics():
+        assert torch.allclose(stem.running_mean, (1 - momentum) * before["source"] + momentum * seen["source"],
+                              atol=1e-5)
+    assert all(layer.training for layer in batchnorm_layers(m.net["students"]))
+
+
+def test_tracking_needs_per_domain_statistics():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="track_domain_statistics needs adaptation.norm_eval 'per-domain'"):
+        _lite0(**{"adaptation.track_domain_statistics": True})
