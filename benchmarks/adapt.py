@@ -617,6 +617,25 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-st
                                          {**EMA_BUDGET, **NORM_PER_DOMAIN}, init_from="adabn", read_prior=True,
                                          lr_scale=0.1),
                 default=False, cost=5.0, needs=("adabn",))
+# The rows above start from the AdaBN model, but not as it is: the DDM starts random (its distinct branches weigh
+# each level by v near 1/2, differing per channel) between backbones and decoders that read those levels unweighted.
+# With a neutral DDM (v = 1/2, decoders' input layers doubled: ``ddm_start: neutral``) the students start as the
+# model they were loaded from. On stop 37's best NEON row:
+NEUTRAL_DDM = {"adaptation.ddm_start": "neutral"}
+_name = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9"
+register_runner(_name, _st_dasegnet_source_init(_name, {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_EVAL,
+                                                        "adaptation.pseudo_threshold": 0.9},
+                                                init_from="adabn", read_prior=True),
+                default=False, cost=5.0, needs=("adabn",))
+# and on NC's: both domains through the source's band statistics (as AdaBN reads the target: what its NC gain needs),
+# each through batch-norm statistics of its own that follow its batches (DSBN as trained: frozen ones describe the
+# start model's features, and on NC the source terms alone undo the AdaBN gain within 50 iterations)
+_name = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats"
+register_runner(_name, _st_dasegnet_source_init(_name, {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_PER_DOMAIN,
+                                                        "adaptation.track_domain_statistics": True},
+                                                init_from="adabn", read_prior=True,
+                                                params={"normalization": "source"}),
+                default=False, cost=5.0, needs=("adabn",))
 # and its model's batch norm re-estimated on the target afterwards: norm_eval kept the AdaBN start's statistics while
 # the weights under them moved, so the delivered model normalises with statistics of features it no longer makes
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+adabn",

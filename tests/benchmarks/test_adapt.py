@@ -460,6 +460,27 @@ def test_the_per_domain_row_fed_through_the_source_statistics_is_scored_as_it_wa
     assert row["stats"] == "source"  # the target test region read as the job read the target
 
 
+def test_the_neutral_ddm_rows_start_from_the_adabn_model_with_a_neutral_ddm(tmp_path):
+    from models.config import resolve_config
+    from benchmarks.adapt import ADABN_BATCHES, RUNNERS
+
+    norm_eval = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9"
+    tracked = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats"
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    weights = _adabn_run(ctx)
+    rows = {name: RUNNERS[name].runner(ctx, 0)[name] for name in (norm_eval, tracked)}
+    blocks = {name: resolve_config(kw["model"]["config"], method="st-dasegnet",
+                                   overrides=kw["model"]["overrides"])["adaptation"] for name, _, kw in jobs}
+    assert all(kw["model"]["checkpoint"] == str(weights) for _, _, kw in jobs)
+    assert all(b["ddm_start"] == "neutral" and b["ema_horizon"] == 0.1 and b["pseudo_prior"] == "label-shift"
+               for b in blocks.values())
+    assert (blocks[norm_eval]["norm_eval"], blocks[norm_eval]["pseudo_threshold"]) == (True, 0.9)
+    assert not blocks[norm_eval]["track_domain_statistics"]
+    assert (blocks[tracked]["norm_eval"], blocks[tracked]["track_domain_statistics"]) == ("per-domain", True)
+    assert jobs[1][2]["params"] == {"normalization": "source", "batches": ADABN_BATCHES}
+    assert (rows[norm_eval]["stats"], rows[tracked]["stats"]) == ("target", "source")
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings
