@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     #: a job whose worker is lost this many times (OOM, kill, hard time limit) fails for good
     max_attempts: int = Field(default=5, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    #: seconds between a worker's looks at the embedded broker's empty queues: the wait of work queued on an idle
+    #: worker against a few SQLite reads per look (workers.embedded_broker); Redis needs none
+    broker_poll_s: float = Field(default=0.1, ge=0.01, le=5.0)
     #: CPU cores one job worker's predictions use (streams x torch threads); default: every core it may run on.
     #: `serve --workers N` gives each of its job workers cores / N
     worker_cores: int | None = Field(default=None, ge=1)

@@ -16,7 +16,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from core.task_names import GPU_QUEUE, JOB_QUEUES
-from workers.embedded_broker import worker_broker
+from workers.embedded_broker import worker_broker, worker_polling
 
 
 class GeoadaptCelery(Celery):
@@ -50,7 +50,8 @@ def celery_config(settings) -> dict:
         worker_concurrency=settings.worker_concurrency,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_hard_time_limit_s,
-        broker_transport_options=settings.broker_transport_options,
+        broker_transport_options={**settings.broker_transport_options,
+                                  **worker_polling(settings.broker_url, settings.broker_poll_s)},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

@@ -4,8 +4,9 @@ messages name (waiting, or taken by a worker), and taken messages purged an hour
 kombu's SQL transport sleeps ``polling_interval`` (1 s) each time it finds its queues empty, so work queued on an
 idle worker (a job, a live map tile) waited up to a second, half a second on average, before it started. Its
 transport options go to SQLAlchemy's ``create_engine``, which refuses a ``polling_interval``: the interval is set
-on this subclass instead, which the workers name as their transport. Producers (the API) never poll, so they keep
-the stock transport; both read and write the same tables.
+on this subclass instead, which the workers name as their transport (``GEOADAPT_BROKER_POLL_S`` sets another: each
+look costs a few SQLite reads, about 2 % of a core per idle consumer at 0.1 s). Producers (the API) never poll, so
+they keep the stock transport; both read and write the same tables.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from kombu.transport.sqlalchemy import Channel as SQLChannel
 from kombu.transport.sqlalchemy import Transport as SQLTransport
 from sqlalchemy import Connection, create_engine, inspect, text
 
@@ -23,6 +25,8 @@ from core.task_names import RUN_JOB
 
 #: seconds between two looks at empty queues: a few cheap SQLite reads a second against up to 1 s of queueing delay
 POLLING_INTERVAL_S = 0.1
+#: the transport option kombu's virtual transports read their polling interval from
+POLLING_OPTION = "polling_interval"
 #: the URL prefix that names kombu's SQL transport (``sqla+sqlite:///...``)
 SQL_PREFIX = "sqla+"
 #: kombu's table of messages (its default name; the service sets no other)
@@ -31,8 +35,31 @@ MESSAGE_TABLE = "kombu_message"
 TAKEN_KEPT_S = 3600.0
 
 
+class _EmbeddedBrokerChannel(SQLChannel):
+    def _engine_from_config(self):
+        # kombu hands create_engine every transport option but its own, and create_engine refuses polling_interval
+        # (which the transport reads): hidden for the call
+        client = self.connection.client
+        options = client.transport_options
+        client.transport_options = {k: v for k, v in options.items() if k != POLLING_OPTION}
+        try:
+            return super()._engine_from_config()
+        finally:
+            client.transport_options = options
+
+
 class EmbeddedBrokerTransport(SQLTransport):
+    """The SQL transport polled every POLLING_INTERVAL_S, or every ``broker_transport_options['polling_interval']``
+    seconds where given (``GEOADAPT_BROKER_POLL_S``)."""
+
+    Channel = _EmbeddedBrokerChannel
     polling_interval = POLLING_INTERVAL_S
+
+
+def worker_polling(broker_url: str, seconds: float) -> dict:
+    """The broker transport options that make a worker look at the embedded broker's empty queues every ``seconds``
+    (none for another broker: Redis blocks on its queues instead of polling)."""
+    return {POLLING_OPTION: seconds} if broker_url.startswith(SQL_PREFIX) else {}
 
 
 def worker_broker(broker_url: str) -> dict:

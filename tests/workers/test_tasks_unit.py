@@ -129,6 +129,25 @@ def test_workers_poll_the_embedded_broker_often_and_read_what_the_api_sends(tmp_
         message.ack()
     redis = celery_app.celery_config(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0"))
     assert redis["broker_url"] == "redis://127.0.0.1:6379/0" and "broker_transport" not in redis
+    assert "polling_interval" not in redis["broker_transport_options"]
+
+
+def test_the_workers_polling_interval_is_a_setting(tmp_path):
+    # GEOADAPT_BROKER_POLL_S: the transport reads it; SQLAlchemy's create_engine, which refuses it, never sees it
+    worker = Celery("worker", set_as_current=False)
+    worker.conf.update(celery_app.celery_config(Settings(data_dir=tmp_path, broker_poll_s=0.5)))
+    api = service_queue.make_producer(Settings(data_dir=tmp_path))
+    with worker.connection_for_read() as receiver:  # first: kombu caches one engine per database
+        assert receiver.transport.polling_interval == 0.5
+        queue = receiver.SimpleQueue("probe")
+        with api.connection_for_write() as sender:
+            sender.SimpleQueue("probe").put({"job": 2})
+        message = queue.get(timeout=5)
+        assert message.payload == {"job": 2}
+        message.ack()
+    for bad in (0, 10):
+        with pytest.raises(ValueError, match="broker_poll_s"):
+            Settings(data_dir=tmp_path, broker_poll_s=bad)
 
 
 def _spec_files(tmp_path, **fields) -> dict:
