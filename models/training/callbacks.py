@@ -40,6 +40,7 @@ class LoopResult:
     final_losses: dict[str, float] = field(default_factory=dict)
     late_losses: dict[str, float] = field(default_factory=dict)  # each loss's mean over the last tenth
     elapsed_s: float = 0.0          # training time of the job, summed over the runs of a resumed one
+    code: list[dict] = field(default_factory=list)  # core.code_version of each run that trained it, in order
 
     @property
     def finished(self) -> bool:

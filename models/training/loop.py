@@ -34,6 +34,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from core.code_version import code_version
 from models.training import checkpoint as ckpt
 from models.training.callbacks import Callback, CallbackList, LoopResult, Progress
 from models.training.distributed import SOLO, Collective
@@ -196,11 +197,13 @@ class TrainLoop:
         self.late = LossMeans()
         #: training time before this run (earlier runs of a resumed job), and when this run started
         self.elapsed_before, self._t0 = 0.0, None
+        #: core.code_version of each run that trained iterations of this job (a resumed job may span code versions)
+        self.code: list[dict] = []
 
     # -- state --
     def _loop_state(self) -> dict:
         return {"best": self.best, "validations": self.validations, "last_losses": self.last_losses,
-                "late_losses": self.late.state_dict(), "elapsed_s": self.elapsed()}
+                "late_losses": self.late.state_dict(), "elapsed_s": self.elapsed(), "code": self.code}
 
     def elapsed(self) -> float:
         """Training time of the job so far: earlier runs of a resumed job plus this one's."""
@@ -238,6 +241,7 @@ class TrainLoop:
         self.last_losses = dict(loop.get("last_losses") or {})
         self.late = LossMeans(loop.get("late_losses"))
         self.elapsed_before = float(loop.get("elapsed_s") or 0.0)
+        self.code = list(loop.get("code") or [])
         ckpt.restore_rng(mine["rng"])  # last, so nothing above consumes random numbers after it
         return int(state["iteration"])
 
@@ -273,6 +277,8 @@ class TrainLoop:
         self.method.distribute(self.collective)  # every rank from rank 0's weights (a no-op in one process)
         self.method.train()
         self.callbacks.on_start(start, self.total)
+        if start < self.total and (not self.code or self.code[-1] != code_version()):
+            self.code.append(code_version())
         t0 = self._t0 = time.perf_counter()
         times: list[float] = []
         it = start
@@ -310,7 +316,7 @@ class TrainLoop:
         last_path = self.save(it) or last_path
         result = LoopResult(iterations_done=it, total=self.total, stopped=stopped, last_checkpoint=last_path,
                             best=self.best, validations=self.validations, final_losses=self.last_losses,
-                            late_losses=self.late.means(), elapsed_s=self.elapsed())
+                            late_losses=self.late.means(), elapsed_s=self.elapsed(), code=list(self.code))
         self.callbacks.on_end(result)
         return result
 

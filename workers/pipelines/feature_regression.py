@@ -231,7 +231,7 @@ def run_feature_regression(spec: JobSpec, opts: RunOptions) -> dict:
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
         provenance = provenance_record(
             spec, method=METHOD, config=cfg.get("name"), seed=seed, run=run, best=best, started=started, t0=t0,
-            device=dev, teacher={"bundle": teacher_source, "method": teacher.method,
+            device=dev, trained_by=result.code, teacher={"bundle": teacher_source, "method": teacher.method,
                                  "iterations": teacher.provenance.get("iterations")})
         metrics = {
             "validation": val_metrics,

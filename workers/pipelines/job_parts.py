@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from core.code_version import code_version
 from core.errors import BandCountMismatchError
 from core.files import write_json
 from core.job_layout import METRICS
@@ -68,9 +69,11 @@ def domain_record(spec: DomainSpec | None) -> dict | None:
 
 
 def provenance_record(spec: JobSpec, *, method: str, config: str | None, seed: int, run: dict, best: dict | None,
-                      started: datetime, t0: float, device: torch.device, **extra) -> dict:
-    """What made a bundle: the job, method and settings, data, which weights, when, where; ``extra``
-    holds the method's own entries (pretrained weights, teacher, matched GSD)."""
+                      started: datetime, t0: float, device: torch.device, trained_by: list[dict] | None = None,
+                      **extra) -> dict:
+    """What made a bundle: the job, method and settings, data, which weights, when, where, and which code (the
+    code that wrote it; ``trained_by``: each training run's, a resumed job's first to last); ``extra`` holds the
+    method's own entries (pretrained weights, teacher, matched GSD)."""
     return {
         "job_type": spec.type,
         "method": method,
@@ -88,6 +91,7 @@ def provenance_record(spec: JobSpec, *, method: str, config: str | None, seed: i
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "device": str(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "code": {"written_by": code_version(), **({"trained_by": trained_by} if trained_by is not None else {})},
     }
 
 

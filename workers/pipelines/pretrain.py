@@ -120,7 +120,7 @@ def run_pretrain(spec: JobSpec, opts: RunOptions) -> dict:
                     "late_losses": result.late_losses, "elapsed_s": round(result.elapsed_s, 1)}
         provenance = provenance_record(
             spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=None, started=started, t0=t0,
-            device=dev, pretrained=started_from, pretraining=cfg["pretraining"])
+            device=dev, trained_by=result.code, pretrained=started_from, pretraining=cfg["pretraining"])
         record = {
             "format": RECORD_FORMAT,
             **provenance,

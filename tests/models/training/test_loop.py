@@ -101,3 +101,35 @@ def test_late_losses_average_the_last_tenth_of_the_schedule_across_a_resume(tiny
     assert resumed.elapsed_s > first.elapsed_s > 0
     _, again, _ = _run(tiny, batch_source, tmp_path / "b", n, method="source-only")
     assert again.iterations_done == n and again.elapsed_s == pytest.approx(resumed.elapsed_s, abs=0.05)
+
+
+def test_a_resumed_job_records_the_code_of_each_run_that_trained_it(tiny, batch_source, tmp_path, monkeypatch):
+    import models.training.loop as loop_module
+
+    first_code = {"version": "0.1.0", "commit": "a" * 40, "modified": False}
+    later_code = {"version": "0.1.0", "commit": "b" * 40, "modified": True}
+    monkeypatch.setattr(loop_module, "code_version", lambda: first_code)
+    _, first, _ = _run(tiny, batch_source, tmp_path, 6, stop_after=3, method="source-only")
+    assert first.code == [first_code]
+    _, resumed, _ = _run(tiny, batch_source, tmp_path, 6, method="source-only")  # the same code again: one entry
+    assert resumed.code == [first_code]
+    _, done, _ = _run(tiny, batch_source, tmp_path / "other", 6, stop_after=3, method="source-only")
+    monkeypatch.setattr(loop_module, "code_version", lambda: later_code)
+    _, mixed, _ = _run(tiny, batch_source, tmp_path / "other", 6, method="source-only")
+    assert mixed.code == [first_code, later_code]
+    # a finished job run again by other code trains nothing: its record stays what trained it
+    _, reused, _ = _run(tiny, batch_source, tmp_path, 6, method="source-only")
+    assert reused.iterations_done == 6 and reused.code == [first_code]
+
+
+def test_the_code_version_names_this_checkout():
+    import subprocess
+    import tomllib
+
+    from core.code_version import ROOT, code_version
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    version = code_version()
+    assert version["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    if head.returncode == 0:  # run from a checkout (CI's clean clone is one)
+        assert version["commit"] == head.stdout.strip() and isinstance(version["modified"], bool)

@@ -103,6 +103,8 @@ def test_statistics_move_to_the_target_weights_stay_and_the_bundle_predicts(adap
     assert prov["source_model"]["bundle"] == str(source_model) and prov["source_model"]["method"] == "source-only"
     assert prov["normalization"] == "source" and prov["batchnorm_layers"] == 5
     assert prov["datasets"]["source"] == before.provenance["datasets"]["source"]
+    from core.code_version import code_version
+    assert prov["code"] == {"written_by": code_version()}  # no training loop: the code that wrote it
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["adabn"]["batches"] == 4 and metrics["validation_stats"] == "source"

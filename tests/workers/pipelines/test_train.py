@@ -60,6 +60,9 @@ def test_adapt_job_writes_bundle_and_metrics(bench_domains, tmp_path, check_labe
     # the source-only baseline: the same job as source-only, scored on the same scenes
     base = load_bundle(tmp_path / "source-only")
     assert base.method == "source-only" and base.provenance["iterations"] == 4
+    # which code trained it and wrote it: this checkout's, one run
+    from core.code_version import code_version
+    assert base.provenance["code"] == {"written_by": code_version(), "trained_by": [code_version()]}
     assert set(metrics["source_only"]["per_class"]) == set(val["per_class"])
     assert metrics["source_only"] == json.loads((tmp_path / "source-only" / "metrics.json").read_text())["validation"]
     # label-free signals of both models over the target's training region (every valid pixel: it has few windows)
