@@ -248,7 +248,8 @@ class BenchContext:
         its last tenth of iterations (``late_losses``: how training ended, e.g. whether ST-DASegNet's
         self-training and discriminators acted)."""
         late = ((job_result.get("metrics") or {}).get("training") or {}).get("late_losses") or {}
-        return {**self.evaluate(job_result["bundle"], stats), "late_losses": late}
+        return {**self.evaluate(job_result["bundle"], stats), "late_losses": late,
+                "made_by": code_names(job_result.get("provenance") or {})}
 
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region, with
@@ -394,6 +395,17 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
         f"; pseudo_prior from {prior_from}." if prior_from else
         "; pseudo_prior read by the job from its start." if read_prior else ".")
     return run
+
+
+def code_names(provenance: dict) -> list[str]:
+    """The code that trained a job's model (each run of a resumed one; the code that wrote the bundle for a job
+    with no training loop), as short names: the commit's first 10 characters, ``+modified`` where the checkout
+    differed from it, or the package version without a checkout. A run reused from an earlier benchmark shows the
+    code that made it."""
+    code = provenance.get("code") or {}
+    runs = code.get("trained_by") or ([code["written_by"]] if code.get("written_by") else [])
+    return [(r["commit"][:10] if r.get("commit") else f"v{r.get('version')}") + ("+modified" if r.get("modified")
+                                                                                 else "") for r in runs]
 
 
 def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[list[float] | None, str | None]:
@@ -696,6 +708,8 @@ def summarise(rows: dict[str, list[dict]], class_names: list[str], adaptation: l
                 entry[key] = [{k: (m.get(key) or {}).get(k) for k in SIGNALS} for m in per_seed]
         if any(m.get("refused") for m in per_seed):  # label-shift jobs that refused: the unchanged model scored
             entry["refused"] = [m.get("refused") for m in per_seed]
+        if any(m.get("made_by") for m in per_seed):
+            entry["made_by"] = [m.get("made_by") or [] for m in per_seed]
         if any(m.get("copy_of") for m in per_seed):  # seeds whose model is another row's, unchanged
             entry["copy_of"] = [m.get("copy_of") for m in per_seed]
         if any(m.get("labels") for m in per_seed):  # rows that learnt from some target labels (fewlabels)
@@ -774,6 +788,13 @@ def render_markdown(report: dict) -> str:
         if refused:
             lines += ["", f"`{name}` refused at seed(s) {', '.join(str(seed) for seed, _ in refused)} (the row scores "
                           f"the unchanged model there): {refused[0][1]}"]
+    made_by: dict[str, list[str]] = {}
+    for name, m in report["methods"].items():
+        for code in {c for seed in m.get("made_by") or [] for c in seed}:
+            made_by.setdefault(code, []).append(name)
+    if len(made_by) > 1:  # runs reused from earlier benchmarks: their rows were trained by other code
+        lines += ["", f"Runs trained by {len(made_by)} versions of the code: "
+                      + "; ".join(f"`{code}`: {', '.join(names)}" for code, names in sorted(made_by.items()))]
     lines += ["", "Per-class IoU (mean over seeds):", "",
               "| class | " + " | ".join(report["methods"]) + " |", "|---|" + "---|" * len(report["methods"])]
     for c in report["classes"]:

@@ -95,6 +95,31 @@ def test_report_says_where_a_label_shift_job_refused():
     assert f"`label-shift` refused at seed(s) 3 (the row scores the unchanged model there): {why}" in md
 
 
+def test_report_names_the_code_that_trained_each_row_when_rows_were_made_by_several():
+    from benchmarks.adapt import code_names
+
+    now = {"version": "0.1.0", "commit": "b" * 40, "modified": True}
+    earlier = {"version": "0.1.0", "commit": "a" * 40, "modified": False}
+    # a resumed run names each run's code; a job with no training loop, the code that wrote its bundle
+    assert code_names({"code": {"written_by": now, "trained_by": [earlier, now]}}) == ["aaaaaaaaaa",
+                                                                                      "bbbbbbbbbb+modified"]
+    assert code_names({"code": {"written_by": now}}) == ["bbbbbbbbbb+modified"]
+    assert code_names({"code": {"written_by": {"version": "0.1.0", "commit": None, "modified": None}}}) == ["v0.1.0"]
+    assert code_names({}) == []
+    rows = {"source-only": [{**_m(0.10, [0.1, 0.1]), "made_by": ["aaaaaaaaaa"]}] * 2,
+            "adabn": [{**_m(0.12, [0.1, 0.1]), "made_by": ["bbbbbbbbbb+modified"]}] * 2,
+            "oracle": [_m(0.30, [0.3, 0.3])] * 2}
+    s = summarise(rows, ["a", "b"], ["adabn"])
+    assert s["methods"]["adabn"]["made_by"] == [["bbbbbbbbbb+modified"]] * 2 and "made_by" not in s["methods"]["oracle"]
+    report = {"settings": {"config": "segformer-tiny", "iterations": 8, "batch_size": 2, "crop": 32, "shift_seed": 0},
+              "seeds": [0, 1], "train_columns": [0, 0.6], "test_columns": [0.6, 1], "mean_over": "classes",
+              "classes": ["a", "b"], "goals": {}, "elapsed_s": 60, "device": "cpu", "threads": 1, **s}
+    assert ("Runs trained by 2 versions of the code: `aaaaaaaaaa`: source-only; `bbbbbbbbbb+modified`: adabn"
+            in render_markdown(report))
+    one = summarise({**rows, "adabn": rows["source-only"]}, ["a", "b"], ["adabn"])
+    assert "versions of the code" not in render_markdown({**report, **one})
+
+
 def test_bench_adapt_smoke(nc_data, tmp_path):
     n = torch.get_num_threads()
     try:
