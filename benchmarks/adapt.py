@@ -248,8 +248,9 @@ class BenchContext:
         its last tenth of iterations (``late_losses``: how training ended, e.g. whether ST-DASegNet's
         self-training and discriminators acted)."""
         late = ((job_result.get("metrics") or {}).get("training") or {}).get("late_losses") or {}
+        made_by = code_names(job_result.get("provenance") or {})
         return {**self.evaluate(job_result["bundle"], stats), "late_losses": late,
-                "made_by": code_names(job_result.get("provenance") or {})}
+                **({"made_by": made_by} if made_by else {})}
 
     def evaluate(self, bundle: str | Path | Bundle, stats: str | BandStats) -> dict:
         """Metrics of a bundle (a path, or one loaded and changed in memory) on the target test region, with
