@@ -24,10 +24,14 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip()
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """{"version": the package's, "commit": the checkout's HEAD or None, "modified": whether tracked files differ
-    from it (None without a checkout)}; read once per process."""
+    from it (None without a checkout)}; read once per process (a copy each call: records may keep it)."""
+    return dict(_read_code_version())
+
+
+@functools.lru_cache(maxsize=1)
+def _read_code_version() -> dict:
     try:
         version = metadata.version("geoadapt")
     except metadata.PackageNotFoundError:

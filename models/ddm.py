@@ -88,14 +88,14 @@ class DomainDisentangledModule(nn.Module):
     images (lists of (B, C_i, H_i, W_i)) and returns the two output pyramids.
     """
 
+    #: the weight v each distinct branch gives both styles after :meth:`neutral_start`
+    NEUTRAL_WEIGHT = 0.5
+
     def __init__(self, in_channels: Sequence[int]):
         super().__init__()
         self.in_channels = list(in_channels)
         self.distinct = nn.ModuleList(DistinctBranch(c) for c in self.in_channels)
         self.universal = UniversalBranch(self.in_channels[-1])
-
-    #: the weight v each distinct branch gives both styles after :meth:`neutral_start`
-    NEUTRAL_WEIGHT = 0.5
 
     def neutral_start(self) -> None:
         """Every distinct branch weighs both styles alike (v = 1/2) at the start (``adaptation.ddm_start``)."""
