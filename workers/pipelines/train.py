@@ -210,7 +210,8 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
         val_metrics = best["metrics"] if best else (result.validations[-1]["metrics"] if result.validations else None)
         provenance = provenance_record(
             spec, method=method_name, config=cfg["name"], seed=seed, run=run, best=best, started=started, t0=t0,
-            device=dev, trained_by=result.code, pretrained=pretrained, matched_gsd=target.matched_gsd if target is not None else None,
+            device=dev, trained_by=result.code, pretrained=pretrained,
+            matched_gsd=target.matched_gsd if target is not None else None,
             **({"devices": ranks.world_size} if ranks.world_size else {}),
             # which variant of the method ran (its options and the spec's values alike), beside the weights
             adaptation=cfg["adaptation"] if method_name != "source-only" else None)
