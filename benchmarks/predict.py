@@ -181,11 +181,15 @@ def measure_model(bundle_path: Path, path: Path, s: BenchSettings) -> dict:
         stop = time.perf_counter() + s.model_seconds
 
         def loop(k: int) -> None:
+            # at least one batch per stream: on a loaded machine a short budget could end before the first, and
+            # the figure would read 0 Mpx/s instead of a slow one
             i = k
-            while time.perf_counter() < stop:
+            while True:
                 model(batches[i % len(batches)])
                 done[k] += batches[i % len(batches)].shape[0]
                 i += n_streams
+                if time.perf_counter() >= stop:
+                    break
 
         model(batches[0])  # warm-up
         t0 = time.perf_counter()
