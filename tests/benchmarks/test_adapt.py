@@ -507,6 +507,25 @@ def test_the_neutral_ddm_rows_start_from_the_adabn_model_with_a_neutral_ddm(tmp_
     assert (rows[norm_eval]["stats"], rows[tracked]["stats"]) == ("target", "source")
 
 
+def test_the_averaged_rows_are_the_neutral_ddm_rows_with_their_students_averaged_over_half_the_budget(tmp_path):
+    from models.config import resolve_config
+    from benchmarks.adapt import RUNNERS
+
+    plain = ("st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9",
+             "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats")
+    ctx, jobs = _recording_context(tmp_path, "neon")
+    _adabn_run(ctx)
+    for name in plain:
+        RUNNERS[name].runner(ctx, 0)
+        RUNNERS[f"{name}+average-0.5"].runner(ctx, 0)
+    blocks = [resolve_config(kw["model"]["config"], method="st-dasegnet",
+                             overrides=kw["model"]["overrides"])["adaptation"] for _, _, kw in jobs]
+    for (without, with_average), (job_without, job_with) in zip((blocks[:2], blocks[2:]), (jobs[:2], jobs[2:])):
+        assert (without["average_weights"], with_average["average_weights"]) == (0.0, 0.5)
+        assert {**with_average, "average_weights": 0.0} == without
+        assert job_with[2]["params"] == job_without[2]["params"]
+
+
 def test_photometric_switch_reaches_every_job_and_keeps_its_runs_apart(tmp_path):
     from models.config import resolve_config
     from benchmarks.adapt import BenchContext, BenchSettings

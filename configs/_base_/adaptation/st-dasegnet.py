@@ -32,5 +32,8 @@ adaptation = dict(
     ddm_start='random',           # 'neutral': the DDM weighs both styles 1/2 at the start, and decoders warm-started
                                   # from a plain segmentor (model.checkpoint) take twice its input weights, so the
                                   # students start as that model; 'random': as built (the spec names no start)
+    average_weights=0.0,          # > 0: the delivered students are the equal-weight average of their states over this
+                                  # last fraction of the budget, batch-norm statistics included (SWA, Izmailov et al.
+                                  # 2018); 0: the last state
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
 )
