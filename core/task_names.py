@@ -1,5 +1,6 @@
 """Celery task and queue names: the API sends by these names and the workers register and consume
-under them, so neither side imports the other (the API never loads worker code)."""
+under them, so neither side imports the other (the API never loads worker code). Also the one messaging default
+both sides read: how often a worker looks at the embedded broker's queues."""
 from __future__ import annotations
 
 #: run one job (adapt, train, predict, evaluate) by its id: workers/tasks.py
@@ -21,3 +22,7 @@ CPU_QUEUE = "cpu"
 TILES_QUEUE = "tiles"
 #: the queues of jobs and dataset work (the tile queue is declared by its own client and worker)
 JOB_QUEUES = (GPU_QUEUE, CPU_QUEUE)
+
+#: seconds between a worker's looks at the embedded broker's empty queues (``GEOADAPT_BROKER_POLL_S`` by default): a
+#: few cheap SQLite reads a second against up to this long a queueing delay
+EMBEDDED_BROKER_POLL_S = 0.1

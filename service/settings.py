@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.task_names import EMBEDDED_BROKER_POLL_S
+
 
 def default_data_dir() -> Path:
     """~/.local/share/geoadapt (XDG), or ./.geoadapt when there is no usable home folder."""
@@ -67,7 +69,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=1, ge=1)
     #: seconds between a worker's looks at the embedded broker's empty queues: the wait of work queued on an idle
     #: worker against a few SQLite reads per look (workers.embedded_broker); Redis needs none
-    broker_poll_s: float = Field(default=0.1, ge=0.01, le=5.0)
+    broker_poll_s: float = Field(default=EMBEDDED_BROKER_POLL_S, ge=0.01, le=5.0)
     #: CPU cores one job worker's predictions use (streams x torch threads); default: every core it may run on.
     #: `serve --workers N` gives each of its job workers cores / N
     worker_cores: int | None = Field(default=None, ge=1)

@@ -21,10 +21,8 @@ from kombu.transport.sqlalchemy import Channel as SQLChannel
 from kombu.transport.sqlalchemy import Transport as SQLTransport
 from sqlalchemy import Connection, create_engine, inspect, text
 
-from core.task_names import RUN_JOB
+from core.task_names import EMBEDDED_BROKER_POLL_S, RUN_JOB
 
-#: seconds between two looks at empty queues: a few cheap SQLite reads a second against up to 1 s of queueing delay
-POLLING_INTERVAL_S = 0.1
 #: the transport option kombu's virtual transports read their polling interval from
 POLLING_OPTION = "polling_interval"
 #: the URL prefix that names kombu's SQL transport (``sqla+sqlite:///...``)
@@ -49,11 +47,11 @@ class _EmbeddedBrokerChannel(SQLChannel):
 
 
 class EmbeddedBrokerTransport(SQLTransport):
-    """The SQL transport polled every POLLING_INTERVAL_S, or every ``broker_transport_options['polling_interval']``
+    """The SQL transport polled every EMBEDDED_BROKER_POLL_S, or every ``broker_transport_options['polling_interval']``
     seconds where given (``GEOADAPT_BROKER_POLL_S``)."""
 
     Channel = _EmbeddedBrokerChannel
-    polling_interval = POLLING_INTERVAL_S
+    polling_interval = EMBEDDED_BROKER_POLL_S
 
 
 def worker_polling(broker_url: str, seconds: float) -> dict:

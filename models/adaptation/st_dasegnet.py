@@ -268,9 +268,9 @@ class STDASegNet(AdaptationMethod):
             # running statistics are averaged with the weights. Kept in the networks, so checkpoints carry it
             self.net[WEIGHT_AVERAGE] = AveragedModel(students, use_buffers=True)
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
-        #: batch norm on running statistics from here on (``norm_eval``: set when adapting starts; with
-        #: ``track_domain_statistics``, each domain's batches go through their own statistics from here on)
-        self.norm_frozen = False
+        #: ``norm_eval``'s regime has begun (set when adapting starts): batch norm on running statistics, or with
+        #: ``track_domain_statistics`` each domain's batches through statistics of their own that they update
+        self.norm_eval_started = False
         norm_eval = a.get("norm_eval") or False
         if norm_eval not in (False, True, PER_DOMAIN):
             raise ConfigError(f"adaptation.norm_eval must be false, true or '{PER_DOMAIN}', not {norm_eval!r}",
@@ -339,7 +339,7 @@ class STDASegNet(AdaptationMethod):
         if mode:
             set_teacher_mode(self.net["teacher_s"])
             set_teacher_mode(self.net["teacher_t"])
-            if self.norm_frozen and not self.track_domain_statistics:
+            if self.norm_eval_started and not self.track_domain_statistics:
                 for layer in self.normalization_layers():
                     layer.eval()
         return self
@@ -411,13 +411,13 @@ class STDASegNet(AdaptationMethod):
         vt = batch["target"].get("valid")
         size = xs.shape[-2:]
 
-        if self.per_domain_statistics and self.norm_frozen:  # each domain through its own statistics
+        if self.per_domain_statistics and self.norm_eval_started:  # each domain through its own statistics
             with self.source_statistics():
                 f_ss, f_st, g_ss, g_st, p_ss, p_st = self.domain_pass(xs)
             f_ts, f_tt, g_ts, g_tt, p_ts, p_tt = self.domain_pass(xt)
         else:
             # one pass for both domains where no batch statistics are computed: no batch norm, or batch norm frozen
-            joint = self.joint_backbone_pass or self.norm_frozen
+            joint = self.joint_backbone_pass or self.norm_eval_started
             f_ss, f_ts = backbone_pair(st.backbone_s, xs, xt, joint=joint)
             f_st, f_tt = backbone_pair(st.backbone_t, xs, xt, joint=joint)
             g_ss, g_st = st.ddm(f_ss, f_st)
@@ -549,9 +549,9 @@ class STDASegNet(AdaptationMethod):
 
     def train_step(self, batch: Mapping, iteration: int) -> dict[str, float]:
         adapting = iteration >= self.warmup_iters()  # False through the source-only warm-up stage
-        if adapting and self.a.get("norm_eval") and not self.norm_frozen:
+        if adapting and self.a.get("norm_eval") and not self.norm_eval_started:
             # frozen at the statistics of the source model adaptation starts from (after any warm-up stage)
-            self.norm_frozen = True
+            self.norm_eval_started = True
             self.train()
         if iteration > 0:
             self.update_teachers(iteration)

@@ -17,7 +17,6 @@ from service.store import workers as worker_rows
 from service.store.db import session_scope
 from service.store.for_workers import WorkerJobStore
 from workers import celery_app, tasks
-from workers.embedded_broker import POLLING_INTERVAL_S
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def test_workers_poll_the_embedded_broker_often_and_read_what_the_api_sends(tmp_
     api = service_queue.make_producer(s)
     with api.connection_for_write() as sender, worker.connection_for_read() as receiver:
         assert sender.transport.polling_interval == 1.0  # the stock transport, which the API keeps
-        assert receiver.transport.polling_interval == POLLING_INTERVAL_S
+        assert receiver.transport.polling_interval == task_names.EMBEDDED_BROKER_POLL_S
         sender.SimpleQueue("probe").put({"job": 1})
         message = receiver.SimpleQueue("probe").get(timeout=5)
         assert message.payload == {"job": 1}

@@ -29,7 +29,7 @@ def test_frozen_batch_norm_keeps_its_statistics_and_trains_as_it_predicts(make_b
     before, weights = _running(m), [p.clone() for p in m.net["students"].parameters()]
     batch = make_batch(bands=3, classes=2, b=2, crop=64)
     m.train_step(batch, 0)  # adapting from the first iteration: frozen before its forward pass
-    assert layers and m.norm_frozen and not any(layer.training for layer in layers)
+    assert layers and m.norm_eval_started and not any(layer.training for layer in layers)
     assert all(torch.equal(a, b) for a, b in zip(before, _running(m)))
     assert any(not torch.equal(a, b) for a, b in zip(weights, m.net["students"].parameters()))
     x = batch["target"]["img"]
@@ -46,10 +46,10 @@ def test_a_source_warmup_stage_trains_batch_norm_then_freezes_it(make_batch):
     m = _lite0(**{"adaptation.norm_eval": True, "adaptation.source_warmup": 0.2})  # 2 of 10 iterations
     before = _running(m)
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64), 0)
-    assert not m.norm_frozen and any(not torch.equal(a, b) for a, b in zip(before, _running(m)))
+    assert not m.norm_eval_started and any(not torch.equal(a, b) for a, b in zip(before, _running(m)))
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64, seed=1), 1)
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64, seed=2), 2)
-    assert m.norm_frozen
+    assert m.norm_eval_started
     settled = _running(m)
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64, seed=3), 3)
     assert all(torch.equal(a, b) for a, b in zip(settled, _running(m)))
@@ -58,7 +58,7 @@ def test_a_source_warmup_stage_trains_batch_norm_then_freezes_it(make_batch):
 def test_without_the_option_batch_statistics_train_and_move(make_batch):
     torch.manual_seed(0)
     m = _lite0()
-    assert not m.joint_backbone_pass and not m.norm_frozen
+    assert not m.joint_backbone_pass and not m.norm_eval_started
     assert all(layer.training for layer in batchnorm_layers(m.net["students"]))
     before = _running(m)
     m.train_step(make_batch(bands=3, classes=2, b=2, crop=64), 0)
@@ -119,7 +119,7 @@ def test_training_keeps_both_sets_and_normalises_each_domain_with_its_own(make_b
         source_stats = _running(m)
     weights = [p.clone() for p in m.net["students"].parameters()]
     out = m.train_step(batch, 0)
-    assert m.norm_frozen and all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert m.norm_eval_started and all(torch.isfinite(torch.tensor(v)) for v in out.values())
     assert all(torch.equal(a, b) for a, b in zip(target_stats, _running(m)))
     with m.source_statistics():
         assert all(torch.equal(a, b) for a, b in zip(source_stats, _running(m)))
