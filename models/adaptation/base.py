@@ -24,6 +24,7 @@ from models.class_weights import auto_fields
 from models.segmentor import build_segmentor
 from models.training.distributed import SOLO, Collective, use_sync_batchnorm
 from models.training.schedules import PolySchedule, build_optimizer, build_schedule
+from models.weight_average import WEIGHT_AVERAGE, averaging_start, weight_average
 
 #: method name (as in the job spec) -> class
 METHODS: dict[str, type["AdaptationMethod"]] = {}
@@ -49,7 +50,9 @@ def build_method(cfg: Config | Mapping, *, total_iters: int, method: str | None 
     if unfilled:  # mmseg's loss would read "auto" as a weights file
         raise ConfigError(f"{unfilled[0]} is 'auto': fill it from the training labels first "
                           "(models.class_weights.fill_auto_class_weights)", field=f"model.overrides.{unfilled[0]}")
-    return METHODS[name](cfg, total_iters=total_iters)
+    method = METHODS[name](cfg, total_iters=total_iters)
+    method.keep_weight_average()
+    return method
 
 
 def to_plain(obj: Any) -> Any:
@@ -80,6 +83,8 @@ class AdaptationMethod:
         self.schedules: dict[str, PolySchedule] = {}
         #: the ranks this process trains with (models.training.distributed); SOLO: a single process
         self.collective: Collective = SOLO
+        #: the first iteration whose delivered network enters its weight average (``adaptation.average_weights``)
+        self.average_from: int | None = None
 
     # -- construction helpers ---------------------------------------------------------------
     def add_optimizer(self, name: str, modules: Mapping[str, nn.Module], optim_cfg: Mapping,
@@ -113,6 +118,25 @@ class AdaptationMethod:
         if self.collective.distributed:
             self.collective.broadcast_state(self.net, parameters=False)
 
+    def keep_weight_average(self) -> None:
+        """With ``adaptation.average_weights`` (a fraction of the budget): the delivered network is averaged over that
+        last part of the run (models.weight_average). Called once the networks are built (``build_method``)."""
+        self.average_from = averaging_start((self.cfg.get("adaptation") or {}).get("average_weights"),
+                                            self.total_iters)
+        if self.average_from is not None:
+            self.net[WEIGHT_AVERAGE] = weight_average(self.inference_segmentor())
+
+    @torch.no_grad()
+    def update_weight_average(self, iteration: int) -> None:
+        """After an iteration's steps: its delivered network enters the average once the averaged part of the budget
+        has begun, and after the last iteration becomes it. Every ``train_step`` calls this."""
+        if self.average_from is None or iteration < self.average_from:
+            return
+        average = self.net[WEIGHT_AVERAGE]
+        average.update_parameters(self.inference_segmentor())
+        if iteration == self.total_iters - 1:
+            self.inference_segmentor().load_state_dict(average.module.state_dict())
+
     # -- the contract -------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Mapping[str, torch.Tensor]], iteration: int) -> dict[str, float]:
         """One optimisation iteration; returns the loss terms as floats (``loss``: the total)."""
@@ -139,8 +163,12 @@ class AdaptationMethod:
         ``models.pretrained.load_pretrained`` reports (it may add to it)."""
 
     def training_record(self) -> dict:
-        """What the method learnt besides weights, for the job's ``metrics.training`` (JSON-ready)."""
-        return {}
+        """What the method learnt besides weights, for the job's ``metrics.training`` (JSON-ready). With a weight
+        average: the iteration it starts at and how many states it holds."""
+        if self.average_from is None:
+            return {}
+        return {"weight_average": {"from_iteration": self.average_from,
+                                   "states": int(self.net[WEIGHT_AVERAGE].n_averaged)}}
 
     def source_statistics(self) -> contextlib.AbstractContextManager:
         """A context in which the networks see the source as training showed it to them: the same as outside
@@ -212,4 +240,5 @@ class SingleOptimizerMethod(AdaptationMethod):
         losses = self.losses(batch)
         losses["loss"].backward()
         self.step("student")
+        self.update_weight_average(iteration)
         return {k: float(v.detach()) for k, v in losses.items()}

@@ -238,7 +238,8 @@ class SemiSupervisedCorrection(AdaptationMethod):
         opt.zero_grad(set_to_none=True)
         terms = self.losses(batch, iteration)
         terms["loss"].backward()
-        opt.step()
+        self.step("student")  # averaged over the ranks when several train together
+        self.update_weight_average(iteration)
         return {k: float(v.detach()) for k, v in terms.items()}
 
     # -- state: the mask generator too, so a resumed run masks as the uninterrupted one would --

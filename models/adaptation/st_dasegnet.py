@@ -34,7 +34,6 @@ import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 import models.ddm  # noqa: F401  (registers DomainDisentangledModule)
 import models.discriminator  # noqa: F401  (registers PatchGANDiscriminator)
@@ -59,8 +58,6 @@ DDM_RANDOM, DDM_NEUTRAL = "random", "neutral"
 DDM_STARTS = (DDM_RANDOM, DDM_NEUTRAL)
 #: side of the random images that find and check the decoders' input layers at a neutral warm start
 PROBE_SIZE = 64
-#: the networks' key of the students' weight average (``adaptation.average_weights``)
-WEIGHT_AVERAGE = "weight_average"
 
 
 # -- pieces with their own formula tests ------------------------------------------------------------
@@ -146,17 +143,6 @@ def quality_weights(conf: Tensor, label: Tensor, class_weight: Sequence[float] |
     safe = label.clamp(max=len(cw) - 1)  # ignored pixels index anything; their weight is zeroed
     w = torch.where(conf >= rare_threshold, q * cw[safe], 0.5 * q)
     return w * valid.to(w.dtype) if valid is not None else w
-
-
-def averaging_start(fraction: object, total_iters: int) -> int | None:
-    """The first iteration whose students enter the weight average (``adaptation.average_weights``: the last
-    fraction of the budget), or None when no average is kept."""
-    if fraction is None or (not isinstance(fraction, bool) and fraction == 0):
-        return None
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ConfigError(f"adaptation.average_weights must be the fraction of the budget (0 < f <= 1) whose last "
-                          f"iterations are averaged, or 0 for none, not {fraction!r}", field="model.overrides")
-    return total_iters - max(1, int(round(fraction * total_iters)))
 
 
 def widen_head_for_ddm(head_cfg: Mapping, level_channels: Sequence[int]) -> dict:
@@ -262,11 +248,6 @@ class STDASegNet(AdaptationMethod):
         if self.ddm_start == DDM_NEUTRAL:
             students.ddm.neutral_start()
         self.net["students"] = students
-        self.average_from = averaging_start(a.get("average_weights"), total_iters)
-        if self.average_from is not None:
-            # SWA (Izmailov et al. 2018) over the tail of the budget, with torch's equal-weight running mean; batch-norm
-            # running statistics are averaged with the weights. Kept in the networks, so checkpoints carry it
-            self.net[WEIGHT_AVERAGE] = AveragedModel(students, use_buffers=True)
         self.joint_backbone_pass = not has_batch_norm(students.backbone_s)
         #: ``norm_eval``'s regime has begun (set when adapting starts): batch norm on running statistics, or with
         #: ``track_domain_statistics`` each domain's batches through statistics of their own that they update
@@ -574,8 +555,8 @@ class STDASegNet(AdaptationMethod):
         loss_d.backward()
         self.step("discriminator")
 
-        if self.average_from is not None and iteration >= self.average_from:
-            self.average_students(last=iteration == self.total_iters - 1)
+        # before the class mix goes into the decoders: the delivered students are the average, then moved onto it
+        self.update_weight_average(iteration)
         if "label_shift" in self.net and iteration + 1 >= self.warmup_iters() + self.prior_estimation_iters():
             self.net["label_shift"].freeze()
             if iteration == self.total_iters - 1 and self.a.get("prior_at_prediction", True):
@@ -585,15 +566,6 @@ class STDASegNet(AdaptationMethod):
         # mean BCE per discriminator term: ln 2 = 0.693 where the discriminators cannot tell the domains apart
         out["disc_bce"] = float(sum(terms_d.values()).detach()) / len(terms_d)
         return out
-
-    @torch.no_grad()
-    def average_students(self, *, last: bool) -> None:
-        """The students (outside any source-statistics context: their batch norm holds the target's) enter the
-        average; after the last iteration they become it, so the delivered model is the average."""
-        average = self.net[WEIGHT_AVERAGE]
-        average.update_parameters(self.net["students"])
-        if last:
-            self.net["students"].load_state_dict(average.module.state_dict())
 
     def backbones(self) -> list[nn.Module]:
         return [self.net["students"].backbone_s, self.net["students"].backbone_t]
@@ -644,12 +616,8 @@ class STDASegNet(AdaptationMethod):
 
     def training_record(self) -> dict:
         """With ``pseudo_prior``: the class frequencies the teachers encode on the source and the target's
-        estimate (per train index: the job's class order), so a user sees the shift the labels were moved by. With
-        ``average_weights``: the iteration the average starts at and how many student states it holds."""
-        record = {}
-        if self.average_from is not None:
-            record["weight_average"] = {"from_iteration": self.average_from,
-                                        "states": int(self.net[WEIGHT_AVERAGE].n_averaged)}
+        estimate (per train index: the job's class order), so a user sees the shift the labels were moved by."""
+        record = super().training_record()
         if "label_shift" in self.net:
             shift = self.net["label_shift"]
             applied = None if torch.isnan(shift.applied_ratio).any() else shift.applied_ratio

@@ -32,6 +32,30 @@ def test_gap_closure_uses_the_better_source_only_row_and_is_unclipped():
     assert m["mean"]["miou"] == pytest.approx(0.21) and m["std"]["miou"] == pytest.approx(0.0141421, rel=1e-4)
 
 
+def test_an_averaged_source_only_row_is_a_source_only_baseline_of_gap_closure():
+    rows = {
+        "source-only": [_m(0.10, [0.1, 0.1])],
+        "source-only+average-0.5": [_m(0.14, [0.2, 0.08])],
+        "st-dasegnet": [_m(0.20, [0.3, 0.1])],
+        "oracle": [_m(0.24, [0.3, 0.18])],
+    }
+    s = summarise(rows, ["a", "b"], ["st-dasegnet"])
+    assert s["best_source_only"] == "source-only+average-0.5"
+    assert s["gap_closure"]["st-dasegnet"] == pytest.approx((0.20 - 0.14) / (0.24 - 0.14))
+
+
+def test_the_averaged_source_only_row_is_a_source_only_job_with_its_model_averaged(tmp_path):
+    from benchmarks.adapt import RUNNERS
+
+    ctx, jobs = _recording_context(tmp_path, "nc")
+    rows = RUNNERS["source-only+average-0.5"].runner(ctx, 0)
+    assert set(rows) == {"source-only+average-0.5", "source-only+average-0.5+target-stats"}
+    [(name, _, kw)] = jobs
+    assert (name, kw["type"], kw["method"]) == ("source-only+average-0.5", "train", "source-only")
+    assert kw["model"]["overrides"]["adaptation.average_weights"] == 0.5
+    assert RUNNERS["source-only+average-0.5+adabn"].needs == ("source-only+average-0.5",)
+
+
 def test_label_free_signals_are_rank_correlated_with_miou_across_every_run():
     def run(miou, conf, entropy):
         return {**_m(miou, [miou, miou]), "label_free": {"mean_max_prob": conf, "entropy": entropy}}

@@ -19,7 +19,7 @@ def test_names_and_overrides():
     assert cfg["model"]["backbone"]["in_channels"] == 9 and cfg["model"]["decode_head"]["num_classes"] == 2
     assert cfg["adaptation"]["pseudo_threshold"] == 0.9 and cfg["adaptation"]["adv_weight"] == 0.005
     assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["type"] == "AdamW"
-    assert resolve_config("segformer-tiny")["adaptation"] == {"type": "source-only"}
+    assert resolve_config("segformer-tiny")["adaptation"] == {"type": "source-only", "average_weights": 0.0}
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides(cfg, {"modle.backbone.depth": 3})
     with pytest.raises(ConfigError, match="unknown model config"):

@@ -11,6 +11,8 @@ adaptation = dict(
     mask_seed=0,                  # the generator that picks the masked classes
     labelled_batch_size=None,     # labelled target crops per batch; None: the job's batch size
     inpaint_batch_size=None,      # unlabelled target crops inpainted per batch; None: the job's batch size
+    average_weights=0.0,          # > 0: the delivered model averaged over this last fraction of the budget (SWA;
+                                  # models/weight_average.py)
     min_labelled=0.5,             # a labelled target crop holds at least this share of labelled pixels
                                   # (half the best crop's share where the labels are smaller than that allows)
 )

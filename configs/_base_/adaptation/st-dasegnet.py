@@ -34,6 +34,6 @@ adaptation = dict(
                                   # students start as that model; 'random': as built (the spec names no start)
     average_weights=0.0,          # > 0: the delivered students are the equal-weight average of their states over this
                                   # last fraction of the budget, batch-norm statistics included (SWA, Izmailov et al.
-                                  # 2018); 0: the last state
+                                  # 2018; models/weight_average.py); 0: the last state
     teacher_init='copy',          # 'copy' (ours, documented deviation) or 'random' (reference code)
 )

@@ -1,6 +1,6 @@
-"""``adaptation.average_weights``: ST-DASegNet delivers the equal-weight average of its students over the last
-fraction of the budget (parameters and batch-norm statistics), carries the average through a stop and resume, and
-refuses values that are not a fraction of the budget."""
+"""``adaptation.average_weights``: a training job delivers the equal-weight average of its network over the last
+fraction of the budget (parameters and batch-norm statistics): ST-DASegNet's students, a source-only model alike. The
+average goes through a stop and resume; values that are not a fraction of the budget are refused."""
 from __future__ import annotations
 
 import pytest
@@ -8,14 +8,14 @@ import torch
 
 from core.errors import ConfigError
 from models.adaptation import build_method
-from models.adaptation.st_dasegnet import averaging_start
+from models.weight_average import averaging_start
 
 ITERS = 4
 
 
-def _method(tiny, fraction):
+def _method(tiny, fraction, method="st-dasegnet"):
     torch.manual_seed(0)
-    return build_method(tiny("st-dasegnet", bands=4, classes=3, **{"adaptation.average_weights": fraction}),
+    return build_method(tiny(method, bands=4, classes=3, **{"adaptation.average_weights": fraction}),
                         total_iters=ITERS)
 
 
@@ -26,10 +26,11 @@ def _train(method, make_batch, iterations, states=None):
             states.append({k: v.clone() for k, v in method.inference_segmentor().state_dict().items()})
 
 
-def test_the_delivered_students_are_the_mean_of_their_last_states(tiny, make_batch):
-    plain, states = _method(tiny, 0.0), []
+@pytest.mark.parametrize("method", ["st-dasegnet", "source-only"])
+def test_the_delivered_network_is_the_mean_of_its_last_states(tiny, make_batch, method):
+    plain, states = _method(tiny, 0.0, method), []
     _train(plain, make_batch, range(ITERS), states)
-    averaged = _method(tiny, 0.5)
+    averaged = _method(tiny, 0.5, method)
     _train(averaged, make_batch, range(ITERS))
 
     delivered = averaged.inference_segmentor().state_dict()
