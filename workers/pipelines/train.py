@@ -213,8 +213,10 @@ def run_training(spec: JobSpec, opts: RunOptions) -> dict:
             device=dev, trained_by=result.code, pretrained=pretrained,
             matched_gsd=target.matched_gsd if target is not None else None,
             **({"devices": ranks.world_size} if ranks.world_size else {}),
-            # which variant of the method ran (its options and the spec's values alike), beside the weights
-            adaptation=cfg["adaptation"] if method_name != "source-only" else None)
+            # which variant of the method ran (its options and the spec's values alike), beside the weights; source-only
+            # has one option (a weight average)
+            adaptation=(cfg["adaptation"] if method_name != "source-only" or cfg["adaptation"].get("average_weights")
+                        else None))
         metrics = {
             "validation": val_metrics,
             "validation_stats": normalization.for_domain("validation").name if validation is not None else None,

@@ -195,3 +195,19 @@ def test_per_domain_statistics_are_each_estimated_on_their_own_domain_s_crops(be
             assert len(seen[name]) == 2
             for batch in seen[name]:
                 assert torch.equal(batch, torch.as_tensor(expected.sample(2)["img"]))
+
+
+def test_a_weight_averaged_job_stops_resumes_and_records_its_average(bench_domains, tmp_path):
+    # the last half of 6 iterations averaged; stopped inside it, the resumed job delivers the uninterrupted one's model
+    model = {"config": "segformer-tiny", "overrides": {"adaptation.average_weights": 0.5}}
+    spec = _spec(bench_domains, tmp_path, validation=False, params={"iterations": 6}, model=model)
+    assert run_job(spec, [StopAfter(4)])["status"] == "stopped"
+    second = run_job(spec)
+    straight = run_job(_spec(bench_domains, tmp_path / "straight", validation=False, params={"iterations": 6},
+                             model=model))
+    assert second["metrics"]["training"]["weight_average"] == {"from_iteration": 3, "states": 3}
+    assert straight["metrics"]["training"]["weight_average"] == {"from_iteration": 3, "states": 3}
+    a = load_bundle(tmp_path).segmentor.state_dict()
+    b = load_bundle(tmp_path / "straight").segmentor.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_bundle(tmp_path).provenance["adaptation"]["average_weights"] == 0.5
