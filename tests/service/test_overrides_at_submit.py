@@ -44,7 +44,8 @@ def submit(settings, tiny_scene, catalogue):
     ({"model": {"decode_head": {"loss_decode": {"type": "FocalLoss", "gama": 2}}}},
      "model.decode_head.loss_decode.gama", ["FocalLoss also takes", "gamma"]),
     ({"model.backbone.type": "NoSuchBackbone"}, "model.backbone.type", ["not a registered module name"]),
-    ({"adaptation.pseudo_threshold": 0.9}, "adaptation.pseudo_threshold", ["adaptation has type"]),  # source-only
+    ({"adaptation.pseudo_threshold": 0.9}, "adaptation.pseudo_threshold",
+     ["adaptation has average_weights, type"]),  # source-only
 ], ids=["made-up", "typo-of-an-argument", "typo-inside-a-new-loss", "unregistered-type", "another-methods-key"])
 def test_a_key_nothing_reads_is_a_422_naming_it(submit, overrides, field, words):
     r = submit(overrides)
