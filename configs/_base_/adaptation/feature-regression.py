@@ -8,10 +8,10 @@ adaptation = dict(
     normalize=True,               # per-channel normalisation by the teacher's batch statistics
     trainable=['backbone'],       # any of 'backbone', 'neck', 'decode_head'; the rest stays frozen
     min_valid=0.99,               # a feature cell counts when this fraction of its pixels is valid
-    # misregistration tolerance: 'none'; 'shift' = min over shifts of +-radius feature cells
-    # (per window and level); 'pool' = both features average-pooled over (2*radius+1)^2 cells
     average_weights=0.0,          # > 0: the delivered model averaged over this last fraction of the budget (SWA;
                                   # models/weight_average.py)
+    # misregistration tolerance: 'none'; 'shift' = min over shifts of +-radius feature cells
+    # (per window and level); 'pool' = both features average-pooled over (2*radius+1)^2 cells
     tolerance=dict(type='none', radius=1),
     # merged over the config's optim / lr_schedule: the student starts from a trained teacher, so
     # a smaller lr than training from scratch and no warm-up
