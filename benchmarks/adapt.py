@@ -651,34 +651,26 @@ register_runner("st-dasegnet+adabn-init+ema-budget+norm-per-domain+prior-from-st
 # With a neutral DDM (v = 1/2, decoders' input layers doubled: ``ddm_start: neutral``) the students start as the
 # model they were loaded from. On stop 37's best NEON row:
 NEUTRAL_DDM = {"adaptation.ddm_start": "neutral"}
-_name = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9"
-register_runner(_name, _st_dasegnet_source_init(_name, {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_EVAL,
-                                                        "adaptation.pseudo_threshold": 0.9},
-                                                init_from="adabn", read_prior=True),
-                default=False, cost=5.0, needs=("adabn",))
-# and on NC's: both domains through the source's band statistics (as AdaBN reads the target: what its NC gain needs),
-# each through batch-norm statistics of its own that follow its batches (DSBN as trained: frozen ones describe the
-# start model's features, and on NC the source terms alone undo the AdaBN gain within 50 iterations)
-_name = "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats"
-register_runner(_name, _st_dasegnet_source_init(_name, {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_PER_DOMAIN,
-                                                        "adaptation.track_domain_statistics": True},
-                                                init_from="adabn", read_prior=True,
-                                                params={"normalization": "source"}),
-                default=False, cost=5.0, needs=("adabn",))
-# Both with the delivered students averaged over the last half of the budget (``average_weights``, SWA): on NC the
-# tracked row's target score swings by 0.06 between looks 25 iterations apart (stop 39), so its last state is one
+NEUTRAL_DDM_ROWS = {  # name -> (overrides, job parameters)
+    "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9":
+        ({**NEUTRAL_DDM, **EMA_BUDGET, **NORM_EVAL, "adaptation.pseudo_threshold": 0.9}, None),
+    # and on NC's: both domains through the source's band statistics (as AdaBN reads the target: what its NC gain
+    # needs), each through batch-norm statistics of its own that follow its batches (DSBN as trained: frozen ones
+    # describe the start model's features, and on NC the source terms alone undo the AdaBN gain within 50 iterations)
+    "st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats":
+        ({**NEUTRAL_DDM, **EMA_BUDGET, **NORM_PER_DOMAIN, "adaptation.track_domain_statistics": True},
+         {"normalization": "source"}),
+}
+# Both also with the delivered students averaged over the last half of the budget (``average_weights``, SWA): on NC
+# the tracked row's target score swings by 0.06 between looks 25 iterations apart (stop 39), so its last state is one
 # draw from that swing
 AVERAGE_HALF = {"adaptation.average_weights": 0.5}
-for _name, _overrides, _params in (
-    ("st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-eval+prior-from-start+threshold-0.9+average-0.5",
-     {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_EVAL, "adaptation.pseudo_threshold": 0.9, **AVERAGE_HALF}, None),
-    ("st-dasegnet+adabn-init+neutral-ddm+ema-budget+norm-per-domain-tracked+prior-from-start+source-stats+average-0.5",
-     {**NEUTRAL_DDM, **EMA_BUDGET, **NORM_PER_DOMAIN, "adaptation.track_domain_statistics": True, **AVERAGE_HALF},
-     {"normalization": "source"}),
-):
-    register_runner(_name, _st_dasegnet_source_init(_name, _overrides, init_from="adabn", read_prior=True,
-                                                    params=_params),
-                    default=False, cost=5.0, needs=("adabn",))
+for _suffix, _extra in (("", {}), ("+average-0.5", AVERAGE_HALF)):
+    for _plain, (_overrides, _params) in NEUTRAL_DDM_ROWS.items():
+        _name = _plain + _suffix
+        register_runner(_name, _st_dasegnet_source_init(_name, {**_overrides, **_extra}, init_from="adabn",
+                                                        read_prior=True, params=_params),
+                        default=False, cost=5.0, needs=("adabn",))
 # and its model's batch norm re-estimated on the target afterwards: norm_eval kept the AdaBN start's statistics while
 # the weights under them moved, so the delivered model normalises with statistics of features it no longer makes
 register_runner("st-dasegnet+adabn-init+ema-budget+norm-eval+prior-from-start+adabn",
