@@ -413,13 +413,21 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
 
 def code_names(provenance: dict) -> list[str]:
     """The code that trained a job's model (each run of a resumed one; the code that wrote the bundle for a job
-    with no training loop), as short names: the commit's first 10 characters, ``+modified`` where the checkout
-    differed from it, or the package version without a checkout. A run reused from an earlier benchmark shows the
-    code that made it."""
+    with no training loop), as short names: the commit's first 10 characters; where the commit does not say what
+    ran (a modified checkout, or no checkout: the package version), ``+src-`` and the first 8 characters of the
+    code's digest where it was recorded. A run reused from an earlier benchmark shows the code that made it."""
     code = provenance.get("code") or {}
     runs = code.get("trained_by") or ([code["written_by"]] if code.get("written_by") else [])
-    return [(r["commit"][:10] if r.get("commit") else f"v{r.get('version')}") + ("+modified" if r.get("modified")
-                                                                                 else "") for r in runs]
+    return [_code_name(r) for r in runs]
+
+
+def _code_name(run: dict) -> str:
+    name = run["commit"][:10] if run.get("commit") else f"v{run.get('version')}"
+    if run.get("modified"):
+        name += "+modified"
+    if run.get("source") and (run.get("modified") or not run.get("commit")):
+        name += f"+src-{run['source'][:8]}"
+    return name
 
 
 def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[list[float] | None, str | None]:

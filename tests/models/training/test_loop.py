@@ -126,10 +126,38 @@ def test_the_code_version_names_this_checkout():
     import subprocess
     import tomllib
 
-    from core.code_version import ROOT, code_version
+    from core.code_version import ROOT, code_version, source_digest
 
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     version = code_version()
     assert version["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     if head.returncode == 0:  # run from a checkout (CI's clean clone is one)
         assert version["commit"] == head.stdout.strip() and isinstance(version["modified"], bool)
+    assert version["source"] == source_digest(ROOT) and len(version["source"]) == 64
+
+
+def test_the_code_digest_names_the_sources_wherever_they_lie(tmp_path):
+    """An installed copy of the sources (as the worker image makes one, without .git) has the checkout's digest;
+    changing, adding or renaming a source file changes it; compiled caches and files of other packages do not."""
+    import shutil
+
+    from core.code_version import ROOT, SOURCE_PACKAGES, source_digest
+
+    copy = tmp_path / "site-packages"
+    for package in SOURCE_PACKAGES:
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    here = source_digest(ROOT)
+    assert source_digest(copy) == here
+    (copy / "core" / "__pycache__").mkdir(exist_ok=True)
+    (copy / "core" / "__pycache__" / "x.cpython-311.py").write_text("cached")
+    (copy / "cli").mkdir(exist_ok=True)
+    (copy / "cli" / "other.py").write_text("x = 1\n")
+    assert source_digest(copy) == here
+    module = copy / "core" / "task_names.py"
+    module.write_text(module.read_text() + "\n")
+    changed = source_digest(copy)
+    assert changed != here
+    module.rename(copy / "core" / "task_names_renamed.py")
+    assert source_digest(copy) not in (here, changed)
+    (copy / "models" / "new_module.py").write_text("")
+    assert len({source_digest(copy), here, changed}) == 3
