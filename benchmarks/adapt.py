@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import saved_figure
+from benchmarks.standing import (across_cases, case_standing, plot_across_cases, render_across_cases,
+                                 render_case_standing)
 from core.data.demo import (BLOCK_CELL, TEST_COLUMNS, TRAIN_COLUMNS, benchmark_a_domains, ensure_shifted_target,
                             shifted_target_path)
 from core.data.fetch import fetch
@@ -840,6 +842,7 @@ def render_markdown(report: dict) -> str:
         goal = report["goals"].get(a)
         status = "" if goal is None or g is None else (" (goal >= %.2f: %s)" % (goal, "reached" if g >= goal else "not reached"))
         lines.append(f"- {a}: {f(g)}{status}")
+    lines += render_case_standing(case_standing(report))
     lines += adaptation_diagnostics(report)
     if report.get("label_free"):
         lines += ["", "Label-free signals (no labels read): Spearman rank correlation with the true target mIoU "
@@ -916,7 +919,9 @@ def run_benchmark(
     callbacks_for: Callable[[str, int], list[Callback]] | None = None,
 ) -> dict:
     """Run Benchmark A on ``cases`` (default: every case) and write DIR/report.json (every case under
-    "cases"), DIR/report.md, and per case DIR/<case>/report.md and DIR/<case>/per_class_iou.png."""
+    "cases"; with several cases, "across_cases": the default rule applied to the rows run in every case,
+    benchmarks.standing), DIR/report.md, DIR/cases.png (several cases), and per case DIR/<case>/report.md and
+    DIR/<case>/per_class_iou.png."""
     s = settings or BenchSettings()
     say = log or (lambda m: None)
     unknown = [m for m in methods or [] if m not in RUNNERS]
@@ -937,8 +942,13 @@ def run_benchmark(
         reports[case] = run_case(out / case, s.for_case(case), methods=methods, data_dir=data_dir, log=say,
                                  callbacks_for=callbacks_for)
     report = {"benchmark": "A", "cases": reports, "elapsed_s": round(time.perf_counter() - t0, 1)}
+    parts = [render_markdown(r) for r in reports.values()]
+    if len(reports) > 1:  # the default rule applied across the cases run
+        report["across_cases"] = across_cases(reports)
+        parts.append("\n".join(render_across_cases(report["across_cases"])))
+        plot_across_cases(report["across_cases"], out / "cases.png")
     write_json(out / "report.json", report)
-    (out / "report.md").write_text("\n\n".join(render_markdown(r) for r in reports.values()))
+    (out / "report.md").write_text("\n\n".join(parts))
     return report
 
 
@@ -1001,6 +1011,7 @@ def run_case(out: Path, s: BenchSettings, *, methods: list[str] | None = None, d
         "threads": s.threads or torch.get_num_threads(),
         "jobs": s.jobs,
     }
+    report["standing"] = case_standing(report)  # each adaptation row against AdaBN and the best source-only
     write_report(report, out)
     return report
 
