@@ -55,6 +55,10 @@ def adapt_benchmark(
             typer.echo(f"  {name:<26} mIoU {mean:.4f} ± {sd:.4f}   OA {m['mean']['oa']:.4f}   mF1 {m['mean']['mf1']:.4f}")
         for name, g in r["gap_closure"].items():
             typer.echo(f"  gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
+    if "across_cases" in report:  # the default rule: above AdaBN and the best source-only on every case
+        wins = report["across_cases"]["wins"]
+        typer.echo(f"rows above AdaBN and the best source-only by more than the spread on every case: "
+                   f"{', '.join(wins) or 'none'}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

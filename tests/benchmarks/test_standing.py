@@ -82,7 +82,7 @@ def test_a_benchmark_of_several_cases_writes_the_rule_across_them(tmp_path, monk
     def fake_case(out, settings, **_):
         rows = dict(source_only=[0.10, 0.10, 0.10], adabn=[0.20, 0.21, 0.22], oracle=[0.5] * 3,
                     st_dasegnet=[0.29, 0.30, 0.31])
-        return {"case": settings.case, **_case(**rows)}
+        return {"case": settings.case, "title": settings.case, **_case(**rows)}
 
     monkeypatch.setattr(adapt, "run_case", fake_case)
     monkeypatch.setattr(adapt, "render_markdown", lambda r: f"## {r['case']}")
@@ -93,3 +93,12 @@ def test_a_benchmark_of_several_cases_writes_the_rule_across_them(tmp_path, monk
     assert (tmp_path / "cases.png").stat().st_size > 0
     one = adapt.run_benchmark(tmp_path / "one", methods=["source-only"], cases=["nc"])
     assert "across_cases" not in one and not (tmp_path / "one" / "cases.png").exists()
+    # the CLI says which rows win every case
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["bench", "adapt", "--seeds", "3", "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert ("rows above AdaBN and the best source-only by more than the spread on every case: st-dasegnet"
+            in res.output)
