@@ -7,12 +7,18 @@ to a benchmark's reports, so the verdict is computed, not read off tables by han
     per case   gain over each baseline (difference of the seed means), the margin it must exceed (the larger of the
                two rows' standard deviations over seeds: 0 with one seed, where any gain counts), above or not
     across     the rows run in every case, their gap closure and standing in each, and whether they win in all
+
+``bench adapt`` applies both to the cases it runs; ``bench standing`` applies the rule across case reports written
+by different runs (NC under its checkerboard split beside NEON, which has no such split).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmarks.common import saved_figure
+from core.errors import ConfigError
+from core.files import write_json
 
 #: the adaptation baseline every adaptation row must beat (no training: re-estimated batch-norm statistics)
 ADABN = "adabn"
@@ -145,3 +151,40 @@ def plot_across_cases(across: dict, path: Path) -> Path | None:
         key.text(0, 1, "\n".join(f"{i}. {n}" for i, n in enumerate(names, 1)), transform=key.transAxes,
                  fontsize=7, va="top", family="monospace")
     return path
+
+
+def case_reports(paths: list[Path]) -> dict[str, dict]:
+    """Case reports from Benchmark A ``report.json`` files (a run's, with every case under ``cases``, or one case's),
+    named by case, with the split where it is not the design's (``nc[blocks]``). A file that is not such a report,
+    or two reports of the same case and split, are refused with the reason."""
+    reports: dict[str, dict] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable report.json ({type(e).__name__}: {e})", field="report") from None
+        found = list(data["cases"].values()) if isinstance(data.get("cases"), dict) else [data]
+        for report in found:
+            if not isinstance(report, dict) or not {"case", "methods", "gap_closure"} <= set(report):
+                raise ConfigError(f"{path}: not a Benchmark A report (no case with methods and gap closure)",
+                                  field="report")
+            split = report.get("split", "columns")
+            name = report["case"] if split == "columns" else f"{report['case']}[{split}]"
+            if name in reports:
+                raise ConfigError(f"{path}: a second report of case {name}; give one per case and split",
+                                  field="report")
+            reports[name] = report
+    if len(reports) < 2:
+        raise ConfigError(f"the rule across cases needs reports of at least two cases, got {len(reports)}",
+                          field="report")
+    return reports
+
+
+def write_across_cases(reports: dict[str, dict], out: Path) -> dict:
+    """``across_cases`` of ``reports`` written to ``out``: report.json, report.md, cases.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    across = across_cases(reports)
+    write_json(out / "report.json", {"across_cases": across})
+    (out / "report.md").write_text("\n".join(render_across_cases(across)) + "\n")
+    plot_across_cases(across, out / "cases.png")
+    return across

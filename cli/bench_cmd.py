@@ -1,4 +1,4 @@
-"""`geoadapt bench adapt|pretrain|fewlabels|consensus|predict|scale|service|security|ddp`: the project's
+"""`geoadapt bench adapt|standing|pretrain|fewlabels|consensus|predict|scale|service|security|ddp`: the project's
 benchmarks (see shared design benchmarks.md)."""
 from __future__ import annotations
 
@@ -59,6 +59,26 @@ def adapt_benchmark(
         wins = report["across_cases"]["wins"]
         typer.echo(f"rows above AdaBN and the best source-only by more than the spread on every case: "
                    f"{', '.join(wins) or 'none'}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command("standing")
+def standing_benchmark(
+    reports: list[Path] = typer.Argument(..., help="Benchmark A report.json files (a run's or one case's)"),
+    out: Path = typer.Option(Path("bench-standing"), "--out", help="folder for report.json, report.md, cases.png"),
+) -> None:
+    """The default rule across Benchmark A reports written by different runs (e.g. `bench adapt --case nc --split
+    blocks` beside `bench adapt --case neon`): the rows run in every case, their gap closure and standing against
+    AdaBN and the best source-only in each, and the rows above both by more than the seeds' spread in all."""
+    from benchmarks.standing import case_reports, write_across_cases
+
+    across = write_across_cases(case_reports(reports), out)
+    for name, per_case in across["rows"].items():
+        cells = "   ".join(f"{case} {'-' if c['gap_closure'] is None else format(c['gap_closure'], '.3f')}"
+                           for case, c in per_case.items())
+        typer.echo(f"  {name}: gap closure {cells}")
+    typer.echo(f"rows above AdaBN and the best source-only by more than the spread on every case: "
+               f"{', '.join(across['wins']) or 'none'}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -102,3 +102,37 @@ def test_a_benchmark_of_several_cases_writes_the_rule_across_them(tmp_path, monk
     assert res.exit_code == 0, res.output
     assert ("rows above AdaBN and the best source-only by more than the spread on every case: st-dasegnet"
             in res.output)
+
+
+def test_bench_standing_applies_the_rule_across_reports_of_different_runs(tmp_path):
+    """`geoadapt bench standing`: NC under the checkerboard beside NEON, each from its own run's report.json; bad
+    input exits 2 with the reason and writes nothing."""
+    import json
+    import subprocess
+    import sys
+
+    base = dict(source_only=[0.10, 0.10, 0.10], adabn=[0.20, 0.21, 0.22], oracle=[0.5] * 3)
+    nc = {"case": "nc", "split": "blocks", **_case(**base, row=[0.29, 0.30, 0.31])}
+    neon = {"case": "neon", "split": "columns", **_case(**base, row=[0.205, 0.215, 0.225])}
+    (tmp_path / "nc.json").write_text(json.dumps({"benchmark": "A", "cases": {"nc": nc}}))
+    (tmp_path / "neon.json").write_text(json.dumps(neon))  # one case's own report
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cli", "bench", "standing", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    done = cli(str(tmp_path / "nc.json"), str(tmp_path / "neon.json"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "row: gap closure nc[blocks] 0.500   neon 0.287" in done.stdout
+    assert "on every case: none" in done.stdout
+    written = json.loads((tmp_path / "out" / "report.json").read_text())["across_cases"]
+    assert written["cases"] == ["nc[blocks]", "neon"] and written["wins"] == []
+    assert (tmp_path / "out" / "cases.png").exists()
+    (tmp_path / "bad.json").write_text(json.dumps({"benchmark": "B"}))
+    for args, why in (([str(tmp_path / "nc.json")], "at least two cases, got 1"),
+                      ([str(tmp_path / "nc.json"), str(tmp_path / "nc.json")], "a second report of case nc[blocks]"),
+                      ([str(tmp_path / "nc.json"), str(tmp_path / "bad.json")], "not a Benchmark A report"),
+                      ([str(tmp_path / "nc.json"), str(tmp_path / "missing.json")], "not a readable report.json")):
+        refused = cli(*args, "--out", str(tmp_path / "refused"))
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+    assert not (tmp_path / "refused").exists()
