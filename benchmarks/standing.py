@@ -123,8 +123,9 @@ def render_across_cases(across: dict) -> list[str]:
 
 def plot_across_cases(across: dict, path: Path) -> Path | None:
     """Gap closure in the first two cases, one point per row run in both (numbered as in the key beside it; bars: the
-    seeds' spread in gap-closure units), with each case's AdaBN as a line: a row that wins sits above and right of
-    both lines by more than the spread. None with fewer than two cases."""
+    seeds' spread in gap-closure units), with each case's AdaBN as a grey line and its best source-only row as the
+    black line at 0: a row that wins sits above and right of all of them by more than the spread. None with fewer
+    than two cases."""
     if len(across["cases"]) < 2:
         return None
     x_case, y_case = across["cases"][:2]
@@ -137,12 +138,12 @@ def plot_across_cases(across: dict, path: Path) -> Path | None:
             ax.errorbar([x], [y], xerr=x_row["gap_closure_sd"], yerr=y_row["gap_closure_sd"], fmt="o", capsize=3,
                         color="tab:green" if name in across["wins"] else "tab:blue", zorder=3)
             ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if ADABN in across["rows"]:
-            adabn = across["rows"][ADABN]
+        adabn = across["rows"].get(ADABN)
+        if adabn and adabn[x_case]["gap_closure"] is not None and adabn[y_case]["gap_closure"] is not None:
             ax.axvline(adabn[x_case]["gap_closure"], color="grey", linestyle="--", label=f"{ADABN} ({x_case})")
             ax.axhline(adabn[y_case]["gap_closure"], color="grey", linestyle=":", label=f"{ADABN} ({y_case})")
             ax.legend(loc="best", fontsize=8)
-        ax.axhline(0, color="black", linewidth=0.5)
+        ax.axhline(0, color="black", linewidth=0.5)  # the best source-only row of each case (gap closure 0)
         ax.axvline(0, color="black", linewidth=0.5)
         ax.set_xlabel(f"gap closure, {x_case}")
         ax.set_ylabel(f"gap closure, {y_case}")
