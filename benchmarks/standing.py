@@ -77,6 +77,12 @@ def across_cases(reports: dict[str, dict]) -> dict:
             "wins": [name for name in common if all(_wins(standings[case][name]) for case in reports)]}
 
 
+def verdict(across: dict) -> str:
+    """One line: the rows that win every case (what ``bench adapt`` and ``bench standing`` print last)."""
+    return ("rows above AdaBN and the best source-only by more than the spread on every case: "
+            f"{', '.join(across['wins']) or 'none'}")
+
+
 def _cell(v: dict | None) -> str:
     if v is None:
         return "not run"

@@ -56,9 +56,9 @@ def adapt_benchmark(
         for name, g in r["gap_closure"].items():
             typer.echo(f"  gap closure {name}: {'-' if g is None else f'{g:.3f}'}")
     if "across_cases" in report:  # the default rule: above AdaBN and the best source-only on every case
-        wins = report["across_cases"]["wins"]
-        typer.echo(f"rows above AdaBN and the best source-only by more than the spread on every case: "
-                   f"{', '.join(wins) or 'none'}")
+        from benchmarks.standing import verdict
+
+        typer.echo(verdict(report["across_cases"]))
     typer.echo(f"report: {out / 'report.md'}")
 
 
@@ -70,15 +70,14 @@ def standing_benchmark(
     """The default rule across Benchmark A reports written by different runs (e.g. `bench adapt --case nc --split
     blocks` beside `bench adapt --case neon`): the rows run in every case, their gap closure and standing against
     AdaBN and the best source-only in each, and the rows above both by more than the seeds' spread in all."""
-    from benchmarks.standing import case_reports, write_across_cases
+    from benchmarks.standing import case_reports, verdict, write_across_cases
 
     across = write_across_cases(case_reports(reports), out)
     for name, per_case in across["rows"].items():
         cells = "   ".join(f"{case} {'-' if c['gap_closure'] is None else format(c['gap_closure'], '.3f')}"
                            for case, c in per_case.items())
         typer.echo(f"  {name}: gap closure {cells}")
-    typer.echo(f"rows above AdaBN and the best source-only by more than the spread on every case: "
-               f"{', '.join(across['wins']) or 'none'}")
+    typer.echo(verdict(across))
     typer.echo(f"report: {out / 'report.md'}")
 
 
