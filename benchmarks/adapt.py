@@ -51,7 +51,7 @@ from core.raster.domain import Domain
 from core.raster.stats import BandStats
 from models.bundle import Bundle, load_bundle
 from models.evaluate import evaluate_domain, segmentor_predict_fn
-from models.label_free import SIGNALS, domain_windows, label_free_signals, spearman
+from models.label_free import SIGNALS, domain_windows, label_free_signals, predicted_classes, spearman
 from models.normalization import SOURCE
 from models.training.callbacks import Callback
 from workers.pipelines.dispatch import run_job
@@ -267,12 +267,12 @@ class BenchContext:
         with Domain.open(DomainSpec.model_validate(self.domains["target_test"]), b.classes) as dom:
             metrics = evaluate_domain(segmentor_predict_fn(b.segmentor, chosen), dom, [c.name for c in b.classes])
         ids = [c.id for c in b.classes]
+        # the source's predicted classes once: both regions compare with the same source windows
+        with Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
+            source = predicted_classes(b.segmentor, domain_windows(src, b.normalization.for_domain(SOURCE)), len(ids))
         for key, region in (("label_free", "target_test"), ("label_free_train_region", "target")):
-            with Domain.open(DomainSpec.model_validate(self.domains[region]), b.classes, labels=False) as tgt, \
-                    Domain.open(DomainSpec.model_validate(self.domains["source"]), b.classes, labels=False) as src:
-                metrics[key] = label_free_signals(b.segmentor, domain_windows(tgt, chosen),
-                                                  domain_windows(src, b.normalization.for_domain(SOURCE)),
-                                                  class_ids=ids)
+            with Domain.open(DomainSpec.model_validate(self.domains[region]), b.classes, labels=False) as tgt:
+                metrics[key] = label_free_signals(b.segmentor, domain_windows(tgt, chosen), source, class_ids=ids)
         return metrics
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -122,24 +123,48 @@ def _fractions(counts: np.ndarray, class_ids: Sequence[int]) -> dict[str, float]
     return {str(int(c)): float(n / total) for c, n in zip(class_ids, counts)}
 
 
+@dataclass(frozen=True)
+class PredictedClasses:
+    """A model's predicted pixels per class (train index) over some windows: the source side of
+    ``class_distribution``, computed once where several target regions are compared with one source."""
+
+    counts: np.ndarray
+    windows: int
+
+
+def predicted_classes(method_or_segmentor: AdaptationMethod | nn.Module, windows: Iterable[LabelFreeWindow],
+                      k: int) -> PredictedClasses:
+    """What the model predicts on the counted pixels of source ``windows``, the source as the method saw it in
+    training (per-domain batch-norm statistics: the source's)."""
+    counts, n = np.zeros(k, np.int64), 0
+    with _Networks(method_or_segmentor) as nets, \
+            nets.method.source_statistics() if nets.method is not None else contextlib.nullcontext():
+        for x, counted in _windows_on(windows, nets.device):
+            ids = nets.logits(x)[0].argmax(dim=1)[0][counted.reshape(x.shape[-2:])]
+            n += 1
+            counts += torch.bincount(ids, minlength=k).cpu().numpy()
+    return PredictedClasses(counts, n)
+
+
 def label_free_signals(
     method_or_segmentor: AdaptationMethod | nn.Module,
     target_windows: Iterable[LabelFreeWindow],
-    source_windows: Iterable[LabelFreeWindow],
+    source: Iterable[LabelFreeWindow] | PredictedClasses,
     *,
     class_ids: Sequence[int],
     pseudo_threshold: float = PSEUDO_THRESHOLD,
 ) -> dict:
-    """The signals over the counted pixels of ``target_windows`` (class distribution also over
-    ``source_windows``); ``class_ids[k]`` is the id of train index k. Signals are None without pixels."""
+    """The signals over the counted pixels of ``target_windows``; the class distribution also over ``source``:
+    source windows, or what :func:`predicted_classes` found on them for this model. ``class_ids[k]`` is the id
+    of train index k. Signals are None without pixels."""
     k = len(class_ids)
     thresholds = {"pseudo_coverage": float(pseudo_threshold), "pseudo_coverage_0.9": LOOSE_THRESHOLD}
     n = 0
     sums = {"max_prob": 0.0, "entropy": 0.0, "agree": 0, **{name: 0 for name in thresholds}}
-    target_counts, source_counts = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    target_counts = np.zeros(k, np.int64)
     # per class: sum of p_k where k is predicted (expected hits), and over every pixel (expected members)
     expected_hits, expected_members = np.zeros(k), np.zeros(k)
-    windows = {"target": 0, "source": 0}
+    target_windows_seen = 0
     with _Networks(method_or_segmentor) as nets:
         for x, counted in _windows_on(target_windows, nets.device):
             logits, pair = nets.logits(x)
@@ -148,7 +173,7 @@ def label_free_signals(
             p_max, ids = log_p.exp().max(dim=0)
             p_max, ids = p_max[m], ids[m]
             n += int(m.sum())
-            windows["target"] += 1
+            target_windows_seen += 1
             sums["max_prob"] += float(p_max.double().sum())
             sums["entropy"] += float((-(log_p.exp() * log_p).sum(dim=0))[m].double().sum())
             for name, t in thresholds.items():
@@ -160,12 +185,9 @@ def label_free_signals(
             expected_members += prob.sum(dim=1).cpu().numpy()
             if pair is not None:
                 sums["agree"] += int((pair[0].argmax(dim=1)[0] == pair[1].argmax(dim=1)[0])[m].sum())
-        # the source as the method saw it in training (per-domain batch-norm statistics: the source's)
-        with nets.method.source_statistics() if nets.method is not None else contextlib.nullcontext():
-            for x, counted in _windows_on(source_windows, nets.device):
-                ids = nets.logits(x)[0].argmax(dim=1)[0][counted.reshape(x.shape[-2:])]
-                windows["source"] += 1
-                source_counts += torch.bincount(ids, minlength=k).cpu().numpy()
+    src = source if isinstance(source, PredictedClasses) else predicted_classes(method_or_segmentor, source, k)
+    source_counts = src.counts
+    windows = {"target": target_windows_seen, "source": src.windows}
 
     def mean(total):
         return float(total / n) if n else None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.adaptation import build_method
-from models.label_free import domain_windows, label_free_signals, spearman
+from models.label_free import domain_windows, label_free_signals, predicted_classes, spearman
 from models.normalization import Normalizer
 
 
@@ -69,6 +69,10 @@ def test_coverage_confidence_distributions_and_nodata_excluded():
     assert s["entropy_normalised"] == pytest.approx(s["entropy"] / math.log(2))
     assert s["class_distribution"] == {"target": {"3": 0.75, "7": 0.25}, "source": {"3": 0.25, "7": 0.75}}
     assert s["class_tv"] == pytest.approx(0.5)
+    # the source's classes found once and handed over: the same signals, the same source windows counted
+    once = predicted_classes(LogitsAreInput(2), source, 2)
+    assert once.windows == 2 and once.counts.tolist() == [1, 3]
+    assert label_free_signals(LogitsAreInput(2), [target], once, class_ids=[3, 7]) == s
     # a lower threshold moves the coverage it names, not the fixed 0.9 one
     assert label_free_signals(LogitsAreInput(2), [target], [], class_ids=[3, 7],
                               pseudo_threshold=0.94)["pseudo_coverage"] == pytest.approx(2 / 4)
