@@ -304,20 +304,23 @@ def register_runner(name: str, runner: Runner, *, adaptation: bool = True, defau
     RUNNERS[name] = RunnerSpec(runner, adaptation, default, cost, tuple(needs), applies)
 
 
+def _source_only_rows(ctx: BenchContext, seed: int, name: str, overrides: dict | None = None) -> dict[str, dict]:
+    """A source-only job (the config's options with ``overrides``) scored with the source's statistics and with
+    the target's: the rows ``name`` and ``name+target-stats``."""
+    model = {"config": ctx.settings.config, "overrides": {**ctx.settings.model_overrides("source-only"),
+                                                           **(overrides or {})}}
+    res = ctx.job(name, seed, type="train", method="source-only", model=model)
+    return {name: ctx.scored(res, "source"), f"{name}+target-stats": ctx.scored(res, ctx.target_stats)}
+
+
 def _source_only(ctx: BenchContext, seed: int) -> dict[str, dict]:
-    res = ctx.job("source-only", seed, type="train", method="source-only")
-    return {"source-only": ctx.scored(res, "source"),
-            "source-only+target-stats": ctx.scored(res, ctx.target_stats)}
+    return _source_only_rows(ctx, seed, "source-only")
 
 
 def _source_only_averaged(ctx: BenchContext, seed: int) -> dict[str, dict]:
     """Source-only with its delivered model averaged over the last half of the budget (``average_weights``, SWA):
     what the averaging is worth without adaptation, beside the ST-DASegNet rows that use it."""
-    name = "source-only+average-0.5"
-    model = {"config": ctx.settings.config,
-             "overrides": {**ctx.settings.model_overrides("source-only"), "adaptation.average_weights": 0.5}}
-    res = ctx.job(name, seed, type="train", method="source-only", model=model)
-    return {name: ctx.scored(res, "source"), f"{name}+target-stats": ctx.scored(res, ctx.target_stats)}
+    return _source_only_rows(ctx, seed, "source-only+average-0.5", {"adaptation.average_weights": 0.5})
 
 
 def _source_only_random(ctx: BenchContext, seed: int) -> dict[str, dict]:
@@ -415,21 +418,21 @@ def _st_dasegnet_source_init(name: str, overrides: dict, *, prior_from: str | No
 
 def code_names(provenance: dict) -> list[str]:
     """The code that trained a job's model (each run of a resumed one; the code that wrote the bundle for a job
-    with no training loop), as short names: the commit's first 10 characters; where the commit does not say what
-    ran (a modified checkout, or no checkout: the package version), ``+src-`` and the first 8 characters of the
-    code's digest where it was recorded. A run reused from an earlier benchmark shows the code that made it."""
+    with no training loop), as short names: ``src-`` and the first 8 characters of the digest of the training
+    code (core.code_version.source_digest) where it was recorded, so commits that changed only other code (the
+    service, the benchmarks) share a name; for runs recorded before the digest, the commit's first 10 characters
+    (``+modified`` for a modified checkout), or the package version without a checkout. A run reused from an
+    earlier benchmark shows the code that made it."""
     code = provenance.get("code") or {}
     runs = code.get("trained_by") or ([code["written_by"]] if code.get("written_by") else [])
     return [_code_name(r) for r in runs]
 
 
 def _code_name(run: dict) -> str:
+    if run.get("source"):
+        return f"src-{run['source'][:8]}"
     name = run["commit"][:10] if run.get("commit") else f"v{run.get('version')}"
-    if run.get("modified"):
-        name += "+modified"
-    if run.get("source") and (run.get("modified") or not run.get("commit")):
-        name += f"+src-{run['source'][:8]}"
-    return name
+    return name + "+modified" if run.get("modified") else name
 
 
 def _recorded_target_prior(ctx: BenchContext, seed: int, runner: str) -> tuple[list[float] | None, str | None]:

@@ -130,13 +130,13 @@ def test_report_names_the_code_that_trained_each_row_when_rows_were_made_by_seve
     assert code_names({"code": {"written_by": now}}) == ["bbbbbbbbbb+modified"]
     assert code_names({"code": {"written_by": {"version": "0.1.0", "commit": None, "modified": None}}}) == ["v0.1.0"]
     assert code_names({}) == []
-    # with the code's digest recorded, it names the code where the commit cannot: a modified checkout, an installed
-    # copy (no checkout); a clean commit needs no more
-    digest = "0123456789abcdef" * 4
-    assert code_names({"code": {"written_by": {**now, "source": digest}}}) == ["bbbbbbbbbb+modified+src-01234567"]
-    assert code_names({"code": {"written_by": {"version": "0.1.0", "source": digest, "commit": None,
-                                               "modified": None}}}) == ["v0.1.0+src-01234567"]
-    assert code_names({"code": {"written_by": {**earlier, "source": digest}}}) == ["aaaaaaaaaa"]
+    # with the digest of the training code recorded, it names the code: the same for two commits that changed
+    # only other code, for a modified checkout and for an installed copy (no checkout) holding that code
+    digest, other = "0123456789abcdef" * 4, "fedcba9876543210" * 4
+    assert code_names({"code": {"trained_by": [{**earlier, "source": digest}, {**now, "source": digest},
+                                               {"version": "0.1.0", "source": digest, "commit": None,
+                                                "modified": None}]}}) == ["src-01234567"] * 3
+    assert code_names({"code": {"written_by": {**earlier, "source": other}}}) == ["src-fedcba98"]
     rows = {"source-only": [{**_m(0.10, [0.1, 0.1]), "made_by": ["aaaaaaaaaa"]}] * 2,
             "adabn": [{**_m(0.12, [0.1, 0.1]), "made_by": ["bbbbbbbbbb+modified"]}] * 2,
             "oracle": [_m(0.30, [0.3, 0.3])] * 2}
