@@ -53,6 +53,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _exit_without_teardown() -> None:
+    """End a worker process that Celery has shut down (exit status 0, as ``worker_main`` gives), skipping the
+    interpreter's teardown of the torch and mmseg heap, which every stop of `serve` would wait for. Logs and output
+    are flushed first; nothing of ours runs at exit."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to flush
+            pass
+    os._exit(0)
+
+
 def _cores_per_worker(n: int) -> int | None:
     """Each of ``n`` job workers' share of the cores (GEOADAPT_WORKER_CORES), so that N workers of one stream
     each run side by side rather than N times every core's worth of threads; None for a single worker, or
@@ -199,6 +214,7 @@ def register(app: typer.Typer) -> None:
         from service.queue import prepare_embedded_broker
         from service.store.for_workers import WorkerJobStore
         from workers.celery_app import app as celery, configure
+        from workers.tasks import record_stop
 
         settings = _settings(data_dir)
         if settings.worker_cores:  # training keeps to this worker's share too (predictions: workers.pipelines)
@@ -220,7 +236,9 @@ def register(app: typer.Typer) -> None:
         if settings.embedded_broker:
             # the SQL transport has no broadcast: no gossip/mingle/remote control there
             argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-        celery.worker_main(argv)
+        celery.worker_main(argv)  # returns once Celery has shut the worker down: its pool and connections closed
+        record_stop()
+        _exit_without_teardown()
 
     # ---- REST client commands ----------------------------------------------------------------
 

@@ -412,6 +412,7 @@ def _band_stats(paths: dict):
 
 _beat_stop = threading.Event()
 _name: list[str] = []
+_beat_thread: list[threading.Thread] = []
 
 
 @signals.worker_process_init.connect
@@ -433,8 +434,10 @@ def _on_ready(sender=None, **_):
     _name[:] = [name]
     queues = ",".join(sorted(q.name for q in app.amqp.queues.consume_from.values())) if app.amqp.queues else ""
 
-    threading.Thread(target=beat_loop, args=(store, settings, name, queues, _beat_stop), name="worker-beat",
-                     daemon=True).start()
+    beat = threading.Thread(target=beat_loop, args=(store, settings, name, queues, _beat_stop), name="worker-beat",
+                            daemon=True)
+    _beat_thread[:] = [beat]
+    beat.start()
 
 
 def beat_loop(store, settings, name: str, queues: str, stop: threading.Event) -> None:
@@ -533,9 +536,19 @@ def _dropped_deliveries(store, settings, settle_s: float = DELIVERY_SETTLE_S) ->
 
 @signals.worker_shutdown.connect
 def _on_shutdown(sender=None, **_):
+    record_stop(sender)
+
+
+def record_stop(sender=None) -> None:
+    """End the liveness beat and mark this worker stopped in the store. Celery's worker_shutdown signal calls it on
+    a warm shutdown; a cold one (SIGQUIT: how `serve` stops its workers) sends no such signal, so the worker
+    command calls it again once Celery has returned (a second call writes the same)."""
     _beat_stop.set()
-    if app.job_store is not None:
+    for beat in _beat_thread:  # a beat written after ours would mark the worker alive again
+        beat.join(timeout=10)
+    name = _name[0] if _name else _worker_name(sender) if sender is not None else None
+    if app.job_store is not None and name is not None:  # None: never ready, so never recorded as alive
         try:
-            app.job_store.worker_beat(_name[0] if _name else _worker_name(sender), queues="", pid=os.getpid(), stopped=True)
+            app.job_store.worker_beat(name, queues="", pid=os.getpid(), stopped=True)
         except Exception:
             pass

@@ -301,6 +301,21 @@ def _ckpt(b: Backend, jid: str) -> bool:
         return s.get(Job, uuid.UUID(jid)).checkpoint_path is not None
 
 
+def test_a_worker_stopped_as_serve_stops_it_records_its_stop_and_exits_cleanly(tmp_path, nc_data):
+    """SIGQUIT, as `serve` stops its workers: Celery's shutdown runs to its end (the worker's record says stopped,
+    the log holds its last words) before the process exits, with status 0, past the interpreter's teardown."""
+    b = Backend("embedded", tmp_path, Path(nc_data["strata"]).parent)
+    try:
+        p = b.start_worker()
+        p.send_signal(signal.SIGQUIT)
+        assert p.wait(60) == 0
+        with b.app.state.sessions() as s:
+            assert [w.stopped for w in s.query(WorkerRecord) if w.name.startswith(p.node + "@")] == [True]
+        assert "Cold shutdown" in b.logs()
+    finally:
+        b.close()
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_worker_then_the_job_resumes_on_a_new_one(tmp_path, nc_bands, nc_data, nc_classes,
                                                                  pg_schema_url):
